@@ -1,0 +1,1 @@
+"""Generate stage: image backends (shaded CG now; ControlNet diffusion plugs in beside it)."""

@@ -1,0 +1,142 @@
+"""The weight-free image backend: a shaded CG body over a background, SURREAL-style.
+
+Materials are drawn per sample (skin tone, clothing colours and coverage, fabric texture), lit by
+one directional light plus ambient with Blinn-Phong highlights, composited with an antialiased
+silhouette over a procedural background (or a crop of a user image), then given sensor noise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from synthgen.errors import UserError
+from synthgen.recipe import ShadedConfig
+
+# Monk-scale-like skin tones, light to dark, linear-ish sRGB in [0, 1].
+SKIN_TONES = np.array([
+    [0.96, 0.87, 0.80], [0.92, 0.79, 0.69], [0.87, 0.72, 0.60], [0.78, 0.60, 0.47],
+    [0.68, 0.50, 0.37], [0.56, 0.39, 0.28], [0.44, 0.30, 0.21], [0.33, 0.23, 0.17],
+    [0.25, 0.18, 0.14],
+])
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def _random_colour(rng: np.random.Generator, saturation: tuple[float, float] = (0.1, 0.8)) -> np.ndarray:
+    hsv = np.array([[[rng.uniform(0, 180), rng.uniform(*saturation) * 255, rng.uniform(40, 230)]]],
+                   dtype=np.float32)
+    return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float64) / 255.0
+
+
+def draw_appearance(rng: np.random.Generator, part_names: list[str]) -> dict:
+    """Per-part albedo (P, 3) in [0, 1], specular strengths (P,), and a JSON-ready summary."""
+    skin = np.clip(SKIN_TONES[rng.integers(len(SKIN_TONES))] * rng.uniform(0.95, 1.05, 3), 0, 1)
+    top, bottom = _random_colour(rng), _random_colour(rng)
+    shoes = _random_colour(rng, (0.0, 0.4)) * 0.6
+    long_sleeves, long_legs = bool(rng.random() < 0.5), bool(rng.random() < 0.7)
+    albedo = np.tile(skin, (len(part_names), 1))
+    spec = np.full(len(part_names), 0.12)
+    for p, name in enumerate(part_names):
+        if name in ("torso",) or "upper_arm" in name or ("forearm" in name and long_sleeves):
+            albedo[p], spec[p] = top, 0.04
+        elif "thigh" in name or ("shin" in name and long_legs):
+            albedo[p], spec[p] = bottom, 0.04
+        elif "foot" in name:
+            albedo[p], spec[p] = shoes, 0.2
+    albedo[0] = 0.0
+    summary = {"skin_rgb": np.round(skin, 3).tolist(), "top_rgb": np.round(top, 3).tolist(),
+               "bottom_rgb": np.round(bottom, 3).tolist(), "long_sleeves": long_sleeves,
+               "long_legs": long_legs}
+    return {"albedo": albedo, "specular": spec, "summary": summary}
+
+
+def _value_noise(rng: np.random.Generator, height: int, width: int, octaves: int = 4) -> np.ndarray:
+    """(H, W) float32 smooth noise in about [-1, 1] (sum of upsampled random grids)."""
+    out = np.zeros((height, width), dtype=np.float32)
+    for o in range(octaves):
+        cells = 2 ** (o + 2)
+        grid = rng.uniform(-1, 1, (cells, cells)).astype(np.float32)
+        out += cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC) / (2 ** o)
+    return out / 1.9
+
+
+def procedural_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """(H, W, 3) float32 in [0, 1]: wall/sky gradient above a floor, textured, with clutter blocks."""
+    wall_a, wall_b, floor = _random_colour(rng), _random_colour(rng), _random_colour(rng, (0.0, 0.5))
+    ys = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
+    image = (wall_a * (1 - ys) + wall_b * ys).astype(np.float32) * np.ones((1, width, 1), np.float32)
+    horizon = int(height * rng.uniform(0.45, 0.85))
+    image[horizon:] = floor * np.linspace(0.8, 1.1, height - horizon, dtype=np.float32)[:, None, None]
+    for _ in range(int(rng.integers(0, 6))):
+        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, horizon))
+        w, h = int(rng.integers(width // 12, width // 3)), int(rng.integers(height // 12, height // 2))
+        cv2.rectangle(image, (x0, y0), (x0 + w, y0 + h), _random_colour(rng).tolist(), -1)
+    texture = _value_noise(rng, height, width)[..., None]
+    image = image * (1.0 + rng.uniform(0.05, 0.25) * texture)
+    return np.clip(cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, 3.0)), 0, 1)
+
+
+def folder_background(rng: np.random.Generator, folder: str, width: int, height: int) -> np.ndarray:
+    """(H, W, 3) float32 in [0, 1]: a random crop of a random image from ``folder``."""
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(f"backend.shaded.background_dir={folder!r} holds no images "
+                                f"({', '.join(_IMAGE_SUFFIXES)})")
+    path = files[int(rng.integers(len(files)))]
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"background image {path} cannot be decoded")
+    h, w = bgr.shape[:2]
+    scale = max(width / w, height / h) * rng.uniform(1.0, 1.5)
+    resized = cv2.resize(bgr, (max(width, int(w * scale + 1)), max(height, int(h * scale + 1))))
+    y0 = int(rng.integers(0, resized.shape[0] - height + 1))
+    x0 = int(rng.integers(0, resized.shape[1] - width + 1))
+    crop = resized[y0:y0 + height, x0:x0 + width, ::-1]
+    return crop.astype(np.float32) / 255.0
+
+
+def _light(rng: np.random.Generator) -> np.ndarray:
+    """(3,) unit direction toward the light, OpenCV camera axes (from above, roughly frontal)."""
+    d = np.array([rng.uniform(-0.8, 0.8), rng.uniform(-1.0, -0.2), rng.uniform(-1.0, -0.3)])
+    return d / np.linalg.norm(d)
+
+
+def shade(normal: np.ndarray, parts: np.ndarray, mask: np.ndarray, appearance: dict,
+          light: np.ndarray, ambient: float) -> np.ndarray:
+    """(H, W, 3) float32 lit body colour (0 outside the mask).
+
+    normal: (H, W, 3) camera-frame unit normals; parts: (H, W) uint8; mask: (H, W) bool.
+    """
+    n = normal[mask]
+    p = parts[mask]
+    diffuse = np.clip(n @ light, 0.0, None)[:, None]
+    half = light + np.array([0.0, 0.0, -1.0])
+    half /= np.linalg.norm(half)
+    spec = (np.clip(n @ half, 0.0, None) ** 32)[:, None] * appearance["specular"][p][:, None]
+    colour = appearance["albedo"][p] * (ambient + (1 - ambient) * diffuse) + spec
+    out = np.zeros(normal.shape, dtype=np.float32)
+    out[mask] = colour
+    return out
+
+
+def render_shaded(layers: dict, part_names: list[str], appearance_rng: np.random.Generator,
+                  background_rng: np.random.Generator, config: ShadedConfig) -> tuple[np.ndarray, dict]:
+    """Shaded image (H, W, 3) uint8 RGB from render layers, and the drawn appearance labels."""
+    mask = layers["mask"] > 0
+    height, width = mask.shape
+    appearance = draw_appearance(appearance_rng, part_names)
+    light, ambient = _light(appearance_rng), float(appearance_rng.uniform(0.25, 0.5))
+    body = shade(layers["normal"], layers["parts"], mask, appearance, light, ambient)
+    body *= 1.0 + 0.04 * _value_noise(appearance_rng, height, width, octaves=3)[..., None]
+    if config.background == "folder":
+        background = folder_background(background_rng, config.background_dir, width, height)
+    else:
+        background = procedural_background(background_rng, width, height)
+    alpha = cv2.GaussianBlur(mask.astype(np.float32), (3, 3), 0.6)[..., None]
+    image = alpha * body + (1 - alpha) * background
+    image = image * appearance_rng.uniform(0.85, 1.15) + appearance_rng.normal(0, 0.01, (height, width, 3))
+    labels = appearance["summary"] | {"light_dir_cam": np.round(light, 4).tolist(),
+                                      "ambient": round(ambient, 4)}
+    return np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8), labels

@@ -1,0 +1,83 @@
+"""Contact sheets: a row per sample with the image (keypoints and box drawn over it) and its layers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from synthgen.render.layers import draw_skeleton
+
+COLUMNS = ("image", "overlay", "normal", "depth", "parts", "edges", "skeleton")
+
+
+def _colour_depth(depth_mm: np.ndarray) -> np.ndarray:
+    fg = depth_mm > 0
+    out = np.zeros(depth_mm.shape + (3,), dtype=np.uint8)
+    if fg.any():
+        z = depth_mm[fg].astype(np.float32)
+        scaled = 255 - (z - z.min()) / max(float(z.max() - z.min()), 1.0) * 205
+        coloured = cv2.applyColorMap(scaled.astype(np.uint8)[:, None], cv2.COLORMAP_TURBO)[:, 0, ::-1]
+        out[fg] = coloured
+    return out
+
+
+def _colour_parts(parts: np.ndarray) -> np.ndarray:
+    palette = cv2.applyColorMap(np.linspace(0, 255, 16).astype(np.uint8)[:, None], cv2.COLORMAP_JET)[:, 0, ::-1]
+    out = palette[(parts.astype(np.int64) * 7) % 16].copy()
+    out[parts == 0] = 0
+    return out
+
+
+def overlay(image: np.ndarray, labels: dict[str, Any], mask: np.ndarray | None = None) -> np.ndarray:
+    """(H, W, 3) RGB with the silhouette tinted, the box, and visible (filled) / hidden (ring) keypoints."""
+    out = image.copy()
+    if mask is not None:
+        out[mask > 0] = (0.6 * out[mask > 0] + 0.4 * np.array([40, 200, 255])).astype(np.uint8)
+    x, y, w, h = labels["bbox"]
+    cv2.rectangle(out, (int(round(x)), int(round(y))), (int(round(x + w)), int(round(y + h))), (255, 255, 0), 2)
+    kp = np.asarray(labels["keypoints_2d"])
+    skeleton = draw_skeleton(kp, labels["keypoint_names"], image.shape[1], image.shape[0])
+    drawn = skeleton.any(axis=2)
+    out[drawn] = (0.3 * out[drawn] + 0.7 * skeleton[drawn]).astype(np.uint8)
+    for u, v, vis in kp:
+        if vis > 0:
+            cv2.circle(out, (int(round(u)), int(round(v))), 4, (255, 0, 0) if vis == 2 else (255, 255, 255),
+                       -1 if vis == 2 else 1)
+    return out
+
+
+def sample_row(sample: dict[str, Any], tile: int) -> np.ndarray:
+    layers = sample["layers"]
+    tiles = {
+        "image": sample["image"],
+        "overlay": overlay(sample["image"], sample["labels"], layers["mask"]),
+        "normal": layers["normal_rgb"],
+        "depth": _colour_depth(layers["depth_mm"]),
+        "parts": _colour_parts(layers["parts"]),
+        "edges": np.repeat(layers["edges"][..., None], 3, axis=2),
+        "skeleton": layers["skeleton"],
+    }
+    return np.concatenate([cv2.resize(tiles[c], (tile, tile), interpolation=cv2.INTER_AREA)
+                           for c in COLUMNS], axis=1)
+
+
+def contact_sheet(samples: list[dict[str, Any]], tile: int = 256) -> np.ndarray:
+    """(N*tile + header, len(COLUMNS)*tile, 3) uint8 RGB sheet."""
+    header = np.full((28, tile * len(COLUMNS), 3), 255, dtype=np.uint8)
+    for i, name in enumerate(COLUMNS):
+        cv2.putText(header, name, (i * tile + 8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+    rows = [sample_row(s, tile) for s in samples]
+    for row, s in zip(rows, samples):
+        subj = s["labels"]["subject"]
+        text = f"#{s['index']} {subj.get('pose_name', '')} age {subj.get('age_years', 0):.0f}"
+        cv2.putText(row, text, (6, tile - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    return np.concatenate([header] + rows, axis=0)
+
+
+def save_rgb(path: str | Path, rgb: np.ndarray) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), rgb[..., ::-1]):
+        raise OSError(f"cannot write {path}: use a .png or .jpg name in a writable folder")

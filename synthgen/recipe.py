@@ -1,0 +1,241 @@
+"""Recipe schema: every knob of a run, typed, with units and defaults.
+
+A recipe is a YAML file validated by pydantic. Command-line overrides use dotted keys
+(``camera.fov_deg=[40,60]``), merged by OmegaConf before validation. A user mistake raises
+:class:`RecipeError` whose message names the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from synthgen.errors import UserError
+
+__all__ = ["Recipe", "RecipeError", "load_recipe", "recipe_from_dict", "recipe_hash"]
+
+
+class RecipeError(UserError):
+    """A recipe (or an override) the user wrote is invalid; the message says how to fix it."""
+
+
+Range = Annotated[tuple[float, float], Field(description="[low, high], inclusive")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _check_range(name: str, value: tuple[float, float] | None, lo: float, hi: float) -> None:
+    if value is None:
+        return
+    a, b = value
+    if not (lo <= a <= b <= hi):
+        raise ValueError(f"{name} must satisfy {lo} <= low <= high <= {hi}, got {list(value)}")
+
+
+class ImageConfig(_Strict):
+    width: int = Field(512, ge=64, le=4096, description="image width in pixels")
+    height: int = Field(512, ge=64, le=4096, description="image height in pixels")
+
+    @model_validator(mode="after")
+    def _multiple_of_8(self) -> "ImageConfig":
+        for name in ("width", "height"):
+            if getattr(self, name) % 8:
+                raise ValueError(f"image.{name} must be a multiple of 8 (diffusion VAEs need it), "
+                                 f"got {getattr(self, name)}")
+        return self
+
+
+class ShapeConfig(_Strict):
+    """Body shape. Anny phenotypes are in [0, 1]; age is in years."""
+
+    age_years: Range = Field((1.0, 90.0), description="uniform range of (morphological) age, years")
+    gender: Range = Field((0.0, 1.0), description="Anny gender phenotype range: 0 male, 1 female")
+    height: Range | None = Field(None, description="Anny height phenotype range in [0,1]; "
+                                 "null = WHO-calibrated distribution given age and gender")
+    weight: Range | None = Field(None, description="Anny weight phenotype range; null = calibrated")
+    muscle: Range | None = Field(None, description="Anny muscle phenotype range; null = calibrated")
+    proportions: Range | None = Field(None, description="Anny proportions range; null = calibrated")
+    betas_mean: float = Field(0.0, description="SMPL family: mean of each beta")
+    betas_sd: float = Field(1.0, ge=0.0, description="SMPL family: standard deviation of each beta")
+    num_betas: int = Field(10, ge=1, le=300, description="SMPL family: number of shape coefficients")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "ShapeConfig":
+        _check_range("age_years", self.age_years, 0.0, 120.0)
+        for name in ("gender", "height", "weight", "muscle", "proportions"):
+            _check_range(name, getattr(self, name), 0.0, 1.0)
+        return self
+
+
+class PoseConfig(_Strict):
+    """Body pose: perturbed base poses from the library and/or poses from user files."""
+
+    library: dict[str, float] = Field(
+        default_factory=lambda: {"standing": 2.0, "walking": 2.0, "arms_raised": 1.0, "t_pose": 0.5,
+                                 "sitting": 1.0, "crouching": 1.0, "kneeling": 0.5, "reaching": 1.0,
+                                 "running": 1.0, "waving": 1.0},
+        description="base pose name -> relative weight (see synthgen.subjects.poses.BASE_POSES)")
+    noise_deg: float = Field(8.0, ge=0.0, le=45.0, description="sd of per-joint perturbation, degrees")
+    files: list[str] = Field(default_factory=list, description="AMASS/BEDLAM-style .npz pose files "
+                             "(key 'poses' or 'body_pose', axis-angle, SMPL joint order)")
+    file_fraction: float = Field(0.0, ge=0.0, le=1.0, description="fraction of samples posed from files")
+    yaw_deg: Range = Field((-180.0, 180.0), description="body heading about the vertical, degrees")
+
+
+class SubjectConfig(_Strict):
+    kind: Literal["human"] = "human"
+    model: Literal["anny", "smpl", "smplh", "smplx"] = Field(
+        "anny", description="anny is embedded; the SMPL family needs the user's licensed model files")
+    model_path: str | None = Field(None, description="SMPL family: folder holding smpl/SMPL_NEUTRAL.pkl "
+                                   "(or .npz), or the model file itself")
+    smpl_gender: Literal["neutral", "male", "female"] = "neutral"
+    shape: ShapeConfig = Field(default_factory=ShapeConfig)
+    pose: PoseConfig = Field(default_factory=PoseConfig)
+
+    @model_validator(mode="after")
+    def _smpl_needs_path(self) -> "SubjectConfig":
+        if self.model != "anny" and not self.model_path:
+            raise ValueError(f"subject.model={self.model} needs subject.model_path: the folder with your "
+                             f"licensed {self.model.upper()} files (get them from "
+                             f"https://{'smpl-x' if self.model == 'smplx' else 'smpl'}.is.tue.mpg.de)")
+        return self
+
+
+class CameraConfig(_Strict):
+    """Pinhole camera framing the subject. Angles in degrees, distances in metres."""
+
+    fov_deg: Range = Field((30.0, 75.0), description="vertical field of view range, degrees "
+                           "(wide = close range with strong perspective)")
+    subject_fraction: Range = Field((0.55, 0.9), description="subject's projected height / image height")
+    elevation_deg: Range = Field((-10.0, 30.0), description="camera elevation above the subject centre")
+    high_view_prob: float = Field(0.1, ge=0.0, le=1.0, description="probability of a high view")
+    high_elevation_deg: Range = Field((35.0, 70.0), description="elevation range of high views")
+    ground_view_prob: float = Field(0.1, ge=0.0, le=1.0, description="probability of a ground-level view")
+    ground_elevation_deg: Range = Field((-25.0, -10.0), description="elevation range of ground views")
+    azimuth_deg: Range = Field((-180.0, 180.0), description="camera azimuth around the subject")
+    roll_sd_deg: float = Field(3.0, ge=0.0, le=45.0, description="sd of camera roll, degrees")
+    center_jitter: float = Field(0.1, ge=0.0, le=0.5, description="max offset of the subject centre "
+                                 "from the image centre, as a fraction of image size")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "CameraConfig":
+        _check_range("fov_deg", self.fov_deg, 5.0, 150.0)
+        _check_range("subject_fraction", self.subject_fraction, 0.05, 1.5)
+        for name in ("elevation_deg", "high_elevation_deg", "ground_elevation_deg"):
+            _check_range(name, getattr(self, name), -89.0, 89.0)
+        return self
+
+
+LayerName = Literal["normal", "depth", "mask", "parts", "edges", "skeleton"]
+
+
+class RenderConfig(_Strict):
+    backend: Literal["auto", "gl", "torch"] = Field(
+        "auto", description="gl = moderngl/EGL, torch = pure-pip z-buffer, auto = gl when EGL works")
+    canny_low: int = Field(100, ge=0, le=1000, description="Canny lower threshold (edges layer)")
+    canny_high: int = Field(200, ge=0, le=1000, description="Canny upper threshold (edges layer)")
+    normal_convention: Literal["opengl", "opencv"] = Field(
+        "opengl", description="normal layer axes: opengl = x right, y up, z toward the viewer "
+        "(facing the camera encodes as (128, 128, 255)); opencv = raw camera axes")
+
+
+class ShadedConfig(_Strict):
+    background: Literal["procedural", "folder"] = "procedural"
+    background_dir: str | None = Field(None, description="folder of background images (jpg/png)")
+
+    @model_validator(mode="after")
+    def _dir(self) -> "ShadedConfig":
+        if self.background == "folder" and not self.background_dir:
+            raise ValueError("backend.shaded.background=folder needs backend.shaded.background_dir")
+        return self
+
+
+class BackendConfig(_Strict):
+    kind: Literal["shaded"] = Field("shaded", description="image backend")
+    shaded: ShadedConfig = Field(default_factory=ShadedConfig)
+
+
+class OutputConfig(_Strict):
+    shard_size: int = Field(64, ge=1, le=100000, description="samples per shard")
+    jpeg_quality: int = Field(92, ge=10, le=100)
+    layers: list[LayerName] = Field(default_factory=lambda: ["normal", "depth", "mask", "parts",
+                                                             "edges", "skeleton"],
+                                    description="conditioning layers written to shards")
+    vertices: bool = Field(False, description="also write posed vertices (npz, camera frame)")
+
+
+class Recipe(_Strict):
+    """A whole generation run. ``seed`` and the sample index decide every random draw."""
+
+    name: str = "untitled"
+    seed: int = Field(0, ge=0, lt=2**63)
+    num_samples: int = Field(256, ge=1, le=10**9)
+    image: ImageConfig = Field(default_factory=ImageConfig)
+    subject: SubjectConfig = Field(default_factory=SubjectConfig)
+    camera: CameraConfig = Field(default_factory=CameraConfig)
+    render: RenderConfig = Field(default_factory=RenderConfig)
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<recipe>"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return f"{key}: unknown key (value {first.get('input')!r}); check the spelling against `synthgen validate`"
+    if first["type"] == "literal_error":
+        return f"{key}: got {first.get('input')!r}; {msg}"
+    if first["type"] == "value_error":
+        return f"{key}: {msg}"
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{key}: {msg}; got {first.get('input')!r}{more}"
+
+
+def recipe_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Validate a recipe dict after applying ``dotted.key=value`` overrides."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"a recipe must be a mapping of keys to values, got {type(data).__name__}")
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise RecipeError(f"override {item!r}: write it as dotted.key=value, e.g. camera.fov_deg=[40,60]")
+    try:
+        merged = OmegaConf.merge(OmegaConf.create(data), OmegaConf.from_dotlist(list(overrides)))
+        plain = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise RecipeError(f"overrides {list(overrides)}: {str(exc).splitlines()[0]}") from None
+    try:
+        return Recipe.model_validate(plain)
+    except ValidationError as exc:
+        raise RecipeError(_format_error(exc)) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a recipe YAML and apply overrides. Relative paths inside stay relative to the caller."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {str(path)!r} does not exist; pass a YAML file such as "
+                          "recipes/quickstart.yaml")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return recipe_from_dict(data, overrides)
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """sha256 of the canonical JSON of the resolved recipe, ignoring num_samples.
+
+    num_samples is excluded because it decides how many samples exist, not what sample i is.
+    """
+    payload = recipe.model_dump(mode="json", exclude={"num_samples"})
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

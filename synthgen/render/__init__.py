@@ -1,0 +1,87 @@
+"""Render stage: a posed mesh seen by a camera -> a dict of named layers.
+
+:func:`render_layers` returns (H = image height, W = width):
+
+============  =====================  =====================================================
+name          shape, dtype           meaning
+============  =====================  =====================================================
+normal        (H, W, 3) float32      unit normal, OpenCV camera axes; 0 in background
+normal_rgb    (H, W, 3) uint8        normal encoded for normal ControlNets (see layers.py)
+depth         (H, W) float32         metric camera z, 0 in background
+depth_mm      (H, W) uint16          depth in millimetres, 0 = background (16-bit PNG)
+depth_control (H, W) uint8           inverted normalised depth (near bright) for depth CNs
+mask          (H, W) uint8           instance silhouette, 255 = subject
+parts         (H, W) uint8           part id per pixel (0 background; subject.part_names)
+edges         (H, W) uint8           Canny edges of ``normal_rgb``, {0, 255}
+triangle_id   (H, W) int32           visible face index, -1 background
+============  =====================  =====================================================
+
+The ``skeleton`` layer needs keypoints and is drawn by :func:`layers.draw_skeleton`.
+Backends: ``gl`` (moderngl + EGL, one pass) and ``torch`` (pure-pip z-buffer); ``auto`` picks
+gl when an EGL context can be made in this process.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Callable
+
+import numpy as np
+
+from synthgen.render import layers
+
+log = logging.getLogger(__name__)
+
+__all__ = ["render_layers", "resolve_backend", "layers"]
+
+
+@functools.lru_cache(maxsize=None)
+def resolve_backend(name: str) -> str:
+    """'auto' -> 'gl' when EGL works here, else 'torch'."""
+    if name != "auto":
+        return name
+    from synthgen.render import raster_gl
+
+    chosen = "gl" if raster_gl.gl_available() else "torch"
+    log.info("render backend: %s", chosen)
+    return chosen
+
+
+def _rasterizer(backend: str) -> Callable:
+    if resolve_backend(backend) == "gl":
+        from synthgen.render import raster_gl
+
+        if not raster_gl.gl_available():
+            raise RuntimeError("render.backend=gl but no EGL context can be created here "
+                               "(install Mesa's libegl1 and libgl1-mesa-dri, or use render.backend=torch)")
+        return raster_gl.rasterize
+    from synthgen.render import raster_torch
+
+    return raster_torch.rasterize
+
+
+def render_layers(vertices_cam: np.ndarray, faces: np.ndarray, face_parts: np.ndarray,
+                  K: np.ndarray, width: int, height: int, backend: str = "auto",
+                  canny: tuple[int, int] = (100, 200), normal_convention: str = "opengl") -> dict:
+    """Rasterise one mesh and derive every conditioning layer.
+
+    vertices_cam: (V, 3) float32 camera frame; faces: (F, 3) int; face_parts: (F,) uint8;
+    K: (3, 3). Returns the dict documented in this module.
+    """
+    raw = _rasterizer(backend)(vertices_cam.astype(np.float32), faces, K, width, height)
+    tri, mask = raw["triangle_id"], raw["mask"]
+    parts = np.zeros(tri.shape, dtype=np.uint8)
+    parts[mask] = face_parts[tri[mask]]
+    normal_rgb = layers.encode_normal(raw["normal"], mask, normal_convention)
+    return {
+        "normal": raw["normal"],
+        "normal_rgb": normal_rgb,
+        "depth": raw["depth"],
+        "depth_mm": layers.depth_to_millimetres(raw["depth"]),
+        "depth_control": layers.depth_for_control(raw["depth"], mask),
+        "mask": mask.astype(np.uint8) * 255,
+        "parts": parts,
+        "edges": layers.canny_edges(normal_rgb, *canny),
+        "triangle_id": tri,
+    }

@@ -1,0 +1,211 @@
+"""Anny humans (Apache-2.0, data in the wheel): the embedded default body model.
+
+Anny builds its model data once (~40-50 s, ~800 MB written) into a cache; later starts take
+~0.3 s. synthgen puts that cache under ``$SYNTHGEN_CACHE_DIR/anny`` (default
+``~/.cache/synthgen/anny``) unless ``ANNY_CACHE_DIR`` is set, and after a cold build deletes the
+intermediate files Anny no longer needs (only ``build_compact_model_data_*`` is read again).
+Never build with ``topology="smpl"/"smplx"``: those download non-commercial data.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.spatial.transform import Rotation
+
+from synthgen.recipe import SubjectConfig
+from synthgen.seeding import sample_rng
+from synthgen.subjects.base import (KEYPOINT_NAMES, KEYPOINT_PARTS, PART_NAMES, PosedSubject,
+                                    ground_offset, parts_from_skinning)
+from synthgen.subjects.poses import PoseFileBank, matrices_to_axis_angle, sample_library_pose
+from synthgen.subjects.retarget import rest_corrections, smpl_to_anny_rotations
+
+log = logging.getLogger(__name__)
+
+BATCH = 16  # fixed forward batch: padding keeps every sample's arithmetic independent of the split
+PHENOTYPES = ("gender", "age", "muscle", "weight", "height", "proportions")
+
+
+def cache_dir() -> Path:
+    """Where Anny's model data is cached."""
+    if os.environ.get("ANNY_CACHE_DIR"):
+        return Path(os.environ["ANNY_CACHE_DIR"])
+    root = os.environ.get("SYNTHGEN_CACHE_DIR", str(Path.home() / ".cache" / "synthgen"))
+    return Path(root) / "anny"
+
+
+def _prune_cache(folder: Path) -> None:
+    """Delete Anny's large intermediate build files once the compact model data exists."""
+    for version_dir in folder.glob("v*"):
+        if not any(version_dir.glob("build_compact_model_data_*.safetensors")):
+            continue
+        for extra in ("load_data_*.safetensors", "build_model_data_*.safetensors"):
+            for path in version_dir.glob(extra):
+                path.unlink(missing_ok=True)
+
+
+@functools.lru_cache(maxsize=1)
+def load_anny_model():
+    """The float32 Anny model (process-wide singleton), building its cache if needed."""
+    import anny
+    import anny.paths
+
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    anny.paths.set_anny_cache_path(folder)
+    cold = not any(folder.glob("v*/build_compact_model_data_*.safetensors"))
+    if cold:
+        log.warning("Building Anny's model data once into %s (about 50 s; later starts are fast)", folder)
+    start = time.perf_counter()
+    model = anny.Anny().to(torch.float32)
+    elapsed = time.perf_counter() - start
+    if cold:
+        _prune_cache(folder)
+    log.info("Anny model ready in %.2f s (%s start)", elapsed, "cold" if cold else "warm")
+    return model
+
+
+def _bone_part_ids(bone_labels: list[str]) -> np.ndarray:
+    """(J,) part id of each Anny bone."""
+    rules = [("upperarm", "{s}_upper_arm"), ("lowerarm", "{s}_forearm"), ("wrist", "{s}_hand"),
+             ("finger", "{s}_hand"), ("metacarpal", "{s}_hand"), ("upperleg", "{s}_thigh"),
+             ("lowerleg", "{s}_shin"), ("foot", "{s}_foot"), ("toe", "{s}_foot"),
+             ("neck", "head"), ("head", "head"), ("eye", "head")]
+    out = np.full(len(bone_labels), PART_NAMES.index("torso"), dtype=np.int64)
+    for i, label in enumerate(bone_labels):
+        side = "left" if label.endswith(".L") else "right"
+        for prefix, part in rules:
+            if label.startswith(prefix):
+                out[i] = PART_NAMES.index(part.format(s=side))
+                break
+    return out
+
+
+class AnnyBody:
+    """Anny humans: phenotype draws, library/file poses retargeted from SMPL terms, COCO-23 keypoints."""
+
+    name = "anny"
+
+    def __init__(self, config: SubjectConfig):
+        import anny
+
+        self.config = config
+        self.version = anny.__version__
+        self.model = load_anny_model()
+        self.bone_labels = list(self.model.bone_labels)
+        self.keypoint_regressor = anny.KeypointsRegressor.coco(self.model, labels=KEYPOINT_NAMES)
+        self.shape_prior = anny.shape_distribution.SimpleShapeDistribution(self.model)
+        self.faces = self.model.faces.cpu().numpy().astype(np.int32)
+        self.face_parts = self._face_parts()
+        self.part_names = PART_NAMES
+        self.keypoint_names = KEYPOINT_NAMES
+        self.keypoint_parts = KEYPOINT_PARTS
+        self.corrections = rest_corrections(self.bone_labels, self._rest_heads())
+        self.pose_files = PoseFileBank(config.pose.files) if config.pose.files else None
+
+    def _rest_heads(self) -> np.ndarray:
+        out = self._forward(torch.eye(4).expand(1, len(self.bone_labels), 4, 4).clone(),
+                            {k: torch.full((1,), 0.5) for k in PHENOTYPES})
+        return out["bone_poses"][0, :, :3, 3].numpy().astype(np.float64)
+
+    def _face_parts(self) -> np.ndarray:
+        idx = self.model.vertex_bone_indices.cpu().numpy()
+        w = self.model.vertex_bone_weights.cpu().numpy()
+        dense = np.zeros((idx.shape[0], len(self.bone_labels)), dtype=np.float32)
+        np.add.at(dense, (np.arange(idx.shape[0])[:, None], idx), w)
+        return parts_from_skinning(dense, _bone_part_ids(self.bone_labels), self.faces)
+
+    # --- draws -------------------------------------------------------------------------------
+    def _draw_phenotype(self, rng: np.random.Generator) -> tuple[dict[str, float], float]:
+        shape = self.config.shape
+        age_years = float(rng.uniform(*shape.age_years))
+        gender = float(rng.uniform(*shape.gender))
+        prior = self.shape_prior
+        anny_age = prior.morphological_age_mapping.morphological_to_anny_age(
+            torch.tensor([age_years], dtype=torch.float32))
+        pheno = {"gender": gender, "age": float(anny_age[0])}
+        group = "boys" if gender <= 0.5 else "girls"
+        for key in ("height", "weight", "muscle", "proportions"):
+            fixed = getattr(shape, key)
+            if fixed is not None:
+                pheno[key] = float(rng.uniform(*fixed))
+                continue
+            dist = getattr(prior, f"{group}_conditional_{key}_distribution")
+            alpha, beta = dist.get_distribution_params(anny_age)
+            pheno[key] = float(rng.beta(float(alpha[0]), float(beta[0])))
+        return pheno, age_years
+
+    def draw(self, recipe_seed: int, index: int) -> dict[str, Any]:
+        """Phenotype, pose (SMPL terms) and heading of sample ``index``."""
+        pheno, age_years = self._draw_phenotype(sample_rng(recipe_seed, index, "shape"))
+        pose_rng = sample_rng(recipe_seed, index, "pose")
+        pose_cfg = self.config.pose
+        if self.pose_files is not None and pose_rng.random() < pose_cfg.file_fraction:
+            pose_name, rotations = self.pose_files.sample(pose_rng)
+        else:
+            pose_name, rotations = sample_library_pose(pose_rng, pose_cfg.library, pose_cfg.noise_deg)
+        yaw = float(sample_rng(recipe_seed, index, "placement").uniform(*pose_cfg.yaw_deg))
+        return {"phenotype": pheno, "age_years": age_years, "pose_name": pose_name,
+                "smpl_rotations": rotations, "yaw_deg": yaw}
+
+    # --- posing ------------------------------------------------------------------------------
+    def _forward(self, pose: torch.Tensor, phenotypes: dict[str, torch.Tensor]) -> dict:
+        with torch.no_grad():
+            return self.model(pose_parameters=pose, phenotype_kwargs=phenotypes)
+
+    def _pose_parameters(self, draw: dict[str, Any]) -> np.ndarray:
+        """(J, 4, 4) float32 local-ref transforms; the root holds the heading only."""
+        local = smpl_to_anny_rotations(draw["smpl_rotations"], self.bone_labels, self.corrections)
+        local[0] = Rotation.from_euler("z", draw["yaw_deg"], degrees=True).as_matrix()
+        out = np.tile(np.eye(4), (len(local), 1, 1))
+        out[:, :3, :3] = local
+        return out.astype(np.float32)
+
+    def pose(self, draws: list[dict[str, Any]]) -> list[PosedSubject]:
+        out: list[PosedSubject] = []
+        for start in range(0, len(draws), BATCH):
+            out.extend(self._pose_batch(draws[start:start + BATCH]))
+        return out
+
+    def _pose_batch(self, draws: list[dict[str, Any]]) -> list[PosedSubject]:
+        padded = draws + [draws[-1]] * (BATCH - len(draws))
+        pose = torch.from_numpy(np.stack([self._pose_parameters(d) for d in padded]))
+        pheno = {k: torch.tensor([d["phenotype"][k] for d in padded], dtype=torch.float32)
+                 for k in PHENOTYPES}
+        result = self._forward(pose, pheno)
+        vertices = result["vertices"]
+        keypoints = self.keypoint_regressor(result)
+        posed = []
+        for b, draw in enumerate(draws):
+            v = vertices[b].numpy()
+            offset = ground_offset(v).astype(np.float32)
+            root = pose[b, 0].numpy().copy()
+            root[:3, 3] = offset
+            posed.append(PosedSubject(
+                vertices=v + offset,
+                keypoints_3d=keypoints[b].numpy() + offset,
+                params=self._labels(draw, pose[b].numpy(), root),
+                arrays={"pose_parameters": np.concatenate([root[None], pose[b, 1:].numpy()])},
+            ))
+        return posed
+
+    def _labels(self, draw: dict[str, Any], pose: np.ndarray, root: np.ndarray) -> dict[str, Any]:
+        return {
+            "body_model": {"name": "anny", "version": self.version, "rig": "anny",
+                           "pose_parameterization": "local-ref"},
+            "phenotype": {k: float(np.float32(v)) for k, v in draw["phenotype"].items()},
+            "age_years": float(np.float32(draw["age_years"])),
+            "pose_name": draw["pose_name"],
+            "root_transform": np.float32(root).tolist(),
+            "bone_rotvec": np.float32(matrices_to_axis_angle(pose[1:, :3, :3].astype(np.float64))).tolist(),
+            "has_body_pose": True,
+            "has_betas": False,
+        }
+

@@ -1,0 +1,101 @@
+"""What every subject model provides, and the world-frame convention subjects are posed in.
+
+World frame (all subjects): metres, Z up, the ground is the plane z = 0, a subject's default
+heading faces -Y. Cameras (:mod:`synthgen.cameras`) map this frame to OpenCV camera frames.
+SMPL-family outputs (Y up, facing +Z) are rotated into it by :data:`SMPL_TO_WORLD`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+# Columns are SMPL's x (left), y (up), z (forward) axes written in the world frame.
+SMPL_TO_WORLD = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+
+# COCO-17 plus the six foot points of COCO-WholeBody, in that order.
+KEYPOINT_NAMES = [
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
+    "left_knee", "right_knee", "left_ankle", "right_ankle", "left_big_toe", "right_big_toe",
+    "left_small_toe", "right_small_toe", "left_heel", "right_heel",
+]
+
+# Body parts written in the ``parts`` layer (0 is background).
+PART_NAMES = [
+    "background", "head", "torso", "left_upper_arm", "right_upper_arm", "left_forearm",
+    "right_forearm", "left_hand", "right_hand", "left_thigh", "right_thigh", "left_shin",
+    "right_shin", "left_foot", "right_foot",
+]
+
+
+def _keypoint_parts() -> list[tuple[int, ...]]:
+    """For each keypoint, the parts whose surface may show it (used for the visibility code)."""
+    by_name = {
+        "nose": ("head",), "eye": ("head",), "ear": ("head",),
+        "shoulder": ("torso", "{s}_upper_arm", "head"), "elbow": ("{s}_upper_arm", "{s}_forearm"),
+        "wrist": ("{s}_forearm", "{s}_hand"), "hip": ("torso", "{s}_thigh"),
+        "knee": ("{s}_thigh", "{s}_shin"), "ankle": ("{s}_shin", "{s}_foot"),
+        "big_toe": ("{s}_foot",), "small_toe": ("{s}_foot",), "heel": ("{s}_foot", "{s}_shin"),
+    }
+    out = []
+    for name in KEYPOINT_NAMES:
+        side, _, joint = name.partition("_") if name.startswith(("left_", "right_")) else ("", "", name)
+        parts = [p.format(s=side) for p in by_name[joint]]
+        out.append(tuple(PART_NAMES.index(p) for p in parts))
+    return out
+
+
+KEYPOINT_PARTS = _keypoint_parts()
+
+
+@dataclass
+class PosedSubject:
+    """One posed subject in the world frame.
+
+    vertices: (V, 3) float32 metres. keypoints_3d: (K, 3) float32 metres.
+    params: JSON-ready model parameters in the model's own terms (written to the labels).
+    """
+
+    vertices: np.ndarray
+    keypoints_3d: np.ndarray
+    params: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # float32 arrays for the npz
+
+
+class SubjectModel(Protocol):
+    """A body/animal/object model: draws parameters per sample and poses them in batches."""
+
+    name: str
+    faces: np.ndarray          # (F, 3) int32
+    face_parts: np.ndarray     # (F,) uint8 index into part_names
+    part_names: list[str]
+    keypoint_names: list[str]
+    keypoint_parts: list[tuple[int, ...]]
+
+    def draw(self, recipe_seed: int, index: int) -> dict[str, Any]:
+        """Every random choice for sample ``index`` (uses only synthgen.seeding streams)."""
+
+    def pose(self, draws: list[dict[str, Any]]) -> list[PosedSubject]:
+        """Run the model on drawn parameters, placed on the ground plane."""
+
+
+def parts_from_skinning(weights: np.ndarray, bone_part: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Per-face part ids from skinning weights.
+
+    weights: (V, J) dense skinning weights; bone_part: (J,) part id per bone; faces: (F, 3).
+    Returns (F,) uint8: the part of each face's first vertex's dominant bone.
+    """
+    vertex_part = bone_part[np.argmax(weights, axis=1)]
+    return vertex_part[faces[:, 0]].astype(np.uint8)
+
+
+def ground_offset(vertices: np.ndarray) -> np.ndarray:
+    """(3,) translation putting the lowest vertex on z = 0 and the x/y centre at the origin.
+
+    vertices: (V, 3) world frame.
+    """
+    lo, hi = vertices.min(axis=0), vertices.max(axis=0)
+    return np.array([-(lo[0] + hi[0]) / 2, -(lo[1] + hi[1]) / 2, -lo[2]], dtype=np.float64)

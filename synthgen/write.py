@@ -1,0 +1,170 @@
+"""Write stage: WebDataset tar shards, one sidecar per shard, and the dataset manifest.
+
+Shard ``k`` holds samples ``[k*S, min((k+1)*S, N))``. It is written to ``shard-k.tar.partial-PID``
+and renamed to ``shard-k.tar`` only once complete, so a reader never sees a partial shard; its
+sidecar ``shard-k.json`` (sample range, counts) is renamed into place just before the tar. A
+shard is complete when both exist and the sidecar's range is the planned one: a rerun skips it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import cv2
+import numpy as np
+import webdataset as wds
+
+from synthgen import __version__
+from synthgen.errors import UserError
+from synthgen.recipe import Recipe, recipe_hash
+
+log = logging.getLogger(__name__)
+
+SHARD_DIR = "shards"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Shard ``index`` covers samples ``[start, stop)``."""
+
+    index: int
+    start: int
+    stop: int
+
+    @property
+    def name(self) -> str:
+        return f"shard-{self.index:06d}"
+
+
+def plan_shards(num_samples: int, shard_size: int) -> list[ShardTask]:
+    return [ShardTask(k, s, min(s + shard_size, num_samples))
+            for k, s in enumerate(range(0, num_samples, shard_size))]
+
+
+def shard_path(out_dir: Path, task: ShardTask) -> Path:
+    return Path(out_dir) / SHARD_DIR / f"{task.name}.tar"
+
+
+def sidecar_path(out_dir: Path, task: ShardTask) -> Path:
+    return Path(out_dir) / SHARD_DIR / f"{task.name}.json"
+
+
+def is_complete(out_dir: Path, task: ShardTask) -> bool:
+    tar, side = shard_path(out_dir, task), sidecar_path(out_dir, task)
+    if not (tar.is_file() and side.is_file()):
+        return False
+    try:
+        info = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return info.get("start") == task.start and info.get("stop") == task.stop
+
+
+# --- encoding ----------------------------------------------------------------------------------
+def encode_png(array: np.ndarray, compression: int = 1) -> bytes:
+    """(H, W) uint8/uint16 or (H, W, 3) uint8 RGB -> PNG bytes (16-bit stays 16-bit)."""
+    data = array[..., ::-1] if array.ndim == 3 else array
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(data), [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    if not ok:
+        raise ValueError(f"PNG encoding failed for an array of shape {array.shape} {array.dtype}")
+    return buf.tobytes()
+
+
+def encode_jpg(rgb: np.ndarray, quality: int) -> bytes:
+    """(H, W, 3) uint8 RGB -> JPEG bytes."""
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def encode_json(labels: dict[str, Any]) -> bytes:
+    return json.dumps(labels, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def encode_npz(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+# --- shards ------------------------------------------------------------------------------------
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_shard(out_dir: Path, task: ShardTask, records: Iterable[dict[str, Any]],
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write a whole shard atomically. ``records`` are webdataset samples of encoded bytes.
+
+    Returns the sidecar info (sample range, count, bytes, extra fields such as rejects).
+    """
+    folder = Path(out_dir) / SHARD_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    final = shard_path(out_dir, task)
+    tmp = final.with_name(f"{final.name}.partial-{os.getpid()}")
+    count = 0
+    try:
+        with open(tmp, "wb") as stream:
+            with wds.TarWriter(stream, encoder=False) as sink:
+                for record in records:
+                    sink.write(record)
+                    count += 1
+            stream.flush()
+            os.fsync(stream.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    info = {"shard": final.name, "start": task.start, "stop": task.stop, "samples": count,
+            "bytes": tmp.stat().st_size} | (extra or {})
+    _atomic_write_text(sidecar_path(out_dir, task), json.dumps(info, sort_keys=True))
+    os.replace(tmp, final)
+    return info
+
+
+def check_output_dir(out_dir: Path, recipe: Recipe) -> None:
+    """Refuse to mix two recipes in one folder (nothing written there is touched)."""
+    manifest = Path(out_dir) / MANIFEST
+    if not manifest.is_file():
+        return
+    try:
+        old = json.loads(manifest.read_text()).get("recipe_hash")
+    except (OSError, json.JSONDecodeError):
+        return
+    if old and old != recipe_hash(recipe):
+        raise UserError(
+            f"--out {out_dir} already holds a dataset made by another recipe (hash {old}, this one "
+            f"is {recipe_hash(recipe)}); choose a new --out folder or rerun the same recipe")
+
+
+def write_manifest(out_dir: Path, recipe: Recipe, tasks: list[ShardTask],
+                   stats: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``manifest.json`` listing every complete shard (atomically)."""
+    shards = []
+    for task in tasks:
+        if is_complete(out_dir, task):
+            info = json.loads(sidecar_path(out_dir, task).read_text())
+            shards.append({"path": f"{SHARD_DIR}/{task.name}.tar", "start": task.start,
+                           "stop": task.stop, "samples": info["samples"]})
+    manifest = {
+        "format": "synthgen-webdataset/1",
+        "synthgen_version": __version__,
+        "recipe_hash": recipe_hash(recipe),
+        "recipe": recipe.model_dump(mode="json"),
+        "num_samples": recipe.num_samples,
+        "num_samples_written": sum(s["samples"] for s in shards),
+        "complete": len(shards) == len(tasks),
+        "shards": shards,
+    } | ({"stats": stats} if stats else {})
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(Path(out_dir) / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
+    return manifest

@@ -94,7 +94,12 @@ def _cmd_preview(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    for item in extra:  # overrides may come after options: generate R --out D a.b=1
+        if item.startswith("-") or "=" not in item:
+            parser.error(f"unrecognized argument {item!r}")
+    args.overrides = list(args.overrides) + extra
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     commands = {"generate": _cmd_generate, "validate": _cmd_validate, "preview": _cmd_preview}

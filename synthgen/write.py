@@ -27,6 +27,7 @@ from synthgen.recipe import Recipe, recipe_hash
 log = logging.getLogger(__name__)
 
 SHARD_DIR = "shards"
+TAR_MTIME = 1_700_000_000
 MANIFEST = "manifest.json"
 
 
@@ -68,10 +69,16 @@ def is_complete(out_dir: Path, task: ShardTask) -> bool:
 
 
 # --- encoding ----------------------------------------------------------------------------------
-def encode_png(array: np.ndarray, compression: int = 1) -> bytes:
+# Rendered layers are flat regions on black: the "up" filter with run-length deflate is 3-4x
+# faster than OpenCV's default adaptive filtering and within ~10% of its size.
+_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
+               cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+
+
+def encode_png(array: np.ndarray) -> bytes:
     """(H, W) uint8/uint16 or (H, W, 3) uint8 RGB -> PNG bytes (16-bit stays 16-bit)."""
     data = array[..., ::-1] if array.ndim == 3 else array
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(data), [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(data), _PNG_PARAMS)
     if not ok:
         raise ValueError(f"PNG encoding failed for an array of shape {array.shape} {array.dtype}")
     return buf.tobytes()
@@ -115,7 +122,9 @@ def write_shard(out_dir: Path, task: ShardTask, records: Iterable[dict[str, Any]
     count = 0
     try:
         with open(tmp, "wb") as stream:
-            with wds.TarWriter(stream, encoder=False) as sink:
+            # fixed owner and mtime: the same samples always make the same bytes
+            with wds.TarWriter(stream, encoder=False, user="synthgen", group="synthgen",
+                               mtime=TAR_MTIME) as sink:
                 for record in records:
                     sink.write(record)
                     count += 1

@@ -30,9 +30,9 @@ OPENPOSE_COLORS = [(255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170
 
 def encode_normal(normal: np.ndarray, mask: np.ndarray, convention: str = "opengl") -> np.ndarray:
     """(H, W, 3) float unit normals (OpenCV camera axes) -> (H, W, 3) uint8 RGB, background 0."""
-    flipped = normal * NORMAL_CONVENTIONS[convention]
-    rgb = np.clip((flipped + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-    rgb[~mask] = 0
+    rgb = np.zeros(normal.shape, dtype=np.uint8)
+    flipped = normal[mask] * NORMAL_CONVENTIONS[convention]
+    rgb[mask] = np.clip((flipped + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
     return rgb
 
 

@@ -1,0 +1,296 @@
+"""OpenGL (moderngl, headless EGL) triangle rasteriser.
+
+Same interface and conventions as :mod:`synthgen.render.raster_torch`:
+
+* ``vertices`` are in the OpenCV camera frame: x right, y down, z forward, metres.
+* Integer pixel coordinates are pixel CENTRES: pixel (row ``r``, col ``c``) is
+  sampled at the image point ``(u, v) = (c, r)`` where
+  ``(u, v) = (K @ X)[:2] / (K @ X)[2]`` exactly (no half-pixel offset).
+  GL samples fragments at window coordinates ``(c + 0.5, r + 0.5)``, so the
+  projection matrix maps ``(u, v)`` to window ``(u + 0.5, v + 0.5)``.  Image
+  row ``r`` is GL framebuffer row ``r``: GL's y axis points up and
+  ``Framebuffer.read`` returns the bottom row first, so the two flips cancel
+  and the read-back array is already top-row-first.  ``K`` must have last row
+  ``[0, 0, 1]``.
+* Near plane: any triangle with a vertex at ``z <= NEAR`` (0.01 m) is culled
+  entirely on the CPU (GL would otherwise clip it).  No far plane (infinite
+  far projection).
+* Faces are double-sided (no back-face culling).
+* Outputs (numpy): ``triangle_id`` (H,W) int32, -1 background; ``depth`` (H,W)
+  float32 metric camera z (perspective-correct varying), 0 background;
+  ``normal`` (H,W,3) float32 unit camera-frame normal (smooth, interpolated
+  unit area-weighted vertex normals, renormalised), 0 background; ``mask``
+  (H,W) bool.  Normal orientation: flipped to the visible side of the
+  triangle (``gl_FrontFacing``), then bent towards the camera if needed so
+  that ``dot(n, ray) <= -NORMAL_EPS``.
+
+One render pass writes RGB32F (normal), R32F (camera z) and R32I
+(``gl_PrimitiveID + 1``, 0 = background) colour attachments plus a depth
+buffer; no MSAA.  They are read straight into the output arrays.
+
+Processes: an EGL context must be created in the process that uses it.  If a
+process that owns a context forks, creating a new context in the child hangs
+(Mesa llvmpipe), so this module refuses to do that (RuntimeError) and
+:func:`gl_available` returns False in such a child.  :func:`gl_available`
+itself probes in a short-lived subprocess so that it never leaves an EGL
+context behind in the calling process.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+NEAR = 0.01  # metres; triangles with any vertex at z <= NEAR are culled
+NORMAL_EPS = 1e-3  # minimum |dot(n, ray)| for normals bent towards the camera
+
+_VERTEX_SHADER = """
+#version 330
+uniform mat4 proj;
+in vec3 in_pos;
+in vec3 in_nrm;
+out vec3 v_pos;
+out vec3 v_nrm;
+void main() {
+    v_pos = in_pos;
+    v_nrm = in_nrm;
+    gl_Position = proj * vec4(in_pos, 1.0);
+}
+"""
+
+_FRAGMENT_SHADER = """
+#version 330
+const float NORMAL_EPS = %r;
+in vec3 v_pos;
+in vec3 v_nrm;
+layout(location = 0) out vec3 out_normal;
+layout(location = 1) out float out_depth;
+layout(location = 2) out int out_id;
+void main() {
+    vec3 d = normalize(v_pos);
+    vec3 n = gl_FrontFacing ? v_nrm : -v_nrm;
+    float ln = length(n);
+    n = ln > 1e-12 ? n / ln : -d;
+    float dn = dot(n, d);
+    if (dn > -NORMAL_EPS) n = normalize(n - (dn + NORMAL_EPS) * d);
+    out_normal = n;
+    out_depth = v_pos.z;
+    out_id = gl_PrimitiveID + 1;
+}
+""" % NORMAL_EPS
+
+_PROBE = ("import moderngl; c = moderngl.create_standalone_context(backend='egl'); "
+          "assert c.version_code >= 330; c.release()")
+
+_owner_pid: int | None = None  # pid of the process that created a GL context
+_available: bool | None = None
+_instances: dict[int, "GLRasterizer"] = {}
+
+
+def projection_matrix(K: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(4,4) float64 clip matrix for camera-frame points (OpenCV axes).
+
+    Window coords are ``(u + 0.5, v + 0.5)`` with ``(u, v)`` the projection
+    by ``K``; ``w_clip = z`` and ``ndc_z = 1 - 2 NEAR / z`` (infinite far).
+    """
+    k = np.asarray(K, dtype=np.float64)
+    p = np.zeros((4, 4))
+    p[0, :3] = (2.0 * k[0] + (1.0 - width) * k[2]) / width
+    p[1, :3] = (2.0 * k[1] + (1.0 - height) * k[2]) / height
+    p[2] = [0.0, 0.0, 1.0, -2.0 * NEAR]
+    p[3, :3] = k[2]
+    return p
+
+
+def vertex_normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """Unit area-weighted vertex normals: v (V,3) float32, f (F,3) int -> (V,3)."""
+    vt = np.ascontiguousarray(v.T)  # (3,V)
+    a, b, c = (np.take(vt, f[:, i], axis=1) for i in range(3))  # (3,F) each
+    e1, e2 = b - a, c - a
+    fn = e1[[1, 2, 0]] * e2[[2, 0, 1]] - e1[[2, 0, 1]] * e2[[1, 2, 0]]  # (3,F)
+    idx = f.T.reshape(-1)
+    vn = np.stack([np.bincount(idx, np.tile(fn[j], 3), minlength=len(v))
+                   for j in range(3)], 1)
+    n = np.linalg.norm(vn, axis=1, keepdims=True)
+    return (vn / np.maximum(n, 1e-20)).astype(np.float32)
+
+
+def _inherited_context() -> bool:
+    """True if a parent process created an EGL context before forking us."""
+    return _owner_pid is not None and _owner_pid != os.getpid()
+
+
+class GLRasterizer:
+    """Headless EGL rasteriser; context and buffers are created lazily.
+
+    The context is created on first use in the calling process; framebuffers
+    are cached per (width, height), vertex/index buffers grow as needed.
+    """
+
+    def __init__(self) -> None:
+        self._ctx = None
+        self._prog = None
+        self._pid: int | None = None
+        self._fbos: dict[tuple[int, int], object] = {}
+        self._buffers: dict[str, object] = {}
+        self._vao = None
+
+    def _context(self):
+        """The (lazily created) moderngl context of this process."""
+        global _owner_pid
+        if self._ctx is not None:
+            if self._pid != os.getpid():
+                raise RuntimeError("GLRasterizer used in a forked child; create "
+                                   "a new one in the child (spawn start method)")
+            return self._ctx
+        if _inherited_context():
+            raise RuntimeError("a parent process created an EGL context before "
+                               "fork; creating one here would hang")
+        import moderngl
+
+        ctx = moderngl.create_standalone_context(backend="egl", require=330)
+        _owner_pid, self._pid = os.getpid(), os.getpid()
+        self._prog = ctx.program(vertex_shader=_VERTEX_SHADER,
+                                 fragment_shader=_FRAGMENT_SHADER)
+        ctx.front_face = "cw"  # (u,v) clockwise == normal faces the camera
+        self._ctx = ctx
+        logger.debug("created EGL context: %s", ctx.info.get("GL_RENDERER"))
+        return ctx
+
+    def _framebuffer(self, width: int, height: int):
+        """Cached FBO: RGB32F normal, R32F z, R32I id + 1, depth buffer."""
+        fbo = self._fbos.get((width, height))
+        if fbo is None:
+            ctx, size = self._ctx, (width, height)
+            color = [ctx.renderbuffer(size, 3, dtype="f4"),
+                     ctx.renderbuffer(size, 1, dtype="f4"),
+                     ctx.renderbuffer(size, 1, dtype="i4")]
+            fbo = ctx.framebuffer(color, ctx.depth_renderbuffer(size))
+            self._fbos[(width, height)] = fbo
+        return fbo
+
+    def _buffer(self, name: str, data: np.ndarray):
+        """Upload ``data`` into a named buffer, growing it when too small."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.size < data.nbytes:
+            if buf is not None:
+                buf.release()
+            buf = self._ctx.buffer(reserve=max(data.nbytes, 1) * 5 // 4)
+            self._buffers[name] = buf
+            self._vao = None
+        buf.write(data)
+        return buf
+
+    def _vertex_array(self, pos: np.ndarray, nrm: np.ndarray, idx: np.ndarray):
+        """Upload mesh data and return the (cached) vertex array object."""
+        bufs = [self._buffer(n, d) for n, d in (("pos", pos), ("nrm", nrm), ("idx", idx))]
+        if self._vao is None:
+            self._vao = self._ctx.vertex_array(
+                self._prog, [(bufs[0], "3f", "in_pos"), (bufs[1], "3f", "in_nrm")],
+                index_buffer=bufs[2], index_element_size=4)
+        return self._vao
+
+    def rasterize(self, vertices: np.ndarray, faces: np.ndarray, K: np.ndarray,
+                  width: int, height: int) -> dict:
+        """Rasterise; arguments and outputs as :func:`rasterize`."""
+        import moderngl
+
+        ctx = self._context()
+        pos = np.ascontiguousarray(vertices, dtype=np.float32).reshape(-1, 3)
+        faces = np.asarray(faces).reshape(-1, 3)
+        kept = _kept_faces(pos, faces)
+        idx = np.ascontiguousarray(faces if kept is None else faces[kept], dtype=np.int32)
+        fbo = self._framebuffer(width, height)
+        fbo.use()
+        fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
+        ctx.enable_only(moderngl.DEPTH_TEST)
+        ctx.depth_func = "<"
+        if len(idx):
+            self._prog["proj"].write(projection_matrix(K, width, height).T.astype("f4").tobytes())
+            vao = self._vertex_array(pos, vertex_normals(pos, faces), idx)
+            vao.render(moderngl.TRIANGLES, vertices=3 * len(idx))
+        return _read_back(fbo, kept, width, height)
+
+    def release(self) -> None:
+        """Free GL objects and the context (only in the creating process)."""
+        if self._ctx is not None and self._pid == os.getpid():
+            self._ctx.release()
+        self.__init__()
+
+
+def _kept_faces(pos: np.ndarray, faces: np.ndarray) -> np.ndarray | None:
+    """Indices (F',) of faces with all vertices beyond NEAR; None if all are."""
+    ok = pos[:, 2] > NEAR
+    if ok.all():
+        return None
+    return np.flatnonzero(ok[faces].all(1))
+
+
+def _read_back(fbo, kept: np.ndarray | None, width: int, height: int) -> dict:
+    """Read the attachments into the output dict (see module docstring)."""
+    normal = np.empty((height, width, 3), np.float32)
+    depth = np.empty((height, width), np.float32)
+    raw = np.empty((height, width), np.int32)
+    fbo.read_into(normal, components=3, attachment=0, dtype="f4")
+    fbo.read_into(depth, components=1, attachment=1, dtype="f4")
+    fbo.read_into(raw, components=1, attachment=2, dtype="i4")
+    if kept is None:
+        tid = raw - 1
+    else:
+        tid = np.concatenate([[-1], kept]).astype(np.int32)[raw]
+    return dict(triangle_id=tid, depth=depth, normal=normal, mask=tid >= 0)
+
+
+def gl_available() -> bool:
+    """Whether a headless EGL GL 3.3 context can be made here (cached, never raises).
+
+    Probes in a subprocess so that no EGL context is left in this process
+    (which would make forked children hang).  Returns False in a forked child
+    of a process that already owns a context.
+    """
+    global _available
+    if _inherited_context():
+        return False
+    if _owner_pid == os.getpid():
+        return True
+    if _available is None:
+        try:
+            res = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True,
+                                 timeout=120, text=True)
+            _available = res.returncode == 0
+            if not _available:
+                logger.info("EGL/GL unavailable: %s", res.stderr.strip()[-500:])
+        except Exception as exc:  # noqa: BLE001 - must never raise
+            logger.info("EGL/GL probe failed: %r", exc)
+            _available = False
+    return _available
+
+
+def get_rasterizer() -> GLRasterizer:
+    """The per-process cached :class:`GLRasterizer`."""
+    pid = os.getpid()
+    if pid not in _instances:
+        _instances[pid] = GLRasterizer()
+    return _instances[pid]
+
+
+def rasterize(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray,
+              width: int, height: int) -> dict:
+    """Rasterise a triangle mesh given in the OpenCV camera frame.
+
+    Args:
+        vertices: (V,3) float32 camera-frame positions in metres.
+        faces: (F,3) int vertex indices.
+        K: (3,3) float pinhole intrinsics (last row [0, 0, 1]).
+        width, height: image size in pixels.
+
+    Returns:
+        dict with ``triangle_id`` (H,W) int32, ``depth`` (H,W) float32,
+        ``normal`` (H,W,3) float32, ``mask`` (H,W) bool (see module docstring).
+    """
+    return get_rasterizer().rasterize(vertices, faces, K, width, height)

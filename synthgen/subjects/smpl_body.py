@@ -1,0 +1,395 @@
+"""SMPL, SMPL-H and SMPL-X bodies through ``smplx``, from the user's licensed model files.
+
+Model files are NOT shipped (non-commercial licences). Get them (free registration) from
+https://smpl.is.tue.mpg.de (SMPL), https://mano.is.tue.mpg.de (SMPL-H, "Extended SMPL+H") or
+https://smpl-x.is.tue.mpg.de (SMPL-X), and point ``subject.model_path`` at the folder holding them
+(smplx layout ``FOLDER/smpl/SMPL_NEUTRAL.pkl``, or ``FOLDER/SMPL_NEUTRAL.pkl``, ``.npz`` too) or at
+the file itself. ``.npz`` files are read with ``allow_pickle=False`` (object entries are skipped);
+``.pkl`` files go through smplx's own loader, which unpickles them.
+
+Official ``.pkl`` files hold ``chumpy`` objects, and chumpy does not import with current numpy.
+Convert such a file once, without chumpy (a restricted unpickler keeps only numeric arrays)::
+
+    python -m synthgen.subjects.smpl_body SMPL_NEUTRAL.pkl SMPL_NEUTRAL.npz
+
+Frames: smplx works in SMPL's frame (x = body's left, y = up, z = forward); posed outputs are
+rotated into synthgen's world frame with :data:`SMPL_TO_WORLD` and put on the ground (z = 0).
+
+Keypoints (the 23 ``KEYPOINT_NAMES``): shoulders, elbows, wrists, hips, knees and ankles are the
+SMPL joints of those names (regressed joint centres; SMPL's hips sit a little lower and more
+inward than COCO's annotated hips); nose, eyes, ears, big/small toes and heels are the surface
+vertices smplx uses for those points (``smplx.vertex_ids.vertex_ids['smplh']`` for SMPL and
+SMPL-H, ``['smplx']`` for SMPL-X).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.metadata
+import io
+import logging
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.spatial.transform import Rotation
+
+from synthgen.errors import MissingModelError, UserError
+from synthgen.recipe import SubjectConfig
+from synthgen.seeding import sample_rng
+from synthgen.subjects.base import (KEYPOINT_NAMES, KEYPOINT_PARTS, PART_NAMES, SMPL_TO_WORLD,
+                                    PosedSubject, ground_offset, parts_from_skinning)
+from synthgen.subjects.poses import (SMPL_JOINTS, PoseFileBank, matrices_to_axis_angle,
+                                     sample_library_pose)
+
+log = logging.getLogger(__name__)
+
+BATCH = 16  # fixed forward batch: padding keeps every sample's arithmetic independent of the split
+FILE_STEM = {"smpl": "SMPL", "smplh": "SMPLH", "smplx": "SMPLX"}
+DOWNLOAD_URL = {"smpl": "https://smpl.is.tue.mpg.de", "smplh": "https://mano.is.tue.mpg.de",
+                "smplx": "https://smpl-x.is.tue.mpg.de"}
+BODY_POSE_JOINTS = {"smpl": 23, "smplh": 21, "smplx": 21}  # joints in ``body_pose`` (pelvis excluded)
+REQUIRED_KEYS = ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table")
+CONVERT_HINT = "python -m synthgen.subjects.smpl_body FILE.pkl FILE.npz"
+
+# KEYPOINT_NAMES entries read from smplx vertex ids; every other keypoint is the SMPL joint of that name.
+KEYPOINT_VERTEX_KEYS = {
+    "nose": "nose", "left_eye": "leye", "right_eye": "reye", "left_ear": "lear", "right_ear": "rear",
+    "left_big_toe": "LBigToe", "right_big_toe": "RBigToe", "left_small_toe": "LSmallToe",
+    "right_small_toe": "RSmallToe", "left_heel": "LHeel", "right_heel": "RHeel",
+}
+NUM_SHARED_JOINTS = 22  # pelvis..right_wrist: the same joints, same order, in all three models
+
+# Joint name (without left_/right_) -> part; first matching prefix wins, unmatched -> torso.
+_JOINT_PART_RULES = [
+    ("shoulder", "{s}_upper_arm"), ("elbow", "{s}_forearm"), ("wrist", "{s}_hand"),
+    ("hand", "{s}_hand"), ("index", "{s}_hand"), ("middle", "{s}_hand"), ("pinky", "{s}_hand"),
+    ("ring", "{s}_hand"), ("thumb", "{s}_hand"), ("hip", "{s}_thigh"), ("knee", "{s}_shin"),
+    ("ankle", "{s}_foot"), ("foot", "{s}_foot"), ("neck", "head"), ("head", "head"),
+    ("jaw", "head"), ("eye", "head"),
+]
+
+
+# --- model files -------------------------------------------------------------------------------
+def model_candidates(model: str, folder: Path, gender: str) -> list[Path]:
+    """Files searched, in order, when ``subject.model_path`` is a folder."""
+    stem = f"{FILE_STEM[model]}_{gender.upper()}"
+    out = [d / f"{stem}.{ext}" for d in (folder / model, folder) for ext in ("npz", "pkl")]
+    if model == "smplh":  # AMASS "Extended SMPL+H" layout
+        out += [folder / "smplh" / gender / "model.npz", folder / gender / "model.npz"]
+    return out
+
+
+def missing_model_message(model: str, searched: list[Path]) -> str:
+    """One line: what is missing, where it was looked for, where to get it, how to convert it."""
+    return (f"{FILE_STEM[model]} model file not found (searched: {', '.join(map(str, searched))}). "
+            f"Download it from {DOWNLOAD_URL[model]} (free registration, non-commercial licence) and "
+            f"set subject.model_path to its folder or file. Official .pkl files holding chumpy "
+            f"objects must be converted once to .npz: {CONVERT_HINT}")
+
+
+def find_model_file(config: SubjectConfig) -> Path:
+    """The model file ``config`` names; raises MissingModelError if there is none."""
+    path = Path(str(config.model_path)).expanduser()
+    if path.is_file() or path.suffix in (".pkl", ".npz"):
+        candidates = [path]
+    else:
+        candidates = model_candidates(config.model, path, config.smpl_gender)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise MissingModelError(missing_model_message(config.model, candidates))
+
+
+def read_npz_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """Every non-object array of an ``.npz`` (never unpickles; object entries are skipped)."""
+    out = {}
+    with np.load(path, allow_pickle=False) as data:
+        for key in data.files:
+            try:
+                out[key] = data[key]
+            except ValueError:
+                log.debug("%s: skipping object entry %r", path, key)
+    return out
+
+
+class _NoPickleNumpy:
+    """numpy as ``smplx.body_models`` sees it while building SMPL-X: ``np.load`` never unpickles."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(np, name)
+
+    @staticmethod
+    def load(path, *args, **kwargs) -> dict[str, np.ndarray]:
+        return read_npz_arrays(path)
+
+
+@contextlib.contextmanager
+def _smplx_npz_without_pickle():
+    """smplx.SMPLX has no ``data_struct`` argument and loads .npz with allow_pickle=True."""
+    import smplx.body_models as body_models
+
+    saved = body_models.np
+    body_models.np = _NoPickleNumpy()
+    try:
+        yield
+    finally:
+        body_models.np = saved
+
+
+def _construct(model: str, path: Path, kwargs: dict[str, Any]) -> torch.nn.Module:
+    """The smplx module for ``path`` (.npz without pickle, .pkl through smplx's loader)."""
+    import smplx
+    from smplx.utils import Struct
+
+    cls = {"smpl": smplx.SMPL, "smplh": smplx.SMPLH, "smplx": smplx.SMPLX}[model]
+    if path.suffix == ".pkl":
+        extra = {} if model == "smpl" else {"ext": "pkl"}
+        return cls(model_path=str(path), **extra, **kwargs)
+    if path.suffix != ".npz":
+        raise UserError(f"subject.model_path: {path} is neither a .pkl nor a .npz model file")
+    if model == "smplx":
+        with _smplx_npz_without_pickle():
+            return cls(model_path=str(path), ext="npz", **kwargs)
+    arrays = read_npz_arrays(path)
+    missing = [k for k in REQUIRED_KEYS if k not in arrays]
+    if missing:
+        raise UserError(f"{path}: not a {FILE_STEM[model]} model file (missing arrays {missing})")
+    return cls(model_path=None, data_struct=Struct(**arrays), **kwargs)
+
+
+def load_body_model(model: str, path: Path, gender: str, num_betas: int) -> torch.nn.Module:
+    """float32 smplx module with batch size :data:`BATCH` and at least ``num_betas`` betas."""
+    kwargs = dict(gender=gender, num_betas=num_betas, batch_size=BATCH, dtype=torch.float32,
+                  create_transl=False)
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):  # smplx print()s its warnings
+            body = _construct(model, path, kwargs)
+    except ImportError as exc:
+        if "chumpy" not in str(exc):
+            raise
+        raise UserError(f"{path} holds chumpy objects; convert it once to .npz: {CONVERT_HINT} "
+                        f"(then point subject.model_path at the .npz)") from None
+    except (AttributeError, KeyError, pickle.UnpicklingError) as exc:
+        raise UserError(f"{path}: not a usable {FILE_STEM[model]} model file ({exc!r})") from None
+    for line in filter(None, printed.getvalue().splitlines()):
+        log.info("smplx: %s", line)
+    if body.num_betas < num_betas:
+        raise UserError(f"subject.shape.num_betas={num_betas} but {path} has only "
+                        f"{body.num_betas} shape components")
+    return body.eval()
+
+
+def _joint_names(model: str, num_joints: int) -> list[str]:
+    """Names of the ``num_joints`` kinematic joints of ``model``."""
+    from smplx.joint_names import JOINT_NAMES, SMPLH_JOINT_NAMES
+
+    names = {"smpl": SMPL_JOINTS, "smplh": SMPLH_JOINT_NAMES, "smplx": JOINT_NAMES}[model]
+    return list(names[:num_joints])
+
+
+def joint_part_ids(joint_names: list[str]) -> np.ndarray:
+    """(J,) PART_NAMES index per joint (pelvis/spines/collars -> torso, neck/head/jaw/eyes -> head)."""
+    out = np.full(len(joint_names), PART_NAMES.index("torso"), dtype=np.int64)
+    for j, name in enumerate(joint_names):
+        side, _, base = name.partition("_") if name.startswith(("left_", "right_")) else ("", "", name)
+        for prefix, part in _JOINT_PART_RULES:
+            if base.startswith(prefix):
+                out[j] = PART_NAMES.index(part.format(s=side))
+                break
+    return out
+
+
+def keypoint_gather_index(model: str) -> np.ndarray:
+    """(23,) indices into ``cat([joints[:, :22], vertices], 1)`` giving KEYPOINT_NAMES in order."""
+    from smplx.vertex_ids import vertex_ids
+
+    ids = vertex_ids["smplx" if model == "smplx" else "smplh"]
+    out = [NUM_SHARED_JOINTS + ids[KEYPOINT_VERTEX_KEYS[n]] if n in KEYPOINT_VERTEX_KEYS
+           else SMPL_JOINTS.index(n) for n in KEYPOINT_NAMES]
+    return np.asarray(out, dtype=np.int64)
+
+
+# --- the subject model -------------------------------------------------------------------------
+class SmplBody:
+    """SMPL / SMPL-H / SMPL-X: Gaussian betas, library/file poses, yaw about SMPL's up axis."""
+
+    def __init__(self, config: SubjectConfig):
+        self.config = config
+        self.name = config.model
+        self.num_betas = config.shape.num_betas
+        self.version = importlib.metadata.version("smplx")
+        self.path = find_model_file(config)
+        self.body = load_body_model(config.model, self.path, config.smpl_gender, self.num_betas)
+        self.faces = np.asarray(self.body.faces, dtype=np.int32)
+        weights = self.body.lbs_weights.cpu().numpy()
+        self.joint_names = _joint_names(config.model, weights.shape[1])
+        self.face_parts = parts_from_skinning(weights, joint_part_ids(self.joint_names), self.faces)
+        self.part_names = PART_NAMES
+        self.keypoint_names = KEYPOINT_NAMES
+        self.keypoint_parts = KEYPOINT_PARTS
+        self.keypoint_index = torch.from_numpy(keypoint_gather_index(config.model))
+        self.to_world = torch.tensor(SMPL_TO_WORLD.T, dtype=torch.float32)  # row vectors: v @ M.T
+        self.pose_files = PoseFileBank(config.pose.files) if config.pose.files else None
+        log.info("%s model %s: %d vertices, %d joints, %d betas", self.name, self.path,
+                 weights.shape[0], weights.shape[1], self.num_betas)
+
+    # --- draws -------------------------------------------------------------------------------
+    def draw(self, recipe_seed: int, index: int) -> dict[str, Any]:
+        """Betas, pose (SMPL local rotations) and heading of sample ``index``."""
+        shape = self.config.shape
+        betas = sample_rng(recipe_seed, index, "shape").normal(shape.betas_mean, shape.betas_sd,
+                                                                size=self.num_betas)
+        pose_rng = sample_rng(recipe_seed, index, "pose")
+        pose_cfg = self.config.pose
+        if self.pose_files is not None and pose_rng.random() < pose_cfg.file_fraction:
+            pose_name, rotations = self.pose_files.sample(pose_rng)
+        else:
+            pose_name, rotations = sample_library_pose(pose_rng, pose_cfg.library, pose_cfg.noise_deg)
+        yaw = float(sample_rng(recipe_seed, index, "placement").uniform(*pose_cfg.yaw_deg))
+        return {"betas": betas, "pose_name": pose_name, "smpl_rotations": rotations, "yaw_deg": yaw}
+
+    # --- posing ------------------------------------------------------------------------------
+    def parameters(self, draw: dict[str, Any]) -> dict[str, np.ndarray]:
+        """float32 smplx inputs of one draw: betas (B,), global_orient (3,), body_pose (3*J,)."""
+        joints = BODY_POSE_JOINTS[self.name]
+        body_pose = matrices_to_axis_angle(np.asarray(draw["smpl_rotations"])[1:1 + joints])
+        orient = Rotation.from_euler("y", draw["yaw_deg"], degrees=True).as_rotvec()
+        return {"betas": np.float32(draw["betas"]), "global_orient": np.float32(orient),
+                "body_pose": np.float32(body_pose.reshape(-1))}
+
+    def forward(self, params: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exactly BATCH parameter sets -> SMPL-frame (BATCH, V, 3) vertices, (BATCH, 23, 3) keypoints."""
+        stacked = {k: torch.from_numpy(np.stack([p[k] for p in params])) for k in params[0]}
+        with torch.no_grad():
+            out = self.body(**stacked)
+        both = torch.cat([out.joints[:, :NUM_SHARED_JOINTS], out.vertices], dim=1)
+        return out.vertices, both[:, self.keypoint_index]
+
+    def pose(self, draws: list[dict[str, Any]]) -> list[PosedSubject]:
+        out: list[PosedSubject] = []
+        for start in range(0, len(draws), BATCH):
+            out.extend(self._pose_batch(draws[start:start + BATCH]))
+        return out
+
+    def _pose_batch(self, draws: list[dict[str, Any]]) -> list[PosedSubject]:
+        params = [self.parameters(d) for d in draws]
+        vertices, keypoints = self.forward(params + [params[-1]] * (BATCH - len(params)))
+        vertices, keypoints = (vertices @ self.to_world).numpy(), (keypoints @ self.to_world).numpy()
+        posed = []
+        for b, (draw, p) in enumerate(zip(draws, params)):
+            offset = ground_offset(vertices[b]).astype(np.float32)
+            transl = np.float32(SMPL_TO_WORLD.T @ offset)  # exact: a signed permutation
+            arrays = p | {"transl": transl}
+            posed.append(PosedSubject(vertices=vertices[b] + offset,
+                                      keypoints_3d=keypoints[b] + offset,
+                                      params=self._labels(draw, arrays), arrays=arrays))
+        return posed
+
+    def _labels(self, draw: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        """HMR2/BEDLAM-style labels; global_orient and transl are in SMPL's own frame."""
+        body_model = {"name": self.name, "version": self.version,
+                      "gender": self.config.smpl_gender, "num_betas": self.num_betas}
+        if self.name != "smpl":
+            body_model["hand_pose"] = "mean (zero hand pose, flat_hand_mean=false)"
+        return {"body_model": body_model, **{k: v.tolist() for k, v in arrays.items()},
+                "pose_name": draw["pose_name"], "has_body_pose": True, "has_betas": True}
+
+
+# --- one-off conversion of official (chumpy) .pkl files ---------------------------------------
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("copyreg", "_reconstructor"), ("builtins", "object"),
+}
+
+
+class _Opaque:
+    """Stand-in for a chumpy or scipy.sparse object while unpickling: keeps its state only."""
+
+    source = ""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state[0] if isinstance(state, tuple) else state
+
+
+class _ArraysUnpickler(pickle.Unpickler):
+    """Loads numpy arrays; chumpy/scipy objects become :class:`_Opaque`; anything else is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.split(".")[0] in ("chumpy", "scipy"):
+            return type(name, (_Opaque,), {"source": f"{module}.{name}"})
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        if module == "numpy.core.multiarray":
+            with contextlib.suppress(ImportError):
+                return getattr(importlib.import_module("numpy._core.multiarray"), name)
+        return getattr(importlib.import_module(module), name)
+
+
+def _plain(value: Any) -> np.ndarray | None:
+    """A numeric/string array for one pickled value, or None when it has no array meaning."""
+    if isinstance(value, np.ndarray):
+        return None if value.dtype == object else value
+    if isinstance(value, (str, int, float, np.generic)):
+        return np.asarray(value)
+    if not isinstance(value, _Opaque) or not isinstance(getattr(value, "state", None), dict):
+        return None
+    state = value.state
+    if value.source.startswith("chumpy"):
+        return _plain(state.get("x"))
+    kind = next((k for k in ("csc", "csr") if k in value.source), None)
+    if kind is None:
+        return None
+    import scipy.sparse as sparse
+
+    shape = tuple(state.get("_shape", state.get("shape")))
+    matrix = getattr(sparse, f"{kind}_matrix")((state["data"], state["indices"], state["indptr"]), shape)
+    return matrix.toarray()
+
+
+def convert_to_npz(src: str | Path, dst: str | Path) -> Path:
+    """Rewrite a SMPL-family ``.pkl`` (chumpy/scipy objects allowed) as a plain ``.npz``.
+
+    Needs neither chumpy nor a trusting unpickler: only numpy arrays, chumpy ``Ch`` values
+    (their ``x``) and scipy sparse matrices (made dense) are read; other entries are dropped.
+    """
+    with open(src, "rb") as handle:
+        data = _ArraysUnpickler(handle, encoding="latin1").load()
+    if not isinstance(data, dict):
+        raise UserError(f"{src}: expected a pickled dict of model arrays, got {type(data).__name__}")
+    arrays = {k: a for k, a in ((k, _plain(v)) for k, v in data.items()) if a is not None}
+    dropped = sorted(set(data) - set(arrays))
+    missing = [k for k in REQUIRED_KEYS if k not in arrays]
+    if missing:
+        raise UserError(f"{src}: could not read {missing} (dropped entries: {dropped})")
+    if dropped:
+        log.info("%s: dropped entries without array data: %s", src, dropped)
+    dst = Path(dst)
+    np.savez(dst, **arrays)
+    return dst
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m synthgen.subjects.smpl_body SRC.pkl [DST.npz]``."""
+    parser = argparse.ArgumentParser(description="Convert an official SMPL/SMPL-H/SMPL-X .pkl "
+                                     "(chumpy objects) to a plain .npz that synthgen reads safely.")
+    parser.add_argument("src", type=Path)
+    parser.add_argument("dst", type=Path, nargs="?")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = convert_to_npz(args.src, args.dst or args.src.with_suffix(".npz"))
+    log.info("wrote %s", out)
+
+
+if __name__ == "__main__":
+    main()

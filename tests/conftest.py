@@ -1,0 +1,48 @@
+"""Shared fixtures: real Anny, real renderers, real shards (small images keep the suite fast)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Anny builds ~800 MB of model data on first use: keep one cache for the whole test session
+# (and across CI runs on the same machine) instead of one per test.
+os.environ.setdefault("SYNTHGEN_CACHE_DIR", str(Path.home() / ".cache" / "synthgen"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_recipe(**sections):
+    """A quick recipe: 128x128 images, small shards, the torch renderer (no system libraries)."""
+    from synthgen.recipe import recipe_from_dict
+
+    data = {"name": "test", "seed": 7, "num_samples": 6, "image": {"width": 128, "height": 128},
+            "render": {"backend": "torch"}, "output": {"shard_size": 2}}
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = data[key] | value
+        else:
+            data[key] = value
+    return recipe_from_dict(data)
+
+
+@pytest.fixture(scope="session")
+def anny_factory():
+    from synthgen.pipeline import SampleFactory
+
+    return SampleFactory(small_recipe(image={"width": 256, "height": 256}))
+
+
+@pytest.fixture(scope="session")
+def generated(tmp_path_factory):
+    """One real dataset written by the real pipeline (6 samples, 3 shards), reused by readers."""
+    from synthgen.pipeline import generate
+
+    out = tmp_path_factory.mktemp("dataset")
+    recipe = small_recipe(output={"shard_size": 2, "vertices": True})
+    generate(recipe, out, workers=1, progress=False)
+    return out, recipe

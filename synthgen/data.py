@@ -55,7 +55,9 @@ def _decode_image(key: str, data: bytes) -> Any:
 def to_training_sample(raw: dict[str, Any]) -> dict[str, Any]:
     """A decoded webdataset sample -> named arrays (layers keyed by name, depth in metres)."""
     labels = raw["json"]
-    out: dict[str, Any] = {"__key__": raw["__key__"], "labels": labels, "image": raw["jpg"]}
+    out: dict[str, Any] = {"__key__": raw["__key__"], "labels": labels}
+    if "jpg" in raw:
+        out["image"] = raw["jpg"]
     for key, value in raw.items():
         if key.endswith(".png"):
             out[key[:-4]] = value

@@ -71,12 +71,19 @@ class SampleFactory:
                                       subject.vertices[::7], w, h)
         sample.update(camera=camera, camera_draw=drawn)
         self._render(sample)
+        self._generate(sample)
+        sample["labels"] = self.labels(sample)
+        return sample
+
+    def _generate(self, sample: dict[str, Any]) -> None:
+        r, index = self.recipe, sample["index"]
+        if r.backend.kind == "none":
+            sample.update(image=None, appearance=None)
+            return
         image, appearance = render_shaded(sample["layers"], self.subject_model.part_names,
                                           sample_rng(r.seed, index, "appearance"),
                                           sample_rng(r.seed, index, "background"), r.backend.shaded)
         sample.update(image=image, appearance=appearance)
-        sample["labels"] = self.labels(sample)
-        return sample
 
     def _render(self, sample: dict[str, Any]) -> None:
         r, model, camera = self.recipe, self.subject_model, sample["camera"]
@@ -116,8 +123,9 @@ class SampleFactory:
     # 6. encode ------------------------------------------------------------------------------
     def encode(self, sample: dict[str, Any]) -> dict[str, Any]:
         out = self.recipe.output
-        record = {"__key__": f"{sample['index']:09d}", "jpg": write.encode_jpg(sample["image"], out.jpeg_quality),
-                  "json": write.encode_json(sample["labels"])}
+        record = {"__key__": f"{sample['index']:09d}", "json": write.encode_json(sample["labels"])}
+        if sample["image"] is not None:
+            record["jpg"] = write.encode_jpg(sample["image"], out.jpeg_quality)
         for name in out.layers:
             record[f"{name}.png"] = write.encode_png(sample["layers"][LAYER_KEYS[name]])
         if out.vertices:

@@ -51,9 +51,10 @@ def overlay(image: np.ndarray, labels: dict[str, Any], mask: np.ndarray | None =
 
 def sample_row(sample: dict[str, Any], tile: int) -> np.ndarray:
     layers = sample["layers"]
+    image = sample["image"] if sample["image"] is not None else layers["normal_rgb"]
     tiles = {
-        "image": sample["image"],
-        "overlay": overlay(sample["image"], sample["labels"], layers["mask"]),
+        "image": image,
+        "overlay": overlay(image, sample["labels"], layers["mask"]),
         "normal": layers["normal_rgb"],
         "depth": _colour_depth(layers["depth_mm"]),
         "parts": _colour_parts(layers["parts"]),

@@ -160,7 +160,9 @@ class ShadedConfig(_Strict):
 
 
 class BackendConfig(_Strict):
-    kind: Literal["shaded"] = Field("shaded", description="image backend")
+    kind: Literal["shaded", "none"] = Field(
+        "shaded", description="image backend: shaded = weight-free CG image; none = labels and "
+        "conditioning layers only (e.g. to run diffusion later, elsewhere)")
     shaded: ShadedConfig = Field(default_factory=ShadedConfig)
 
 

@@ -106,26 +106,45 @@ def sample_camera(rng: np.random.Generator, cfg: CameraConfig, points_world: np.
     az, el = np.radians(azimuth), np.radians(elevation)
     direction = np.array([np.cos(el) * np.sin(az), -np.cos(el) * np.cos(az), np.sin(el)])
     radius = float(np.linalg.norm(hi - lo)) / 2.0
-    distance = max(2.0 * radius, 0.5)
-    for _ in range(4):  # perspective: extent ~ 1/distance, converge in a few steps
-        camera = Camera(K, *look_at(target + distance * direction, target, roll), width, height)
-        uv_lo, uv_hi = _extent(camera, points_world)
-        size = max((uv_hi[0] - uv_lo[0]) / width, (uv_hi[1] - uv_lo[1]) / height)
-        distance = max(distance * size / fraction, radius + 0.05)
-    camera = Camera(K, *look_at(target + distance * direction, target, roll), width, height)
-    camera = _recentre(camera, points_world, jitter, fraction)
+    closest = float(((points_world - target) @ direction).max()) + 0.1  # stay 10 cm clear of the subject
+
+    def framed(d: float) -> tuple[Camera, float]:
+        cam = Camera(K, *look_at(target + d * direction, target, roll), width, height)
+        cam = _recentre(cam, points_world, jitter, fraction)
+        uv_lo, uv_hi = _extent(cam, points_world)
+        return cam, max((uv_hi[0] - uv_lo[0]) / width, (uv_hi[1] - uv_lo[1]) / height)
+
+    # the projected size shrinks monotonically with distance: bisect it (in log distance)
+    pinhole = 2.0 * radius * K[1, 1] / (fraction * height)  # first guess, ignores perspective
+    near, far = np.log(max(closest, pinhole / 4.0)), np.log(max(closest, pinhole) * 4.0)
+    for _ in range(18):
+        mid = (near + far) / 2.0
+        near, far = (mid, far) if framed(float(np.exp(mid)))[1] > fraction else (near, mid)
+    distance = float(np.exp(far))
+    camera, achieved = framed(distance)
+    # a wide lens close up may not reach the fraction without entering the subject: record what was got
     drawn = {"fov_deg": fov, "azimuth_deg": azimuth, "elevation_deg": elevation, "roll_deg": roll,
-             "distance": float(distance), "subject_fraction": fraction}
+             "distance": float(distance), "subject_fraction": float(achieved),
+             "subject_fraction_target": fraction}
     return camera, drawn
 
 
-def _recentre(camera: Camera, points_world: np.ndarray, jitter: np.ndarray, fraction: float) -> Camera:
-    """Slide the camera in its image plane so the subject's box centre lands at centre + jitter."""
-    uv_lo, uv_hi = _extent(camera, points_world)
+def _recentre(camera: Camera, points_world: np.ndarray, jitter: np.ndarray, fraction: float,
+              steps: int = 3) -> Camera:
+    """Pan/tilt the camera about its centre so the subject's box centre lands at centre + jitter.
+
+    Rotating (not sliding) keeps the viewpoint, so perspective and occlusions stay as drawn;
+    a few fixed-point steps absorb the box's change of shape under rotation.
+    """
     size = np.array([camera.width, camera.height], dtype=float)
     slack = np.clip((1.0 - fraction) / 2.0, 0.0, None)
-    goal = size / 2.0 + np.clip(jitter, -slack, slack) * size
-    shift_px = goal - (uv_lo + uv_hi) / 2.0
-    depth = float(np.median(camera.to_camera(points_world)[:, 2]))
-    shift_cam = np.array([shift_px[0] * depth / camera.K[0, 0], shift_px[1] * depth / camera.K[1, 1], 0.0])
-    return Camera(camera.K, camera.R, camera.t + shift_cam, camera.width, camera.height)
+    goal = np.append(size / 2.0 + np.clip(jitter, -slack, slack) * size - 0.5, 1.0)
+    K_inv = np.linalg.inv(camera.K)
+    for _ in range(steps):
+        uv_lo, uv_hi = _extent(camera, points_world)
+        now = K_inv @ np.append((uv_lo + uv_hi) / 2.0, 1.0)
+        want = K_inv @ goal
+        rotation, _ = Rotation.align_vectors((want / np.linalg.norm(want))[None], (now / np.linalg.norm(now))[None])
+        Q = rotation.as_matrix()
+        camera = Camera(camera.K, Q @ camera.R, Q @ camera.t, camera.width, camera.height)
+    return camera

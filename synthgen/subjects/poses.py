@@ -127,12 +127,12 @@ def base_pose_angles(name: str) -> np.ndarray:
     return angles
 
 
-def sample_library_pose(rng: np.random.Generator, weights: dict[str, float],
-                        noise_deg: float) -> tuple[str, np.ndarray]:
+def sample_library_angles(rng: np.random.Generator, weights: dict[str, float],
+                          noise_deg: float) -> tuple[str, np.ndarray]:
     """Draw a base pose by weight and perturb it within joint limits.
 
-    Returns the pose name and (24, 3, 3) float64 joint rotations (pelvis = identity: the global
-    orientation is drawn separately).
+    Returns the pose name and (24, 3) Euler degrees, clipped to :data:`JOINT_LIMITS_DEG`
+    (pelvis zero: the global orientation is drawn separately).
     """
     names = sorted(weights)
     p = np.array([weights[n] for n in names], dtype=float)
@@ -140,6 +140,13 @@ def sample_library_pose(rng: np.random.Generator, weights: dict[str, float],
     angles = base_pose_angles(name) + rng.normal(0.0, noise_deg, size=(NUM_JOINTS, 3))
     angles = np.clip(angles, JOINT_LIMITS_DEG[..., 0], JOINT_LIMITS_DEG[..., 1])
     angles[0] = 0.0
+    return name, angles
+
+
+def sample_library_pose(rng: np.random.Generator, weights: dict[str, float],
+                        noise_deg: float) -> tuple[str, np.ndarray]:
+    """Like :func:`sample_library_angles`, as (24, 3, 3) float64 joint rotations."""
+    name, angles = sample_library_angles(rng, weights, noise_deg)
     return name, euler_to_matrix(angles)
 
 

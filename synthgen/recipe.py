@@ -159,11 +159,90 @@ class ShadedConfig(_Strict):
         return self
 
 
+ControlLayer = Literal["normal", "depth", "edges", "skeleton", "mask"]
+
+
+class ControlNetUnit(_Strict):
+    """One ControlNet bound to one rendered layer."""
+
+    model: str = Field(..., description="Hugging Face id or local folder of the ControlNet weights")
+    layer: ControlLayer = Field(..., description="rendered layer fed to it (depth = inverted "
+                                "normalised depth, edges = Canny, skeleton = OpenPose-18)")
+    scale: float = Field(1.0, ge=0.0, le=2.0, description="controlnet_conditioning_scale")
+    start: float = Field(0.0, ge=0.0, le=1.0, description="control_guidance_start (fraction of steps)")
+    end: float = Field(1.0, ge=0.0, le=1.0, description="control_guidance_end (fraction of steps)")
+
+
+class ControlNetConfig(_Strict):
+    """diffusers ControlNet pipelines. Models come from a Hugging Face id or a local folder."""
+
+    family: Literal["sd15", "sdxl", "flux"] = Field("sd15", description="pipeline family")
+    base_model: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5",
+                            description="Hugging Face id or local folder of the base model")
+    controlnets: list[ControlNetUnit] = Field(
+        default_factory=lambda: [ControlNetUnit(model="lllyasviel/control_v11p_sd15_normalbae",
+                                                layer="normal", scale=1.0)],
+        min_length=1, description="one or more ControlNets (several = multi-ControlNet)")
+    scheduler: Literal["default", "unipc", "ddim", "euler", "euler_a", "dpm"] = "unipc"
+    steps: int = Field(20, ge=1, le=1000, description="denoising steps")
+    guidance: float = Field(7.5, ge=0.0, le=50.0, description="classifier-free guidance scale")
+    dtype: Literal["fp32", "fp16", "bf16"] = Field("fp16", description="weights dtype on GPU "
+                                                   "(CPU runs fall back to fp32 unless bf16)")
+    batch_size: int = Field(4, ge=1, le=256, description="images per diffusion call")
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto = cuda when available")
+    local_files_only: bool = Field(False, description="never contact the hub (HF_HUB_OFFLINE=1 "
+                                   "does the same)")
+
+    @model_validator(mode="after")
+    def _windows(self) -> "ControlNetConfig":
+        for i, unit in enumerate(self.controlnets):
+            if unit.start >= unit.end:
+                raise ValueError(f"controlnets.{i}: start ({unit.start}) must be below end ({unit.end})")
+        return self
+
+
 class BackendConfig(_Strict):
-    kind: Literal["shaded", "none"] = Field(
-        "shaded", description="image backend: shaded = weight-free CG image; none = labels and "
-        "conditioning layers only (e.g. to run diffusion later, elsewhere)")
+    kind: Literal["shaded", "controlnet", "none"] = Field(
+        "shaded", description="image backend: shaded = weight-free CG image; controlnet = "
+        "diffusers ControlNet diffusion; none = labels and conditioning layers only")
     shaded: ShadedConfig = Field(default_factory=ShadedConfig)
+    controlnet: ControlNetConfig = Field(default_factory=ControlNetConfig)
+
+
+class PromptConfig(_Strict):
+    """Text prompts: templates filled from each sample's attributes and pose, or a list file."""
+
+    templates: str | None = Field(None, description="YAML of prompt templates and slot values; "
+                                  "null = the embedded assets/prompts/human.yaml")
+    prompts_file: str | None = Field(None, description="text file, one prompt per line; sample i "
+                                     "draws a line (overrides the templates)")
+    negative: str = Field("lowres, bad anatomy, bad hands, missing fingers, extra digit, cropped, "
+                          "worst quality, low quality, blurry, deformed",
+                          description="negative prompt")
+    describe_pose: bool = Field(True, description="append a pose description computed from the "
+                                "3D joints")
+
+
+class SamConfig(_Strict):
+    model: str = Field("facebook/sam-vit-base", description="Hugging Face id or local folder of a "
+                       "transformers SamModel")
+    min_iou: float = Field(0.7, ge=0.0, le=1.0, description="reject when IoU(SAM mask, render mask) "
+                           "is below this")
+    min_keypoints_in_mask: float = Field(0.8, ge=0.0, le=1.0, description="reject when the fraction "
+                                         "of visible keypoints inside SAM's mask is below this")
+    point_prompts: bool = Field(True, description="also prompt SAM with the visible keypoints")
+
+
+class FilterConfig(_Strict):
+    """Reject images that drifted from their labels. Cheap checks run first."""
+
+    sam: SamConfig | None = Field(None, description="SAM alignment filter; null = off")
+    min_std: float = Field(4.0, ge=0.0, description="reject near-constant images: pixel standard "
+                           "deviation (0-255 scale) below this")
+    max_black_fraction: float = Field(0.95, ge=0.0, le=1.0, description="reject images whose "
+                                      "fraction of near-black pixels exceeds this (NSFW-blanked)")
+    write_rejected: bool = Field(False, description="also write rejected samples to "
+                                 "DIR/rejected/ shards for inspection")
 
 
 class OutputConfig(_Strict):
@@ -186,6 +265,8 @@ class Recipe(_Strict):
     camera: CameraConfig = Field(default_factory=CameraConfig)
     render: RenderConfig = Field(default_factory=RenderConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
 

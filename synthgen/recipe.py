@@ -104,9 +104,9 @@ class SubjectConfig(_Strict):
     @model_validator(mode="after")
     def _smpl_needs_path(self) -> "SubjectConfig":
         if self.model != "anny" and not self.model_path:
+            site = {"smpl": "smpl", "smplh": "mano", "smplx": "smpl-x"}[self.model]
             raise ValueError(f"subject.model={self.model} needs subject.model_path: the folder with your "
-                             f"licensed {self.model.upper()} files (get them from "
-                             f"https://{'smpl-x' if self.model == 'smplx' else 'smpl'}.is.tue.mpg.de)")
+                             f"licensed {self.model.upper()} files (get them from https://{site}.is.tue.mpg.de)")
         return self
 
 

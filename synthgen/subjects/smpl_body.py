@@ -4,8 +4,9 @@ Model files are NOT shipped (non-commercial licences). Get them (free registrati
 https://smpl.is.tue.mpg.de (SMPL), https://mano.is.tue.mpg.de (SMPL-H, "Extended SMPL+H") or
 https://smpl-x.is.tue.mpg.de (SMPL-X), and point ``subject.model_path`` at the folder holding them
 (smplx layout ``FOLDER/smpl/SMPL_NEUTRAL.pkl``, or ``FOLDER/SMPL_NEUTRAL.pkl``, ``.npz`` too) or at
-the file itself. ``.npz`` files are read with ``allow_pickle=False`` (object entries are skipped);
-``.pkl`` files go through smplx's own loader, which unpickles them.
+the file itself (e.g. ``basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl`` as downloaded). ``.npz``
+files are preferred over ``.pkl`` in a folder and read with ``allow_pickle=False`` (object entries
+are skipped); ``.pkl`` files go through smplx's own loader, which unpickles them.
 
 Official ``.pkl`` files hold ``chumpy`` objects, and chumpy does not import with current numpy.
 Convert such a file once, without chumpy (a restricted unpickler keeps only numeric arrays)::
@@ -16,8 +17,8 @@ Frames: smplx works in SMPL's frame (x = body's left, y = up, z = forward); pose
 rotated into synthgen's world frame with :data:`SMPL_TO_WORLD` and put on the ground (z = 0).
 
 Keypoints (the 23 ``KEYPOINT_NAMES``): shoulders, elbows, wrists, hips, knees and ankles are the
-SMPL joints of those names (regressed joint centres; SMPL's hips sit a little lower and more
-inward than COCO's annotated hips); nose, eyes, ears, big/small toes and heels are the surface
+SMPL joints of those names (regressed anatomical joint centres: a few cm off where COCO
+annotators put hips and shoulders); nose, eyes, ears, big/small toes and heels are the surface
 vertices smplx uses for those points (``smplx.vertex_ids.vertex_ids['smplh']`` for SMPL and
 SMPL-H, ``['smplx']`` for SMPL-X).
 """
@@ -170,11 +171,12 @@ def load_body_model(model: str, path: Path, gender: str, num_betas: int) -> torc
     try:
         with contextlib.redirect_stdout(printed):  # smplx print()s its warnings
             body = _construct(model, path, kwargs)
-    except ImportError as exc:
-        if "chumpy" not in str(exc):
+    except ImportError:  # unpickling a .pkl that references chumpy (missing, or broken on numpy 2)
+        if path.suffix != ".pkl":
             raise
-        raise UserError(f"{path} holds chumpy objects; convert it once to .npz: {CONVERT_HINT} "
-                        f"(then point subject.model_path at the .npz)") from None
+        raise UserError(f"{path} holds chumpy objects; convert it once to .npz: python -m "
+                        f"synthgen.subjects.smpl_body {path} {path.with_suffix('.npz')} (a folder "
+                        f"then finds the .npz first)") from None
     except (AttributeError, KeyError, pickle.UnpicklingError) as exc:
         raise UserError(f"{path}: not a usable {FILE_STEM[model]} model file ({exc!r})") from None
     for line in filter(None, printed.getvalue().splitlines()):
@@ -272,12 +274,14 @@ class SmplBody:
         return out.vertices, both[:, self.keypoint_index]
 
     def pose(self, draws: list[dict[str, Any]]) -> list[PosedSubject]:
+        """World-frame subjects on the ground, posed BATCH at a time (padded; split-independent)."""
         out: list[PosedSubject] = []
         for start in range(0, len(draws), BATCH):
             out.extend(self._pose_batch(draws[start:start + BATCH]))
         return out
 
     def _pose_batch(self, draws: list[dict[str, Any]]) -> list[PosedSubject]:
+        """At most BATCH draws -> subjects; vertices (V, 3) and keypoints (23, 3) float32, world frame."""
         params = [self.parameters(d) for d in draws]
         vertices, keypoints = self.forward(params + [params[-1]] * (BATCH - len(params)))
         vertices, keypoints = (vertices @ self.to_world).numpy(), (keypoints @ self.to_world).numpy()
@@ -308,6 +312,7 @@ _ALLOWED_GLOBALS = {
     ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
     ("copyreg", "_reconstructor"), ("builtins", "object"),
 }
+_PY2_MODULES = {"copy_reg": "copyreg", "__builtin__": "builtins"}  # names in Python 2 pickles
 
 
 class _Opaque:
@@ -328,6 +333,7 @@ class _ArraysUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module.split(".")[0] in ("chumpy", "scipy"):
             return type(name, (_Opaque,), {"source": f"{module}.{name}"})
+        module = _PY2_MODULES.get(module, module)
         if (module, name) not in _ALLOWED_GLOBALS:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
         if module == "numpy.core.multiarray":

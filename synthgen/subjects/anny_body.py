@@ -9,9 +9,11 @@ Never build with ``topology="smpl"/"smplx"``: those download non-commercial data
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,24 @@ def _prune_cache(folder: Path) -> None:
                 path.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def _heartbeat(what: str, start: float, every: float = 10.0):
+    """Log elapsed time every ``every`` seconds while a long step runs."""
+    done = threading.Event()
+
+    def beat():
+        while not done.wait(every):
+            log.warning("%s... %.0f s", what, time.perf_counter() - start)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
 @functools.lru_cache(maxsize=1)
 def load_anny_model():
     """The float32 Anny model (process-wide singleton), building its cache if needed."""
@@ -61,10 +81,13 @@ def load_anny_model():
     folder.mkdir(parents=True, exist_ok=True)
     anny.paths.set_anny_cache_path(folder)
     cold = not any(folder.glob("v*/build_compact_model_data_*.safetensors"))
+    start = time.perf_counter()
     if cold:
         log.warning("Building Anny's model data once into %s (about 50 s; later starts are fast)", folder)
-    start = time.perf_counter()
-    model = anny.Anny().to(torch.float32)
+        with _heartbeat("building Anny model data", start):
+            model = anny.Anny().to(torch.float32)
+    else:
+        model = anny.Anny().to(torch.float32)
     elapsed = time.perf_counter() - start
     if cold:
         _prune_cache(folder)

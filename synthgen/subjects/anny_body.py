@@ -26,7 +26,7 @@ from synthgen.recipe import SubjectConfig
 from synthgen.seeding import sample_rng
 from synthgen.subjects.base import (KEYPOINT_NAMES, KEYPOINT_PARTS, PART_NAMES, PosedSubject,
                                     ground_offset, parts_from_skinning)
-from synthgen.subjects.poses import PoseFileBank, matrices_to_axis_angle, sample_library_pose
+from synthgen.subjects.poses import PoseFileBank, draw_body_pose, matrices_to_axis_angle
 from synthgen.subjects.retarget import rest_corrections, smpl_to_anny_rotations
 
 log = logging.getLogger(__name__)
@@ -168,13 +168,7 @@ class AnnyBody:
     def draw(self, recipe_seed: int, index: int) -> dict[str, Any]:
         """Phenotype, pose (SMPL terms) and heading of sample ``index``."""
         pheno, age_years = self._draw_phenotype(sample_rng(recipe_seed, index, "shape"))
-        pose_rng = sample_rng(recipe_seed, index, "pose")
-        pose_cfg = self.config.pose
-        if self.pose_files is not None and pose_rng.random() < pose_cfg.file_fraction:
-            pose_name, rotations = self.pose_files.sample(pose_rng)
-        else:
-            pose_name, rotations = sample_library_pose(pose_rng, pose_cfg.library, pose_cfg.noise_deg)
-        yaw = float(sample_rng(recipe_seed, index, "placement").uniform(*pose_cfg.yaw_deg))
+        pose_name, rotations, yaw = draw_body_pose(self.config.pose, self.pose_files, recipe_seed, index)
         return {"phenotype": pheno, "age_years": age_years, "pose_name": pose_name,
                 "smpl_rotations": rotations, "yaw_deg": yaw}
 

@@ -191,3 +191,21 @@ def matrices_to_axis_angle(rotations: np.ndarray) -> np.ndarray:
     """(..., 3, 3) -> (..., 3) axis-angle (radians)."""
     flat = rotations.reshape(-1, 3, 3)
     return Rotation.from_matrix(flat).as_rotvec().reshape(*rotations.shape[:-2], 3)
+
+
+def draw_body_pose(config, pose_files: "PoseFileBank | None", recipe_seed: int,
+                   index: int) -> tuple[str, np.ndarray, float]:
+    """Pose and heading of sample ``index`` for any SMPL-terms body.
+
+    config: the recipe's ``subject.pose`` (PoseConfig). Returns (pose name, (24, 3, 3) SMPL local
+    rotations, yaw in degrees), drawn from the "pose" and "placement" streams only.
+    """
+    from synthgen.seeding import sample_rng
+
+    pose_rng = sample_rng(recipe_seed, index, "pose")
+    if pose_files is not None and pose_rng.random() < config.file_fraction:
+        name, rotations = pose_files.sample(pose_rng)
+    else:
+        name, rotations = sample_library_pose(pose_rng, config.library, config.noise_deg)
+    yaw = float(sample_rng(recipe_seed, index, "placement").uniform(*config.yaw_deg))
+    return name, rotations, yaw

@@ -45,7 +45,7 @@ from synthgen.seeding import sample_rng
 from synthgen.subjects.base import (KEYPOINT_NAMES, KEYPOINT_PARTS, PART_NAMES, SMPL_TO_WORLD,
                                     PosedSubject, ground_offset, parts_from_skinning)
 from synthgen.subjects.poses import (SMPL_JOINTS, PoseFileBank, matrices_to_axis_angle,
-                                     sample_library_pose)
+                                     draw_body_pose)
 
 log = logging.getLogger(__name__)
 
@@ -247,13 +247,7 @@ class SmplBody:
         shape = self.config.shape
         betas = sample_rng(recipe_seed, index, "shape").normal(shape.betas_mean, shape.betas_sd,
                                                                 size=self.num_betas)
-        pose_rng = sample_rng(recipe_seed, index, "pose")
-        pose_cfg = self.config.pose
-        if self.pose_files is not None and pose_rng.random() < pose_cfg.file_fraction:
-            pose_name, rotations = self.pose_files.sample(pose_rng)
-        else:
-            pose_name, rotations = sample_library_pose(pose_rng, pose_cfg.library, pose_cfg.noise_deg)
-        yaw = float(sample_rng(recipe_seed, index, "placement").uniform(*pose_cfg.yaw_deg))
+        pose_name, rotations, yaw = draw_body_pose(self.config.pose, self.pose_files, recipe_seed, index)
         return {"betas": betas, "pose_name": pose_name, "smpl_rotations": rotations, "yaw_deg": yaw}
 
     # --- posing ------------------------------------------------------------------------------

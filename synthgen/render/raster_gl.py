@@ -21,8 +21,9 @@ Same interface and conventions as :mod:`synthgen.render.raster_torch`:
   ``normal`` (H,W,3) float32 unit camera-frame normal (smooth, interpolated
   unit area-weighted vertex normals, renormalised), 0 background; ``mask``
   (H,W) bool.  Normal orientation: flipped to the visible side of the
-  triangle (``gl_FrontFacing``), then bent towards the camera if needed so
-  that ``dot(n, ray) <= -NORMAL_EPS``.
+  triangle (``gl_FrontFacing``), then, if ``dot(n, ray) > -NORMAL_EPS``, bent
+  towards the camera along the ray until that component is ``-NORMAL_EPS``
+  and renormalised, so ``dot(n, ray) < 0`` (identical to the torch version).
 
 One render pass writes RGB32F (normal), R32F (camera z) and R32I
 (``gl_PrimitiveID + 1``, 0 = background) colour attachments plus a depth
@@ -130,6 +131,7 @@ class GLRasterizer:
 
     The context is created on first use in the calling process; framebuffers
     are cached per (width, height), vertex/index buffers grow as needed.
+    Not thread-safe: use one instance per thread.
     """
 
     def __init__(self) -> None:
@@ -198,29 +200,36 @@ class GLRasterizer:
     def rasterize(self, vertices: np.ndarray, faces: np.ndarray, K: np.ndarray,
                   width: int, height: int) -> dict:
         """Rasterise; arguments and outputs as :func:`rasterize`."""
-        import moderngl
-
-        ctx = self._context()
         pos = np.ascontiguousarray(vertices, dtype=np.float32).reshape(-1, 3)
         faces = np.asarray(faces).reshape(-1, 3)
         kept = _kept_faces(pos, faces)
         idx = np.ascontiguousarray(faces if kept is None else faces[kept], dtype=np.int32)
+        with self._context():  # make current: several instances may coexist
+            fbo = self._draw(pos, faces, idx, K, width, height)
+            return _read_back(fbo, kept, width, height)
+
+    def _draw(self, pos, faces, idx, K, width: int, height: int):
+        """Render kept faces idx (F',3) int32 into the cached FBO; return it."""
+        import moderngl
+
         fbo = self._framebuffer(width, height)
         fbo.use()
         fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
-        ctx.enable_only(moderngl.DEPTH_TEST)
-        ctx.depth_func = "<"
+        self._ctx.enable_only(moderngl.DEPTH_TEST)
+        self._ctx.depth_func = "<"
         if len(idx):
-            self._prog["proj"].write(projection_matrix(K, width, height).T.astype("f4").tobytes())
+            proj = projection_matrix(K, width, height)
+            self._prog["proj"].write(proj.T.astype("f4").tobytes())  # column-major
             vao = self._vertex_array(pos, vertex_normals(pos, faces), idx)
             vao.render(moderngl.TRIANGLES, vertices=3 * len(idx))
-        return _read_back(fbo, kept, width, height)
+        return fbo
 
     def release(self) -> None:
-        """Free GL objects and the context (only in the creating process)."""
+        """Free the context and its objects (only in the creating process)."""
         if self._ctx is not None and self._pid == os.getpid():
             self._ctx.release()
-        self.__init__()
+        self._ctx, self._prog, self._pid, self._vao = None, None, None, None
+        self._fbos, self._buffers = {}, {}
 
 
 def _kept_faces(pos: np.ndarray, faces: np.ndarray) -> np.ndarray | None:

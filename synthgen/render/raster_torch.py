@@ -20,16 +20,18 @@ Conventions (shared with :mod:`synthgen.render.raster_gl`, same interface):
 * Normal orientation: the normal is first flipped to the side of the triangle
   that is seen (screen-space winding), then, if it still points away from the
   camera (possible for smooth normals near silhouettes), it is bent towards the
-  camera just enough that ``dot(n, d) = -NORMAL_EPS`` before renormalising,
-  with ``d`` the unit ray from the camera through the pixel.  Hence
-  ``dot(n, d) < 0`` on every covered pixel.
+  camera along ``d`` (the unit ray from the camera through the pixel) until
+  ``dot(n, d) = -NORMAL_EPS`` and renormalised.  Hence ``dot(n, d) < 0`` on
+  every covered pixel.
 
 Algorithm: project vertices, compute per-face pixel bounding boxes, enumerate
 all candidate (face, pixel) pairs of the bboxes as one flat index space that is
 processed in bounded chunks (a huge close-up face is split across chunks),
 evaluate barycentrics with edge functions (float64), resolve visibility with a
 ``scatter_reduce('amin')`` on an int64 key ``(float32 depth bits << 32) | face``,
-then shade only the winning pixels.
+then shade only the winning pixels.  Peak memory is bounded by ``_CHUNK``
+candidates (about 40 MB) plus a few (H*W) images, whatever the face sizes.
+Computation is float64 for coverage/depth, float32 for normals; no autograd.
 """
 from __future__ import annotations
 
@@ -213,7 +215,7 @@ def _shade(key, setup, v, f, k, width, height) -> dict:
     pick = {n: setup[n].index_select(0, fl) for n in ("coef", "c0", "r0", "iz", "ids", "front")}
     forms = _eval_forms(pick["coef"], c - pick["c0"], r - pick["r0"])
     w = torch.stack(forms[:3], 1).float() * pick["iz"].float()
-    w = torch.stack(forms[:3], 1).float()
+    w = w / w.sum(1, keepdim=True)  # perspective-correct barycentrics (N,3)
     corners = f.index_select(0, pick["ids"]).T  # (3,N) vertex ids
     vn = vertex_normals(v.float(), f)
     n = sum(w[:, i:i + 1] * vn.index_select(0, corners[i]) for i in range(3))
@@ -224,13 +226,18 @@ def _shade(key, setup, v, f, k, width, height) -> dict:
 
 def _rays(c: torch.Tensor, r: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Unit float32 camera rays (N,3) through pixel centres (u,v) = (c,r)."""
-    p = torch.stack([c, r, torch.ones_like(c)], 1).to(k.dtype)
-    d = (p @ torch.linalg.inv(k).T).float()
+    ki = torch.linalg.inv(k).float()
+    x, y = c.float(), r.float()
+    d = torch.stack([ki[i, 0] * x + ki[i, 1] * y + ki[i, 2] for i in range(3)], 1)
     return d / d.norm(dim=1, keepdim=True)
 
 
 def _orient(n: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """Normalise n (N,3) and bend it so that dot(n, d) <= -NORMAL_EPS."""
+    """Normalise n (N,3); bend it towards -d where dot(n, d) > -NORMAL_EPS.
+
+    The bent normal has component -NORMAL_EPS along the unit ray d before
+    renormalisation, so dot(n, d) < 0 afterwards.
+    """
     ln = n.norm(dim=1, keepdim=True)
     n = torch.where(ln > 1e-12, n / ln.clamp_min(1e-12), -d)
     dn = (n * d).sum(1, keepdim=True)

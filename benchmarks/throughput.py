@@ -30,7 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from synthgen.pipeline import SampleFactory, generate  # noqa: E402
+from synthgen.pipeline import SampleFactory  # noqa: E402
+from synthgen.run import generate  # noqa: E402
 from synthgen.recipe import load_recipe  # noqa: E402
 
 _START_SNIPPET = """

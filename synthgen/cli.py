@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from synthgen import __version__
-from synthgen.errors import UserError
+from synthgen.errors import ErrorBudgetExceeded, UserError
 
 log = logging.getLogger("synthgen")
 
@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-samples", type=int, help="override num_samples")
     gen.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8),
                      help="worker processes (default: CPU count, max 8)")
+    gen.add_argument("--loader-workers", type=int, default=None,
+                     help="controlnet backend: processes running the CPU stages ahead of the GPU "
+                          "(default: --workers)")
     gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     val = sub.add_parser("validate", help="check a recipe and print the resolved one")
@@ -44,6 +47,14 @@ def _parser() -> argparse.ArgumentParser:
     prev.add_argument("--out", required=True, help="PNG/JPG file to write")
     prev.add_argument("-n", type=int, default=8, help="number of samples (default 8)")
     prev.add_argument("--start", type=int, default=0, help="first sample index")
+
+    stat = sub.add_parser("status", help="progress of a run folder: done/total, rate, rejects")
+    stat.add_argument("out", help="the --out folder of a run")
+
+    rep = sub.add_parser("report", help="write an HTML report of a run folder")
+    rep.add_argument("out", help="the --out folder of a run")
+    rep.add_argument("--html", help="report file (default OUT/report.html)")
+    rep.add_argument("--max-samples", type=int, default=500, help="samples read for the histograms")
     return parser
 
 
@@ -66,13 +77,17 @@ def _cmd_validate(args) -> int:
 
 
 def _cmd_generate(args) -> int:
-    from synthgen.pipeline import generate
+    from synthgen.run import generate
 
     recipe = _load(args)
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
-    manifest = generate(recipe, Path(args.out), workers=args.workers, progress=not args.no_progress)
+    manifest = generate(recipe, Path(args.out), workers=args.workers, progress=not args.no_progress,
+                        loader_workers=args.loader_workers)
     stats = manifest.get("stats", {})
+    if "rank" in manifest:
+        log.info("rank %d done (%.1f samples/s)", manifest["rank"], stats.get("last_run_samples_per_second") or 0)
+        return 0
     log.info("wrote %d/%d samples in %d shards to %s (%.1f samples/s this run)",
              manifest["num_samples_written"], manifest["num_samples"], len(manifest["shards"]),
              args.out, stats.get("last_run_samples_per_second") or 0.0)
@@ -93,21 +108,40 @@ def _cmd_preview(args) -> int:
     return 0
 
 
+def _cmd_status(args) -> int:
+    from synthgen.report import format_status, run_status
+
+    sys.stdout.write(format_status(run_status(args.out)) + "\n")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from synthgen.report import write_report
+
+    path = write_report(args.out, args.html, max_samples=args.max_samples)
+    log.info("report written to %s", path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     for item in extra:  # overrides may come after options: generate R --out D a.b=1
         if item.startswith("-") or "=" not in item:
             parser.error(f"unrecognized argument {item!r}")
-    args.overrides = list(args.overrides) + extra
+    args.overrides = list(getattr(args, "overrides", [])) + extra
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    commands = {"generate": _cmd_generate, "validate": _cmd_validate, "preview": _cmd_preview}
+    commands = {"generate": _cmd_generate, "validate": _cmd_validate, "preview": _cmd_preview,
+                "status": _cmd_status, "report": _cmd_report}
     try:
         return commands[args.command](args)
     except UserError as exc:
         sys.stderr.write(f"synthgen: error: {exc}\n")
         return 2
+    except ErrorBudgetExceeded as exc:
+        sys.stderr.write(f"synthgen: stopped: {exc}\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write("synthgen: interrupted; complete shards are kept, rerun the same command to resume\n")
         return 130

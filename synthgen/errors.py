@@ -7,3 +7,7 @@ class UserError(ValueError):
 
 class MissingModelError(UserError, FileNotFoundError):
     """Model files (weights, licensed body models) that are not on disk."""
+
+
+class ErrorBudgetExceeded(RuntimeError):
+    """More samples failed than the recipe's ``output.max_errors`` allows."""

@@ -1,28 +1,32 @@
-"""The run: plan shards, then per sample subjects -> cameras -> render -> generate -> write.
+"""The run: plan shards, then per sample subjects -> cameras -> render -> prompt -> generate ->
+filter -> write.
 
 Data flows one way. A sample is a plain dict that each stage adds keys to:
 ``index, seed`` (plan) -> ``subject`` (subjects) -> ``camera, camera_draw`` (cameras) ->
-``layers, keypoints_2d, keypoints_3d`` (render) -> ``image, appearance`` (generate) -> ``labels``.
-Shards are the unit of work: each worker process builds its own models (and GL context) and
-writes whole shards; samples never depend on which process made them.
+``layers, keypoints_2d, keypoints_3d`` (render) -> ``prompt, negative_prompt`` (prompt) ->
+``image, appearance`` (generate) -> ``labels`` -> ``filter`` (filter) -> a shard record (write).
+
+The CPU stages (subjects to prompt) run ahead in a background thread while the generate and
+filter stages consume batches, so a GPU never waits for rendering. Shards are the unit of work:
+each process writes whole shards; samples never depend on which process made them.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
-import os
+import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
-from tqdm.auto import tqdm
+import torch.utils.data as tud
 
 from synthgen import write
 from synthgen.cameras import sample_camera
-from synthgen.generate.shaded import render_shaded
+from synthgen.errors import ErrorBudgetExceeded
+from synthgen.generate import build_image_backend
 from synthgen.recipe import Recipe, recipe_hash
 from synthgen.render import layers as layer_ops
 from synthgen.render import render_layers
@@ -36,10 +40,6 @@ LAYER_KEYS = {"normal": "normal_rgb", "depth": "depth_mm", "mask": "mask", "part
 CHUNK = 32  # samples posed per body-model call
 
 
-def _f32(array: np.ndarray) -> list:
-    return np.asarray(array, dtype=np.float32).tolist()
-
-
 def bbox_from_mask(mask: np.ndarray) -> list[float]:
     """[x, y, w, h] of the silhouette in pixels (pixel-centre coordinates, edges at +-0.5)."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
@@ -49,41 +49,94 @@ def bbox_from_mask(mask: np.ndarray) -> list[float]:
     return [float(x0), float(y0), float(cols[-1] + 0.5 - x0), float(rows[-1] + 0.5 - y0)]
 
 
-class SampleFactory:
-    """Makes the samples of one recipe in this process."""
+def error_budget(recipe: Recipe) -> int:
+    limit = recipe.output.max_errors
+    return int(limit * recipe.num_samples) if limit < 1 else int(limit)
 
-    def __init__(self, recipe: Recipe):
+
+def _prefetch(items: Iterator, depth: int) -> Iterator:
+    """Run an iterator in a background thread, ``depth`` items ahead (errors re-raised here)."""
+    box: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    done = object()
+
+    def fill():
+        try:
+            for item in items:
+                box.put(item)
+        except BaseException as exc:  # surfaced in the consumer
+            box.put(exc)
+        box.put(done)
+
+    threading.Thread(target=fill, daemon=True, name="synthgen-cpu-stages").start()
+    while (item := box.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def _batched(items: Iterator, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class SampleFactory:
+    """Makes the samples of one recipe in this process (models built once, here)."""
+
+    def __init__(self, recipe: Recipe, device: str | None = None, loader_workers: int = 0,
+                 cpu_only: bool = False):
+        """``loader_workers`` > 0 runs the CPU stages in that many spawned DataLoader processes
+        (each with its own models and GL context); ``cpu_only`` builds just those stages."""
         self.recipe = recipe
         self.hash = recipe_hash(recipe)
-        self.subject_model = build_subject_model(recipe.subject)
+        self.loader_workers = loader_workers
+        self.subject_model = build_subject_model(recipe.subject) if loader_workers == 0 or cpu_only \
+            else _PartsOnly(recipe)
+        self.prompter = self._prompter()
+        if cpu_only:
+            return
+        self.backend = build_image_backend(recipe, self.subject_model.part_names, device)
+        self.sample_filter = self._filter(device)
+        self.timing = {"input_wait": 0.0, "generate": 0.0}
+
+    def _prompter(self):
+        if not (self.recipe.backend.kind == "controlnet" or self.recipe.prompt.prompts_file):
+            return None
+        from synthgen.prompt import PromptBuilder
+
+        return PromptBuilder(self.recipe.prompt)
+
+    def _filter(self, device: str | None):
+        if self.recipe.backend.kind == "none":
+            return None
+        from synthgen.filter import SampleFilter
+
+        return SampleFilter(self.recipe.filter, device or "cpu")
 
     # 1. subjects ------------------------------------------------------------------------------
     def pose_subjects(self, indices: list[int]) -> list:
         draws = [self.subject_model.draw(self.recipe.seed, i) for i in indices]
         return self.subject_model.pose(draws)
 
-    # 2.-5. one sample -------------------------------------------------------------------------
-    def make_sample(self, index: int, subject) -> dict[str, Any]:
+    # 2. cameras, 3. render, 4. prompt: the CPU stages of one sample ---------------------------
+    def prepare(self, index: int, subject) -> dict[str, Any]:
         r = self.recipe
-        w, h = r.image.width, r.image.height
         sample: dict[str, Any] = {"index": index, "seed": sample_seed(r.seed, index), "subject": subject}
         camera, drawn = sample_camera(sample_rng(r.seed, index, "camera"), r.camera,
-                                      subject.vertices[::7], w, h)
+                                      subject.vertices[::7], r.image.width, r.image.height)
         sample.update(camera=camera, camera_draw=drawn)
         self._render(sample)
-        self._generate(sample)
         sample["labels"] = self.labels(sample)
+        if self.prompter is not None:
+            prompt, negative = self.prompter.build(sample, sample_rng(r.seed, index, "prompt"))
+            sample.update(prompt=prompt, negative_prompt=negative)
+            sample["labels"].update(prompt=prompt, negative_prompt=negative)
         return sample
-
-    def _generate(self, sample: dict[str, Any]) -> None:
-        r, index = self.recipe, sample["index"]
-        if r.backend.kind == "none":
-            sample.update(image=None, appearance=None)
-            return
-        image, appearance = render_shaded(sample["layers"], self.subject_model.part_names,
-                                          sample_rng(r.seed, index, "appearance"),
-                                          sample_rng(r.seed, index, "background"), r.backend.shaded)
-        sample.update(image=image, appearance=appearance)
 
     def _render(self, sample: dict[str, Any]) -> None:
         r, model, camera = self.recipe, self.subject_model, sample["camera"]
@@ -113,14 +166,82 @@ class SampleFactory:
             "bbox": bbox, "center": [bbox[0] + bbox[2] / 2, bbox[1] + bbox[3] / 2],
             "scale": max(bbox[2], bbox[3]) / 200.0,
             "subject": {"kind": self.recipe.subject.kind, "model": model.name} | sample["subject"].params,
-            "appearance": sample["appearance"],
             "part_names": model.part_names,
             "conventions": {"camera": "opencv", "depth": "z_mm_uint16_0_is_background",
                             "normal": self.recipe.render.normal_convention,
                             "pixel_centre": "integer", "visibility": "coco_0_1_2"},
         }
 
-    # 6. encode ------------------------------------------------------------------------------
+    def prepared(self, indices: list[int]) -> Iterator[dict[str, Any]]:
+        """CPU stages; a sample that raises comes out as ``{"index", "error"}`` instead."""
+        for start in range(0, len(indices), CHUNK):
+            chunk = indices[start:start + CHUNK]
+            for index, subject in zip(chunk, self._pose_or_errors(chunk)):
+                if isinstance(subject, Exception):
+                    yield {"index": index, "error": f"{type(subject).__name__}: {subject}"}
+                    continue
+                try:
+                    yield self.prepare(index, subject)
+                except Exception as exc:  # one bad sample must not stop the run
+                    log.exception("sample %d failed", index)
+                    yield {"index": index, "error": f"{type(exc).__name__}: {exc}"}
+
+    def _pose_or_errors(self, chunk: list[int]) -> list:
+        try:
+            return self.pose_subjects(chunk)
+        except Exception:
+            if len(chunk) == 1:
+                raise
+        out = []
+        for index in chunk:  # isolate the failing sample(s)
+            try:
+                out.extend(self.pose_subjects([index]))
+            except Exception as exc:
+                log.exception("sample %d failed while posing", index)
+                out.append(exc)
+        return out
+
+    # 5. generate, 6. filter: batched ----------------------------------------------------------
+    def finish(self, batch: list[dict[str, Any]]) -> None:
+        """Images and filter scores for a batch of prepared samples (errors pass through)."""
+        ok = [s for s in batch if "error" not in s]
+        if not ok:
+            return
+        self.backend.generate(ok)
+        ok = [s for s in ok if "error" not in s]
+        for sample in ok:
+            sample["labels"]["appearance"] = sample.get("appearance")
+        if self.sample_filter is None or not ok:
+            return
+        for sample, verdict in zip(ok, self.sample_filter.score(ok)):
+            sample["filter"] = verdict
+            sample["labels"]["filter"] = verdict
+
+    def samples(self, indices: list[int], keep_errors: bool = False) -> Iterator[dict[str, Any]]:
+        """Finished samples, the CPU stages running one batch ahead of generation.
+
+        ``self.timing`` accumulates how long generation waited for input ("input_wait") and how
+        long generate + filter took ("generate"), the numbers behind the input-wait fraction.
+        """
+        if self.loader_workers > 0:
+            prepared = _loader_stream(self.recipe, indices, self.loader_workers, 2 * self.backend.batch_size)
+        else:
+            prepared = _prefetch(self.prepared(indices), depth=2 * self.backend.batch_size)
+        batches = _batched(prepared, self.backend.batch_size)
+        while True:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            t1 = time.perf_counter()
+            if batch is None:
+                return
+            self.finish(batch)
+            self.timing["input_wait"] += t1 - t0
+            self.timing["generate"] += time.perf_counter() - t1
+            for sample in batch:
+                if keep_errors or "error" not in sample:
+                    yield sample
+
+    # 7. encode --------------------------------------------------------------------------------
     def encode(self, sample: dict[str, Any]) -> dict[str, Any]:
         out = self.recipe.output
         record = {"__key__": f"{sample['index']:09d}", "json": write.encode_json(sample["labels"])}
@@ -134,90 +255,93 @@ class SampleFactory:
             record["npz"] = write.encode_npz(arrays)
         return record
 
-    def samples(self, indices: list[int]) -> Iterator[dict[str, Any]]:
-        for start in range(0, len(indices), CHUNK):
-            chunk = indices[start:start + CHUNK]
-            for index, subject in zip(chunk, self.pose_subjects(chunk)):
-                yield self.make_sample(index, subject)
+    def write_shards(self, out_dir: Path, tasks: list[write.ShardTask],
+                     on_sample: Callable[[], None] | None = None,
+                     errors_before: Callable[[], int] = lambda: 0) -> list[dict[str, Any]]:
+        """Make and write shards from one sample stream (so loader workers start once).
 
-    def shard_records(self, task: write.ShardTask, on_sample=None) -> Iterator[dict[str, Any]]:
-        for sample in self.samples(list(range(task.start, task.stop))):
-            yield self.encode(sample)
-            if on_sample is not None:
-                on_sample()
+        Rejected and failed samples are listed in each shard's sidecar; ``errors_before()`` counts
+        failures already recorded (other shards, other processes) against ``output.max_errors``.
+        """
+        stream = self.samples([i for t in tasks for i in range(t.start, t.stop)], keep_errors=True)
+        infos = []
+        for task in tasks:
+            infos.append(self._write_one(out_dir, task, stream, on_sample, errors_before()))
+        return infos
 
+    def _write_one(self, out_dir: Path, task: write.ShardTask, stream: Iterator[dict[str, Any]],
+                   on_sample, errors_before: int) -> dict[str, Any]:
+        report: dict[str, Any] = {"rejected": [], "errors": []}
+        rejected_records: list[dict[str, Any]] = []
+        budget = error_budget(self.recipe)
+        start, timing_before = time.perf_counter(), dict(self.timing)
 
-# --- worker processes --------------------------------------------------------------------------
-_FACTORY: SampleFactory | None = None
-_PROGRESS = None
+        def records():
+            for _ in range(task.start, task.stop):
+                sample = next(stream)
+                if on_sample is not None:
+                    on_sample()
+                if "error" in sample:
+                    report["errors"].append({"index": sample["index"], "error": sample["error"]})
+                    if errors_before + len(report["errors"]) > budget:
+                        raise ErrorBudgetExceeded(
+                            f"{errors_before + len(report['errors'])} samples failed, more than "
+                            f"output.max_errors={self.recipe.output.max_errors} allows; the failures "
+                            f"are listed in the shard sidecars (shards/*.json) and the log")
+                    continue
+                verdict = sample.get("filter") or {"accepted": True}
+                if not verdict["accepted"]:
+                    report["rejected"].append({"index": sample["index"], "reason": verdict.get("reason")})
+                    if self.recipe.filter.write_rejected:
+                        rejected_records.append(self.encode(sample))
+                    continue
+                yield self.encode(sample)
+            report["seconds"] = round(time.perf_counter() - start, 3)
+            for key, total in self.timing.items():
+                report[f"{key}_seconds"] = round(total - timing_before[key], 3)
 
-
-def _init_worker(recipe_json: dict, progress_queue, threads: int) -> None:
-    global _FACTORY, _PROGRESS
-    import torch
-
-    torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.WARNING)
-    _FACTORY = SampleFactory(Recipe.model_validate(recipe_json))
-    _PROGRESS = progress_queue
-
-
-def _run_shard(args: tuple[str, write.ShardTask]) -> dict[str, Any]:
-    out_dir, task = args
-    assert _FACTORY is not None
-    return write.write_shard(Path(out_dir), task, _FACTORY.shard_records(task, lambda: _PROGRESS.put(1)))
-
-
-def _drain(queue, bar: tqdm) -> None:
-    while True:
-        item = queue.get()
-        if item is None:
-            return
-        bar.update(item)
-
-
-def generate(recipe: Recipe, out_dir: str | Path, workers: int = 1, progress: bool = True) -> dict:
-    """Write every missing shard of ``recipe`` into ``out_dir``; returns the manifest."""
-    out_dir = Path(out_dir)
-    write.check_output_dir(out_dir, recipe)
-    tasks = write.plan_shards(recipe.num_samples, recipe.output.shard_size)
-    todo = [t for t in tasks if not write.is_complete(out_dir, t)]
-    done = recipe.num_samples - sum(t.stop - t.start for t in todo)
-    log.info("%d/%d shards to write (%d samples already done) into %s", len(todo), len(tasks), done, out_dir)
-    write.write_manifest(out_dir, recipe, tasks)
-    start = time.perf_counter()
-    bar = tqdm(total=recipe.num_samples, initial=done, unit="sample", disable=not progress,
-               desc="generate", smoothing=0.1)
-    workers = max(1, min(workers, len(todo)))
-    try:
-        if workers == 1:
-            factory = SampleFactory(recipe)
-            for task in todo:
-                write.write_shard(out_dir, task, factory.shard_records(task, lambda: bar.update(1)))
-        else:
-            _generate_parallel(recipe, out_dir, todo, workers, bar)
-    finally:
-        bar.close()
-    elapsed = time.perf_counter() - start
-    made = sum(t.stop - t.start for t in todo)
-    stats = {"last_run_seconds": round(elapsed, 3), "last_run_samples": made,
-             "last_run_samples_per_second": round(made / elapsed, 3) if elapsed > 0 else None,
-             "workers": workers}
-    return write.write_manifest(out_dir, recipe, tasks, stats)
+        return write.write_shard(out_dir, task, records(), report, rejected=lambda: rejected_records)
 
 
-def _generate_parallel(recipe: Recipe, out_dir: Path, todo: list, workers: int, bar: tqdm) -> None:
-    # spawn: EGL contexts and warp/OpenMP state do not survive fork
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    listener = threading.Thread(target=_drain, args=(queue, bar), daemon=True)
-    listener.start()
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    try:
-        with ctx.Pool(workers, initializer=_init_worker,
-                      initargs=(recipe.model_dump(mode="json"), queue, threads)) as pool:
-            for _ in pool.imap_unordered(_run_shard, [(str(out_dir), t) for t in todo]):
-                pass
-    finally:
-        queue.put(None)
-        listener.join(timeout=5)
+# --- CPU stages in DataLoader worker processes ----------------------------------------------
+class _PartsOnly:
+    """What the main process needs of the subject model when workers do the posing."""
+
+    def __init__(self, recipe: Recipe):
+        from synthgen.subjects.base import PART_NAMES
+
+        self.part_names = PART_NAMES
+
+
+_WORKER_FACTORY: SampleFactory | None = None
+
+
+def _worker_factory(recipe_json: dict) -> SampleFactory:
+    global _WORKER_FACTORY
+    if _WORKER_FACTORY is None:
+        _WORKER_FACTORY = SampleFactory(Recipe.model_validate(recipe_json), cpu_only=True)
+    return _WORKER_FACTORY
+
+
+class PreparedSamples(tud.IterableDataset):
+    """The CPU stages as a DataLoader dataset: worker w prepares ``indices[w::n]``; the
+    DataLoader's round-robin over workers gives them back in index order."""
+
+    def __init__(self, recipe_json: dict, indices: list[int]):
+        self.recipe_json, self.indices = recipe_json, indices
+
+    def __iter__(self):
+        info = tud.get_worker_info()
+        worker, count = (info.id, info.num_workers) if info else (0, 1)
+        yield from _worker_factory(self.recipe_json).prepared(self.indices[worker::count])
+
+
+def _as_is(item):
+    return item
+
+
+def _loader_stream(recipe: Recipe, indices: list[int], workers: int, depth: int) -> Iterator[dict]:
+    dataset = PreparedSamples(recipe.model_dump(mode="json"), indices)
+    loader = tud.DataLoader(dataset, batch_size=None, num_workers=workers, multiprocessing_context="spawn",
+                            prefetch_factor=max(2, depth // workers), collate_fn=_as_is)
+    yield from loader

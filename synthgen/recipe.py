@@ -252,6 +252,9 @@ class OutputConfig(_Strict):
                                                              "edges", "skeleton"],
                                     description="conditioning layers written to shards")
     vertices: bool = Field(False, description="also write posed vertices (npz, camera frame)")
+    max_errors: float = Field(0.01, ge=0.0, description="error budget: samples whose making raises "
+                              "are recorded and skipped; the run stops once more than this many fail "
+                              "(a fraction of num_samples if < 1, else a count)")
 
 
 class Recipe(_Strict):

@@ -14,7 +14,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import cv2
 import numpy as np
@@ -27,6 +27,7 @@ from synthgen.recipe import Recipe, recipe_hash
 log = logging.getLogger(__name__)
 
 SHARD_DIR = "shards"
+REJECTED_DIR = "rejected"
 TAR_MTIME = 1_700_000_000
 MANIFEST = "manifest.json"
 
@@ -109,15 +110,11 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_shard(out_dir: Path, task: ShardTask, records: Iterable[dict[str, Any]],
-                extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write a whole shard atomically. ``records`` are webdataset samples of encoded bytes.
-
-    Returns the sidecar info (sample range, count, bytes, extra fields such as rejects).
-    """
-    folder = Path(out_dir) / SHARD_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    final = shard_path(out_dir, task)
+def _write_tar(final: Path, records: Iterable[dict[str, Any]]) -> tuple[Path, int]:
+    """Write records to ``final.partial-PID`` (fsynced); returns that path and the count."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f"{final.name}.partial-*"):
+        stale.unlink(missing_ok=True)  # left by a killed run: only this shard's owner writes here
     tmp = final.with_name(f"{final.name}.partial-{os.getpid()}")
     count = 0
     try:
@@ -133,11 +130,42 @@ def write_shard(out_dir: Path, task: ShardTask, records: Iterable[dict[str, Any]
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    info = {"shard": final.name, "start": task.start, "stop": task.stop, "samples": count,
-            "bytes": tmp.stat().st_size} | (extra or {})
-    _atomic_write_text(sidecar_path(out_dir, task), json.dumps(info, sort_keys=True))
+    return tmp, count
+
+
+def write_shard(out_dir: Path, task: ShardTask, records: Iterable[dict[str, Any]],
+                extra: dict[str, Any] | None = None,
+                rejected: Callable[[], list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """Write a whole shard atomically. ``records`` are webdataset samples of encoded bytes.
+
+    ``extra`` (e.g. rejected/failed sample lists) is read after ``records`` is exhausted, so a
+    generator may fill it. ``rejected()`` gives records for ``DIR/rejected/`` (inspection only).
+    Returns the sidecar info (sample range, count, bytes, extra).
+    """
+    final = shard_path(out_dir, task)
+    tmp, count = _write_tar(final, records)
+    try:
+        kept_aside = rejected() if rejected is not None else []
+        if kept_aside:
+            side_tmp, _ = _write_tar(Path(out_dir) / REJECTED_DIR / final.name, kept_aside)
+            os.replace(side_tmp, Path(out_dir) / REJECTED_DIR / final.name)
+        info = {"shard": final.name, "start": task.start, "stop": task.stop, "samples": count,
+                "bytes": tmp.stat().st_size} | (extra or {})
+        _atomic_write_text(sidecar_path(out_dir, task), json.dumps(info, sort_keys=True))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, final)
     return info
+
+
+def read_sidecars(out_dir: Path, tasks: list[ShardTask]) -> dict[int, dict[str, Any]]:
+    """Sidecar info of every complete shard, by shard index."""
+    out = {}
+    for task in tasks:
+        if is_complete(out_dir, task):
+            out[task.index] = json.loads(sidecar_path(out_dir, task).read_text())
+    return out
 
 
 def check_output_dir(out_dir: Path, recipe: Recipe) -> None:
@@ -158,12 +186,16 @@ def check_output_dir(out_dir: Path, recipe: Recipe) -> None:
 def write_manifest(out_dir: Path, recipe: Recipe, tasks: list[ShardTask],
                    stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``manifest.json`` listing every complete shard (atomically)."""
-    shards = []
-    for task in tasks:
-        if is_complete(out_dir, task):
-            info = json.loads(sidecar_path(out_dir, task).read_text())
-            shards.append({"path": f"{SHARD_DIR}/{task.name}.tar", "start": task.start,
-                           "stop": task.stop, "samples": info["samples"]})
+    sidecars = read_sidecars(out_dir, tasks)
+    shards = [{"path": f"{SHARD_DIR}/{tasks[k].name}.tar", "start": info["start"], "stop": info["stop"],
+               "samples": info["samples"], "rejected": len(info.get("rejected", [])),
+               "errors": len(info.get("errors", []))} for k, info in sorted(sidecars.items())]
+    rejected = [r for info in sidecars.values() for r in info.get("rejected", [])]
+    errors = [e for info in sidecars.values() for e in info.get("errors", [])]
+    waited = sum(info.get("input_wait_seconds", 0.0) for info in sidecars.values())
+    busy = sum(info.get("generate_seconds", 0.0) for info in sidecars.values())
+    stats = (stats or {}) | ({"generate_input_wait_fraction": round(waited / (waited + busy), 4)}
+                             if waited + busy > 0 else {})
     manifest = {
         "format": "synthgen-webdataset/1",
         "synthgen_version": __version__,
@@ -171,8 +203,12 @@ def write_manifest(out_dir: Path, recipe: Recipe, tasks: list[ShardTask],
         "recipe": recipe.model_dump(mode="json"),
         "num_samples": recipe.num_samples,
         "num_samples_written": sum(s["samples"] for s in shards),
+        "num_rejected": len(rejected),
+        "num_errors": len(errors),
         "complete": len(shards) == len(tasks),
         "shards": shards,
+        "rejected": sorted(rejected, key=lambda r: r["index"]),
+        "errors": sorted(errors, key=lambda e: e["index"]),
     } | ({"stats": stats} if stats else {})
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     _atomic_write_text(Path(out_dir) / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))

@@ -40,7 +40,7 @@ def anny_factory():
 @pytest.fixture(scope="session")
 def generated(tmp_path_factory):
     """One real dataset written by the real pipeline (6 samples, 3 shards), reused by readers."""
-    from synthgen.pipeline import generate
+    from synthgen.run import generate
 
     out = tmp_path_factory.mktemp("dataset")
     recipe = small_recipe(output={"shard_size": 2, "vertices": True})

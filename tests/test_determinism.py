@@ -5,7 +5,7 @@ import os
 
 import webdataset as wds
 
-from synthgen.pipeline import generate
+from synthgen.run import generate
 from synthgen.write import plan_shards, shard_path
 from tests.conftest import small_recipe
 

@@ -262,7 +262,7 @@ def test_joint_parts_and_keypoint_sources():
 def test_pipeline_writes_smpl_shards(models, tmp_path):
     import webdataset as wds
 
-    from synthgen.pipeline import generate
+    from synthgen.run import generate
     from synthgen.recipe import recipe_from_dict
 
     recipe = recipe_from_dict({"num_samples": 4, "image": {"width": 128, "height": 128},

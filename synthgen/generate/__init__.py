@@ -1,1 +1,97 @@
-"""Generate stage: image backends (shaded CG now; ControlNet diffusion plugs in beside it)."""
+"""Generate stage: image backends that add ``image`` (H, W, 3) uint8 RGB to each sample.
+
+- ``shaded``: weight-free CG images (CPU, per sample).
+- ``controlnet``: diffusers ControlNet pipelines (GPU when present, batched).
+- ``none``: no image; shards hold labels and conditioning layers only.
+
+Every backend has ``batch_size`` and ``generate(samples)``, which sets ``sample["image"]`` (and
+any labels of its own) on each sample of the batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from synthgen.recipe import Recipe
+from synthgen.seeding import sample_rng
+
+
+class ImageBackend(Protocol):
+    batch_size: int
+    uses_prompts: bool
+
+    def generate(self, samples: list[dict[str, Any]]) -> None:
+        """Set ``image`` on every sample (or ``error`` on one that cannot be made)."""
+
+
+class NoImageBackend:
+    batch_size = 64
+    uses_prompts = False
+
+    def generate(self, samples: list[dict[str, Any]]) -> None:
+        for sample in samples:
+            sample.update(image=None, appearance=None)
+
+
+class ShadedBackend:
+    batch_size = 32
+    uses_prompts = False
+
+    def __init__(self, recipe: Recipe, part_names: list[str]):
+        self.recipe, self.part_names = recipe, part_names
+
+    def generate(self, samples: list[dict[str, Any]]) -> None:
+        from synthgen.generate.shaded import render_shaded
+
+        seed = self.recipe.seed
+        for sample in samples:
+            try:
+                image, appearance = render_shaded(sample["layers"], self.part_names,
+                                                  sample_rng(seed, sample["index"], "appearance"),
+                                                  sample_rng(seed, sample["index"], "background"),
+                                                  self.recipe.backend.shaded)
+            except (OSError, ValueError) as exc:  # e.g. an unreadable background image
+                sample["error"] = f"{type(exc).__name__}: {exc}"
+                continue
+            sample.update(image=image, appearance=appearance)
+
+
+class ControlNetImageBackend:
+    """Adapter from :class:`synthgen.generate.controlnet.ControlNetBackend` to this stage's API."""
+
+    uses_prompts = True
+
+    def __init__(self, recipe: Recipe, device: str | None = None):
+        from synthgen.generate.controlnet import ControlNetBackend
+
+        config = recipe.backend.controlnet
+        if device is not None and config.device == "auto":
+            config = config.model_copy(update={"device": "cuda" if device.startswith("cuda") else "cpu"})
+        self.pipeline = ControlNetBackend(config, recipe.image.width, recipe.image.height)
+        self.batch_size = config.batch_size
+        self.config = config
+
+    def generate(self, samples: list[dict[str, Any]]) -> None:
+        images = self.pipeline.generate(samples)
+        for sample, image in zip(samples, images):
+            sample.update(image=image, appearance={"backend": "controlnet",
+                                                   "base_model": self.config.base_model,
+                                                   "controlnets": [u.model_dump() for u in self.config.controlnets],
+                                                   "steps": self.config.steps, "guidance": self.config.guidance})
+
+
+def check_backend_models(recipe: Recipe) -> None:
+    """Fail before any work when the backend's weights are not on disk (MissingModelError)."""
+    if recipe.backend.kind == "controlnet":
+        from synthgen.generate.controlnet import check_models_available
+
+        check_models_available(recipe.backend.controlnet)
+
+
+def build_image_backend(recipe: Recipe, part_names: list[str], device: str | None = None) -> ImageBackend:
+    kind = recipe.backend.kind
+    if kind == "shaded":
+        return ShadedBackend(recipe, part_names)
+    if kind == "controlnet":
+        return ControlNetImageBackend(recipe, device)
+    return NoImageBackend()

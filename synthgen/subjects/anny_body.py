@@ -198,6 +198,8 @@ class AnnyBody:
                  for k in PHENOTYPES}
         result = self._forward(pose, pheno)
         vertices = result["vertices"]
+        rest_z = result["rest_vertices"][..., 2]
+        heights = (rest_z.max(dim=1).values - rest_z.min(dim=1).values).numpy()
         keypoints = self.keypoint_regressor(result)
         posed = []
         for b, draw in enumerate(draws):
@@ -208,7 +210,7 @@ class AnnyBody:
             posed.append(PosedSubject(
                 vertices=v + offset,
                 keypoints_3d=keypoints[b].numpy() + offset,
-                params=self._labels(draw, pose[b].numpy(), root),
+                params=self._labels(draw, pose[b].numpy(), root) | {"height_m": float(heights[b])},
                 arrays={"pose_parameters": np.concatenate([root[None], pose[b, 1:].numpy()])},
             ))
         return posed

@@ -24,7 +24,7 @@ def test_generate_then_rerun_then_preview(tmp_path):
     assert manifest["complete"] and [s["samples"] for s in manifest["shards"]] == [3, 2]
     again = _synthgen("generate", "recipes/quickstart.yaml", "--out", str(out), "--num-samples", "5",
                       "--workers", "1", "--no-progress", *SMALL)
-    assert again.returncode == 0 and "0/2 shards to write" in again.stderr
+    assert again.returncode == 0 and "0 of 2 shards to write" in again.stderr
 
     sheet = tmp_path / "sheet.png"
     result = _synthgen("preview", "recipes/quickstart.yaml", "--out", str(sheet), "-n", "2", *SMALL)

@@ -161,6 +161,7 @@ def generate(recipe: Recipe, out_dir: str | Path, workers: int = 1, progress: bo
         write.check_output_dir(out_dir, recipe)
         write.write_manifest(out_dir, recipe, tasks)
     ranks.barrier()
+    rank_log = _log_to_file(out_dir / "logs" / f"rank-{ranks.rank}.log", ranks)
     mine = [t for t in tasks if t.index % ranks.world == ranks.rank and not write.is_complete(out_dir, t)]
     log.info("rank %d/%d: %d of %d shards to write into %s", ranks.rank, ranks.world, len(mine),
              len(tasks), out_dir)
@@ -186,6 +187,19 @@ def generate(recipe: Recipe, out_dir: str | Path, workers: int = 1, progress: bo
     stats = {"last_run_seconds": round(elapsed, 3), "last_run_samples": made,
              "last_run_samples_per_second": round(made / elapsed, 3) if elapsed > 0 else None,
              "workers": workers, "world_size": ranks.world}
+    logging.getLogger("synthgen").removeHandler(rank_log)
+    rank_log.close()
     if ranks.rank != 0:  # rank 0 alone writes the manifest
         return {"rank": ranks.rank, "stats": stats}
     return write.write_manifest(out_dir, recipe, tasks, stats)
+
+
+def _log_to_file(path: Path, ranks: Ranks) -> logging.Handler:
+    """Append this rank's synthgen log records to DIR/logs/rank-R.log."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(
+        f"%(asctime)s rank {ranks.rank}/{ranks.world} %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    logging.getLogger("synthgen").addHandler(handler)
+    return handler

@@ -1,0 +1,379 @@
+"""Filter stage: reject generated images that drifted from their labels.
+
+Two kinds of checks, cheapest first, each rejection recorded with a reason:
+
+1. :func:`cheap_checks` on the pixels alone: ``"nan"`` (non-finite values), ``"black"`` (a
+   safety checker's blanked output: near-black pixels above ``filter.max_black_fraction``),
+   ``"constant"`` (pixel standard deviation below ``filter.min_std``).
+2. SAM alignment (``filter.sam``, HumanWild's "SAM overlay" check): SAM segments the image
+   prompted with the rendered subject's box and, with ``point_prompts``, its visible keypoints;
+   the sample is rejected when IoU(SAM mask, rendered mask) is below ``min_iou``
+   (``"sam_iou"``) or when fewer than ``min_keypoints_in_mask`` of the visible keypoints fall
+   inside SAM's mask (``"keypoints_outside_sam_mask"``). A sample whose rendered mask is empty
+   is rejected as ``"empty_mask"`` without running SAM.
+
+Why transformers' ``SamModel``/``SamProcessor`` and not ``segment-anything``'s ``SamPredictor``:
+the two run the same network from the same checkpoints (``facebook/sam-vit-base|large|huge``),
+but ``segment-anything`` imports ``torchvision``, which on our CPU machines exists only as the
+~6 GB CUDA build of torch, whereas transformers' SAM (with its PIL image processor) needs only
+torch, loads from a Hugging Face id or a local folder with ``from_pretrained``, and lets the
+image encoder run batched. Masks are the same up to resize interpolation details.
+
+Batching: images go through SAM's ViT image encoder in batches; the prompt encoder and mask
+decoder (a small fraction of the cost) then run once per image with exactly that image's
+prompts, so a sample's mask does not depend on which other samples share its batch (no point
+padding).
+
+Note: with ``point_prompts`` the keypoints that prompted SAM are usually inside its mask by
+construction, so ``keypoints_in_sam_mask`` then mostly checks the keypoints that were not used
+as prompts (at most ``max_points`` are); the IoU check carries most of the signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from synthgen.errors import MissingModelError
+from synthgen.recipe import FilterConfig, SamConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SampleFilter", "SamAligner", "cheap_checks", "keypoints_in_mask", "mask_iou",
+           "select_points"]
+
+BLACK_LEVEL = 8.0  # a pixel is "near-black" when all its channels are below this (0-255 scale)
+
+
+# --- pure checks --------------------------------------------------------------------------------
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two (H, W) masks (any dtype; nonzero = inside).
+
+    Two empty masks agree: 1.0.
+    """
+    a, b = np.asarray(a) != 0, np.asarray(b) != 0
+    if a.shape != b.shape:
+        raise ValueError(f"mask_iou: masks differ in shape, {a.shape} vs {b.shape}")
+    union = int(np.count_nonzero(a | b))
+    if union == 0:
+        return 1.0
+    return float(np.count_nonzero(a & b)) / union
+
+
+def keypoints_in_mask(keypoints_2d: np.ndarray, mask: np.ndarray) -> float:
+    """Fraction of visible keypoints (COCO visibility 2) inside ``mask``.
+
+    keypoints_2d: (K, 3) x, y, visibility; pixel centres at integer coordinates, so a keypoint
+    falls in pixel (round(y), round(x)). mask: (H, W), nonzero = inside. Keypoints outside the
+    image count as outside the mask. Returns 1.0 when no keypoint is visible.
+    """
+    kp = np.asarray(keypoints_2d, dtype=np.float64).reshape(-1, 3)
+    mask = np.asarray(mask) != 0
+    visible = kp[kp[:, 2] == 2]
+    if len(visible) == 0:
+        return 1.0
+    cols, rows = np.rint(visible[:, 0]), np.rint(visible[:, 1])
+    height, width = mask.shape
+    inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height) & np.isfinite(cols + rows)
+    hits = np.zeros(len(visible), dtype=bool)
+    hits[inside] = mask[rows[inside].astype(np.int64), cols[inside].astype(np.int64)]
+    return float(hits.mean())
+
+
+def _to_255(image: np.ndarray) -> np.ndarray:
+    """(H, W[, C]) image as float32 on the 0-255 scale; floats are taken as [0, 1]."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image.astype(np.float32)
+    if np.issubdtype(image.dtype, np.floating):
+        return image.astype(np.float32) * np.float32(255.0)
+    raise TypeError(f"images must be uint8 (0-255) or float ([0, 1]), got {image.dtype}")
+
+
+def cheap_checks(image: np.ndarray, config: FilterConfig) -> str | None:
+    """Reason to reject an image from its pixels alone, or ``None`` when it passes.
+
+    image: (H, W, 3) or (H, W), uint8 0-255 or float in [0, 1] (diffusers' ``output_type="np"``).
+    Checks, in order: ``"nan"`` any non-finite value; ``"black"`` the fraction of pixels whose
+    channels are all below 8/255 exceeds ``config.max_black_fraction``; ``"constant"`` the pixel
+    standard deviation (0-255 scale) is below ``config.min_std``.
+    """
+    image = np.asarray(image)
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        return "nan"
+    pixels = _to_255(image)
+    if pixels.size == 0:
+        return "constant"
+    brightest = pixels.max(axis=-1) if pixels.ndim == 3 else pixels
+    if float(np.mean(brightest < BLACK_LEVEL)) > config.max_black_fraction:
+        return "black"
+    if float(pixels.std()) < config.min_std:
+        return "constant"
+    return None
+
+
+def select_points(points: np.ndarray, max_points: int | None) -> np.ndarray:
+    """At most ``max_points`` of ``points`` (N, 2), spread over the body (farthest-point order).
+
+    Deterministic: starts from the point nearest the centroid. ``None`` keeps all.
+    """
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if max_points is None or len(points) <= max_points:
+        return points
+    chosen = [int(np.argmin(np.linalg.norm(points - points.mean(axis=0), axis=1)))]
+    dist = np.linalg.norm(points - points[chosen[0]], axis=1)
+    while len(chosen) < max_points:
+        nxt = int(np.argmax(dist))
+        chosen.append(nxt)
+        dist = np.minimum(dist, np.linalg.norm(points - points[nxt], axis=1))
+    return points[sorted(chosen)]
+
+
+# --- SAM ------------------------------------------------------------------------------------------
+def _resolve_device(device: str | Any) -> Any:
+    import torch
+
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _first_sentence(exc: BaseException) -> str:
+    return str(exc).strip().split(". ")[0].splitlines()[0]
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(k, "").upper() in {"1", "ON", "YES", "TRUE"}
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host answers on its port (so an unreachable hub fails in seconds, not
+    after minutes of retries)."""
+    url = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") != 1 or "\\" in name
+
+
+class SamAligner:
+    """Masks from a transformers ``SamModel``, prompted with boxes and optional points.
+
+    ``config.model``: a Hugging Face id (e.g. ``facebook/sam-vit-base``) or a local folder
+    holding ``config.json`` + weights + the ``SamProcessor`` config, as written by
+    ``save_pretrained``. Missing weights raise :class:`MissingModelError` here, before any work.
+    ``batch_size`` images go through the image encoder at once.
+    """
+
+    def __init__(self, config: SamConfig, device: str | Any = "cpu", batch_size: int = 4,
+                 max_points: int | None = 8, dtype: Any = None):
+        import torch
+        from transformers import SamModel, SamProcessor
+
+        self.config = config
+        self.device = _resolve_device(device)
+        self.batch_size = max(1, int(batch_size))
+        self.max_points = max_points
+        self.dtype = dtype or torch.float32
+        name = config.model
+        local = Path(name).expanduser()
+        if not local.is_dir() and _looks_like_path(name):
+            raise MissingModelError(self._missing_message(name, "the folder does not exist"))
+        source = str(local) if local.is_dir() else name
+        start = time.perf_counter()
+
+        def load(local_only: bool):
+            processor = SamProcessor.from_pretrained(source, local_files_only=local_only)
+            model = SamModel.from_pretrained(source, local_files_only=local_only, dtype=self.dtype)
+            return processor, model
+
+        try:  # a local folder, or a hub id already in the Hugging Face cache
+            self.processor, self.model = load(True)
+        except OSError as exc:
+            if local.is_dir():
+                why = f"the folder holds no SamModel + SamProcessor files: {_first_sentence(exc)}"
+                raise MissingModelError(self._missing_message(name, why)) from None
+            if _hub_offline() or not _hub_reachable():
+                raise MissingModelError(self._missing_message(
+                    name, "not in the Hugging Face cache and the hub is offline or unreachable")) from None
+            log.warning("Downloading SAM %s from the Hugging Face hub", name)
+            try:
+                self.processor, self.model = load(False)
+            except OSError as exc2:
+                raise MissingModelError(self._missing_message(name, _first_sentence(exc2))) from None
+        self.model.to(self.device).eval()
+        self.target_size = int(self.processor.image_processor.size["longest_edge"])
+        log.info("SAM %s loaded on %s in %.2f s", name, self.device, time.perf_counter() - start)
+
+    @staticmethod
+    def _missing_message(name: str, why: str) -> str:
+        hub_id = name if not _looks_like_path(name) else "facebook/sam-vit-base"
+        return (f"filter.sam.model: SAM model {name!r} is not available ({why}). Download it with "
+                f"`huggingface-cli download {hub_id}` (or `hf download {hub_id}`) on a machine with "
+                f"network access and set filter.sam.model to that Hugging Face id or to a local "
+                f"folder holding the SamModel and SamProcessor files; or set filter.sam: null to "
+                f"turn the SAM filter off")
+
+    def _scale(self, height: int, width: int) -> tuple[float, float]:
+        """Pixel -> model-input coordinate factors (x, y), as SAM resizes the longest side."""
+        scale = self.target_size / max(height, width)
+        new_h, new_w = int(height * scale + 0.5), int(width * scale + 0.5)
+        return new_w / width, new_h / height
+
+    def masks(self, images: Sequence[np.ndarray], boxes: Sequence[Sequence[float]],
+              points: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
+        """One (H, W) bool mask per image.
+
+        images: (H, W, 3) uint8 RGB (or float in [0, 1]; (H, W) gray is repeated to RGB).
+        boxes: [x0, y0, x1, y1] per image in pixels. points: per image an (N, 2) array of
+        positive points in pixels (None or empty = box only); at most ``max_points`` are used,
+        spread out. Of SAM's three candidate masks the one with the highest predicted IoU is kept.
+        """
+        import torch
+
+        if len(boxes) != len(images) or (points is not None and len(points) != len(images)):
+            raise ValueError(f"masks: {len(images)} images need as many boxes and points lists, "
+                             f"got {len(boxes)} boxes and {None if points is None else len(points)}")
+        out: list[np.ndarray] = []
+        for start in range(0, len(images), self.batch_size):
+            stop = min(start + self.batch_size, len(images))
+            batch = [_as_rgb8(image) for image in images[start:stop]]
+            t0 = time.perf_counter()
+            encoded = self.processor(images=batch, return_tensors="pt")
+            pixel_values = encoded["pixel_values"].to(self.device, self.dtype)
+            with torch.inference_mode():
+                embeddings = self.model.get_image_embeddings(pixel_values)
+                for j, image in enumerate(batch):
+                    i = start + j
+                    pts = None if points is None else points[i]
+                    out.append(self._decode(embeddings[j:j + 1], image.shape[:2], boxes[i], pts,
+                                            encoded["original_sizes"][j:j + 1],
+                                            encoded["reshaped_input_sizes"][j:j + 1]))
+            log.debug("SAM: %d images in %.3f s", stop - start, time.perf_counter() - t0)
+        return out
+
+    def _decode(self, embedding, size: tuple[int, int], box: Sequence[float], points,
+                original_sizes, reshaped_sizes) -> np.ndarray:
+        import torch
+
+        sx, sy = self._scale(*size)
+        x0, y0, x1, y1 = (float(v) for v in box)
+        kwargs: dict[str, Any] = {"input_boxes": torch.tensor([[[x0 * sx, y0 * sy, x1 * sx, y1 * sy]]],
+                                                              dtype=self.dtype, device=self.device)}
+        if points is not None and len(points):
+            chosen = select_points(points, self.max_points) * np.array([sx, sy])
+            kwargs["input_points"] = torch.tensor(chosen[None, None], dtype=self.dtype, device=self.device)
+            kwargs["input_labels"] = torch.ones((1, 1, len(chosen)), dtype=torch.long, device=self.device)
+        result = self.model(image_embeddings=embedding, multimask_output=True, **kwargs)
+        best = int(torch.argmax(result.iou_scores[0, 0]))
+        low_res = result.pred_masks[:, :1, best:best + 1].float().cpu()  # (1, 1, 1, h, w) logits
+        mask = self.processor.post_process_masks(low_res, original_sizes, reshaped_sizes)[0]
+        return mask[0, 0].numpy().astype(bool)
+
+
+def _as_rgb8(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        image = np.clip(np.nan_to_num(_to_255(image)) + 0.5, 0, 255).astype(np.uint8)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    if image.ndim != 3 or image.shape[-1] not in (3, 4):
+        raise ValueError(f"images must be (H, W, 3) RGB, got shape {image.shape}")
+    return np.ascontiguousarray(image[..., :3])
+
+
+# --- the stage --------------------------------------------------------------------------------
+def _render_box(sample: dict[str, Any], mask: np.ndarray) -> list[float]:
+    """[x0, y0, x1, y1] from ``labels["bbox"]`` ([x, y, w, h]) or else from the mask."""
+    bbox = (sample.get("labels") or {}).get("bbox")
+    if bbox is None:
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        bbox = [cols[0] - 0.5, rows[0] - 0.5, cols[-1] - cols[0] + 1.0, rows[-1] - rows[0] + 1.0]
+    x, y, w, h = (float(v) for v in bbox)
+    return [x, y, x + w, y + h]
+
+
+class SampleFilter:
+    """Scores samples and decides which to keep, from a recipe's ``filter`` section.
+
+    With ``config.sam`` set, SAM is loaded here (a missing model fails now, before any work).
+    """
+
+    def __init__(self, config: FilterConfig, device: str | Any = "cpu", batch_size: int = 4):
+        self.config = config
+        self.aligner = SamAligner(config.sam, device, batch_size) if config.sam is not None else None
+
+    def score(self, samples: Sequence[dict[str, Any]],
+              sam_masks: Sequence[np.ndarray | None] | None = None) -> list[dict[str, Any]]:
+        """Per sample ``{"accepted", "reason", "sam_iou", "keypoints_in_sam_mask"}``.
+
+        Each sample needs ``image``; the SAM check also reads ``layers["mask"]`` (H, W) uint8
+        (255 = subject), ``keypoints_2d`` (K, 3) and ``labels["bbox"]`` (else the mask's box).
+        Cheap checks run first and SAM only sees the images that pass them.
+
+        sam_masks: optional (H, W) masks standing in for SAM's output, one per sample (entries
+        for samples that fail the cheap checks are ignored): the seam that lets callers who
+        already have masks, and tests, use the decision logic without running the model.
+        """
+        results = []
+        for i, sample in enumerate(samples):
+            if sample.get("image") is None:
+                raise ValueError(f"filter: sample {sample.get('index', i)} has no image "
+                                 "(backend.kind=none makes none; set filter to defaults)")
+            reason = cheap_checks(sample["image"], self.config)
+            results.append({"accepted": reason is None, "reason": reason, "sam_iou": None,
+                            "keypoints_in_sam_mask": None})
+        sam = self.config.sam
+        if sam is None:
+            if sam_masks is not None:
+                raise ValueError("filter: sam_masks given but filter.sam is off (null)")
+            return results
+        if sam_masks is not None and len(sam_masks) != len(samples):
+            raise ValueError(f"filter: {len(samples)} samples but {len(sam_masks)} sam_masks")
+
+        todo = []
+        for i, sample in enumerate(samples):
+            if results[i]["reason"] is None:
+                if not np.any(sample["layers"]["mask"]):
+                    results[i].update(accepted=False, reason="empty_mask")
+                else:
+                    todo.append(i)
+        if sam_masks is not None:
+            masks = [sam_masks[i] for i in todo]
+        elif todo:
+            assert self.aligner is not None
+            masks = self.aligner.masks(
+                [samples[i]["image"] for i in todo],
+                [_render_box(samples[i], samples[i]["layers"]["mask"] > 0) for i in todo],
+                [self._prompt_points(samples[i]) for i in todo] if sam.point_prompts else None)
+        else:
+            masks = []
+        for i, sam_mask in zip(todo, masks):
+            rendered = samples[i]["layers"]["mask"] > 0
+            sam_mask = np.asarray(sam_mask) != 0
+            iou = mask_iou(sam_mask, rendered)
+            inside = keypoints_in_mask(samples[i]["keypoints_2d"], sam_mask)
+            reason = ("sam_iou" if iou < sam.min_iou else
+                      "keypoints_outside_sam_mask" if inside < sam.min_keypoints_in_mask else None)
+            results[i].update(accepted=reason is None, reason=reason, sam_iou=round(iou, 6),
+                              keypoints_in_sam_mask=round(inside, 6))
+        return results
+
+    @staticmethod
+    def _prompt_points(sample: dict[str, Any]) -> np.ndarray:
+        kp = np.asarray(sample["keypoints_2d"], dtype=np.float64).reshape(-1, 3)
+        return kp[kp[:, 2] == 2, :2]

@@ -1,0 +1,492 @@
+"""The ``controlnet`` image backend: diffusers ControlNet pipelines (SD1.5, SDXL, FLUX).
+
+A recipe names a base model and one or more ControlNets, each bound to a rendered layer with
+its conditioning scale (several = multi-ControlNet, e.g. GenZoo's canny 0.2 + depth 0.65)::
+
+    backend:
+      kind: controlnet
+      controlnet:
+        family: sd15
+        base_model: stable-diffusion-v1-5/stable-diffusion-v1-5    # hub id or local folder
+        controlnets:
+          - {model: lllyasviel/control_v11p_sd15_normalbae, layer: normal, scale: 1.0}
+
+Use it in two steps:
+
+1. :func:`check_models_available` before any work: it looks for every model on disk (a local
+   folder, or the Hugging Face cache) without loading anything and raises one
+   :class:`~synthgen.errors.MissingModelError` naming each missing model and how to fetch it.
+2. :class:`ControlNetBackend` loads the pipeline once per process; ``generate(samples)``
+   returns one (H, W, 3) uint8 RGB image per sample.
+
+Determinism: each image gets its own ``torch.Generator`` seeded from its sample's seed, and
+diffusers draws each image's noise from its own generator, so an image does not depend on the
+batch it was made in (up to float rounding of batched kernels; see ``tests/test_controlnet.py``).
+
+Which layer feeds a ControlNet (:data:`LAYER_SOURCES`; shapes from :mod:`synthgen.render`):
+
+==========  ==================  ===========================================================
+layer       render key          what the ControlNet sees, (H, W, 3) uint8 RGB
+==========  ==================  ===========================================================
+normal      ``normal_rgb``      encoded normals (``render.normal_convention``)
+depth       ``depth_control``   inverted normalised depth, near bright, grey in 3 channels
+edges       ``edges``           Canny edges of the normal render, white on black
+skeleton    ``skeleton``        OpenPose-18 stick figure on black
+mask        ``mask``            subject silhouette, white on black
+==========  ==================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synthgen.errors import MissingModelError, UserError
+from synthgen.recipe import ControlNetConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LAYER_SOURCES", "SCHEDULERS", "FAMILIES", "control_image", "check_config",
+           "check_models_available", "ControlNetBackend"]
+
+# recipe layer name -> key of the render dict (see synthgen.render.render_layers)
+LAYER_SOURCES = {"normal": "normal_rgb", "depth": "depth_control", "edges": "edges",
+                 "skeleton": "skeleton", "mask": "mask"}
+
+# recipe scheduler name -> diffusers class; "default" keeps the base model's own scheduler
+SCHEDULERS = {"unipc": "UniPCMultistepScheduler", "ddim": "DDIMScheduler",
+              "euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler",
+              "dpm": "DPMSolverMultistepScheduler"}
+
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+@dataclass(frozen=True)
+class Family:
+    """The diffusers classes and call conventions of one model family."""
+
+    pipeline: str                 # pipeline class, loaded with from_pretrained(base_model)
+    controlnet: str               # ControlNet class, loaded with from_pretrained(unit.model)
+    multi: str                    # wrapper for several ControlNets
+    image_arg: str                # name of the control image argument of __call__
+    components: tuple[str, ...]   # base-model components the pipeline needs on disk
+    negative_prompt: bool         # whether guidance uses a negative prompt
+    load_kwargs: tuple[tuple[str, Any], ...] = ()  # extra from_pretrained arguments
+
+
+FAMILIES = {
+    # the safety checker is off: synthgen's filter stage checks images (blank/NaN, SAM)
+    "sd15": Family("StableDiffusionControlNetPipeline", "ControlNetModel", "MultiControlNetModel",
+                   "image", ("unet", "vae", "text_encoder", "tokenizer", "scheduler"), True,
+                   (("safety_checker", None), ("feature_extractor", None),
+                    ("requires_safety_checker", False))),
+    "sdxl": Family("StableDiffusionXLControlNetPipeline", "ControlNetModel", "MultiControlNetModel",
+                   "image", ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer",
+                             "tokenizer_2", "scheduler"), True,
+                   (("add_watermarker", False),)),
+    # FLUX.1-dev is guidance-distilled: `guidance` is its embedded guidance (3.5), no negative
+    "flux": Family("FluxControlNetPipeline", "FluxControlNetModel", "FluxMultiControlNetModel",
+                   "control_image", ("transformer", "vae", "text_encoder", "text_encoder_2",
+                                     "tokenizer", "tokenizer_2", "scheduler"), False),
+}
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
+_CONFIG_ONLY = ("Scheduler", "Tokenizer", "TokenizerFast", "ImageProcessor", "FeatureExtractor",
+                "Processor")
+
+
+# --- control images ----------------------------------------------------------------------------
+def control_image(layers: dict, layer_name: str) -> np.ndarray:
+    """The (H, W, 3) uint8 RGB image a ControlNet bound to ``layer_name`` sees.
+
+    layers: the render dict of one sample (:func:`synthgen.render.render_layers` plus
+    ``skeleton``); layer_name: one of :data:`LAYER_SOURCES`. One-channel layers (depth, edges,
+    mask) are repeated into three channels, the way the ControlNet annotators save them.
+    """
+    if layer_name not in LAYER_SOURCES:
+        raise ValueError(f"control layer {layer_name!r} is not one of {sorted(LAYER_SOURCES)}")
+    key = LAYER_SOURCES[layer_name]
+    if key not in layers:
+        raise KeyError(f"control layer {layer_name!r} needs render layer {key!r}, which this sample "
+                       f"lacks (it has {sorted(layers)})")
+    image = np.asarray(layers[key])
+    if image.dtype != np.uint8:
+        raise ValueError(f"render layer {key!r} must be uint8, got {image.dtype}")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"render layer {key!r} must be (H, W) or (H, W, 3), got {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+# --- checks before any work --------------------------------------------------------------------
+def check_config(config: ControlNetConfig) -> None:
+    """Settings that only make sense together; raises :class:`UserError` naming the key."""
+    if config.family == "flux" and config.scheduler not in ("default", "euler"):
+        raise UserError(f"backend.controlnet.scheduler={config.scheduler!r} does not work with "
+                        "family=flux: FLUX samples with its flow-matching Euler scheduler; set "
+                        "backend.controlnet.scheduler: default")
+
+
+def hub_offline(config: ControlNetConfig) -> bool:
+    """True when nothing may be fetched: ``local_files_only`` or ``HF_HUB_OFFLINE=1``."""
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    return bool(config.local_files_only or env or constants.HF_HUB_OFFLINE)
+
+
+def _is_hub_id(name: str) -> bool:
+    return bool(_HUB_ID.match(name)) and not name.startswith((".", "~"))
+
+
+def _has_weights(folder: Path) -> bool:
+    return any(p.name.endswith(_WEIGHT_SUFFIXES) for p in folder.iterdir() if p.is_file())
+
+
+def _model_folder_problems(folder: Path, prefix: str = "") -> list[str]:
+    """What a diffusers/transformers model folder lacks: config.json and weights."""
+    problems = []
+    if not (folder / "config.json").is_file():
+        problems.append(f"no {prefix}config.json")
+    if not _has_weights(folder):
+        problems.append(f"no {prefix}weights (*.safetensors or *.bin)")
+    return problems
+
+
+def _family_of(pipeline_class: str) -> str | None:
+    if "Flux" in pipeline_class:
+        return "flux"
+    if "XL" in pipeline_class:
+        return "sdxl"
+    if "StableDiffusion" in pipeline_class:
+        return "sd15"
+    return None
+
+
+def _base_folder_problems(folder: Path, family: str) -> list[str]:
+    """What a base-model folder lacks for ``family``: model_index.json and each component."""
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        return ["no model_index.json"]
+    index = json.loads(index_path.read_text())
+    pipeline_class = str(index.get("_class_name", ""))
+    other = _family_of(pipeline_class)
+    if other is not None and other != family:
+        return [f"it holds a {other} model ({pipeline_class}), not {family}: set "
+                f"backend.controlnet.family: {other}"]
+    problems = []
+    for name in FAMILIES[family].components:
+        entry = index.get(name)
+        if not (isinstance(entry, list) and len(entry) == 2 and entry[1]):
+            problems.append(f"no {name!r} in model_index.json")
+            continue
+        sub = folder / name
+        if not sub.is_dir():
+            problems.append(f"no {name}/ folder")
+        elif str(entry[1]).endswith(_CONFIG_ONLY):
+            if not any(sub.iterdir()):
+                problems.append(f"an empty {name}/ folder")
+        else:
+            problems.extend(_model_folder_problems(sub, f"{name}/"))
+    return problems
+
+
+def _folder_problems(folder: Path, kind: str, family: str) -> list[str]:
+    if kind == "base":
+        return _base_folder_problems(folder, family)
+    return _model_folder_problems(folder)
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The cached snapshot folder of ``repo_id`` (main), or None; never touches the network."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
+        return None
+
+
+def _hub_status(repo_id: str, timeout: float = 5.0) -> tuple[str | None, bool]:
+    """(None when the hub serves ``repo_id`` now, else why not; whether the hub answered)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(repo_id, timeout=timeout)
+    except GatedRepoError:
+        return "gated on the hub: accept its licence on huggingface.co, then `hf auth login`", True
+    except RepositoryNotFoundError:
+        return "no such model on the hub (check the spelling)", True
+    except Exception as exc:  # connection refused, DNS, timeout, proxy...
+        return f"the hub is unreachable ({type(exc).__name__})", False
+    return None, True
+
+
+def _fetch_hint(name: str, kind: str) -> str:
+    what = ("a base-model folder (model_index.json + component folders)" if kind == "base"
+            else "a ControlNet folder (config.json + diffusion_pytorch_model.safetensors)")
+    if _is_hub_id(name):
+        return (f"fetch it with `huggingface-cli download {name}` (huggingface_hub >= 1.0: "
+                f"`hf download {name}`) or set a local folder path holding {what}")
+    return f"set a local folder path holding {what}, or a Hugging Face id"
+
+
+_ASK_HUB = "ask the hub"
+
+
+def _locate(name: str, kind: str, family: str, offline: bool) -> str | None:
+    """None when ``name`` can be loaded from disk; else why not (one clause), or ``_ASK_HUB``
+    for an uncached hub id that the hub may still serve."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        problems = _folder_problems(path, kind, family)
+        return f"local folder unusable ({', '.join(problems)})" if problems else None
+    if not _is_hub_id(name):
+        return "no such local folder"
+    snapshot = _cached_snapshot(name)
+    if snapshot is not None:
+        problems = _folder_problems(snapshot, kind, family)
+        if not problems:
+            return None
+        if offline:
+            return f"the cached copy is incomplete ({', '.join(problems)})"
+    return "not in the Hugging Face cache and the hub is offline" if offline else _ASK_HUB
+
+
+def check_models_available(config: ControlNetConfig) -> None:
+    """Make sure every model of ``config`` can be loaded, without loading any.
+
+    A model is available when it is a local folder with the files diffusers needs, or a hub id
+    whose snapshot is in the Hugging Face cache (``HF_HOME``/``HF_HUB_CACHE``), or - when the
+    hub may be used (not ``local_files_only``, no ``HF_HUB_OFFLINE``) - a hub id the hub serves.
+    Raises one :class:`MissingModelError` whose single-line message names every missing model
+    and how to fetch it. Also runs :func:`check_config`.
+    """
+    check_config(config)
+    offline = hub_offline(config)
+    wanted = [("backend.controlnet.base_model", config.base_model, "base")]
+    wanted += [(f"backend.controlnet.controlnets.{i}.model", unit.model, "controlnet")
+               for i, unit in enumerate(config.controlnets)]
+    missing, unreachable = [], None
+    for field, name, kind in wanted:
+        reason = _locate(name, kind, config.family, offline)
+        if reason == _ASK_HUB:  # from_pretrained would download it: can it?
+            if unreachable is None:
+                status, answered = _hub_status(name)
+                if not answered:  # ask once: do not wait out a timeout per model
+                    unreachable = status
+            else:
+                status = unreachable
+            reason = None if status is None else f"not in the Hugging Face cache and {status}"
+        if reason is not None:
+            missing.append(f"{field}={name!r}: {reason}; {_fetch_hint(name, kind)}")
+    if missing:
+        mode = (" (offline: HF_HUB_OFFLINE=1 or backend.controlnet.local_files_only)"
+                if offline else "")
+        raise MissingModelError(f"{len(missing)} model(s) of the controlnet backend are not on "
+                                f"disk{mode}: " + " | ".join(missing))
+
+
+# --- the backend -------------------------------------------------------------------------------
+def _resolve_device(config: ControlNetConfig) -> str:
+    import torch
+
+    if config.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("backend.controlnet.device=cuda but torch sees no CUDA GPU here; "
+                        "use device: auto (or cpu)")
+    return config.device
+
+
+def _resolve_dtype(config: ControlNetConfig, device: str):
+    import torch
+
+    name = config.dtype
+    if device == "cpu" and name == "fp16":
+        log.info("backend.controlnet.dtype=fp16 runs as fp32 on CPU (CPU fp16 is slow and lossy)")
+        name = "fp32"
+    return getattr(torch, _DTYPES[name])
+
+
+def _dtype_kwarg() -> str:
+    """diffusers 0.42 renamed ``torch_dtype`` to ``dtype`` (the old name warns)."""
+    import diffusers
+    from packaging.version import Version
+
+    return "dtype" if Version(diffusers.__version__).release >= (0, 42) else "torch_dtype"
+
+
+@contextlib.contextmanager
+def _loading_bars_off():
+    """Hide diffusers'/transformers' per-component loading bars, then restore their setting."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    states = [(m, m.is_progress_bar_enabled()) for m in (diffusers_logging, transformers_logging)]
+    for module, _ in states:
+        module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for module, was_enabled in states:
+            if was_enabled:
+                module.enable_progress_bar()
+
+
+def _set_scheduler(pipe, name: str) -> None:
+    import diffusers
+
+    if name == "default" or (name == "euler" and "FlowMatch" in type(pipe.scheduler).__name__):
+        return
+    pipe.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(pipe.scheduler.config)
+
+
+class ControlNetBackend:
+    """A loaded ControlNet pipeline that turns rendered layers into images.
+
+    config: the recipe's ``backend.controlnet``; width, height: the recipe's image size (every
+    sample's layers must have it). Loading checks the models first (fast failure) and takes
+    seconds to minutes; build one backend per process and reuse it.
+    """
+
+    def __init__(self, config: ControlNetConfig, width: int, height: int):
+        import diffusers
+        import torch
+
+        # 1. check the settings and that every model is on disk, before loading anything
+        check_models_available(config)
+        if width % 8 or height % 8:
+            raise UserError(f"image size {width}x{height}: diffusion needs multiples of 8")
+        self.config, self.width, self.height = config, width, height
+        self.family = FAMILIES[config.family]
+        self.device = _resolve_device(config)
+        self.dtype = _resolve_dtype(config, self.device)
+        offline = hub_offline(config)
+
+        def load(name: str, kind: str) -> dict:
+            # a model already on disk loads from there: no hub round trip, no update check
+            on_disk = offline or _locate(name, kind, config.family, offline=True) is None
+            return {_dtype_kwarg(): self.dtype, "local_files_only": on_disk}
+
+        with _loading_bars_off():
+            # 2. the ControlNets, one per unit (several -> the family's multi-ControlNet wrapper)
+            net_class = getattr(diffusers, self.family.controlnet)
+            nets = [net_class.from_pretrained(unit.model, **load(unit.model, "controlnet"))
+                    for unit in config.controlnets]
+            controlnet = nets[0] if len(nets) == 1 else getattr(diffusers, self.family.multi)(nets)
+
+            # 3. the base pipeline around them
+            pipe_class = getattr(diffusers, self.family.pipeline)
+            self.pipe = pipe_class.from_pretrained(config.base_model, controlnet=controlnet,
+                                                   **load(config.base_model, "base"),
+                                                   **dict(self.family.load_kwargs))
+
+        # 4. scheduler, device, progress bars (synthgen shows its own)
+        _set_scheduler(self.pipe, config.scheduler)
+        self.pipe.to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        if not self.family.negative_prompt:
+            log.info("family=%s ignores negative prompts; guidance=%s is its embedded guidance",
+                     config.family, config.guidance)
+        log.info("controlnet backend: %s %s + %s on %s (%s), scheduler %s, %d steps, batch %d",
+                 config.family, config.base_model, [u.model for u in config.controlnets],
+                 self.device, str(self.dtype).removeprefix("torch."),
+                 type(self.pipe.scheduler).__name__, config.steps, config.batch_size)
+        self._torch = torch
+
+    # -------------------------------------------------------------------------------------------
+    def check_inputs(self, samples: list[dict]) -> None:
+        """Each sample needs ``layers`` (with every bound layer at the recipe size), ``prompt``
+        (str), ``negative_prompt`` (str, may be empty) and ``seed`` (int in [0, 2**64))."""
+        if not isinstance(samples, list) or not samples:
+            raise ValueError(f"samples must be a non-empty list of dicts, got {type(samples).__name__}")
+        for i, sample in enumerate(samples):
+            for key in ("layers", "prompt", "seed"):
+                if key not in sample:
+                    raise KeyError(f"samples[{i}] lacks {key!r} (it has {sorted(sample)})")
+            if not isinstance(sample["prompt"], str):
+                raise TypeError(f"samples[{i}]['prompt'] must be str, got {type(sample['prompt']).__name__}")
+            if not isinstance(sample.get("negative_prompt", ""), str):
+                raise TypeError(f"samples[{i}]['negative_prompt'] must be str")
+            seed = sample["seed"]
+            if not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**64:
+                raise ValueError(f"samples[{i}]['seed'] must be an int in [0, 2**64), got {seed!r}")
+            for unit in self.config.controlnets:
+                image = control_image(sample["layers"], unit.layer)
+                if image.shape[:2] != (self.height, self.width):
+                    raise ValueError(f"samples[{i}] layer {unit.layer!r} is {image.shape[1]}x"
+                                     f"{image.shape[0]}, but the recipe image is "
+                                     f"{self.width}x{self.height}")
+
+    def generate(self, samples: list[dict]) -> list[np.ndarray]:
+        """One (H, W, 3) uint8 RGB image per sample, in order.
+
+        Samples are run ``config.batch_size`` at a time; each image's noise comes from its own
+        generator seeded with ``sample['seed']``.
+        """
+        # 1. check inputs
+        self.check_inputs(samples)
+        images: list[np.ndarray] = []
+        # 2. run the batches
+        size = self.config.batch_size
+        for start in range(0, len(samples), size):
+            batch = samples[start:start + size]
+            log.debug("controlnet batch %d-%d of %d", start, start + len(batch) - 1, len(samples))
+            images.extend(self._generate_batch(batch))
+        return images
+
+    def _control_tensors(self, batch: list[dict]) -> list:
+        """Per ControlNet, a (B, 3, H, W) float tensor in [0, 1] (what diffusers makes of RGB)."""
+        torch = self._torch
+        tensors = []
+        for unit in self.config.controlnets:
+            stack = np.stack([control_image(s["layers"], unit.layer) for s in batch])
+            tensors.append(torch.from_numpy(stack).permute(0, 3, 1, 2).float() / 255.0)
+        return tensors
+
+    def _generate_batch(self, batch: list[dict]) -> list[np.ndarray]:
+        torch, config, family = self._torch, self.config, self.family
+        units = config.controlnets
+        multi = len(units) > 1
+
+        # 1. control images and one generator per image
+        controls = self._control_tensors(batch)
+        generators = [torch.Generator(self.device).manual_seed(int(s["seed"])) for s in batch]
+
+        # 2. the call's arguments (lists per ControlNet when there are several)
+        kwargs: dict[str, Any] = {
+            "prompt": [s["prompt"] for s in batch],
+            family.image_arg: controls if multi else controls[0],
+            "height": self.height, "width": self.width,
+            "num_inference_steps": config.steps, "guidance_scale": config.guidance,
+            "controlnet_conditioning_scale": [u.scale for u in units] if multi else units[0].scale,
+            "control_guidance_start": [u.start for u in units] if multi else units[0].start,
+            "control_guidance_end": [u.end for u in units] if multi else units[0].end,
+            "generator": generators, "output_type": "np",
+        }
+        if family.negative_prompt:
+            kwargs["negative_prompt"] = [s.get("negative_prompt", "") for s in batch]
+
+        # 3. denoise and decode
+        out = self.pipe(**kwargs).images  # (B, H, W, 3) float in [0, 1]
+
+        # 4. to uint8 RGB
+        if not np.isfinite(out).all():
+            log.warning("NaN/inf pixels in a diffusion batch (fp16 overflow?): they become black; "
+                        "try backend.controlnet.dtype=bf16 or fp32")
+            out = np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0)
+        pixels = np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return [np.ascontiguousarray(p) for p in pixels]

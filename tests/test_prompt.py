@@ -49,7 +49,8 @@ def test_person_words_for_smpl_and_unknown_bodies():
      ["from", "lens"]),
     ({"subject_fraction": 0.8, "elevation_deg": 50.0, "fov_deg": 70.0}, ["from above", "wide-angle lens"],
      []),
-    ({"subject_fraction": 0.7, "elevation_deg": -20.0, "fov_deg": 30.0}, ["from a low angle", "telephoto"], []),
+    ({"subject_fraction": 0.7, "elevation_deg": -20.0, "fov_deg": 30.0}, ["from a low angle", "telephoto"],
+     []),
     ({"subject_fraction": 0.3, "elevation_deg": 65.0, "fov_deg": 50.0}, ["wide shot", "directly above"], []),
 ])
 def test_camera_words(camera, words, not_words):

@@ -108,15 +108,36 @@ def cheap_checks(image: np.ndarray, config: FilterConfig) -> str | None:
     image = np.asarray(image)
     if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
         return "nan"
-    pixels = _to_255(image)
+    pixels = image if image.dtype == np.uint8 else _to_255(image)  # uint8 stays uint8: fast path
     if pixels.size == 0:
         return "constant"
-    brightest = pixels.max(axis=-1) if pixels.ndim == 3 else pixels
-    if float(np.mean(brightest < BLACK_LEVEL)) > config.max_black_fraction:
+    if _black_fraction(pixels) > config.max_black_fraction:
         return "black"
-    if float(pixels.std()) < config.min_std:
+    if _global_std(pixels) < config.min_std:
         return "constant"
     return None
+
+
+def _black_fraction(pixels: np.ndarray) -> float:
+    """Fraction of pixels whose channels are all below BLACK_LEVEL."""
+    if pixels.dtype == np.uint8:
+        import cv2
+
+        level = int(np.ceil(BLACK_LEVEL)) - 1
+        dark = cv2.inRange(pixels, (0,) * (pixels.shape[-1] if pixels.ndim == 3 else 1),
+                           (level,) * (pixels.shape[-1] if pixels.ndim == 3 else 1))
+        return np.count_nonzero(dark) / dark.size
+    brightest = pixels.max(axis=-1) if pixels.ndim == 3 else pixels
+    return np.count_nonzero(brightest < BLACK_LEVEL) / brightest.size
+
+
+def _global_std(pixels: np.ndarray) -> float:
+    """Standard deviation over all values of an (H, W[, C]) image, from per-channel moments."""
+    import cv2
+
+    means, stds = cv2.meanStdDev(np.ascontiguousarray(pixels))
+    means, variances = means.ravel(), stds.ravel() ** 2
+    return float(np.sqrt(max(np.mean(variances + means ** 2) - np.mean(means) ** 2, 0.0)))
 
 
 def select_points(points: np.ndarray, max_points: int | None) -> np.ndarray:

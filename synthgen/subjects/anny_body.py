@@ -25,7 +25,7 @@ from scipy.spatial.transform import Rotation
 from synthgen.recipe import SubjectConfig
 from synthgen.seeding import sample_rng
 from synthgen.subjects.base import (KEYPOINT_NAMES, KEYPOINT_PARTS, PART_NAMES, PosedSubject,
-                                    ground_offset, parts_from_skinning)
+                                    ground_offset, parts_from_skinning, pose_in_fixed_batches)
 from synthgen.subjects.poses import PoseFileBank, draw_body_pose, matrices_to_axis_angle
 from synthgen.subjects.retarget import rest_corrections, smpl_to_anny_rotations
 
@@ -186,13 +186,9 @@ class AnnyBody:
         return out.astype(np.float32)
 
     def pose(self, draws: list[dict[str, Any]]) -> list[PosedSubject]:
-        out: list[PosedSubject] = []
-        for start in range(0, len(draws), BATCH):
-            out.extend(self._pose_batch(draws[start:start + BATCH]))
-        return out
+        return pose_in_fixed_batches(draws, BATCH, self._pose_batch)
 
-    def _pose_batch(self, draws: list[dict[str, Any]]) -> list[PosedSubject]:
-        padded = draws + [draws[-1]] * (BATCH - len(draws))
+    def _pose_batch(self, draws: list[dict[str, Any]], padded: list[dict[str, Any]]) -> list[PosedSubject]:
         pose = torch.from_numpy(np.stack([self._pose_parameters(d) for d in padded]))
         pheno = {k: torch.tensor([d["phenotype"][k] for d in padded], dtype=torch.float32)
                  for k in PHENOTYPES}

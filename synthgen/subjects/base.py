@@ -99,3 +99,17 @@ def ground_offset(vertices: np.ndarray) -> np.ndarray:
     """
     lo, hi = vertices.min(axis=0), vertices.max(axis=0)
     return np.array([-(lo[0] + hi[0]) / 2, -(lo[1] + hi[1]) / 2, -lo[2]], dtype=np.float64)
+
+
+def pose_in_fixed_batches(draws: list, batch: int, pose_batch) -> list:
+    """Run ``pose_batch`` on chunks of at most ``batch`` draws, each padded to exactly ``batch``.
+
+    A body model's arithmetic can depend on its batch size; always calling it with the same
+    size keeps every sample bit-identical whatever the split. ``pose_batch(chunk, padded)``
+    gets the real draws and the padded list and returns one result per real draw.
+    """
+    out = []
+    for start in range(0, len(draws), batch):
+        chunk = draws[start:start + batch]
+        out.extend(pose_batch(chunk, chunk + [chunk[-1]] * (batch - len(chunk))))
+    return out

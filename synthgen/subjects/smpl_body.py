@@ -43,7 +43,7 @@ from synthgen.errors import MissingModelError, UserError
 from synthgen.recipe import SubjectConfig
 from synthgen.seeding import sample_rng
 from synthgen.subjects.base import (KEYPOINT_NAMES, KEYPOINT_PARTS, PART_NAMES, SMPL_TO_WORLD,
-                                    PosedSubject, ground_offset, parts_from_skinning)
+                                    PosedSubject, ground_offset, parts_from_skinning, pose_in_fixed_batches)
 from synthgen.subjects.poses import (SMPL_JOINTS, PoseFileBank, matrices_to_axis_angle,
                                      draw_body_pose)
 
@@ -269,15 +269,12 @@ class SmplBody:
 
     def pose(self, draws: list[dict[str, Any]]) -> list[PosedSubject]:
         """World-frame subjects on the ground, posed BATCH at a time (padded; split-independent)."""
-        out: list[PosedSubject] = []
-        for start in range(0, len(draws), BATCH):
-            out.extend(self._pose_batch(draws[start:start + BATCH]))
-        return out
+        return pose_in_fixed_batches(draws, BATCH, self._pose_batch)
 
-    def _pose_batch(self, draws: list[dict[str, Any]]) -> list[PosedSubject]:
+    def _pose_batch(self, draws: list[dict[str, Any]], padded: list[dict[str, Any]]) -> list[PosedSubject]:
         """At most BATCH draws -> subjects; vertices (V, 3) and keypoints (23, 3) float32, world frame."""
-        params = [self.parameters(d) for d in draws]
-        vertices, keypoints = self.forward(params + [params[-1]] * (BATCH - len(params)))
+        params = [self.parameters(d) for d in padded]
+        vertices, keypoints = self.forward(params)
         vertices, keypoints = (vertices @ self.to_world).numpy(), (keypoints @ self.to_world).numpy()
         posed = []
         for b, (draw, p) in enumerate(zip(draws, params)):

@@ -1,18 +1,22 @@
 """Tiny seeded random-weight diffusion models, saved the way ``from_pretrained`` reads them.
 
 The tests exercise synthgen's real loading code (``from_pretrained`` on a folder) without any
-download: each builder makes the same classes as the real checkpoints, only with a few thousand
-parameters, and writes them with ``save_pretrained``::
+download: each builder makes the same classes as the real checkpoints, only small (the SD1.5
+UNet has ~1.1 M parameters, the whole folder ~9 MB), and writes them with ``save_pretrained``::
 
     root/
       base/            model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/
-                       (sdxl adds text_encoder_2/, tokenizer_2/)
+                       (sdxl adds text_encoder_2/ + tokenizer_2/; flux has transformer/ instead
+                       of unet/ and a T5 text_encoder_2/)
       controlnet-0/    config.json + diffusion_pytorch_model.safetensors
       controlnet-1/    ...
 
-The tokenizer is a byte-level CLIP BPE with no merges (every character is a token), written
-here: no tokenizer download either. Builders are deterministic: the same seed writes the same
-weights.
+The base folder is saved as the plain text-to-image pipeline (StableDiffusionPipeline, ...), the
+layout of the real base checkpoints. The CLIP tokenizer is a byte-level BPE with no merges
+(every character is a token) and the T5 tokenizer a character-level Unigram model, both written
+here: no tokenizer download either. ControlNets start as ``from_unet``/``from_transformer``
+copies whose zero-initialised output projections get random weights, so that control images
+visibly change the result. Builders are deterministic: the same seed writes the same weights.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["byte_level_vocab", "write_clip_tokenizer", "build_tiny_sd15", "build_tiny_sdxl", "build_tiny_flux",
-           "TINY_VOCAB_SIZE"]
+__all__ = ["TINY_VOCAB_SIZE", "build_tiny_flux", "build_tiny_sd15", "build_tiny_sdxl",
+           "byte_level_vocab", "write_clip_tokenizer"]
 
 # 256 byte characters + their end-of-word forms + <|startoftext|> + <|endoftext|>
 TINY_VOCAB_SIZE = 2 * 256 + 2

@@ -182,8 +182,8 @@ def _base_folder_problems(folder: Path, family: str) -> list[str]:
     pipeline_class = str(index.get("_class_name", ""))
     other = _family_of(pipeline_class)
     if other is not None and other != family:
-        return [f"it holds a {other} model ({pipeline_class}), not {family}: set "
-                f"backend.controlnet.family: {other}"]
+        hint = f"it holds a {other} model ({pipeline_class}), not {family}"
+        return [f"{hint}: set backend.controlnet.family: {other}"]
     problems = []
     for name in FAMILIES[family].components:
         entry = index.get(name)

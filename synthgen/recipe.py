@@ -91,27 +91,178 @@ class PoseConfig(_Strict):
     yaw_deg: Range = Field((-180.0, 180.0), description="body heading about the vertical, degrees")
 
 
+ANIMAL_MODELS = ("quadruped", "smal")
+OBJECT_MODELS = ("builtin", "mesh")
+SMPL_MODELS = ("smpl", "smplh", "smplx")
+DEFAULT_MODEL = {"human": "anny", "animal": "quadruped", "object": "builtin"}
+AxisName = Literal["auto", "+x", "-x", "+y", "-y", "+z", "-z"]
+
+
+class SpeciesShape(_Strict):
+    """A recipe Gaussian over one species family's betas (used where no cluster data covers it)."""
+
+    mean: float | list[float] = Field(0.0, description="mean of each beta (one value, or one per beta)")
+    sd: float | list[float] = Field(1.0, description="standard deviation of each beta (one or per beta)")
+
+
+class AnimalConfig(_Strict):
+    """Quadrupeds (subject.kind=animal): SMAL-family files or the embedded stand-in quadruped.
+
+    Shapes: per species family, a Gaussian from the model's cluster data (``cluster_means`` /
+    ``cluster_cov``, SMAL's smal_CVPR2017_data.pkl layout) or from ``species_shapes``, redrawn
+    until every |beta| <= ``max_abs_beta`` (GenZoo's plausibility bound). Poses: library poses
+    perturbed within joint limits, or rows of ``pose_files``.
+    """
+
+    species: dict[str, float] = Field(default_factory=dict, description="species family -> relative "
+                                      "weight; empty = every family the model knows, equally")
+    cluster_file: str | None = Field(None, description="smal_CVPR2017_data.pkl-style file (or its .npz) "
+                                     "with cluster_means/cluster_cov; null = clusters inside the model "
+                                     "file when present")
+    family_names: list[str] | None = Field(None, description="names of the cluster families in file "
+                                           "order; null = SMAL's cat, dog, horse, cow, hippo")
+    species_shapes: dict[str, SpeciesShape] = Field(default_factory=dict, description="recipe Gaussians "
+                                                    "per species family (override cluster data)")
+    num_betas: int | None = Field(None, ge=1, le=300, description="shape coefficients used; null = all "
+                                  "the model has")
+    betas_mean: float = Field(0.0, description="fallback Gaussian mean (species without clusters)")
+    betas_sd: float = Field(1.0, ge=0.0, description="fallback Gaussian standard deviation")
+    max_abs_beta: float = Field(10.0, gt=0.0, description="plausibility bound |beta_i| <= this (GenZoo: 10); "
+                                "a draw outside is redrawn, up to 100 times, then clipped")
+    library: dict[str, float] = Field(
+        default_factory=lambda: {"standing": 2.0, "walking": 2.0, "trotting": 1.0, "galloping": 0.5,
+                                 "sitting": 1.0, "lying": 1.0, "head_down": 0.5, "looking_back": 0.5},
+        description="base pose -> relative weight (synthgen.subjects.animal_poses.BASE_POSES)")
+    noise_deg: float = Field(6.0, ge=0.0, le=45.0, description="sd of per-joint perturbation, degrees")
+    pose_files: list[str] = Field(default_factory=list, description=".npz pose sets: key 'poses' "
+                                  "(N, 3*J) axis-angle in the model's joint order (root ignored)")
+    pose_file_fraction: float = Field(0.0, ge=0.0, le=1.0, description="fraction of samples posed "
+                                      "from pose_files")
+    yaw_deg: Range = Field((-180.0, 180.0), description="heading about the vertical, degrees")
+    joint_names: list[str] | None = Field(None, description="SMAL names of the model's joints when its "
+                                          "skeleton is not SMAL's 33/35-joint one")
+    keypoints_file: str | None = Field(None, description=".npz keypoint regressor for the 26 Animal3D "
+                                       "keypoints: vertex_weights (26, V) and/or joint_weights (26, J), "
+                                       "or vertex_ids (26,); null = the model's own or a geometric one")
+    convert_pickle: bool = Field(False, description="opt-in: read a .pkl model/cluster file once with a "
+                                 "restricted unpickler (numpy arrays only) and write a .npz beside it "
+                                 "(or in the cache); later runs read only the .npz")
+
+
+class ObjectConfig(_Strict):
+    """Rigid CAD objects (subject.kind=object), normalised to a box diagonal of ``size``."""
+
+    paths: list[str] = Field(default_factory=list, description="mesh files (obj, glb, gltf, ply, stl, "
+                             "off) or folders: ShapeNet (synset/model/models/model_normalized.obj) or "
+                             "Objaverse-style (class/uid.glb)")
+    index_csv: str | None = Field(None, description="3D-DST-style CSV: class,path[,azimuth,elevation,"
+                                  "model_id] (paths relative to the CSV; angles align the model's front)")
+    classes: dict[str, float] = Field(default_factory=dict, description="class -> relative weight; "
+                                      "empty = every class found, equally")
+    up_axis: AxisName = Field("auto", description="the mesh files' up axis; auto = +y (ShapeNet, glTF)")
+    front_axis: AxisName = Field("auto", description="the mesh files' front axis; auto = -z for "
+                                 "ShapeNet/OBJ, +z for glTF/GLB")
+    size: float = Field(1.0, gt=0.0, le=100.0, description="bounding-box diagonal after normalisation, "
+                        "metres (PASCAL3D+/ShapeNet unit normalisation = 1)")
+    parts: Literal["single", "submesh"] = Field("submesh", description="part ids: one part, or one per "
+                                                "submesh (scene node) of the file")
+
+
 class SubjectConfig(_Strict):
-    kind: Literal["human"] = "human"
-    model: Literal["anny", "smpl", "smplh", "smplx"] = Field(
-        "anny", description="anny is embedded; the SMPL family needs the user's licensed model files")
+    kind: Literal["human", "animal", "object"] = "human"
+    model: Literal["anny", "smpl", "smplh", "smplx", "quadruped", "smal", "builtin", "mesh"] = Field(
+        "anny", description="human: anny (embedded) or smpl/smplh/smplx (licensed files); animal: "
+        "quadruped (embedded stand-in) or smal (your SMAL-family file); object: builtin (embedded "
+        "procedural meshes) or mesh (your files, see subject.object). Default: the kind's embedded one")
     model_path: str | None = Field(None, description="SMPL family: folder holding smpl/SMPL_NEUTRAL.pkl "
-                                   "(or .npz), or the model file itself")
+                                   "(or .npz), or the model file itself; smal: the SMAL-family model "
+                                   "file (.npz, or .pkl with animal.convert_pickle)")
     smpl_gender: Literal["neutral", "male", "female"] = "neutral"
     shape: ShapeConfig = Field(default_factory=ShapeConfig)
     pose: PoseConfig = Field(default_factory=PoseConfig)
+    animal: AnimalConfig = Field(default_factory=AnimalConfig, description="kind=animal settings")
+    object: ObjectConfig = Field(default_factory=ObjectConfig, description="kind=object settings")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_model_for_kind(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if "model" not in data and data.get("kind") in DEFAULT_MODEL:
+            data = dict(data, model=DEFAULT_MODEL[data["kind"]])
+        if "kind" not in data and data.get("model") in ANIMAL_MODELS + OBJECT_MODELS:
+            data = dict(data, kind="animal" if data["model"] in ANIMAL_MODELS else "object")
+        return data
+
+    @model_validator(mode="after")
+    def _kind_matches_model(self) -> "SubjectConfig":
+        allowed = {"human": ("anny",) + SMPL_MODELS, "animal": ANIMAL_MODELS, "object": OBJECT_MODELS}
+        if self.model not in allowed[self.kind]:
+            raise ValueError(f"subject.model={self.model} does not make subject.kind={self.kind} "
+                             f"subjects; use one of {list(allowed[self.kind])} (or change subject.kind)")
+        return self
 
     @model_validator(mode="after")
     def _smpl_needs_path(self) -> "SubjectConfig":
-        if self.model != "anny" and not self.model_path:
+        if self.model in SMPL_MODELS and not self.model_path:
             site = {"smpl": "smpl", "smplh": "mano", "smplx": "smpl-x"}[self.model]
             raise ValueError(f"subject.model={self.model} needs subject.model_path: the folder with your "
                              f"licensed {self.model.upper()} files (get them from https://{site}.is.tue.mpg.de)")
+        if self.model == "smal" and not self.model_path:
+            raise ValueError("subject.model=smal needs subject.model_path: your SMAL-family model file "
+                             "(e.g. smal_CVPR2017.pkl from https://smal.is.tue.mpg.de, converted once "
+                             "with `python -m synthgen.subjects.smal_body convert FILE.pkl`), or use "
+                             "subject.model=quadruped (embedded)")
+        if self.model == "mesh" and not (self.object.paths or self.object.index_csv):
+            raise ValueError("subject.model=mesh needs subject.object.paths (mesh files or ShapeNet/"
+                             "Objaverse folders) or subject.object.index_csv; or use subject.model=builtin")
+        return self
+
+
+class ViewpointConfig(_Strict):
+    """3D-DST / PASCAL3D+ viewpoint cameras (camera.mode=viewpoint), looking at the subject's box centre.
+
+    azimuth: 0 = in front of the subject (on its -Y side), increasing counter-clockwise seen from
+    above; elevation = 90 - polar; theta = in-plane rotation (image turns counter-clockwise).
+    """
+
+    azimuth: Literal["uniform", "front"] = Field("uniform", description="uniform over azimuth_deg, or "
+                                                 "uniform over the front arc [-front_arc_deg/2, +front_arc_deg/2]")
+    azimuth_deg: Range = Field((0.0, 360.0), description="azimuth range for azimuth=uniform, degrees")
+    front_arc_deg: float = Field(90.0, gt=0.0, le=360.0, description="width of the front arc, degrees")
+    polar_mean_deg: float = Field(90.0, ge=0.0, le=180.0, description="polar angle mean (90 = level)")
+    polar_sd_deg: float = Field(30.0, ge=0.0, le=180.0, description="polar angle sd (truncated normal)")
+    polar_range_deg: Range = Field((5.0, 175.0), description="truncation of the polar angle, degrees")
+    distance: Literal["normal", "fixed"] = Field("normal", description="truncated normal or fixed")
+    distance_mean: float = Field(2.0, gt=0.0, description="camera distance to the box centre")
+    distance_sd: float = Field(0.3, ge=0.0, description="distance sd (distance=normal)")
+    distance_range: Range = Field((1.2, 4.0), description="distance truncation")
+    distance_relative: bool = Field(True, description="distances in units of the subject's box diagonal "
+                                    "(unit-normalised objects: metres); false = metres")
+    theta_deg: Range = Field((0.0, 0.0), description="in-plane rotation range (uniform), degrees")
+    focal_mm: float | None = Field(35.0, gt=0.0, description="lens focal length, mm (3D-DST: 35); "
+                                   "null = draw camera.fov_deg")
+    sensor_mm: float = Field(36.0, gt=0.0, description="sensor width, mm (Blender's default 36)")
+    principal_jitter: float = Field(0.0, ge=0.0, le=0.3, description="max principal-point offset from "
+                                    "the image centre (where the box centre projects), fraction of size")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "ViewpointConfig":
+        _check_range("polar_range_deg", self.polar_range_deg, 0.0, 180.0)
+        _check_range("theta_deg", self.theta_deg, -180.0, 180.0)
+        _check_range("azimuth_deg", self.azimuth_deg, -360.0, 720.0)
+        if self.distance_range[0] <= 0 or self.distance_range[0] > self.distance_range[1]:
+            raise ValueError(f"distance_range must satisfy 0 < low <= high, got {list(self.distance_range)}")
         return self
 
 
 class CameraConfig(_Strict):
     """Pinhole camera framing the subject. Angles in degrees, distances in metres."""
+
+    mode: Literal["frame", "viewpoint"] = Field("frame", description="frame = fit the subject to "
+                                                "subject_fraction (HumanWild/GenZoo style); viewpoint "
+                                                "= 3D-DST azimuth/polar/distance/theta (camera.viewpoint)")
+    viewpoint: ViewpointConfig = Field(default_factory=ViewpointConfig)
 
     fov_deg: Range = Field((30.0, 75.0), description="vertical field of view range, degrees "
                            "(wide = close range with strong perspective)")
@@ -143,9 +294,10 @@ class RenderConfig(_Strict):
         "auto", description="gl = moderngl/EGL, torch = pure-pip z-buffer, auto = gl when EGL works")
     canny_low: int = Field(100, ge=0, le=1000, description="Canny lower threshold (edges layer)")
     canny_high: int = Field(200, ge=0, le=1000, description="Canny upper threshold (edges layer)")
-    normal_convention: Literal["opengl", "opencv"] = Field(
+    normal_convention: Literal["opengl", "bae", "opencv"] = Field(
         "opengl", description="normal layer axes: opengl = x right, y up, z toward the viewer "
-        "(facing the camera encodes as (128, 128, 255)); opencv = raw camera axes")
+        "(facing the camera encodes as (128, 128, 255)); bae = x left, y up, z toward the viewer "
+        "(Normal-BAE / ScanNet, what control_v11p_sd15_normalbae saw); opencv = raw camera axes")
 
 
 class ShadedConfig(_Strict):

@@ -10,9 +10,12 @@ import numpy as np
 
 # Camera-frame normal (OpenCV axes) -> encoded axes. "opengl": x right, y up, z toward the
 # viewer, the convention of renderer normal passes and of the (128, 128, 255)-for-facing-the-
-# camera look normal ControlNets are trained on. "opencv": the raw camera axes.
+# camera look normal ControlNets are trained on. "bae": x left, y up, z toward the viewer, the
+# Normal-BAE (ScanNet) estimates control_v11p_sd15_normalbae was trained on (red = facing left).
+# "opencv": the raw camera axes.
 NORMAL_CONVENTIONS = {
     "opengl": np.array([1.0, -1.0, -1.0], dtype=np.float32),
+    "bae": np.array([-1.0, -1.0, -1.0], dtype=np.float32),
     "opencv": np.array([1.0, 1.0, 1.0], dtype=np.float32),
 }
 

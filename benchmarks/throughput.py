@@ -74,7 +74,8 @@ def naive_baseline(recipe) -> float:
         with wds.TarWriter(os.path.join(out, "naive.tar")) as sink:
             for index in range(recipe.num_samples):
                 subject = model.pose([model.draw(recipe.seed, index)])[0]  # batch of one
-                sample = factory.make_sample(index, subject)
+                sample = factory.prepare(index, subject)
+                factory.finish([sample])
                 # a second pass for the mask, as two-pass renderers need
                 render_layers(sample["vertices_cam"], model.faces, model.face_parts, sample["camera"].K,
                               recipe.image.width, recipe.image.height, recipe.render.backend)
@@ -88,6 +89,14 @@ def naive_baseline(recipe) -> float:
         return recipe.num_samples / (time.perf_counter() - start)
 
 
+class _Rows(list):
+    """Rows of the final table, also logged as they come (a long run shows progress)."""
+
+    def append(self, row) -> None:
+        logging.getLogger("benchmark").warning("%s: %s", *row)
+        super().append(row)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=256)
@@ -97,7 +106,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    rows = []
+    rows = _Rows()
     if not args.skip_cold:
         with tempfile.TemporaryDirectory() as cache:
             rows.append(("Anny model start, cold (empty cache)", f"{anny_start_seconds(cache):.1f} s"))

@@ -64,13 +64,24 @@ def look_at(position: np.ndarray, target: np.ndarray, roll_deg: float = 0.0) -> 
     up = np.array([0.0, 0.0, 1.0])
     if abs(forward @ up) > 0.999:
         up = np.array([0.0, 1.0, 0.0])
-    right = np.cross(forward, up)
+    right = _cross(forward, up)
     right /= np.linalg.norm(right)
-    down = np.cross(forward, right)
+    down = _cross(forward, right)
     R = np.stack([right, down, forward])
     if roll_deg:
         R = Rotation.from_rotvec([0.0, 0.0, np.radians(roll_deg)]).as_matrix() @ R
     return R, -R @ position
+
+
+def hull_points(points: np.ndarray) -> np.ndarray:
+    """(M, 3) convex-hull vertices of (N, 3) points: same projected extent from any viewpoint
+    outside the hull, at a fraction of the cost (framing projects them dozens of times)."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    try:
+        return points[ConvexHull(points).vertices]
+    except (QhullError, ValueError):  # flat or degenerate point sets
+        return points
 
 
 def _elevation(rng: np.random.Generator, cfg: CameraConfig) -> float:
@@ -101,6 +112,7 @@ def sample_camera(rng: np.random.Generator, cfg: CameraConfig, points_world: np.
     jitter = rng.uniform(-cfg.center_jitter, cfg.center_jitter, size=2)
 
     K = intrinsics_from_fov(fov, width, height)
+    points_world = hull_points(points_world)
     lo, hi = points_world.min(axis=0), points_world.max(axis=0)
     target = (lo + hi) / 2.0
     az, el = np.radians(azimuth), np.radians(elevation)
@@ -108,25 +120,41 @@ def sample_camera(rng: np.random.Generator, cfg: CameraConfig, points_world: np.
     radius = float(np.linalg.norm(hi - lo)) / 2.0
     closest = float(((points_world - target) @ direction).max()) + 0.1  # stay 10 cm clear of the subject
 
-    def framed(d: float) -> tuple[Camera, float]:
+    def framed(d: float, steps: int = 1) -> tuple[Camera, float]:
         cam = Camera(K, *look_at(target + d * direction, target, roll), width, height)
-        cam = _recentre(cam, points_world, jitter, fraction)
+        cam = _recentre(cam, points_world, jitter, fraction, steps)
         uv_lo, uv_hi = _extent(cam, points_world)
         return cam, max((uv_hi[0] - uv_lo[0]) / width, (uv_hi[1] - uv_lo[1]) / height)
 
     # the projected size shrinks monotonically with distance: bisect it (in log distance)
     pinhole = 2.0 * radius * K[1, 1] / (fraction * height)  # first guess, ignores perspective
     near, far = np.log(max(closest, pinhole / 4.0)), np.log(max(closest, pinhole) * 4.0)
-    for _ in range(18):
+    for _ in range(14):
         mid = (near + far) / 2.0
         near, far = (mid, far) if framed(float(np.exp(mid)))[1] > fraction else (near, mid)
     distance = float(np.exp(far))
-    camera, achieved = framed(distance)
+    camera, achieved = framed(distance, steps=3)
     # a wide lens close up may not reach the fraction without entering the subject: record what was got
     drawn = {"fov_deg": fov, "azimuth_deg": azimuth, "elevation_deg": elevation, "roll_deg": roll,
              "distance": float(distance), "subject_fraction": float(achieved),
              "subject_fraction_target": fraction}
     return camera, drawn
+
+
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cross product of two 3-vectors (np.cross's generality costs ~30 us a call)."""
+    return np.array([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]])
+
+
+def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(3, 3) smallest rotation taking direction ``a`` to direction ``b`` (Rodrigues)."""
+    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    axis, cos = _cross(a, b), float(a @ b)
+    if cos < -1.0 + 1e-12:  # opposite: any perpendicular axis
+        perp = np.cross(a, [1.0, 0.0, 0.0] if abs(a[0]) < 0.9 else [0.0, 1.0, 0.0])
+        return Rotation.from_rotvec(np.pi * perp / np.linalg.norm(perp)).as_matrix()
+    skew = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
+    return np.eye(3) + skew + skew @ skew / (1.0 + cos)
 
 
 def _recentre(camera: Camera, points_world: np.ndarray, jitter: np.ndarray, fraction: float,
@@ -144,7 +172,65 @@ def _recentre(camera: Camera, points_world: np.ndarray, jitter: np.ndarray, frac
         uv_lo, uv_hi = _extent(camera, points_world)
         now = K_inv @ np.append((uv_lo + uv_hi) / 2.0, 1.0)
         want = K_inv @ goal
-        rotation, _ = Rotation.align_vectors((want / np.linalg.norm(want))[None], (now / np.linalg.norm(now))[None])
-        Q = rotation.as_matrix()
+        Q = rotation_between(now, want)
         camera = Camera(camera.K, Q @ camera.R, Q @ camera.t, camera.width, camera.height)
     return camera
+
+
+def _truncated_normal(rng: np.random.Generator, mean: float, sd: float, low: float, high: float) -> float:
+    """One draw of N(mean, sd) restricted to [low, high] (rejection; the clipped mean when sd = 0)."""
+    if sd <= 0.0:
+        return float(np.clip(mean, low, high))
+    for _ in range(1000):
+        x = float(rng.normal(mean, sd))
+        if low <= x <= high:
+            return x
+    return float(rng.uniform(low, high))  # the window is far in a tail: fall back to uniform
+
+
+def sample_viewpoint_camera(rng: np.random.Generator, cfg: CameraConfig, points_world: np.ndarray,
+                            width: int, height: int) -> tuple[Camera, dict[str, float]]:
+    """A 3D-DST / PASCAL3D+ viewpoint camera looking at the box centre of ``points_world`` (N, 3).
+
+    Draws (``cfg.viewpoint``): azimuth uniform (or over the front arc), polar angle from a
+    truncated normal (elevation = 90 - polar), distance from a truncated normal (or fixed; in
+    units of the box diagonal when ``distance_relative``), in-plane theta uniform, focal length
+    from ``focal_mm`` / ``sensor_mm`` (or a vertical fov from ``cfg.fov_deg``), and the principal
+    point (where the centre projects) within ``principal_jitter`` of the image centre. The
+    extrinsics are :func:`synthgen.subjects.viewpoint.viewpoint_to_extrinsics` of the drawn
+    values, so :func:`synthgen.subjects.viewpoint.camera_to_viewpoint` gives them back exactly.
+    Pass every vertex: the centre is the box centre of the points given.
+    """
+    from synthgen.subjects.viewpoint import viewpoint_center, viewpoint_to_extrinsics
+
+    vp = cfg.viewpoint
+    if vp.azimuth == "front":
+        azimuth = float(rng.uniform(-vp.front_arc_deg / 2.0, vp.front_arc_deg / 2.0)) % 360.0
+    else:
+        azimuth = float(rng.uniform(*vp.azimuth_deg)) % 360.0
+    polar = _truncated_normal(rng, vp.polar_mean_deg, vp.polar_sd_deg, *vp.polar_range_deg)
+    unit = 1.0
+    center = viewpoint_center(points_world)
+    if vp.distance_relative:
+        pts = np.asarray(points_world, dtype=np.float64)
+        unit = float(np.linalg.norm(pts.max(axis=0) - pts.min(axis=0))) or 1.0
+    if vp.distance == "fixed":
+        distance = vp.distance_mean * unit
+    else:
+        distance = _truncated_normal(rng, vp.distance_mean, vp.distance_sd, *vp.distance_range) * unit
+    theta = float(rng.uniform(*vp.theta_deg))
+    if vp.focal_mm is not None:
+        focal = vp.focal_mm / vp.sensor_mm * max(width, height)  # sensor fit "auto": the larger side
+    else:
+        focal = (height / 2.0) / np.tan(np.radians(float(rng.uniform(*cfg.fov_deg))) / 2.0)
+    jitter = rng.uniform(-vp.principal_jitter, vp.principal_jitter, size=2) * np.array([width, height])
+    px, py = (width - 1) / 2.0 + jitter[0], (height - 1) / 2.0 + jitter[1]
+    K = np.array([[focal, 0.0, px], [0.0, focal, py], [0.0, 0.0, 1.0]])
+    R, t = viewpoint_to_extrinsics(azimuth, 90.0 - polar, theta, distance, center)
+    camera = Camera(K, R, t, width, height)
+    uv_lo, uv_hi = _extent(camera, np.asarray(points_world, dtype=np.float64))
+    drawn = {"azimuth_deg": azimuth, "elevation_deg": 90.0 - polar, "polar_deg": polar, "theta_deg": theta,
+             "distance": float(distance), "focal": float(focal), "px": float(px), "py": float(py),
+             "fov_deg": float(np.degrees(2.0 * np.arctan((height / 2.0) / focal))),
+             "subject_fraction": float(max((uv_hi[0] - uv_lo[0]) / width, (uv_hi[1] - uv_lo[1]) / height))}
+    return camera, drawn

@@ -61,7 +61,9 @@ def _init_worker(recipe_json: dict, progress_queue, threads: int) -> None:
     global _FACTORY, _PROGRESS
     import torch
 
+    # one worker per core: keep torch and Mesa's llvmpipe from each starting a thread per core
     torch.set_num_threads(threads)
+    os.environ.setdefault("LP_NUM_THREADS", str(threads))
     logging.basicConfig(level=logging.WARNING)
     _FACTORY = SampleFactory(Recipe.model_validate(recipe_json))
     _PROGRESS = progress_queue

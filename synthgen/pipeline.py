@@ -24,7 +24,7 @@ import numpy as np
 import torch.utils.data as tud
 
 from synthgen import write
-from synthgen.cameras import sample_camera
+from synthgen.cameras import sample_camera, sample_viewpoint_camera
 from synthgen.errors import ErrorBudgetExceeded
 from synthgen.generate import build_image_backend
 from synthgen.recipe import Recipe, recipe_hash
@@ -109,7 +109,7 @@ class SampleFactory:
             return None
         from synthgen.prompt import PromptBuilder
 
-        return PromptBuilder(self.recipe.prompt)
+        return PromptBuilder(self.recipe.prompt, subject_kind=self.recipe.subject.kind)
 
     def _filter(self, device: str | None):
         if self.recipe.backend.kind == "none":
@@ -127,8 +127,13 @@ class SampleFactory:
     def prepare(self, index: int, subject) -> dict[str, Any]:
         r = self.recipe
         sample: dict[str, Any] = {"index": index, "seed": sample_seed(r.seed, index), "subject": subject}
-        camera, drawn = sample_camera(sample_rng(r.seed, index, "camera"), r.camera,
-                                      subject.vertices[::7], r.image.width, r.image.height)
+        if r.camera.mode == "viewpoint":  # 3D-DST / PASCAL3D+ viewpoint about the subject's box centre
+            camera, drawn = sample_viewpoint_camera(sample_rng(r.seed, index, "camera"), r.camera,
+                                                    subject.vertices, r.image.width, r.image.height)
+        else:  # low-poly CAD objects need every vertex to be framed right
+            points = subject.vertices if r.subject.kind == "object" else subject.vertices[::7]
+            camera, drawn = sample_camera(sample_rng(r.seed, index, "camera"), r.camera,
+                                          points, r.image.width, r.image.height)
         sample.update(camera=camera, camera_draw=drawn)
         self._render(sample)
         sample["labels"] = self.labels(sample)
@@ -141,7 +146,8 @@ class SampleFactory:
     def _render(self, sample: dict[str, Any]) -> None:
         r, model, camera = self.recipe, self.subject_model, sample["camera"]
         vertices_cam = camera.to_camera(sample["subject"].vertices)
-        layers = render_layers(vertices_cam, model.faces, model.face_parts, camera.K,
+        faces, face_parts = self._mesh(sample["subject"])
+        layers = render_layers(vertices_cam, faces, face_parts, camera.K,
                                camera.width, camera.height, r.render.backend,
                                (r.render.canny_low, r.render.canny_high), r.render.normal_convention)
         kp3d = camera.to_camera(sample["subject"].keypoints_3d.astype(np.float64)).astype(np.float32)
@@ -149,13 +155,15 @@ class SampleFactory:
         vis = layer_ops.keypoint_visibility(uv, kp3d[:, 2], layers["parts"], layers["depth"],
                                             model.keypoint_parts)
         kp2d = np.concatenate([uv, vis[:, None]], axis=1)
-        layers["skeleton"] = layer_ops.draw_skeleton(kp2d, model.keypoint_names, camera.width, camera.height)
+        draw = getattr(model, "draw_skeleton", None)  # animals, objects: their own limb graph
+        layers["skeleton"] = (draw(kp2d, camera.width, camera.height) if draw is not None else
+                              layer_ops.draw_skeleton(kp2d, model.keypoint_names, camera.width, camera.height))
         sample.update(layers=layers, keypoints_3d=kp3d, keypoints_2d=kp2d, vertices_cam=vertices_cam)
 
     def labels(self, sample: dict[str, Any]) -> dict[str, Any]:
         camera, model = sample["camera"], self.subject_model
         bbox = bbox_from_mask(sample["layers"]["mask"] > 0)
-        return {
+        out = {
             "index": sample["index"], "seed": sample["seed"], "recipe_hash": self.hash,
             "image_size": [camera.width, camera.height],
             "cam_int": camera.K.tolist(), "cam_ext": camera.cam_ext.tolist(),
@@ -171,6 +179,18 @@ class SampleFactory:
                             "normal": self.recipe.render.normal_convention,
                             "pixel_centre": "integer", "visibility": "coco_0_1_2"},
         }
+        camera_labels = getattr(model, "camera_labels", None)  # animals: GenZoo fields; objects: PASCAL3D+
+        if camera_labels is not None:
+            out["subject"].update(camera_labels(sample["subject"], camera, sample["keypoints_2d"],
+                                                sample["keypoints_3d"]))
+        return out
+
+    def _mesh(self, subject) -> tuple[np.ndarray, np.ndarray]:
+        """(F, 3) faces and (F,) part ids: the model's, or the subject's own (objects)."""
+        faces = getattr(subject, "faces", None)
+        if faces is None:
+            return self.subject_model.faces, self.subject_model.face_parts
+        return faces, subject.face_parts
 
     def prepared(self, indices: list[int]) -> Iterator[dict[str, Any]]:
         """CPU stages; a sample that raises comes out as ``{"index", "error"}`` instead."""
@@ -251,7 +271,7 @@ class SampleFactory:
             record[f"{name}.png"] = write.encode_png(sample["layers"][LAYER_KEYS[name]])
         if out.vertices:
             arrays = {"vertices": sample["vertices_cam"].astype(np.float32),
-                      "faces": self.subject_model.faces} | sample["subject"].arrays
+                      "faces": self._mesh(sample["subject"])[0]} | sample["subject"].arrays
             record["npz"] = write.encode_npz(arrays)
         return record
 
@@ -308,9 +328,9 @@ class _PartsOnly:
     """What the main process needs of the subject model when workers do the posing."""
 
     def __init__(self, recipe: Recipe):
-        from synthgen.subjects.base import PART_NAMES
+        from synthgen.subjects import subject_part_names
 
-        self.part_names = PART_NAMES
+        self.part_names = subject_part_names(recipe.subject)
 
 
 _WORKER_FACTORY: SampleFactory | None = None

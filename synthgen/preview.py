@@ -31,15 +31,21 @@ def _colour_parts(parts: np.ndarray) -> np.ndarray:
     return out
 
 
-def overlay(image: np.ndarray, labels: dict[str, Any], mask: np.ndarray | None = None) -> np.ndarray:
-    """(H, W, 3) RGB with the silhouette tinted, the box, and visible (filled) / hidden (ring) keypoints."""
+def overlay(image: np.ndarray, labels: dict[str, Any], mask: np.ndarray | None = None,
+            skeleton: np.ndarray | None = None) -> np.ndarray:
+    """(H, W, 3) RGB with the silhouette tinted, the box, the skeleton layer (the subject's own
+    limb graph; drawn from the labels as OpenPose-18 when not given), and visible (filled) /
+    hidden (ring) keypoints."""
     out = image.copy()
     if mask is not None:
         out[mask > 0] = (0.6 * out[mask > 0] + 0.4 * np.array([40, 200, 255])).astype(np.uint8)
     x, y, w, h = labels["bbox"]
     cv2.rectangle(out, (int(round(x)), int(round(y))), (int(round(x + w)), int(round(y + h))), (255, 255, 0), 2)
     kp = np.asarray(labels["keypoints_2d"])
-    skeleton = draw_skeleton(kp, labels["keypoint_names"], image.shape[1], image.shape[0])
+    if skeleton is None:
+        skeleton = draw_skeleton(kp, labels["keypoint_names"], image.shape[1], image.shape[0])
+    elif skeleton.ndim == 2:
+        skeleton = np.repeat(skeleton[..., None], 3, axis=2)
     drawn = skeleton.any(axis=2)
     out[drawn] = (0.3 * out[drawn] + 0.7 * skeleton[drawn]).astype(np.uint8)
     for u, v, vis in kp:
@@ -54,7 +60,7 @@ def sample_row(sample: dict[str, Any], tile: int) -> np.ndarray:
     image = sample["image"] if sample["image"] is not None else layers["normal_rgb"]
     tiles = {
         "image": image,
-        "overlay": overlay(image, sample["labels"], layers["mask"]),
+        "overlay": overlay(image, sample["labels"], layers["mask"], layers["skeleton"]),
         "normal": layers["normal_rgb"],
         "depth": _colour_depth(layers["depth_mm"]),
         "parts": _colour_parts(layers["parts"]),
@@ -72,10 +78,21 @@ def contact_sheet(samples: list[dict[str, Any]], tile: int = 256) -> np.ndarray:
         cv2.putText(header, name, (i * tile + 8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
     rows = [sample_row(s, tile) for s in samples]
     for row, s in zip(rows, samples):
-        subj = s["labels"]["subject"]
-        text = f"#{s['index']} {subj.get('pose_name', '')} age {subj.get('age_years', 0):.0f}"
-        cv2.putText(row, text, (6, tile - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(row, _caption(s), (6, tile - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
+                    cv2.LINE_AA)
     return np.concatenate([header] + rows, axis=0)
+
+
+def _caption(sample: dict[str, Any]) -> str:
+    """'#index' and what the subject is: pose and age, species, or class."""
+    subject = sample["labels"]["subject"]
+    words = [f"#{sample['index']}"]
+    for key in ("species", "class", "pose_name"):
+        if subject.get(key):
+            words.append(str(subject[key]))
+    if subject.get("age_years") is not None:
+        words.append(f"age {subject['age_years']:.0f}")
+    return " ".join(words)
 
 
 def save_rgb(path: str | Path, rgb: np.ndarray) -> None:

@@ -624,10 +624,18 @@ class PromptBuilder:
     raises :class:`UserError` before any sample is made.
     """
 
-    def __init__(self, config: PromptConfig):
+    def __init__(self, config: PromptConfig, subject_kind: str = "human"):
+        from synthgen.subjects.class_prompts import ClassPrompts, default_template_path, is_class_template_file
+
         self.config = config
         self.prompts = _read_prompts_file(config.prompts_file) if config.prompts_file else None
-        self.templates = None if self.prompts is not None else load_templates(config.templates)
+        path = config.templates
+        if path is None and subject_kind != "human":
+            path = default_template_path(subject_kind)
+        self.class_prompts = (ClassPrompts.load(path) if self.prompts is None and is_class_template_file(path)
+                              else None)
+        self.templates = None if self.prompts is not None or self.class_prompts is not None \
+            else load_templates(config.templates)
 
     def build(self, sample: dict[str, Any], rng: np.random.Generator) -> tuple[str, str]:
         """(prompt, negative prompt) of one sample; every choice is drawn from ``rng``.
@@ -639,6 +647,8 @@ class PromptBuilder:
         negative = self.config.negative
         if self.prompts is not None:
             return self.prompts[int(rng.integers(len(self.prompts)))], negative
+        if self.class_prompts is not None:
+            return self.class_prompts.build(sample, rng), negative
         ts = self.templates
         k = int(rng.integers(len(ts.templates)))
         age, gender = _subject_attributes(sample)

@@ -146,7 +146,8 @@ def _contact_sheet(samples: list[dict[str, Any]], columns: int = 6, tile: int = 
         if image is None:
             image = s.get("normal", np.zeros((tile, tile, 3), np.uint8))
         mask = s["mask"].astype(np.uint8) * 255 if "mask" in s else None
-        tiles.append(cv2.resize(overlay(image, s["labels"], mask), (tile, tile), interpolation=cv2.INTER_AREA))
+        tiles.append(cv2.resize(overlay(image, s["labels"], mask, s.get("skeleton")), (tile, tile),
+                                interpolation=cv2.INTER_AREA))
     while len(tiles) % columns:
         tiles.append(np.full((tile, tile, 3), 255, np.uint8))
     rows = [np.concatenate(tiles[i:i + columns], axis=1) for i in range(0, len(tiles), columns)]

@@ -76,6 +76,8 @@ def openpose_keypoints(keypoints_2d: np.ndarray, names: list[str]) -> np.ndarray
     out = np.zeros((18, 3), dtype=np.float64)
     for j, name in enumerate(OPENPOSE_18):
         if name == "neck":
+            if "left_shoulder" not in index or "right_shoulder" not in index:
+                continue
             ls, rs = keypoints_2d[index["left_shoulder"]], keypoints_2d[index["right_shoulder"]]
             if ls[2] > 0 and rs[2] > 0:
                 out[j] = [(ls[0] + rs[0]) / 2, (ls[1] + rs[1]) / 2, min(ls[2], rs[2])]

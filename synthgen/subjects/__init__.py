@@ -5,11 +5,19 @@ from __future__ import annotations
 from synthgen.recipe import SubjectConfig
 from synthgen.subjects.base import PosedSubject, SubjectModel
 
-__all__ = ["PosedSubject", "SubjectModel", "build_subject_model"]
+__all__ = ["PosedSubject", "SubjectModel", "build_subject_model", "subject_part_names"]
 
 
 def build_subject_model(config: SubjectConfig) -> SubjectModel:
     """The subject model a recipe names (built once per process)."""
+    if config.kind == "animal":
+        from synthgen.subjects.smal_body import SmalBody
+
+        return SmalBody(config)
+    if config.kind == "object":
+        from synthgen.subjects.objects import ObjectModel
+
+        return ObjectModel(config)
     if config.model == "anny":
         from synthgen.subjects.anny_body import AnnyBody
 
@@ -17,3 +25,18 @@ def build_subject_model(config: SubjectConfig) -> SubjectModel:
     from synthgen.subjects.smpl_body import SmplBody
 
     return SmplBody(config)
+
+
+def subject_part_names(config: SubjectConfig) -> list[str]:
+    """The ``part_names`` of the model a recipe names, without building the model (cheap)."""
+    if config.kind == "animal":
+        from synthgen.subjects.animal_poses import PART_NAMES as ANIMAL_PARTS
+
+        return ANIMAL_PARTS
+    if config.kind == "object":
+        from synthgen.subjects.objects import object_part_names
+
+        return object_part_names(config)
+    from synthgen.subjects.base import PART_NAMES
+
+    return PART_NAMES

@@ -51,7 +51,7 @@ KEYPOINT_NAMES = [
     "left_back_knee", "right_back_knee", "neck", "tail_end", "left_ear", "right_ear", "left_mouth",
     "right_mouth", "nose", "tail_mid",
 ]
-# Keypoints that are SMAL joints (the rest are surface points, see smal_body.surface_keypoints).
+# Keypoints that are SMAL joints (the rest are surface points, see smal_body).
 # Front leg: shoulder = LLeg1, "front thigh" = elbow (LLeg2), "front knee" = carpus (LLeg3),
 # paw = LFoot. Hind leg: "back thigh" = stifle (LLegBack2), "back knee" = hock (LLegBack3).
 KEYPOINT_JOINTS = {
@@ -208,10 +208,10 @@ BASE_POSES: dict[str, dict[str, tuple[float, float, float]]] = {
     "galloping": _both(Leg1=(50, 0, 0), Leg2=(25, 0, 0), Leg3=(-20, 0, 0), LegBack1=(-40, 0, 0),
                        LegBack2=(10, 0, 0), LegBack3=(-10, 0, 0), spine1=(-5, 0, 0), spine2=(-5, 0, 0),
                        Tail1=(-30, 0, 0), Neck=(-15, 0, 0)),
-    "sitting": _both(pelvis=(35, 0, 0), Leg1=(-35, 0, 0), LegBack1=(55, 5, 0), LegBack2=(-120, 0, 0),
-                     LegBack3=(110, 0, 0), Tail1=(20, 0, 0), Neck=(-25, 0, 0), Head=(-10, 0, 0)),
+    "sitting": _both(pelvis=(30, 0, 0), Leg1=(-30, 0, 0), LegBack1=(60, 5, 0), LegBack2=(-120, 0, 0),
+                     LegBack3=(110, 0, 0), Tail1=(-45, 0, 0), Neck=(-20, 0, 0), Head=(-10, 0, 0)),
     "lying": _both(Leg1=(-55, 0, 0), Leg2=(135, 0, 0), Leg3=(-10, 0, 0), LegBack1=(80, 10, 0),
-                   LegBack2=(-135, 0, 0), LegBack3=(120, 0, 0), Tail1=(30, 0, 0), Neck=(-10, 0, 0)),
+                   LegBack2=(-135, 0, 0), LegBack3=(120, 0, 0), Tail1=(-20, 0, 0), Neck=(-10, 0, 0)),
     "head_down": {"Neck": (-45, 0, 0), "Head": (-30, 0, 0), "spine3": (-5, 0, 0), "Tail1": (-10, 0, 0)},
     "looking_back": {"Neck": (5, 0, 40), "Head": (0, 0, 35), "spine1": (0, 0, 8), "spine2": (0, 0, 8),
                      "spine3": (0, 0, 8), "Tail1": (0, 0, -20)},

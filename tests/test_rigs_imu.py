@@ -1,0 +1,164 @@
+"""Rig mounts and simulated IMUs against closed forms (no body, no rendering)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from synthgen.imu import imu_readings
+from synthgen.rigs import (Lens, build_lens, mount_offset, project_fisheye, sim_rate, simulate_mounts,
+                           unproject_fisheye)
+from synthgen.scene import clip_near
+from synthgen.sequence_config import DistortionConfig, ImuConfig, MountConfig, SpringConfig
+
+G = 9.80665
+IMU = ImuConfig(rate_hz=200)
+
+
+def _track(t_frames, positions, rotations, spring=None, rate=1200):
+    """One mount following the given per-frame poses."""
+    return simulate_mounts(t_frames, positions[:, None], rotations[:, None], [spring], rate)
+
+
+def _interior(t, margin=0.25):
+    return (t > t[0] + margin) & (t < t[-1] - margin)
+
+
+def test_imu_on_a_circle_at_constant_speed_matches_the_closed_form():
+    # camera facing along the tangent of a horizontal circle (radius r, rate w), 30 fps frames
+    r, w, fps = 1.3, 1.5, 30
+    t = np.arange(121) / fps
+    pos = np.stack([r * np.cos(w * t), r * np.sin(w * t), np.full_like(t, 1.2)], 1)
+    R0 = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])  # cam x, y, z -> world columns
+    rot = Rotation.from_rotvec(np.outer(w * t, [0, 0, 1])).as_matrix() @ R0
+    track = _track(t, pos, rot, rate=sim_rate(fps, IMU.rate_hz, 1000))
+    imu = imu_readings(track, 0, IMU, rng=None)
+    inside = _interior(imu["t"])
+    expected_accel = np.array([-r * w * w, -G, 0.0])  # centripetal (to the camera's left) + gravity up
+    expected_gyro = np.array([0.0, -w, 0.0])          # yaw about world up = -y of the camera
+    assert np.abs(imu["accel"][inside] - expected_accel).max() < 2e-3    # m/s^2
+    assert np.abs(imu["gyro"][inside] - expected_gyro).max() < 2e-4     # rad/s
+    assert np.abs(imu["accel"] - expected_accel).max() < 3e-2            # the ends too
+    # the rendered poses are the frame poses exactly (rigid mount)
+    steps = np.arange(len(t)) * (track.rate // fps)
+    assert np.allclose(track.position[steps, 0], pos, atol=1e-12)
+    assert np.allclose(track.rotation[steps, 0], rot, atol=1e-12)
+
+
+def test_imu_in_free_fall_reads_zero_force_and_constant_spin():
+    fps = 30
+    t = np.arange(40) / fps
+    p0, v0 = np.array([0.2, -0.1, 5.0]), np.array([0.4, 0.1, 1.0])
+    pos = p0 + np.outer(t, v0) - 0.5 * G * np.outer(t * t, [0, 0, 1])
+    spin = np.array([0.3, -1.1, 2.0])  # world-frame angular velocity, rad/s
+    R0 = Rotation.from_euler("xyz", [0.3, -0.4, 1.0]).as_matrix()
+    rot = Rotation.from_rotvec(np.outer(t, spin)).as_matrix() @ R0
+    imu = imu_readings(_track(t, pos, rot), 0, IMU, rng=None)
+    assert np.abs(imu["accel"]).max() < 1e-9          # a cubic spline is exact on a parabola
+    assert np.abs(imu["gyro"] - R0.T @ spin).max() < 1e-7  # constant in the body frame
+    # at rest the accelerometer reads gravity upward, in the sensor frame
+    still = imu_readings(_track(t, np.tile(p0, (len(t), 1)), np.tile(R0, (len(t), 1, 1))), 0, IMU, rng=None)
+    assert np.allclose(still["accel"], R0.T @ [0, 0, G], atol=1e-12)
+    assert np.allclose(still["gyro"], 0.0, atol=1e-12)
+
+
+def test_spring_mount_in_free_fall_follows_the_damped_step_response():
+    # the socket drops from rest; the camera hangs on a spring: e'' + c e' + k e = g
+    k, c, fps = 400.0, 12.0, 30
+    spring = SpringConfig(stiffness=k, damping=c, angular_stiffness=k, angular_damping=c)
+    t = np.arange(61) / fps
+    pos = np.stack([np.zeros_like(t), np.zeros_like(t), 10.0 - 0.5 * G * t * t], 1)
+    rot = np.tile(np.eye(3), (len(t), 1, 1))
+    track = _track(t, pos, rot, spring, rate=12000)
+    imu = imu_readings(track, 0, ImuConfig(rate_hz=200), rng=None)
+    sigma, wd = c / 2.0, np.sqrt(k - (c / 2.0) ** 2)
+    tt = imu["t"]
+    expected = G * np.exp(-sigma * tt) * (np.cos(wd * tt) - sigma / wd * np.sin(wd * tt))
+    assert np.abs(imu["accel"][:, 2] - expected).max() < 0.02 * G  # semi-implicit Euler, O(h)
+    assert np.abs(imu["accel"][:, :2]).max() < 1e-9
+    lag = track.position[:, 0, 2] - pos[-1, 2]
+    assert abs(lag[-1] - G / k) < 1e-3  # settles g/k above the falling socket
+    # with the spring off, the same mount falls with its socket and reads nothing
+    rigid = imu_readings(_track(t, pos, rot), 0, ImuConfig(rate_hz=200), rng=None)
+    assert np.abs(rigid["accel"]).max() < 1e-9
+
+
+def test_spring_mount_lags_a_turning_socket_and_settles():
+    fps = 30
+    t = np.arange(91) / fps
+    x = np.clip((t - 1.0) / 0.5, 0.0, 1.0)
+    yaw = x * x * (3 - 2 * x)  # turn 1 rad between t = 1.0 and 1.5 s
+    rot = Rotation.from_euler("z", yaw[:, None]).as_matrix()
+    pos = np.zeros((len(t), 3))
+    spring = SpringConfig(angular_stiffness=600.0, angular_damping=20.0)
+    track = _track(t, pos, rot, spring, rate=3000)
+    steps = np.arange(len(t)) * (track.rate // fps)
+    got = Rotation.from_matrix(track.rotation[steps, 0]).as_euler("xyz")[:, 2]
+    assert np.abs(got[t < 0.9]).max() < 2e-3                 # ~at rest until the socket moves
+    speeding_up = (t > 1.03) & (t < 1.25)
+    assert np.all(got[speeding_up] < yaw[speeding_up])      # lags behind while the turn speeds up
+    assert got.max() > 1.0 + 5e-3                            # overshoots: it wobbles (damping ratio 0.41)
+    assert abs(got[-1] - yaw[-1]) < 1e-3                     # and settles on the socket
+
+
+def test_imu_noise_statistics():
+    t = np.arange(301) / 30
+    pos, rot = np.zeros((len(t), 3)), np.tile(np.eye(3), (len(t), 1, 1))
+    config = ImuConfig(rate_hz=200, accel_bias_sd=0.0, accel_bias_walk=0.0, gyro_bias_sd=0.1,
+                       gyro_bias_walk=0.0, accel_noise_density=0.01, gyro_noise_density=0.0)
+    imu = imu_readings(_track(t, pos, rot), 0, config, np.random.default_rng(0))
+    noise = imu["accel"] - imu["accel_true"]
+    assert abs(noise.std() - 0.01 * np.sqrt(200)) < 0.01 * np.sqrt(200) * 0.05
+    gyro_err = imu["gyro"] - imu["gyro_true"]
+    assert np.allclose(gyro_err, gyro_err[0])  # a constant bias only
+    assert np.allclose(imu["gyro_bias"], gyro_err)
+
+
+def test_fisheye_model_matches_opencv_and_inverts():
+    K = np.array([[180.0, 0.0, 127.5], [0.0, 180.0, 127.5], [0.0, 0.0, 1.0]])
+    k = np.array([0.05, -0.01, 0.003, -0.0005])
+    rng = np.random.default_rng(1)
+    pts = rng.normal(size=(200, 3))
+    pts[:, 2] = np.abs(pts[:, 2]) + 0.05
+    ours = project_fisheye(pts, K, k)
+    theirs, _ = cv2.fisheye.projectPoints(pts[:, None].astype(np.float64), np.zeros(3), np.zeros(3), K, k)
+    assert np.abs(ours - theirs[:, 0]).max() < 1e-6
+    rays, _ = unproject_fisheye(ours, K, k)
+    unit = pts / np.linalg.norm(pts, axis=1, keepdims=True)
+    assert np.abs(rays - unit).max() < 1e-9
+
+
+def test_fisheye_remap_lens_sees_the_same_rays():
+    mount = MountConfig(name="cam", socket="head", fov_deg=140.0,
+                        distortion=DistortionConfig(model="fisheye", k=(0.02, 0.0, 0.0, 0.0)))
+    lens: Lens = build_lens(mount, 96, 96)
+    assert lens.remaps and lens.valid[48, 48] and not lens.valid[0, 0]
+    # a fisheye pixel's ray lands, in the pinhole render, where the map points
+    rays, theta = unproject_fisheye(np.array([[10.0, 40.0], [70.0, 20.0]]), lens.K, lens.k)
+    pin = (rays / rays[:, 2:]) @ lens.render_K.T
+    assert np.allclose(pin[:, 0], lens.map_x[[40, 20], [10, 70]], atol=1e-3)
+    assert np.allclose(pin[:, 1], lens.map_y[[40, 20], [10, 70]], atol=1e-3)
+
+
+def test_mount_offset_axes():
+    forward = mount_offset((0, 0, 0.1), (0, 0, 0))
+    assert np.allclose(forward[:3, 2], [0, 0, 1]) and np.allclose(forward[:3, 0], [-1, 0, 0])
+    assert np.allclose(forward[:3, 3], [0, 0, 0.1])
+    assert np.allclose(mount_offset((0, 0, 0), (90, 0, 0))[:3, 2], [1, 0, 0])  # yaw toward the left
+    assert np.allclose(mount_offset((0, 0, 0), (0, 90, 0))[:3, 2], [0, 1, 0])  # pitch up
+    rolled = mount_offset((0, 0, 0), (0, 0, 90))
+    assert np.allclose(rolled[:3, 2], [0, 0, 1]) and np.allclose(rolled[:3, 0], [0, -1, 0])
+
+
+def test_near_plane_clipping_keeps_the_visible_part():
+    # a square in the plane y = 0 spanning z in [-1, 1]: what is left in front of z = 0.02
+    v = np.array([[-1.0, 0.0, -1.0], [1.0, 0.0, -1.0], [1.0, 0.0, 1.0], [-1.0, 0.0, 1.0]])
+    f = np.array([[0, 1, 2], [0, 2, 3]])
+    verts, faces, src = clip_near(v, f, 0.02)
+    tri = verts[faces]
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1).sum()
+    assert area == pytest.approx(2.0 * 0.98)
+    assert tri[..., 2].min() >= 0.02 - 1e-12
+    assert set(src) <= {0, 1}

@@ -80,8 +80,22 @@ class ControlNetImageBackend:
                                                    "steps": self.config.steps, "guidance": self.config.guidance})
 
 
+def _require(module: str, what: str) -> None:
+    import importlib.util
+
+    from synthgen.errors import UserError
+
+    if importlib.util.find_spec(module) is None:
+        raise UserError(f"{what} needs the '{module}' package: pip install 'synthgen[diffusion]'")
+
+
 def check_backend_models(recipe: Recipe) -> None:
-    """Fail before any work when the backend's weights are not on disk (MissingModelError)."""
+    """Fail before any work when a needed package or the backend's weights are missing."""
+    if recipe.backend.kind == "controlnet":
+        _require("diffusers", "backend.kind=controlnet")
+        _require("transformers", "backend.kind=controlnet")
+    if recipe.filter.sam is not None:
+        _require("transformers", "filter.sam")
     if recipe.backend.kind == "controlnet":
         from synthgen.generate.controlnet import check_models_available
 

@@ -95,15 +95,16 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_preview(args) -> int:
-    from synthgen.pipeline import SampleFactory
     from synthgen.preview import contact_sheet, save_rgb
+    from synthgen.sequence import contact_sheet as sequence_sheet
+    from synthgen.sequence import factory_class
 
     recipe = _load(args)
     if args.n < 1:
         raise UserError(f"-n must be at least 1, got {args.n}")
-    factory = SampleFactory(recipe)
+    factory = factory_class(recipe)(recipe)
     samples = list(factory.samples(list(range(args.start, args.start + args.n))))
-    save_rgb(args.out, contact_sheet(samples))
+    save_rgb(args.out, (sequence_sheet if recipe.sequence is not None else contact_sheet)(samples))
     log.info("contact sheet of %d samples written to %s", len(samples), args.out)
     return 0
 

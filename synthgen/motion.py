@@ -25,9 +25,10 @@ displacement is ``trans - trans[0]``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from scipy.spatial.transform import Rotation, RotationSpline
@@ -35,11 +36,24 @@ from scipy.spatial.transform import Rotation, RotationSpline
 from synthgen.errors import UserError
 from synthgen.seeding import sample_rng
 from synthgen.subjects.base import SMPL_TO_WORLD
-from synthgen.subjects.poses import (JOINT_LIMITS_DEG, NUM_JOINTS, SMPL_JOINTS, base_pose_angles,
-                                     euler_to_matrix)
+from synthgen.subjects.poses import (
+    JOINT_LIMITS_DEG,
+    NUM_JOINTS,
+    SMPL_JOINTS,
+    base_pose_angles,
+    euler_to_matrix,
+)
 
-__all__ = ["Motion", "MotionFileBank", "PROCEDURAL", "draw_motion", "load_motion_file",
-           "procedural_motion", "slerp_matrices", "yaw_matrix"]
+__all__ = [
+    "PROCEDURAL",
+    "Motion",
+    "MotionFileBank",
+    "draw_motion",
+    "load_motion_file",
+    "procedural_motion",
+    "slerp_matrices",
+    "yaw_matrix",
+]
 
 DENSE_HZ = 120.0  # procedural motions are sampled this densely, then resampled by slerp
 
@@ -99,7 +113,7 @@ class Motion:
         """Seconds from the first to the last sample."""
         return (self.num_samples - 1) / self.fps
 
-    def sample(self, times: np.ndarray) -> "Motion":
+    def sample(self, times: np.ndarray) -> Motion:
         """The motion at ``times`` (N,) seconds (slerp/lerp between samples, clamped at the ends).
 
         The result's ``fps`` is that of ``times`` when they are evenly spaced, else 0.
@@ -119,7 +133,7 @@ class Motion:
                        root_position=self.root_position[i0] * (1 - w)[:, None] + self.root_position[i1] * w[:, None],
                        rotations=rot(self.rotations), anny_local=rot(self.anny_local))
 
-    def turned(self, yaw_rad: float) -> "Motion":
+    def turned(self, yaw_rad: float) -> Motion:
         """The same motion turned about the vertical through its start point."""
         rz = yaw_matrix(yaw_rad)
         return replace(self, root_rotation=rz @ self.root_rotation, root_position=self.root_position @ rz.T)
@@ -151,12 +165,12 @@ def _walk_keys() -> tuple[np.ndarray, np.ndarray]:
                     right_hip=(14, 0, -3), right_knee=(22, 0, 0), right_ankle=(12, 0, 0),
                     left_shoulder=(22, 0, -73), right_shoulder=(-24, 0, 73),
                     left_elbow=(0, -12, 0), right_elbow=(0, 28, 0), spine1=(4, 3, 0), spine3=(0, -5, 0),
-                    left_collar=(0, 0, -4), right_collar=(0, 0, 4))
+                    left_collar=(0, 0, -4), right_collar=(0, 0, 4), pelvis=(1, -4, 0))
     passing = _pose(None, left_hip=(-4, 0, 3), left_knee=(9, 0, 0), right_hip=(-20, 0, -3),
                     right_knee=(62, 0, 0), right_ankle=(-10, 0, 0),
                     left_shoulder=(2, 0, -74), right_shoulder=(-2, 0, 74),
                     left_elbow=(0, -18, 0), right_elbow=(0, 18, 0), spine1=(5, 0, 0),
-                    left_collar=(0, 0, -4), right_collar=(0, 0, 4))
+                    left_collar=(0, 0, -4), right_collar=(0, 0, 4), pelvis=(2, 0, 3))
     keys = np.stack([contact, passing, mirror_angles(contact), mirror_angles(passing), contact])
     return np.array([0.0, 0.25, 0.5, 0.75, 1.0]), keys
 
@@ -232,6 +246,7 @@ def _squat(rng, t_end, speed):
     depth = rng.uniform(0.6, 1.0)
     stand, crouch = _pose("standing"), base_pose_angles("crouching")
     crouch = stand + depth * (crouch - stand)
+    crouch[0] = (12 * depth, 0, 0)  # the pelvis tips forward
     phases = np.array([0.0, 0.12, 0.5, 0.62, 1.0])
     keys = np.stack([stand, stand + 0.15 * (crouch - stand), crouch, crouch, stand])
     times, angles = _cycle(phases, keys, period, t_end)
@@ -242,6 +257,7 @@ def _reach(rng, t_end, speed):
     period = rng.uniform(4.0, 5.0) / speed
     stand, reach = _pose("standing"), base_pose_angles("reaching")
     reach = reach + np.where(np.arange(NUM_JOINTS)[:, None] == SMPL_JOINTS.index("spine2"), [10, 0, 0], 0)
+    reach[0] = (6, -6, 0)  # the pelvis tips and turns toward the reach
     phases = np.array([0.0, 0.2, 0.3, 0.5, 0.7, 0.8, 1.0])
     keys = np.stack([stand, reach, reach, stand, mirror_angles(reach), mirror_angles(reach), stand])
     times, angles = _cycle(phases, keys, period, t_end)
@@ -249,10 +265,10 @@ def _reach(rng, t_end, speed):
 
 
 def _sit_down(rng, t_end, speed):
-    stand, sit = _pose("standing"), base_pose_angles("sitting")
+    stand, sit = _pose("standing"), _pose("sitting", pelvis=(-6, 0, 0))
     lean = _pose("standing", left_hip=(-55, 0, 5), right_hip=(-55, 0, -5), left_knee=(60, 0, 0),
                  right_knee=(60, 0, 0), spine1=(30, 0, 0), spine2=(10, 0, 0),
-                 left_shoulder=(0, -35, -65), right_shoulder=(0, 35, 65))
+                 left_shoulder=(0, -35, -65), right_shoulder=(0, 35, 65), pelvis=(15, 0, 0))
     hold, down = rng.uniform(0.2, 0.6), rng.uniform(1.0, 1.4) / speed
     times = np.array([0.0, hold, hold + 0.55 * down, hold + down, max(t_end, hold + down) + 1.0])
     angles = np.stack([stand, stand, lean, sit, sit])
@@ -284,7 +300,6 @@ def procedural_motion(name: str, rng: np.random.Generator, duration: float, spee
     times, angles, root, props, info = PROCEDURAL[name](rng, duration + offset + 0.5, speed)
     style = rng.normal(0.0, style_noise_deg, size=(NUM_JOINTS, 3)) if style_noise_deg > 0 else 0.0
     angles = np.clip(angles + style, JOINT_LIMITS_DEG[..., 0], JOINT_LIMITS_DEG[..., 1])
-    angles[:, 0] = 0.0
     props = [p | {k: max(v - offset, 0.0) for k, v in p.items() if k.endswith("_s")} for p in props]
     end = max([duration] + [p["at_s"] for p in props if "at_s" in p])
     dense = np.arange(int(np.ceil(end * DENSE_HZ - 1e-9)) + 1) / DENSE_HZ
@@ -295,8 +310,11 @@ def procedural_motion(name: str, rng: np.random.Generator, duration: float, spee
         rotations[:, j] = RotationSpline(times, Rotation.from_matrix(mats[:, j]))(t).as_matrix()
     yaw, position = root(t)
     yaw, position = yaw - yaw[0], position - position[0]
+    # the pelvis keys (SMPL terms) ride on the heading: world orientation = Rz(yaw) S R_pelvis S^T
+    pelvis = SMPL_TO_WORLD @ rotations[:, 0] @ SMPL_TO_WORLD.T
+    rotations[:, 0] = np.eye(3)
     return Motion(name=name, source="procedural", fps=DENSE_HZ, rotations=rotations,
-                  root_rotation=yaw_matrix(yaw), root_position=position, grounding="per_frame",
+                  root_rotation=yaw_matrix(yaw) @ pelvis, root_position=position, grounding="per_frame",
                   props=props, info={"name": name, "source": "procedural", "speed": round(speed, 4),
                                      "start_phase_s": round(offset, 4)}
                   | {k: round(float(v), 4) if isinstance(v, float) else v for k, v in info.items()})

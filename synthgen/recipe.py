@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from synthgen.errors import UserError
+from synthgen.sequence_config import SequenceConfig
 
 __all__ = ["Recipe", "RecipeError", "load_recipe", "recipe_from_dict", "recipe_hash"]
 
@@ -423,6 +424,8 @@ class Recipe(_Strict):
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    sequence: SequenceConfig | None = Field(None, description="body-worn camera sequences (EgoSim "
+                                            "views, synthgen.sequence); null = single images")
 
 
 def _format_error(err: ValidationError) -> str:
@@ -475,5 +478,6 @@ def recipe_hash(recipe: Recipe) -> str:
 
     num_samples is excluded because it decides how many samples exist, not what sample i is.
     """
-    payload = recipe.model_dump(mode="json", exclude={"num_samples"})
+    exclude = {"num_samples"} | ({"sequence"} if recipe.sequence is None else set())  # old hashes stay valid
+    payload = recipe.model_dump(mode="json", exclude=exclude)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

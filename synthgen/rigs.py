@@ -38,8 +38,18 @@ from scipy.spatial.transform import Rotation, RotationSpline
 from synthgen.sequence_config import DistortionConfig, MountConfig, SpringConfig
 from synthgen.subjects.base import SMPL_TO_WORLD
 
-__all__ = ["SOCKET_BONES", "Lens", "MountTrack", "build_lens", "mount_offset", "simulate_mounts",
-           "sim_rate", "socket_rotation", "project_fisheye", "unproject_fisheye"]
+__all__ = [
+    "SOCKET_BONES",
+    "Lens",
+    "MountTrack",
+    "build_lens",
+    "mount_offset",
+    "project_fisheye",
+    "sim_rate",
+    "simulate_mounts",
+    "socket_rotation",
+    "unproject_fisheye",
+]
 
 # socket -> bone (Anny) or joint (SMPL family) whose motion carries it.
 SOCKET_BONES = {
@@ -65,8 +75,14 @@ _CAMERA_IN_SOCKET = np.diag([-1.0, -1.0, 1.0])
 
 # --- sockets and mounts --------------------------------------------------------------------------
 def socket_rotation(bone_rotation: np.ndarray, bone_rest_rotation: np.ndarray) -> np.ndarray:
-    """(..., 3, 3) socket-to-world rotation of a bone; ``bone_rest_rotation`` (3, 3) is its T-pose one."""
-    return bone_rotation @ (bone_rest_rotation.T @ SMPL_TO_WORLD)
+    """(..., 3, 3) socket-to-world rotation of a bone; ``bone_rest_rotation`` (3, 3) is its T-pose one.
+
+    The result is projected onto SO(3) (body models work in float32), so socket and camera poses
+    are exact rotations.
+    """
+    out = np.asarray(bone_rotation, dtype=np.float64) @ (np.asarray(bone_rest_rotation, dtype=np.float64).T
+                                                         @ SMPL_TO_WORLD)
+    return Rotation.from_matrix(out.reshape(-1, 3, 3)).as_matrix().reshape(out.shape)
 
 
 def mount_offset(offset_m, look_deg) -> np.ndarray:

@@ -27,6 +27,7 @@ from synthgen import write
 from synthgen.generate import check_backend_models
 from synthgen.pipeline import SampleFactory
 from synthgen.recipe import Recipe
+from synthgen.sequence import factory_class
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ def _init_worker(recipe_json: dict, progress_queue, threads: int) -> None:
     torch.set_num_threads(threads)
     os.environ.setdefault("LP_NUM_THREADS", str(threads))
     logging.basicConfig(level=logging.WARNING)
-    _FACTORY = SampleFactory(Recipe.model_validate(recipe_json))
+    recipe = Recipe.model_validate(recipe_json)
+    _FACTORY = factory_class(recipe)(recipe)
     _PROGRESS = progress_queue
 
 
@@ -82,7 +84,7 @@ def _errors_so_far(out_dir: Path, tasks: list[write.ShardTask]) -> int:
 
 def _run_in_process(recipe: Recipe, out_dir: Path, tasks: list, all_tasks: list, device, tick,
                     loader_workers: int) -> None:
-    factory = SampleFactory(recipe, device, loader_workers=loader_workers)
+    factory = factory_class(recipe)(recipe, device, loader_workers=loader_workers)
     factory.write_shards(out_dir, tasks, tick, lambda: _errors_so_far(out_dir, all_tasks))
 
 

@@ -46,7 +46,7 @@ class SceneMesh:
     description: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
-    def empty(kind: str = "none") -> "SceneMesh":
+    def empty(kind: str = "none") -> SceneMesh:
         return SceneMesh(kind, np.zeros((0, 3)), np.zeros((0, 3), np.int64), np.zeros(0, np.uint8),
                          np.zeros(0, np.uint8), ["none", "body"], np.zeros((2, 3), np.float32),
                          sky=([0.75, 0.8, 0.85], [0.45, 0.6, 0.85]), description={"kind": kind})

@@ -29,12 +29,14 @@ recipe's ``output.layers``) and ``camk.instance.png``. :func:`load_sequence_shar
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
@@ -49,9 +51,23 @@ from synthgen.motion import Motion, MotionFileBank, draw_motion, heading_of
 from synthgen.recipe import Recipe, recipe_hash
 from synthgen.render import layers as layer_ops
 from synthgen.render import render_layers
-from synthgen.rigs import (SOCKET_BONES, Lens, MountTrack, build_lens, mount_offset, sim_rate,
-                           simulate_mounts, socket_rotation)
-from synthgen.scene import BODY_INSTANCE, SCENE_PART_NAMES, SceneMesh, build_scene, clip_near
+from synthgen.rigs import (
+    SOCKET_BONES,
+    Lens,
+    MountTrack,
+    build_lens,
+    mount_offset,
+    sim_rate,
+    simulate_mounts,
+    socket_rotation,
+)
+from synthgen.scene import (
+    BODY_INSTANCE,
+    SCENE_PART_NAMES,
+    SceneMesh,
+    build_scene,
+    clip_near,
+)
 from synthgen.seeding import sample_rng, sample_seed
 from synthgen.sequence_config import SequenceConfig
 from synthgen.subjects import build_subject_model
@@ -290,6 +306,10 @@ class SequenceFactory:
         self.views = None if cpu_only else self._views(device)
         self.timing = {"input_wait": 0.0, "generate": 0.0, "simulate": 0.0}
         self._cache: OrderedDict[int, _Sequence] = OrderedDict()
+        size, frames = recipe.output.shard_size, self.config.frames
+        if size % frames and frames % size:
+            log.info("output.shard_size=%d is not a multiple (or divisor) of sequence.frames=%d: shards "
+                     "that start mid-sequence re-simulate it from frame 0", size, frames)
 
     def _views(self, device):
         kind = self.recipe.backend.kind
@@ -386,13 +406,15 @@ class SequenceFactory:
 
     @staticmethod
     def _grounding(motion: Motion, posed: PosedFrames, frames: Motion, fps: int) -> np.ndarray:
-        """(F,) pelvis height per frame: lowest vertex on z = 0 (smoothed over ~40 ms), or frame 0
-        on the floor plus the file's vertical root motion."""
+        """(F,) pelvis height per frame: lowest vertex on z = 0, smoothed (Gaussian, sd 65 ms: feet
+        then touch the floor within ~1-2 cm, and the pelvis's vertical acceleration stays human,
+        a few m/s^2, without kinks where the supporting foot changes), or frame 0 on the floor
+        plus the file's vertical root motion."""
         lowest = posed.vertices[..., 2].min(axis=1).astype(np.float64)
         if motion.grounding == "first_frame":
             return -lowest[0] + frames.root_position[:, 2]
         z = -lowest
-        sigma = 0.04 * fps
+        sigma = 0.065 * fps
         return gaussian_filter1d(z, sigma, mode="nearest") if sigma >= 0.5 and len(z) > 2 else z
 
     def _sit_shift(self, prop: dict[str, Any], posed_all: PosedFrames, at: Motion) -> Callable:
@@ -766,39 +788,58 @@ def _bbox(mask: np.ndarray) -> list[float]:
 def _shade(layers: dict, face_albedo: np.ndarray, face_spec: np.ndarray, face_instance: np.ndarray,
            scene: SceneMesh, seq: _Sequence, R: np.ndarray, t: np.ndarray, K: np.ndarray) -> np.ndarray:
     """(H, W, 3) float32 linear-ish RGB of one pinhole render: Lambert + Blinn-Phong under the
-    sequence's world-fixed light, floor checker tiles in world coordinates, sky where nothing."""
+    sequence's world-fixed light, floor tiles in world coordinates, sky where nothing was hit."""
     tri = layers["triangle_id"]
-    h, w = tri.shape
     covered = tri >= 0
-    out = np.zeros((h, w, 3), dtype=np.float32)
-    ids = tri[covered]
-    n = layers["normal"][covered]
+    ids = np.where(covered, tri, 0)
+    n = layers["normal"]
     light = (R @ seq.light_world).astype(np.float32)
-    albedo = face_albedo[ids].astype(np.float32)
-    inst = face_instance[ids]
-    rows, cols = np.nonzero(covered)
-    if scene.checker:
-        tiled = np.isin(inst, list(scene.checker))
-        if tiled.any():  # back-project the floor pixels to the world for the tile pattern
-            z = layers["depth"][covered][tiled].astype(np.float64)
-            x = (cols[tiled] - K[0, 2]) / K[0, 0] * z
-            y = (rows[tiled] - K[1, 2]) / K[1, 1] * z
-            world = (np.stack([x, y, z], 1) - t) @ R
-            size = np.array([scene.checker[int(i)] for i in inst[tiled]])
-            parity = (np.floor(world[:, 0] / size) + np.floor(world[:, 1] / size)) % 2
-            grout = (np.abs(((world[:, :2] / size[:, None]) + 0.5) % 1.0 - 0.5) > 0.485).any(axis=1)
-            albedo[tiled] *= np.where(grout, 0.7, np.where(parity > 0, 1.08, 0.92))[:, None].astype(np.float32)
-    diffuse = np.clip(n @ light, 0.0, None)[:, None]
     half = light + np.float32([0.0, 0.0, -1.0])
     half /= np.linalg.norm(half)
-    spec = (np.clip(n @ half, 0.0, None) ** 32)[:, None] * face_spec[ids][:, None]
-    out[covered] = albedo * (np.float32(seq.ambient) + np.float32(1 - seq.ambient) * diffuse) + spec
+    albedo = face_albedo.astype(np.float32, copy=False)[ids]
+    h, w = tri.shape
+    dirs = _pixel_directions(K.tobytes(), w, h)  # (H, W, 3) K^-1 [u, v, 1]
+    if scene.checker:  # back-project the tiled floors' pixels to the world for the pattern
+        sizes = np.zeros(256, np.float32)
+        sizes[list(scene.checker)] = 1.0 / np.asarray(list(scene.checker.values()), dtype=np.float32)
+        inv_tile = sizes[face_instance[ids]]
+        flat = np.flatnonzero(covered & (inv_tile > 0))
+        if len(flat):
+            cam = dirs.reshape(-1, 3)[flat] * layers["depth"].reshape(-1)[flat][:, None]
+            Rxy = R[:, :2].astype(np.float32)
+            world = (cam @ Rxy - (t @ R[:, :2]).astype(np.float32)) * inv_tile.reshape(-1)[flat][:, None]
+            cell = np.floor(world)
+            frac = np.abs(world - cell - np.float32(0.5))
+            parity = (cell[:, 0] + cell[:, 1]) % 2
+            factor = np.where(parity > 0, np.float32(1.08), np.float32(0.92))
+            factor[(frac > 0.485).any(axis=1)] = 0.7  # grout lines
+            albedo.reshape(-1, 3)[flat] *= factor[:, None]
+    nx, ny, nz = n[..., 0], n[..., 1], n[..., 2]
+    diffuse = np.maximum(nx * light[0] + ny * light[1] + nz * light[2], 0.0)
+    spec = nx * half[0] + ny * half[1] + nz * half[2]
+    spec[spec < 0.5] = 0.0  # 0.5 ** 32 ~ 2e-10: zero it before squaring (no denormals)
+    for _ in range(5):  # ** 32
+        spec *= spec
+    shading = np.float32(seq.ambient) + np.float32(1.0 - seq.ambient) * diffuse
+    out = albedo * shading[..., None] + (spec * face_spec.astype(np.float32, copy=False)[ids])[..., None]
+    out[~covered] = 0.0
     if scene.sky is not None and not covered.all():  # sky gradient by ray elevation
-        rr, cc = np.nonzero(~covered)
-        rays = np.stack([(cc - K[0, 2]) / K[0, 0], (rr - K[1, 2]) / K[1, 1], np.ones(len(rr))], 1) @ R
-        up = np.clip(rays[:, 2] / np.linalg.norm(rays, axis=1), 0.0, 1.0)[:, None] ** 0.6
-        horizon, zenith = np.asarray(scene.sky[0]), np.asarray(scene.sky[1])
-        out[~covered] = (horizon * (1 - up) + zenith * up).astype(np.float32)
+        empty = ~covered
+        rays = dirs[empty]
+        up = np.sqrt(np.clip((rays @ R[:, 2].astype(np.float32)) / np.sqrt((rays * rays).sum(axis=1)), 0.0, 1.0))
+        horizon, zenith = (np.asarray(c, dtype=np.float32) for c in scene.sky)
+        out[empty] = horizon + up[:, None] * (zenith - horizon)
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _pixel_directions(K_bytes: bytes, width: int, height: int) -> np.ndarray:
+    """(H, W, 3) float32 K^-1 [c, r, 1] of every pixel centre (cached per camera)."""
+    K = np.frombuffer(K_bytes, dtype=np.float64).reshape(3, 3)
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
+    pix = np.stack([cols, rows, np.ones_like(cols)], axis=-1) @ np.linalg.inv(K).T
+    out = pix.astype(np.float32)
+    out.flags.writeable = False
     return out
 
 
@@ -924,3 +965,43 @@ def contact_sheet(samples: list[dict[str, Any]], tile: int = 192, overlay: bool 
             cv2.putText(label, str(text), (4, 20 + 18 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
         rows.append(np.concatenate([label] + tiles, axis=1))
     return np.concatenate(rows, axis=0)
+
+
+# --- recipes and dispatch ------------------------------------------------------------------------
+def factory_class(recipe: Recipe) -> type:
+    """The factory that makes ``recipe``'s samples: SequenceFactory when it has a ``sequence:``
+    section, else :class:`synthgen.pipeline.SampleFactory` (what run.py should construct)."""
+    if sequence_config_of(recipe) is not None:
+        return SequenceFactory
+    from synthgen.pipeline import SampleFactory
+
+    return SampleFactory
+
+
+def load_sequence_recipe(source: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """A recipe with a ``sequence:`` section, from a YAML path or a dict, with dotted overrides.
+
+    Once ``Recipe`` has its ``sequence`` field this is ``load_recipe``/``recipe_from_dict``;
+    before that it validates the same data against a ``Recipe`` subclass that adds the field.
+    """
+    from synthgen import recipe as recipe_module
+
+    if "sequence" in Recipe.model_fields:
+        if isinstance(source, dict):
+            return recipe_module.recipe_from_dict(source, overrides)
+        return recipe_module.load_recipe(source, overrides)
+    import yaml
+    from omegaconf import OmegaConf
+    from pydantic import ValidationError
+
+    data = source if isinstance(source, dict) else yaml.safe_load(Path(source).read_text()) or {}
+    merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(data), OmegaConf.from_dotlist(list(overrides))),
+                                    resolve=True)
+    try:
+        return _RecipeWithSequence.model_validate(merged)
+    except ValidationError as exc:
+        raise recipe_module.RecipeError(recipe_module._format_error(exc)) from None
+
+
+class _RecipeWithSequence(Recipe):
+    sequence: SequenceConfig | None = None

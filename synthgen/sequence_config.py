@@ -14,9 +14,20 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["SequenceConfig", "MotionConfig", "RigConfig", "MountConfig", "SpringConfig",
-           "DistortionConfig", "ImuConfig", "SceneConfig", "MotionBlurConfig", "SOCKETS",
-           "PROCEDURAL_MOTIONS", "default_mounts"]
+__all__ = [
+    "PROCEDURAL_MOTIONS",
+    "SOCKETS",
+    "DistortionConfig",
+    "ImuConfig",
+    "MotionBlurConfig",
+    "MotionConfig",
+    "MountConfig",
+    "RigConfig",
+    "SceneConfig",
+    "SequenceConfig",
+    "SpringConfig",
+    "default_mounts",
+]
 
 Range = Annotated[tuple[float, float], Field(description="[low, high], inclusive")]
 Vec3 = Annotated[tuple[float, float, float], Field(description="(x, y, z)")]
@@ -73,7 +84,7 @@ class MotionConfig(_Strict):
                                 "-Y before the yaw_deg draw")
 
     @model_validator(mode="after")
-    def _check(self) -> "MotionConfig":
+    def _check(self) -> MotionConfig:
         unknown = sorted(set(self.library) - set(PROCEDURAL_MOTIONS))
         if unknown:
             raise ValueError(f"library has unknown motions {unknown}; known: {list(PROCEDURAL_MOTIONS)}")
@@ -115,8 +126,9 @@ class DistortionConfig(_Strict):
     model: Literal["none", "fisheye"] = Field("none", description="none = pinhole")
     k: tuple[float, float, float, float] = Field((0.0, 0.0, 0.0, 0.0), description="fisheye k1..k4")
     apply: bool = Field(True, description="true: images and layers are remapped through the lens "
-                        "and keypoints_2d follow it; false: pinhole images (cam_int), the lens is "
-                        "stored for the user to apply")
+                        "and keypoints_2d follow it; false: images are the lens's rectified pinhole "
+                        "view with the same cam_int (a narrower field), keypoints_2d are pinhole, and "
+                        "k is stored for the user to apply (cv2.fisheye)")
     max_angle_deg: float = Field(75.0, gt=10.0, le=85.0, description="apply=true: widest ray angle "
                                  "from the optical axis that is rendered (the pinhole render cannot "
                                  "reach 90); pixels beyond it are black (no data), like a fisheye's "
@@ -149,7 +161,7 @@ class MountConfig(_Strict):
     imu: bool = Field(True, description="simulate an IMU on this mount")
 
     @model_validator(mode="after")
-    def _fov(self) -> "MountConfig":
+    def _fov(self) -> MountConfig:
         if self.distortion.model == "none" and self.fov_deg > 150:
             raise ValueError(f"mount {self.name}: fov_deg={self.fov_deg} is too wide for a pinhole "
                              "camera (max 150); use distortion.model=fisheye")
@@ -186,7 +198,7 @@ class RigConfig(_Strict):
                                    "every look angle, degrees")
 
     @model_validator(mode="after")
-    def _unique(self) -> "RigConfig":
+    def _unique(self) -> RigConfig:
         names = [m.name for m in self.mounts]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -231,7 +243,7 @@ class SceneConfig(_Strict):
     tile_m: Range = Field((0.4, 1.0), description="floor tile size range, metres")
 
     @model_validator(mode="after")
-    def _check(self) -> "SceneConfig":
+    def _check(self) -> SceneConfig:
         if sum(self.kinds.values()) <= 0 or any(w < 0 for w in self.kinds.values()):
             raise ValueError("kinds: weights must be >= 0 and not all 0")
         if not 0 <= self.objects[0] <= self.objects[1] <= 64:
@@ -267,7 +279,7 @@ class SequenceConfig(_Strict):
                                  "1 body, 2+ scene objects named in the labels)")
 
     @model_validator(mode="after")
-    def _grid(self) -> "SequenceConfig":
+    def _grid(self) -> SequenceConfig:
         from math import lcm
 
         if lcm(self.fps, self.imu.rate_hz) > 20000:

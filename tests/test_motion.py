@@ -7,8 +7,16 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from synthgen.errors import UserError
-from synthgen.motion import (PROCEDURAL, MotionFileBank, draw_motion, heading_of, load_motion_file,
-                             procedural_motion, slerp_matrices, yaw_matrix)
+from synthgen.motion import (
+    PROCEDURAL,
+    MotionFileBank,
+    draw_motion,
+    heading_of,
+    load_motion_file,
+    procedural_motion,
+    slerp_matrices,
+    yaw_matrix,
+)
 from synthgen.sequence_config import MotionConfig
 from synthgen.subjects.poses import SMPL_JOINTS
 
@@ -35,7 +43,7 @@ def test_procedural_motions_are_smooth_deterministic_and_grounded(name):
     if name in ("walk", "turn"):
         assert 1.2 < moved < 3.5  # about 1 m/s for 2 s
         turned = np.degrees(abs(heading_of(frames.root_rotation[-1])))
-        assert (turned > 30) if name == "turn" else (turned < 1e-6)
+        assert (turned > 30) if name == "turn" else (turned < 12)  # the pelvis swings a few degrees
     else:
         assert moved < 1e-9
 

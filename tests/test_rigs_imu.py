@@ -8,10 +8,22 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from synthgen.imu import imu_readings
-from synthgen.rigs import (Lens, build_lens, mount_offset, project_fisheye, sim_rate, simulate_mounts,
-                           unproject_fisheye)
+from synthgen.rigs import (
+    Lens,
+    build_lens,
+    mount_offset,
+    project_fisheye,
+    sim_rate,
+    simulate_mounts,
+    unproject_fisheye,
+)
 from synthgen.scene import clip_near
-from synthgen.sequence_config import DistortionConfig, ImuConfig, MountConfig, SpringConfig
+from synthgen.sequence_config import (
+    DistortionConfig,
+    ImuConfig,
+    MountConfig,
+    SpringConfig,
+)
 
 G = 9.80665
 IMU = ImuConfig(rate_hz=200)
@@ -136,7 +148,7 @@ def test_fisheye_remap_lens_sees_the_same_rays():
     lens: Lens = build_lens(mount, 96, 96)
     assert lens.remaps and lens.valid[48, 48] and not lens.valid[0, 0]
     # a fisheye pixel's ray lands, in the pinhole render, where the map points
-    rays, theta = unproject_fisheye(np.array([[10.0, 40.0], [70.0, 20.0]]), lens.K, lens.k)
+    rays, _ = unproject_fisheye(np.array([[10.0, 40.0], [70.0, 20.0]]), lens.K, lens.k)
     pin = (rays / rays[:, 2:]) @ lens.render_K.T
     assert np.allclose(pin[:, 0], lens.map_x[[40, 20], [10, 70]], atol=1e-3)
     assert np.allclose(pin[:, 1], lens.map_y[[40, 20], [10, 70]], atol=1e-3)

@@ -49,6 +49,11 @@ def ranks_from_launcher() -> Ranks:
     import torch
     from accelerate import PartialState
 
+    # ranks on one node share its cores: keep torch and llvmpipe from each taking all of them
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    threads = max(1, (os.cpu_count() or 1) // local)
+    torch.set_num_threads(threads)
+    os.environ.setdefault("LP_NUM_THREADS", str(threads))
     state = PartialState(cpu=not torch.cuda.is_available())
     return Ranks(state.process_index, state.num_processes, str(state.device), state.wait_for_everyone)
 

@@ -278,49 +278,56 @@ class SampleFactory:
     def write_shards(self, out_dir: Path, tasks: list[write.ShardTask],
                      on_sample: Callable[[], None] | None = None,
                      errors_before: Callable[[], int] = lambda: 0) -> list[dict[str, Any]]:
-        """Make and write shards from one sample stream (so loader workers start once).
+        """Make and write shards from one sample stream (so loader workers start once)."""
+        return write_shards(self, out_dir, tasks, on_sample, errors_before)
 
-        Rejected and failed samples are listed in each shard's sidecar; ``errors_before()`` counts
-        failures already recorded (other shards, other processes) against ``output.max_errors``.
-        """
-        stream = self.samples([i for t in tasks for i in range(t.start, t.stop)], keep_errors=True)
-        infos = []
-        for task in tasks:
-            infos.append(self._write_one(out_dir, task, stream, on_sample, errors_before()))
-        return infos
 
-    def _write_one(self, out_dir: Path, task: write.ShardTask, stream: Iterator[dict[str, Any]],
-                   on_sample, errors_before: int) -> dict[str, Any]:
-        report: dict[str, Any] = {"rejected": [], "errors": []}
-        rejected_records: list[dict[str, Any]] = []
-        budget = error_budget(self.recipe)
-        start, timing_before = time.perf_counter(), dict(self.timing)
+# --- shards from any factory (single images here, frames in synthgen.sequence) ---------------
+def write_shards(factory, out_dir: Path, tasks: list[write.ShardTask],
+                 on_sample: Callable[[], None] | None = None,
+                 errors_before: Callable[[], int] = lambda: 0) -> list[dict[str, Any]]:
+    """Write ``tasks`` from one ``factory.samples`` stream, encoding with ``factory.encode``.
 
-        def records():
-            for _ in range(task.start, task.stop):
-                sample = next(stream)
-                if on_sample is not None:
-                    on_sample()
-                if "error" in sample:
-                    report["errors"].append({"index": sample["index"], "error": sample["error"]})
-                    if errors_before + len(report["errors"]) > budget:
-                        raise ErrorBudgetExceeded(
-                            f"{errors_before + len(report['errors'])} samples failed, more than "
-                            f"output.max_errors={self.recipe.output.max_errors} allows; the failures "
-                            f"are listed in the shard sidecars (shards/*.json) and the log")
-                    continue
-                verdict = sample.get("filter") or {"accepted": True}
-                if not verdict["accepted"]:
-                    report["rejected"].append({"index": sample["index"], "reason": verdict.get("reason")})
-                    if self.recipe.filter.write_rejected:
-                        rejected_records.append(self.encode(sample))
-                    continue
-                yield self.encode(sample)
-            report["seconds"] = round(time.perf_counter() - start, 3)
-            for key, total in self.timing.items():
-                report[f"{key}_seconds"] = round(total - timing_before[key], 3)
+    Rejected (``sample["filter"]["accepted"]`` false) and failed (``sample["error"]``) samples are
+    listed in each shard's sidecar; ``errors_before()`` counts failures already recorded (other
+    shards, other processes) against ``output.max_errors``.
+    """
+    stream = factory.samples([i for t in tasks for i in range(t.start, t.stop)], keep_errors=True)
+    return [_write_one(factory, Path(out_dir), task, stream, on_sample, errors_before()) for task in tasks]
 
-        return write.write_shard(out_dir, task, records(), report, rejected=lambda: rejected_records)
+
+def _write_one(factory, out_dir: Path, task: write.ShardTask, stream: Iterator[dict[str, Any]],
+               on_sample, errors_before: int) -> dict[str, Any]:
+    report: dict[str, Any] = {"rejected": [], "errors": []}
+    rejected_records: list[dict[str, Any]] = []
+    budget = error_budget(factory.recipe)
+    start, timing_before = time.perf_counter(), dict(factory.timing)
+
+    def records():
+        for _ in range(task.start, task.stop):
+            sample = next(stream)
+            if on_sample is not None:
+                on_sample()
+            if "error" in sample:
+                report["errors"].append({"index": sample["index"], "error": sample["error"]})
+                if errors_before + len(report["errors"]) > budget:
+                    raise ErrorBudgetExceeded(
+                        f"{errors_before + len(report['errors'])} samples failed, more than "
+                        f"output.max_errors={factory.recipe.output.max_errors} allows; the failures "
+                        f"are listed in the shard sidecars (shards/*.json) and the log")
+                continue
+            verdict = sample.get("filter") or {"accepted": True}
+            if not verdict["accepted"]:
+                report["rejected"].append({"index": sample["index"], "reason": verdict.get("reason")})
+                if factory.recipe.filter.write_rejected:
+                    rejected_records.append(factory.encode(sample))
+                continue
+            yield factory.encode(sample)
+        report["seconds"] = round(time.perf_counter() - start, 3)
+        for key, total in factory.timing.items():
+            report[f"{key}_seconds"] = round(total - timing_before[key], 3)
+
+    return write.write_shard(out_dir, task, records(), report, rejected=lambda: rejected_records)
 
 
 # --- CPU stages in DataLoader worker processes ----------------------------------------------

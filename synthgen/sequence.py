@@ -44,7 +44,7 @@ import torch
 from scipy.ndimage import gaussian_filter1d
 
 from synthgen import write
-from synthgen.errors import ErrorBudgetExceeded, UserError
+from synthgen.errors import UserError
 from synthgen.generate.shaded import draw_appearance
 from synthgen.imu import imu_readings
 from synthgen.motion import Motion, MotionFileBank, draw_motion, heading_of
@@ -721,34 +721,9 @@ class SequenceFactory:
                      on_sample: Callable[[], None] | None = None,
                      errors_before: Callable[[], int] = lambda: 0) -> list[dict[str, Any]]:
         """Make and write whole shards (same contract as SampleFactory.write_shards)."""
-        stream = self.samples([i for t in tasks for i in range(t.start, t.stop)], keep_errors=True)
-        return [self._write_one(Path(out_dir), task, stream, on_sample, errors_before()) for task in tasks]
+        from synthgen.pipeline import write_shards
 
-    def _write_one(self, out_dir: Path, task: write.ShardTask, stream, on_sample, errors_before: int) -> dict:
-        from synthgen.pipeline import error_budget
-
-        report: dict[str, Any] = {"rejected": [], "errors": []}
-        budget = error_budget(self.recipe)
-        start, timing_before = time.perf_counter(), dict(self.timing)
-
-        def records():
-            for _ in range(task.start, task.stop):
-                sample = next(stream)
-                if on_sample is not None:
-                    on_sample()
-                if "error" in sample:
-                    report["errors"].append({"index": sample["index"], "error": sample["error"]})
-                    if errors_before + len(report["errors"]) > budget:
-                        raise ErrorBudgetExceeded(
-                            f"{errors_before + len(report['errors'])} frames failed, more than "
-                            f"output.max_errors={self.recipe.output.max_errors} allows; see the shard sidecars")
-                    continue
-                yield self.encode(sample)
-            report["seconds"] = round(time.perf_counter() - start, 3)
-            for key, total in self.timing.items():
-                report[f"{key}_seconds"] = round(total - timing_before[key], 3)
-
-        return write.write_shard(out_dir, task, records(), report)
+        return write_shards(self, out_dir, tasks, on_sample, errors_before)
 
 
 # --- helpers ---------------------------------------------------------------------------------------

@@ -247,19 +247,7 @@ class SampleFactory:
             prepared = _loader_stream(self.recipe, indices, self.loader_workers, 2 * self.backend.batch_size)
         else:
             prepared = _prefetch(self.prepared(indices), depth=2 * self.backend.batch_size)
-        batches = _batched(prepared, self.backend.batch_size)
-        while True:
-            t0 = time.perf_counter()
-            batch = next(batches, None)
-            t1 = time.perf_counter()
-            if batch is None:
-                return
-            self.finish(batch)
-            self.timing["input_wait"] += t1 - t0
-            self.timing["generate"] += time.perf_counter() - t1
-            for sample in batch:
-                if keep_errors or "error" not in sample:
-                    yield sample
+        yield from finish_batches(self, _batched(prepared, self.backend.batch_size), keep_errors)
 
     # 7. encode --------------------------------------------------------------------------------
     def encode(self, sample: dict[str, Any]) -> dict[str, Any]:
@@ -280,6 +268,26 @@ class SampleFactory:
                      errors_before: Callable[[], int] = lambda: 0) -> list[dict[str, Any]]:
         """Make and write shards from one sample stream (so loader workers start once)."""
         return write_shards(self, out_dir, tasks, on_sample, errors_before)
+
+
+def finish_batches(factory, batches: Iterator[list], keep_errors: bool) -> Iterator[dict[str, Any]]:
+    """Run ``factory.finish`` on each batch, timing the wait for input against the work.
+
+    Accumulates ``factory.timing["input_wait"]`` and ``["generate"]``; yields the batch's samples
+    (failed ones only with ``keep_errors``).
+    """
+    while True:
+        t0 = time.perf_counter()
+        batch = next(batches, None)
+        t1 = time.perf_counter()
+        if not batch:
+            return
+        factory.finish(batch)
+        factory.timing["input_wait"] += t1 - t0
+        factory.timing["generate"] += time.perf_counter() - t1
+        for sample in batch:
+            if keep_errors or "error" not in sample:
+                yield sample
 
 
 # --- shards from any factory (single images here, frames in synthgen.sequence) ---------------

@@ -687,19 +687,11 @@ class SequenceFactory:
     def samples(self, indices: list[int], keep_errors: bool = False) -> Iterator[dict[str, Any]]:
         """Finished frames in the order of ``indices`` (sequences simulated as needed)."""
         per_batch = 1 if self.views is None else max(1, self.views.batch_size // len(self.lenses))
+        from synthgen.pipeline import finish_batches
+
         stream = self.prepared(list(indices))
-        while True:
-            t0 = time.perf_counter()
-            batch = [s for _, s in zip(range(per_batch), stream)]
-            t1 = time.perf_counter()
-            if not batch:
-                return
-            self.finish(batch)
-            self.timing["input_wait"] += t1 - t0
-            self.timing["generate"] += time.perf_counter() - t1
-            for sample in batch:
-                if keep_errors or "error" not in sample:
-                    yield sample
+        batches = iter(lambda: [s for _, s in zip(range(per_batch), stream)], [])
+        yield from finish_batches(self, batches, keep_errors)
 
     # 5. encode and write ----------------------------------------------------------------------
     def encode(self, sample: dict[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from synthgen.generate import build_image_backend
 from synthgen.recipe import Recipe, recipe_hash
 from synthgen.render import layers as layer_ops
 from synthgen.render import render_layers
-from synthgen.seeding import sample_rng, sample_seed
+from synthgen.seeding import label_threads, sample_rng, sample_seed
 from synthgen.subjects import build_subject_model
 
 log = logging.getLogger(__name__)
@@ -196,15 +196,19 @@ class SampleFactory:
         """CPU stages; a sample that raises comes out as ``{"index", "error"}`` instead."""
         for start in range(0, len(indices), CHUNK):
             chunk = indices[start:start + CHUNK]
-            for index, subject in zip(chunk, self._pose_or_errors(chunk)):
+            with label_threads():
+                subjects = self._pose_or_errors(chunk)
+            for index, subject in zip(chunk, subjects):
                 if isinstance(subject, Exception):
                     yield {"index": index, "error": f"{type(subject).__name__}: {subject}"}
                     continue
                 try:
-                    yield self.prepare(index, subject)
+                    with label_threads():
+                        sample = self.prepare(index, subject)
                 except Exception as exc:  # one bad sample must not stop the run
                     log.exception("sample %d failed", index)
-                    yield {"index": index, "error": f"{type(exc).__name__}: {exc}"}
+                    sample = {"index": index, "error": f"{type(exc).__name__}: {exc}"}
+                yield sample
 
     def _pose_or_errors(self, chunk: list[int]) -> list:
         try:

@@ -68,7 +68,7 @@ from synthgen.scene import (
     build_scene,
     clip_near,
 )
-from synthgen.seeding import sample_rng, sample_seed
+from synthgen.seeding import label_threads, sample_rng, sample_seed
 from synthgen.sequence_config import SequenceConfig
 from synthgen.subjects import build_subject_model
 from synthgen.subjects.base import SMPL_TO_WORLD
@@ -677,12 +677,14 @@ class SequenceFactory:
     def prepared(self, indices: list[int]) -> Iterator[dict[str, Any]]:
         for index in indices:
             try:
-                yield self.prepare(index)
+                with label_threads():
+                    sample = self.prepare(index)
             except (UserError, KeyboardInterrupt):
                 raise
             except Exception as exc:  # one bad frame must not stop the run
                 log.exception("frame %d failed", index)
-                yield {"index": index, "error": f"{type(exc).__name__}: {exc}"}
+                sample = {"index": index, "error": f"{type(exc).__name__}: {exc}"}
+            yield sample
 
     def samples(self, indices: list[int], keep_errors: bool = False) -> Iterator[dict[str, Any]]:
         """Finished frames in the order of ``indices`` (sequences simulated as needed)."""

@@ -56,7 +56,11 @@ def test_batch_size_and_loader_workers_do_not_change_a_sample(tmp_path, tiny_mod
     for x, y in zip(a, b):
         assert x["labels"]["prompt"] == y["labels"]["prompt"]
         assert x["labels"]["keypoints_2d"] == y["labels"]["keypoints_2d"]
-        assert np.abs(x["image"].astype(int) - y["image"].astype(int)).max() <= 2  # JPEG of equal pixels
+        # pixels agree to +-1 before encoding (CPU kernels block batched sums differently; see
+        # test_controlnet.test_batching_does_not_change_images); JPEG's 8x8 DCT quantisation can
+        # spread such a step over its block, so the decoded images agree closely, not exactly
+        difference = np.abs(x["image"].astype(int) - y["image"].astype(int))
+        assert difference.mean() < 0.5 and difference.max() <= 8
 
 
 def test_rejected_samples_are_listed_and_kept_aside(tmp_path, tiny_models):

@@ -96,11 +96,19 @@ def _controlnets(unet, count: int) -> list:
     for i in range(count):
         torch.manual_seed(100 + i)
         net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
-        # from_unet zero-initialises the output convolutions (a fresh ControlNet does nothing);
-        # give them small random weights so the tests can see the control image matter
+        # from_unet zero-initialises the output convolutions and the last layer of the control
+        # image's embedding (a fresh ControlNet ignores its control image), and the default init
+        # of that embedding's small convolutions lets their biases drown the image (measured: two
+        # different depth maps changed the hint by 0.08 %). He-initialised embedding weights with
+        # zero biases make the control image change every residual by a large fraction (the
+        # tests assert > 1 %).
         with torch.no_grad():
             for block in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
                 block.weight.normal_(0.0, 0.5)
+            for conv in net.controlnet_cond_embedding.modules():
+                if isinstance(conv, torch.nn.Conv2d):
+                    torch.nn.init.kaiming_normal_(conv.weight)
+                    conv.bias.zero_()
         nets.append(net)
     return nets
 
@@ -235,8 +243,8 @@ def build_tiny_flux(root: str | Path, num_controlnets: int = 1, seed: int = 0) -
         torch.manual_seed(200 + i)
         net = FluxControlNetModel.from_transformer(transformer, num_layers=1, num_single_layers=1,
                                                    attention_head_dim=16, num_attention_heads=2)
-        with torch.no_grad():  # un-zero the output projections (see _controlnets)
-            for block in [*net.controlnet_blocks, *net.controlnet_single_blocks]:
+        with torch.no_grad():  # un-zero the output projections and the control input (see _controlnets)
+            for block in [*net.controlnet_blocks, *net.controlnet_single_blocks, net.controlnet_x_embedder]:
                 block.weight.normal_(0.0, 0.5)
         nets.append(net)
     pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder,

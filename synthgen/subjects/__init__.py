@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from synthgen.recipe import SubjectConfig
+from synthgen.seeding import label_threads
 from synthgen.subjects.base import PosedSubject, SubjectModel
 
 __all__ = ["PosedSubject", "SubjectModel", "build_subject_model", "subject_part_names"]
 
 
 def build_subject_model(config: SubjectConfig) -> SubjectModel:
-    """The subject model a recipe names (built once per process)."""
+    """The subject model a recipe names (built once per process; what it precomputes from a
+    forward pass, such as Anny's rest pose, feeds labels, hence :func:`label_threads`)."""
+    with label_threads():
+        return _build(config)
+
+
+def _build(config: SubjectConfig) -> SubjectModel:
     if config.kind == "animal":
         from synthgen.subjects.smal_body import SmalBody
 

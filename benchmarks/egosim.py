@@ -27,19 +27,10 @@ sys.path.insert(0, str(ROOT))
 import numpy as np
 
 from synthgen import run
-from synthgen.recipe import Recipe
-from synthgen.sequence import (
-    SequenceFactory,
-    contact_sheet,
-    factory_class,
-    load_sequence_recipe,
-)
-
-
-def _route_run_to_sequences() -> None:
-    """Until run.py dispatches on ``recipe.sequence`` itself, make it build the right factory."""
-    if "sequence" not in Recipe.model_fields:
-        run.SampleFactory = lambda recipe, *a, **k: factory_class(recipe)(recipe, *a, **k)
+from synthgen.engine import finished_samples
+from synthgen.preview import contact_sheet
+from synthgen.recipe import load_recipe
+from synthgen.sequences import SequenceFactory
 
 
 def timed_generate(recipe, workers: int) -> float:
@@ -53,7 +44,7 @@ def sheet_and_gif(recipe, sheet: str | None, gif: str | None, every: int) -> Non
     from synthgen.preview import save_rgb
 
     factory = SequenceFactory(recipe)
-    frames = list(factory.samples(list(range(recipe.sequence.frames))))
+    frames = list(finished_samples(factory, list(range(recipe.sequence.frames))))
     if sheet:
         save_rgb(sheet, contact_sheet(frames[::every], tile=192))
         logging.getLogger("benchmark").warning("contact sheet: %s", sheet)
@@ -79,10 +70,9 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=8)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    _route_run_to_sequences()
 
     n = args.sequences * args.frames
-    recipe = load_sequence_recipe(ROOT / "recipes" / "egosim.yaml", [
+    recipe = load_recipe(ROOT / "recipes" / "egosim.yaml", [
         f"num_samples={n}", f"sequence.frames={args.frames}", f"output.shard_size={args.frames}",
         f"image.width={args.size}", f"image.height={args.size}", f"render.backend={args.render}"])
     cams = len(recipe.sequence.rig.mounts)
@@ -99,10 +89,10 @@ def main() -> None:
                  f"{(time.perf_counter() - start) / 3:.2f} s"))
     fresh = SequenceFactory(recipe)
     start = time.perf_counter()
-    next(fresh.samples([args.frames // 2]))
+    next(finished_samples(fresh, [args.frames // 2]))
     first = time.perf_counter() - start
     start = time.perf_counter()
-    next(fresh.samples([args.frames // 2 + 1]))
+    next(finished_samples(fresh, [args.frames // 2 + 1]))
     warm = time.perf_counter() - start
     rows.append(("first frame of a shard starting mid-sequence (re-simulates)", f"{first:.2f} s"))
     rows.append(("next frame (sequence cached)", f"{warm:.2f} s = {cams / warm:.1f} views/s"))

@@ -1,38 +1,53 @@
-"""Throughput of the quickstart recipe on this machine, against a naive per-sample loop.
+"""Where one worker's CPU time per sample goes (quickstart recipe), and throughput against a naive loop.
 
-Prints one table:
-- Anny model cold start (empty cache, in a subprocess) and warm start;
-- samples/s for labels + layers + shards (backend.kind=none), and for the full quickstart with
-  shaded images, with synthgen's pipeline (all cores, one process per core);
-- samples/s of a naive baseline on the same samples: one process, Anny at batch 1, the render
-  done in separate passes (normals+depth, then the mask), PIL's default PNG/JPEG encoders and
-  webdataset's default encoder;
-- peak resident memory of the main process and of the worker processes.
+Prints, in order:
 
-    python benchmarks/throughput.py [--samples 256] [--skip-cold]
+1. a header: date, ``nproc``, load average, thread settings, render backend;
+2. the per-stage table: ms per sample (median and inter-quartile range over the measured samples,
+   after a warm-up chunk) in ONE process with one torch thread and one llvmpipe thread (what a
+   worker of a 2-worker pool on 2 cores has). The stages are timed by calling, one at a time, the
+   functions :class:`synthgen.images.ImageFactory` calls (body model, camera framing, raster,
+   layer derivation, labels, shaded backend, filter, encoders, tar write); every sample's encoded
+   record is then compared byte for byte with what the factory itself makes
+   (``pose_subjects`` + ``prepare`` + ``finish`` + ``encode``), timed on the same samples;
+3. throughput: the naive per-sample loop (one process, Anny at batch 1, a second render pass,
+   PIL's default PNG/JPEG encoders and webdataset's default encoder) and
+   :func:`synthgen.run.generate` with workers=1 and 2, each run in a fresh process as the CLI
+   would: wall samples/s for N and 2N samples and the marginal rate N / (t(2N) - t(N)), which
+   cancels the start-up (imports, body model, GL probe, worker spawn);
+4. Anny model start (cold in an empty cache, skipped with --quick/--skip-cold; warm) and peak
+   resident memory.
+
+    python benchmarks/throughput.py [--quick] [--samples 64] [--gen-samples 256] [--skip-cold]
+
+``--quick`` (under ~2 minutes on 2 idle cores): 32 measured samples, 16 naive samples, generate on
+32/64 samples in shards of 16 (the full run: 64, 64, 256/512 in the recipe's shards of 64). Numbers on a shared machine are noisy: compare medians, and rerun
+before trusting a difference under ~10%.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import io
 import json
-import logging
 import os
+import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
-
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+RECIPE = ROOT / "recipes" / "quickstart.yaml"
+_USER_ENV = dict(os.environ)  # generate runs get the caller's environment, as the CLI would
 
-from synthgen.pipeline import SampleFactory  # noqa: E402
-from synthgen.run import generate  # noqa: E402
-from synthgen.recipe import load_recipe  # noqa: E402
+import numpy as np
 
 _START_SNIPPET = """
 import time, torch
@@ -42,107 +57,387 @@ load_anny_model()
 print(time.perf_counter() - t)
 """
 
+# One generate run in a fresh process: only the generate() call is timed.
+_GENERATE_SNIPPET = """
+import json, resource, sys, tempfile, time
+from synthgen.recipe import load_recipe
+from synthgen.run import generate
+recipe = load_recipe(sys.argv[1], json.loads(sys.argv[2]))
+with tempfile.TemporaryDirectory() as out:
+    start = time.perf_counter()
+    manifest = generate(recipe, out, workers=int(sys.argv[3]), progress=False)
+    seconds = time.perf_counter() - start
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so it would report the parent's peak
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+rss_self = int(hwm[0].split()[1]) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"seconds": seconds, "written": manifest["num_samples_written"],
+                  "errors": manifest["num_errors"], "rss_self_mb": rss_self,
+                  "rss_children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+"""
 
+
+# --- start-up ----------------------------------------------------------------------------------
 def anny_start_seconds(cache_dir: str) -> float:
-    env = dict(os.environ, ANNY_CACHE_DIR=cache_dir)
+    env = dict(_USER_ENV, ANNY_CACHE_DIR=cache_dir)
     out = subprocess.run([sys.executable, "-c", _START_SNIPPET], env=env, capture_output=True,
                          text=True, check=True, cwd=ROOT)
     return float(out.stdout.strip().splitlines()[-1])
-
-
-def timed_generate(recipe, workers: int) -> str:
-    """'wall samples/s (steady samples/s)': wall time includes starting the worker processes
-    (imports, body model, GL probe); steady divides by the shards' own making time."""
-    with tempfile.TemporaryDirectory() as out:
-        start = time.perf_counter()
-        generate(recipe, out, workers=workers, progress=False)
-        wall = recipe.num_samples / (time.perf_counter() - start)
-        busy = sum(json.loads(p.read_text())["seconds"] for p in Path(out, "shards").glob("*.json"))
-        steady = recipe.num_samples / (busy / min(workers, len(list(Path(out, "shards").glob("*.json")))))
-        return f"{wall:.1f} samples/s wall ({steady:.1f} steady)"
-
-
-def naive_baseline(recipe) -> float:
-    """One process, batch 1, two render passes, default PIL/webdataset encoders."""
-    import webdataset as wds
-    from PIL import Image
-
-    from synthgen.render import render_layers
-    from synthgen.subjects import anny_body
-
-    anny_body.BATCH = 1
-
-    factory = SampleFactory(recipe)
-    model = factory.subject_model
-    with tempfile.TemporaryDirectory() as out:
-        start = time.perf_counter()
-        with wds.TarWriter(os.path.join(out, "naive.tar")) as sink:
-            for index in range(recipe.num_samples):
-                subject = model.pose([model.draw(recipe.seed, index)])[0]  # batch of one
-                sample = factory.prepare(index, subject)
-                factory.finish([sample])
-                # a second pass for the mask, as two-pass renderers need
-                render_layers(sample["vertices_cam"], model.faces, model.face_parts, sample["camera"].K,
-                              recipe.image.width, recipe.image.height, recipe.render.backend)
-                record = {"__key__": f"{index:09d}", "json": sample["labels"],
-                          "jpg": Image.fromarray(sample["image"])}
-                for name in ("normal_rgb", "depth_mm", "mask", "parts", "edges", "skeleton"):
-                    buf = io.BytesIO()
-                    Image.fromarray(sample["layers"][name]).save(buf, format="PNG")
-                    record[f"{name}.png"] = buf.getvalue()
-                sink.write(record)
-        return recipe.num_samples / (time.perf_counter() - start)
-
-
-class _Rows(list):
-    """Rows of the final table, also logged as they come (a long run shows progress)."""
-
-    def append(self, row) -> None:
-        logging.getLogger("benchmark").warning("%s: %s", *row)
-        super().append(row)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=256)
-    parser.add_argument("--naive-samples", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--skip-cold", action="store_true", help="skip the ~50 s cold start")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-
-    rows = _Rows()
-    if not args.skip_cold:
-        with tempfile.TemporaryDirectory() as cache:
-            rows.append(("Anny model start, cold (empty cache)", f"{anny_start_seconds(cache):.1f} s"))
-    rows.append(("Anny model start, warm", f"{anny_start_seconds(str(_warm_cache())):.2f} s"))
-
-    quick = load_recipe(ROOT / "recipes" / "quickstart.yaml", [f"num_samples={args.samples}"])
-    from synthgen.render import resolve_backend
-
-    rows.append(("render backend", resolve_backend(quick.render.backend)))
-    layers_only = quick.model_copy(update={"backend": quick.backend.model_copy(update={"kind": "none"})})
-    rows.append((f"labels+layers+shards, {args.workers} workers", timed_generate(layers_only, args.workers)))
-    rows.append((f"full quickstart (shaded images), {args.workers} workers", timed_generate(quick, args.workers)))
-    rows.append(("full quickstart, 1 worker", timed_generate(quick, 1)))
-    naive = quick.model_copy(update={"num_samples": args.naive_samples})
-    rows.append((f"naive per-sample loop, 1 process ({args.naive_samples} samples)",
-                 f"{naive_baseline(naive):.1f} samples/s"))
-    rows.append(("peak RSS, main process", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"))
-    rows.append(("peak RSS, largest worker",
-                 f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MB"))
-
-    width = max(len(r[0]) for r in rows)
-    print(f"\n{'measure':<{width}} | value\n{'-' * width}-+-{'-' * 20}")
-    for name, value in rows:
-        print(f"{name:<{width}} | {value}")
-    print(json.dumps({"cpu_count": os.cpu_count(), "image": [quick.image.width, quick.image.height]}))
 
 
 def _warm_cache() -> Path:
     from synthgen.subjects.anny_body import cache_dir
 
     return cache_dir()
+
+
+# --- per-stage table ---------------------------------------------------------------------------
+class Clock:
+    """Wall (perf_counter) and process CPU (process_time, all threads) seconds per stage and sample."""
+
+    def __init__(self):
+        self.wall: dict[str, dict[int, float]] = defaultdict(dict)
+        self.cpu: dict[str, dict[int, float]] = defaultdict(dict)
+        self.order: list[str] = []
+
+    @contextmanager
+    def __call__(self, stage: str, indices, share: int = 1):
+        """Time the block; ``share`` samples split it (a batch): each gets 1/share of it."""
+        w, c = time.perf_counter(), time.process_time()
+        yield
+        dw, dc = (time.perf_counter() - w) / share, (time.process_time() - c) / share
+        if stage not in self.order:
+            self.order.append(stage)
+        for i in ([indices] if isinstance(indices, int) else indices):
+            self.wall[stage][i] = self.wall[stage].get(i, 0.0) + dw
+            self.cpu[stage][i] = self.cpu[stage].get(i, 0.0) + dc
+
+    def ms(self, stages: list[str], keep: list[int], cpu: bool = False) -> np.ndarray:
+        """(len(keep),) ms per sample, summed over ``stages``."""
+        table = self.cpu if cpu else self.wall
+        return np.array([sum(table[s].get(i, 0.0) for s in stages) for i in keep]) * 1e3
+
+
+def stage_table(recipe, samples: int, warmup: int) -> tuple[list[tuple], list[str]]:
+    """Rows (label, median ms, p25, p75, cpu median ms, leaf) and notes."""
+    from synthgen import write
+    from synthgen.cameras import sample_camera, sample_viewpoint_camera
+    from synthgen.filter import cheap_checks
+    from synthgen.images import SUBJECT_ID, ImageFactory
+    from synthgen.render import _rasterizer, resolve_backend
+    from synthgen.render import layers as L
+    from synthgen.seeding import label_threads, sample_rng, sample_seed
+    from synthgen.subjects import anny_body
+
+    r, out_cfg = recipe, recipe.output
+    factory = ImageFactory(recipe)
+    model = factory.subject_model
+    rasterize = _rasterizer(r.render.backend)
+    batch = anny_body.BATCH if r.subject.model == "anny" else 16
+    indices = list(range(warmup + samples))
+    keep = indices[warmup:]
+    clock, reference = Clock(), Clock()
+    records, mismatched = {}, set()
+
+    for start in range(0, len(indices), batch):
+        chunk = indices[start:start + batch]
+        # 1. body model, as pose_subjects: draws, then one forward of a padded batch
+        with label_threads():
+            with clock("body model: draw (phenotype, pose)", chunk, len(chunk)):
+                draws = [model.draw(r.seed, i) for i in chunk]
+            with clock(f"body model: forward (batch of {batch})", chunk, len(chunk)):
+                subjects = model.pose(draws)
+        for index, subject in zip(chunk, subjects):
+            s = {"index": index, "seed": sample_seed(r.seed, index), "subject": subject}
+            with label_threads():
+                # 2. camera framing, as prepare
+                with clock("camera framing", index):
+                    rng = sample_rng(r.seed, index, "camera")
+                    if r.camera.mode == "viewpoint":
+                        camera, drawn = sample_viewpoint_camera(rng, r.camera, subject.vertices, r.image.width,
+                                                                r.image.height)
+                    else:
+                        points = subject.vertices if r.subject.kind == "object" else subject.vertices[::7]
+                        camera, drawn = sample_camera(rng, r.camera, points, r.image.width, r.image.height)
+                s.update(camera=camera, camera_draw=drawn)
+                # 3. raster and 4. layer derivation, as _render and render_layers
+                with clock(f"raster ({resolve_backend(r.render.backend)}: to_camera + rasterize)", index):
+                    vertices_cam = camera.to_camera(subject.vertices)
+                    faces, face_parts = model.mesh(subject)
+                    raw = rasterize(vertices_cam.astype(np.float32), faces, camera.K, camera.width,
+                                    camera.height)
+                tri, mask = raw["triangle_id"], raw["mask"]
+                with clock("layers: parts (face -> part id)", index):
+                    parts = np.zeros(tri.shape, dtype=np.uint8)
+                    parts[mask] = face_parts[tri[mask]]
+                with clock("layers: encode normal (normal_rgb)", index):
+                    normal_rgb = L.encode_normal(raw["normal"], mask, r.render.normal_convention)
+                with clock("layers: depth mm", index):
+                    depth_mm = L.depth_to_millimetres(raw["depth"])
+                with clock("layers: depth control (unused by shaded)", index):
+                    depth_control = L.depth_for_control(raw["depth"], mask)
+                with clock("layers: mask + instance", index):
+                    mask_u8 = mask.astype(np.uint8) * 255
+                    instance = np.where(mask_u8 > 0, SUBJECT_ID, 0).astype(np.uint8)
+                with clock("layers: canny edges", index):
+                    edges = L.canny_edges(normal_rgb, r.render.canny_low, r.render.canny_high)
+                with clock("layers: keypoints (project + visibility)", index):
+                    kp3d = camera.to_camera(subject.keypoints_3d.astype(np.float64)).astype(np.float32)
+                    uv = camera.project(kp3d)
+                    vis = L.keypoint_visibility(uv, kp3d[:, 2], parts, raw["depth"], model.keypoint_parts)
+                    kp2d = np.concatenate([uv, vis[:, None]], axis=1)
+                with clock("layers: skeleton draw", index):
+                    skeleton = L.draw_skeleton(kp2d, model.keypoint_names, camera.width, camera.height,
+                                               model.skeleton_edges)
+                s.update(layers={"normal": raw["normal"], "normal_rgb": normal_rgb, "depth": raw["depth"],
+                                 "depth_mm": depth_mm, "depth_control": depth_control, "mask": mask_u8,
+                                 "parts": parts, "edges": edges, "triangle_id": tri, "instance": instance,
+                                 "skeleton": skeleton},
+                         keypoints_3d=kp3d, keypoints_2d=kp2d, vertices_cam=vertices_cam)
+                # labels (and the prompt, when the recipe builds one)
+                with clock("labels (view record)", index):
+                    s["labels"] = factory.labels(s)
+                if factory.prompter is not None:
+                    with clock("prompt", index):
+                        prompt, negative = factory.prompter.build(s, sample_rng(r.seed, index, "prompt"))
+                        s.update(prompt=prompt, negative_prompt=negative)
+                        s["labels"].update(prompt=prompt, negative_prompt=negative)
+            # 5. image backend and 6. filter, as finish
+            with clock(f"image backend ({r.backend.kind}.generate)", index):
+                factory.backend.generate([s])
+            s["labels"]["appearance"] = s.get("appearance")
+            if factory.sample_filter is not None:
+                with clock("filter: cheap checks", index):
+                    reason = cheap_checks(s["image"], factory.sample_filter.config)
+                verdict = factory.sample_filter.score([s])[0]  # (untimed) the exact verdict dict
+                assert verdict["reason"] == reason
+                s["filter"] = s["labels"]["filter"] = verdict
+            # 7. encoders, as encode
+            record = {"__key__": f"{index:09d}"}
+            with clock("encode json", index):
+                record["json"] = write.encode_json(s["labels"])
+            if s.get("image") is not None:
+                with clock("encode jpg (image)", index):
+                    record["jpg"] = write.encode_jpg(s["image"], out_cfg.jpeg_quality)
+            for name in out_cfg.layers:
+                with clock(f"encode png {name}", index):
+                    record[f"{name}.png"] = write.encode_png(s["layers"][L.LAYER_KEYS[name]])
+            if out_cfg.vertices:
+                with clock("encode npz (vertices)", index):
+                    arrays = {"vertices": vertices_cam.astype(np.float32), "faces": faces} | subject.arrays
+                    record["npz"] = write.encode_npz(arrays)
+            records[index] = record
+
+        # the same samples through the factory's own methods: the check on the table's coverage
+        with reference("factory", chunk, len(chunk)), label_threads():
+            subjects = factory.pose_subjects(chunk)
+        for index, subject in zip(chunk, subjects):
+            with reference("factory", index):
+                with label_threads():
+                    s = factory.prepare(index, subject)
+                factory.finish([s])
+                encoded = factory.encode(s)
+            if encoded != records[index]:
+                mismatched.add(index)
+
+    # 8. tar write, as write_shard (fsync included), in shards of ``batch`` records
+    with tempfile.TemporaryDirectory() as out:
+        for k, start in enumerate(range(0, len(indices), batch)):
+            chunk = indices[start:start + batch]
+            task = write.ShardTask(k, chunk[0], chunk[-1] + 1)
+            with clock(f"tar write (write_shard, {batch}/shard, fsync)", chunk, len(chunk)):
+                write.write_shard(Path(out), task, (records[i] for i in chunk))
+
+    def row(label, stages, leaf):
+        wall = clock.ms(stages, keep)
+        return (label, float(np.median(wall)), float(np.percentile(wall, 25)), float(np.percentile(wall, 75)),
+                float(np.median(clock.ms(stages, keep, cpu=True))), leaf)
+
+    rows = [row(stage, [stage], True) for stage in clock.order]
+    groups = [("body model", "body model"), ("layer derivation", "layers:"), ("encoders", "encode ")]
+    for label, prefix in groups:
+        rows.append(row(f"= {label} (sum)", [s for s in clock.order if s.startswith(prefix)], False))
+    rows.append(row("= sum of stages", clock.order, False))
+    no_tar = [s for s in clock.order if not s.startswith("tar write")]
+    rows.append(row("= sum of stages without tar", no_tar, False))
+    factory_ms = reference.ms(["factory"], keep)
+    rows.append(("= factory path: pose_subjects/16 + prepare + finish + encode", float(np.median(factory_ms)),
+                 float(np.percentile(factory_ms, 25)), float(np.percentile(factory_ms, 75)),
+                 float(np.median(reference.ms(["factory"], keep, cpu=True))), False))
+    notes = [f"records identical to the factory's for {len(indices) - len(mismatched)}/{len(indices)} samples"
+             + (f" (MISMATCH: {sorted(mismatched)[:8]} ...)" if mismatched else "")]
+    return rows, notes
+
+
+def print_stage_table(rows: list[tuple]) -> None:
+    total = next(r[1] for r in rows if r[0] == "= sum of stages")
+    width = max(len(r[0]) for r in rows)
+    head = f"{'stage (per sample)':<{width}} | {'median ms':>9} | {'p25-p75 ms':>13} | {'cpu ms':>7} | {'share':>5}"
+    print(head)
+    print("-" * len(head))
+    for label, med, p25, p75, cpu, leaf in rows:
+        if not leaf and label.startswith("= body model"):
+            print("-" * len(head))
+        print(f"{label:<{width}} | {med:9.2f} | {p25:6.2f}-{p75:6.2f} | {cpu:7.2f} | {100 * med / total:4.0f}%")
+
+
+# --- naive baseline ----------------------------------------------------------------------------
+def naive_baseline(recipe) -> float:
+    """One process, batch 1, two render passes, default PIL/webdataset encoders: samples/s."""
+    import webdataset as wds
+    from PIL import Image
+
+    from synthgen.images import ImageFactory
+    from synthgen.render import render_layers
+    from synthgen.subjects import anny_body
+
+    factory = ImageFactory(recipe)
+    model = factory.subject_model
+    batch, anny_body.BATCH = anny_body.BATCH, 1
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            start = time.perf_counter()
+            with wds.TarWriter(os.path.join(out, "naive.tar")) as sink:
+                for index in range(recipe.num_samples):
+                    subject = model.pose([model.draw(recipe.seed, index)])[0]  # batch of one
+                    sample = factory.prepare(index, subject)
+                    factory.finish([sample])
+                    # a second pass for the mask, as two-pass renderers need
+                    faces, face_parts = model.mesh(subject)
+                    render_layers(sample["vertices_cam"], faces, face_parts, sample["camera"].K,
+                                  recipe.image.width, recipe.image.height, recipe.render.backend)
+                    record = {"__key__": f"{index:09d}", "json": sample["labels"],
+                              "jpg": Image.fromarray(sample["image"])}
+                    for name in ("normal_rgb", "depth_mm", "mask", "parts", "edges", "skeleton", "instance"):
+                        buf = io.BytesIO()
+                        Image.fromarray(sample["layers"][name]).save(buf, format="PNG")
+                        record[f"{name}.png"] = buf.getvalue()
+                    sink.write(record)
+            return recipe.num_samples / (time.perf_counter() - start)
+    finally:
+        anny_body.BATCH = batch
+
+
+# --- generate ----------------------------------------------------------------------------------
+def generate_run(overrides: list[str], workers: int) -> dict:
+    """synthgen.run.generate in a fresh process (the caller's environment): seconds, RSS."""
+    out = subprocess.run([sys.executable, "-c", _GENERATE_SNIPPET, str(RECIPE), json.dumps(overrides),
+                          str(workers)], env=_USER_ENV, capture_output=True, text=True, cwd=ROOT,
+                         check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"generate (workers={workers}) failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def generate_rates(base: list[str], workers: int, n: int) -> dict:
+    """Wall samples/s for N and 2N samples, and the marginal rate N / (t(2N) - t(N))."""
+    one = generate_run(base + [f"num_samples={n}"], workers)
+    two = generate_run(base + [f"num_samples={2 * n}"], workers)
+    extra = two["seconds"] - one["seconds"]
+    return {"wall_n": n / one["seconds"], "wall_2n": 2 * n / two["seconds"],
+            "marginal": n / extra if extra > 0 else float("nan"), "t_n": one["seconds"], "t_2n": two["seconds"],
+            "rss_main_mb": max(one["rss_self_mb"], two["rss_self_mb"]),
+            "rss_worker_mb": max(one["rss_children_mb"], two["rss_children_mb"]),
+            "errors": one["errors"] + two["errors"]}
+
+
+# --- main --------------------------------------------------------------------------------------
+def _nproc() -> str:
+    try:
+        return subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return str(os.cpu_count())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small counts, no cold start (< ~2 min)")
+    parser.add_argument("--samples", type=int, default=None, help="measured samples in the stage table (64)")
+    parser.add_argument("--warmup", type=int, default=16, help="warm-up samples, not measured (16)")
+    parser.add_argument("--naive-samples", type=int, default=None, help="naive loop samples (64)")
+    parser.add_argument("--gen-samples", type=int, default=None, help="N of the N/2N generate runs (256)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--skip-cold", action="store_true", help="skip the ~50 s Anny cold start")
+    parser.add_argument("--skip-generate", action="store_true")
+    args = parser.parse_args()
+    samples = args.samples or (32 if args.quick else 64)
+    naive_n = args.naive_samples or (16 if args.quick else 64)
+    gen_n = args.gen_samples or (32 if args.quick else 256)
+    # quick: shards of 16 so that even N=32 gives 2 workers a shard each
+    gen_base = ["output.shard_size=16"] if args.quick else []
+
+    # one worker's conditions: one torch thread, one llvmpipe thread (set before any GL context)
+    os.environ.setdefault("LP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    from synthgen.recipe import load_recipe
+    from synthgen.render import resolve_backend
+
+    recipe = load_recipe(RECIPE, [])
+    start = time.time()
+    print(f"# synthgen throughput, {datetime.datetime.now().isoformat(timespec='seconds')}")
+    print(f"# nproc {_nproc()}, os.cpu_count {os.cpu_count()}, loadavg {os.getloadavg()[0]:.2f} "
+          f"{os.getloadavg()[1]:.2f}, python {platform.python_version()}, torch {torch.__version__}")
+    print(f"# recipe {RECIPE.relative_to(ROOT)}: {recipe.image.width}x{recipe.image.height}, "
+          f"render {recipe.render.backend} -> {resolve_backend(recipe.render.backend)}, "
+          f"backend {recipe.backend.kind}, layers {','.join(recipe.output.layers)}")
+    print("# NOISE: the cores are shared with other work; rows differ run to run by ~10-30%, "
+          "trust medians and ratios, not single digits.\n")
+
+    print(f"## Per-stage, one process, torch threads {torch.get_num_threads()}, LP_NUM_THREADS "
+          f"{os.environ['LP_NUM_THREADS']}; {samples} samples after {args.warmup} warm-up "
+          f"(cpu ms = process CPU, all threads)", flush=True)
+    rows, notes = stage_table(recipe, samples, args.warmup)
+    print_stage_table(rows)
+    for note in notes:
+        print(f"# {note}")
+    leaves = sorted((r for r in rows if r[5]), key=lambda r: -r[1])
+    print("# top 3 stages: " + "; ".join(f"{r[0]} {r[1]:.1f} ms" for r in leaves[:3]))
+    ceiling = 1e3 / next(r[1] for r in rows if r[0] == "= sum of stages")
+    print(f"# one worker's ceiling from the table: {ceiling:.1f} samples/s\n", flush=True)
+
+    print("## Throughput (samples/s)", flush=True)
+    out_rows = []
+    naive = naive_baseline(load_recipe(RECIPE, [f"num_samples={naive_n}"]))
+    out_rows.append((f"naive per-sample loop, 1 process ({naive_n} samples)", f"{naive:.2f}"))
+    print(f"{out_rows[-1][0]}: {out_rows[-1][1]}", flush=True)
+    rss = {}
+    if not args.skip_generate:
+        runs = [(w, recipe.backend.kind, gen_base) for w in args.workers]
+        if not args.quick:
+            runs.append((max(args.workers), "none", ["backend.kind=none"]))
+        for workers, kind, base in runs:
+            g = generate_rates(base, workers, gen_n)
+            what = f"generate workers={workers}" + ("" if kind == recipe.backend.kind else f", backend {kind}")
+            out_rows.append((f"{what}: wall, {gen_n} / {2 * gen_n} samples",
+                             f"{g['wall_n']:.2f} / {g['wall_2n']:.2f}  ({g['t_n']:.1f} s / {g['t_2n']:.1f} s)"))
+            out_rows.append((f"{what}: marginal N/(t2N-tN)",
+                             f"{g['marginal']:.2f}  = {g['marginal'] / naive:.2f}x naive"
+                             + (f"  ({g['errors']} failed samples)" if g["errors"] else "")
+                             # start-up varies by seconds: a short run can make t(2N) - t(N) meaningless
+                             + ("  UNRELIABLE: above workers x the table's ceiling, raise --gen-samples"
+                                if kind == recipe.backend.kind and g["marginal"] > 1.2 * workers * ceiling
+                                else "")))
+            for row in out_rows[-2:]:
+                print(f"{row[0]}: {row[1]}", flush=True)
+            # with workers=1 the only child is the GL probe: no worker to report
+            rss[f"generate workers={workers} ({kind})"] = (g["rss_main_mb"], g["rss_worker_mb"] if workers > 1 else 0)
+
+    if not (args.quick or args.skip_cold):
+        with tempfile.TemporaryDirectory() as cache:
+            out_rows.append(("Anny model start, cold (empty cache)", f"{anny_start_seconds(cache):.1f} s"))
+    out_rows.append(("Anny model start, warm", f"{anny_start_seconds(str(_warm_cache())):.2f} s"))
+    out_rows.append(("peak RSS, this process (stage table + naive)",
+                     f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"))
+    for what, (main_mb, worker_mb) in rss.items():
+        out_rows.append((f"peak RSS, {what}: main / largest worker",
+                         f"{main_mb:.0f} MB / " + (f"{worker_mb:.0f} MB" if worker_mb else "-")))
+
+    width = max(len(r[0]) for r in out_rows)
+    print(f"\n{'measure':<{width}} | value\n{'-' * width}-+-{'-' * 30}")
+    for name, value in out_rows:
+        print(f"{name:<{width}} | {value}")
+    print(f"# total {time.time() - start:.0f} s; loadavg at end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

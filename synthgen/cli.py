@@ -94,17 +94,29 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+def _check_image_out(out: str) -> None:
+    """Refuse a preview ``--out`` that cannot be written as an image, before any sample is made."""
+    import cv2
+
+    from synthgen.write import check_writable_folder
+
+    if Path(out).is_dir() or not cv2.haveImageWriter(out):
+        raise UserError(f"--out {out}: not an image file name; pass a .png or .jpg path, e.g. preview.png")
+    check_writable_folder(Path(out).parent, f"--out {out}: its folder",
+                          "pass a .png or .jpg path in a folder you can write to")
+
+
 def _cmd_preview(args) -> int:
+    _check_image_out(args.out)
+    from synthgen.engine import finished_samples
     from synthgen.preview import contact_sheet, save_rgb
-    from synthgen.sequence import contact_sheet as sequence_sheet
-    from synthgen.sequence import factory_class
+    from synthgen.run import build_factory
 
     recipe = _load(args)
     if args.n < 1:
         raise UserError(f"-n must be at least 1, got {args.n}")
-    factory = factory_class(recipe)(recipe)
-    samples = list(factory.samples(list(range(args.start, args.start + args.n))))
-    save_rgb(args.out, (sequence_sheet if recipe.sequence is not None else contact_sheet)(samples))
+    samples = list(finished_samples(build_factory(recipe), list(range(args.start, args.start + args.n))))
+    save_rgb(args.out, contact_sheet(samples))
     log.info("contact sheet of %d samples written to %s", len(samples), args.out)
     return 0
 

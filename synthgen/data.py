@@ -1,11 +1,19 @@
 """Read synthgen shards back for training: a webdataset pipeline yielding decoded arrays.
 
+Image runs and sequence runs read alike, one item per shard sample (an image, or a frame of
+every body-worn camera):
+
 >>> from synthgen.data import load_shards
->>> for sample in load_shards("out/quickstart"):
-...     sample["image"]         # (H, W, 3) uint8 RGB
-...     sample["keypoints_2d"]  # (K, 3) float32 x, y, COCO visibility
-...     sample["depth"]         # (H, W) float32 metres, 0 = background
-...     sample["labels"]        # the whole label dict
+>>> for item in load_shards("out/quickstart"):
+...     view = item["views"]["image"]       # sequences: item["views"]["cam0"], ...
+...     view["image"]                       # (H, W, 3) uint8 RGB
+...     view["depth"]                       # (H, W) float32 metres, 0 = background
+...     view["instances"][0]["keypoints_2d"]  # (K, 3) float32 x, y, COCO visibility
+...     item["labels"]                      # the whole label record (see synthgen.labels)
+
+A single-image run's one view is also merged into the item (``item["image"]``,
+``item["instances"]``, ...). ``flat=True`` puts the arrays of a view's one instance beside it
+(``item["keypoints_2d"]``, ``item["bbox"]``, ...) for single-subject training code.
 
 Hugging Face ``datasets`` reads the same shards:
 ``datasets.load_dataset("webdataset", data_files={"train": shard_paths(DIR)}, split="train")``.
@@ -13,6 +21,7 @@ Hugging Face ``datasets`` reads the same shards:
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Iterable
@@ -21,28 +30,34 @@ import cv2
 import numpy as np
 import webdataset as wds
 
+from synthgen.errors import UserError
+from synthgen.labels import views_of
 from synthgen.write import MANIFEST
 
-# Label fields turned into float32 arrays in each sample (when present).
-ARRAY_FIELDS = ("cam_int", "cam_ext", "keypoints_2d", "keypoints_3d", "bbox", "center", "scale")
-SUBJECT_ARRAY_FIELDS = ("betas", "body_pose", "global_orient", "transl", "bone_rotvec", "root_transform",
-                        "poses")
+VIEW_ARRAYS = ("cam_int", "cam_ext", "cam_to_world")
+INSTANCE_ARRAYS = ("keypoints_2d", "keypoints_3d", "bbox", "center", "scale")
+PARAM_ARRAYS = ("betas", "body_pose", "global_orient", "transl", "bone_rotvec", "root_transform", "poses")
 
 
 def shard_paths(dataset: str | Path) -> list[str]:
-    """Complete shards of a dataset folder (from its manifest), or the given tar path(s)."""
+    """Complete shards of a dataset folder (from its manifest), or the given tar path."""
     path = Path(dataset)
     if path.is_dir():
         manifest = path / MANIFEST
         if not manifest.is_file():
-            raise FileNotFoundError(f"{path} has no {MANIFEST}; is it a synthgen output folder?")
-        return [str(path / s["path"]) for s in json.loads(manifest.read_text())["shards"]]
+            raise UserError(f"{path} has no {MANIFEST}: not a synthgen output folder (give the --out "
+                            f"folder of a `synthgen generate` run, or a shard .tar)")
+        shards = [str(path / s["path"]) for s in json.loads(manifest.read_text())["shards"]]
+        if not shards:
+            raise UserError(f"{path} has no complete shard yet (see `synthgen status {path}`)")
+        return shards
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such dataset folder or shard")
+        raise UserError(f"{path}: no such dataset folder or shard")
     return [str(path)]
 
 
-def _decode_image(key: str, data: bytes) -> Any:
+def decode_image(key: str, data: bytes) -> Any:
+    """A webdataset decoder for PNG/JPG members: RGB or one-channel arrays, 16-bit kept."""
     ext = key.rsplit(".", 1)[-1].lower()
     if ext not in ("png", "jpg", "jpeg"):
         return None
@@ -52,39 +67,74 @@ def _decode_image(key: str, data: bytes) -> Any:
     return array
 
 
-def to_training_sample(raw: dict[str, Any]) -> dict[str, Any]:
-    """A decoded webdataset sample -> named arrays (layers keyed by name, depth in metres)."""
-    labels = raw["json"]
-    out: dict[str, Any] = {"__key__": raw["__key__"], "labels": labels}
-    if "jpg" in raw:
-        out["image"] = raw["jpg"]
+def _instance_arrays(instance: dict[str, Any]) -> dict[str, Any]:
+    out = dict(instance)
+    for name in INSTANCE_ARRAYS:
+        if name in out:
+            out[name] = np.asarray(out[name], dtype=np.float32)
+    params = instance.get("params", {})
+    out["params"] = {k: (np.asarray(v, dtype=np.float32) if k in PARAM_ARRAYS else v) for k, v in params.items()}
+    return out
+
+
+def _view_members(raw: dict[str, Any], single: bool) -> dict[str, dict[str, Any]]:
+    """Decoded members by view: ``jpg`` / ``NAME.png`` (images) or ``camK.jpg`` / ``camK.NAME.png``."""
+    views: dict[str, dict[str, Any]] = {}
     for key, value in raw.items():
-        if key.endswith(".png"):
-            out[key[:-4]] = value
-    if "depth" in out:
-        out["depth"] = out["depth"].astype(np.float32) / 1000.0
-    if "mask" in out:
-        out["mask"] = out["mask"] > 0
-    for name in ARRAY_FIELDS:
-        if name in labels:
-            out[name] = np.asarray(labels[name], dtype=np.float32)
-    for name in SUBJECT_ARRAY_FIELDS:
-        if name in labels.get("subject", {}):
-            out[name] = np.asarray(labels["subject"][name], dtype=np.float32)
+        if key.startswith("__") or key in ("json", "npz"):
+            continue
+        view, _, member = (("image", "", key) if single else key.partition("."))
+        name = member.rsplit(".", 1)[0] if member.count(".") else "image"
+        if name == "depth":
+            value = value.astype(np.float32) / 1000.0
+        elif name == "mask":
+            value = value > 0
+        views.setdefault(view, {})[name] = value
+    return views
+
+
+def to_training_sample(raw: dict[str, Any], flat: bool = False) -> dict[str, Any]:
+    """A decoded webdataset sample -> ``{"__key__", "labels", "views": {name: view}}``; a view holds
+    its image and layers (depth in metres, mask bool), ``cam_int``/``cam_ext`` and ``instances``
+    as float32 arrays."""
+    labels = raw["json"]
+    single = "views" not in labels
+    members = _view_members(raw, single)
+    views = {}
+    for name, record in views_of(labels).items():
+        view = members.get(name, {})
+        view.update({k: np.asarray(record[k], dtype=np.float32) for k in VIEW_ARRAYS if k in record})
+        view["instances"] = [_instance_arrays(i) for i in record["instances"]]
+        if flat:
+            view.update(_flat(view["instances"], raw["__key__"], name))
+        views[name] = view
+    out: dict[str, Any] = {"__key__": raw["__key__"], "labels": labels, "views": views}
+    if single:
+        out.update(views["image"])
     if "npz" in raw:
         out.update({f"npz.{k}": v for k, v in raw["npz"].items()})
     return out
 
 
-def load_shards(dataset: str | Path | Iterable[str], shuffle: int = 0, split_by_node: bool = True):
+def _flat(instances: list[dict[str, Any]], key: str, view: str) -> dict[str, Any]:
+    if len(instances) != 1:
+        raise UserError(f"sample {key} view {view} has {len(instances)} instances; flat=True needs exactly "
+                        f"one (read item['views'][view]['instances'] instead)")
+    instance = instances[0]
+    return {k: instance[k] for k in INSTANCE_ARRAYS if k in instance} | instance["params"]
+
+
+def load_shards(dataset: str | Path | Iterable[str], shuffle: int = 0, split_by_node: bool = True,
+                flat: bool = False):
     """A ``webdataset.WebDataset`` over a dataset folder or shard paths, decoded for training.
 
-    ``shuffle``: sample shuffle buffer (0 = file order). Under torch.distributed, shards are
-    split across ranks (``split_by_node``) and across DataLoader workers.
+    ``shuffle``: sample shuffle buffer (0 = file order; keep 0 for sequences to keep frames in
+    order). Under torch.distributed, shards are split across ranks (``split_by_node``) and
+    across DataLoader workers. ``flat``: see the module docstring.
     """
     urls = shard_paths(dataset) if isinstance(dataset, (str, Path)) else list(dataset)
     pipeline = wds.WebDataset(urls, shardshuffle=False, empty_check=False,
                               nodesplitter=wds.split_by_node if split_by_node else wds.single_node_only)
     if shuffle:
         pipeline = pipeline.shuffle(shuffle)
-    return pipeline.decode(_decode_image).map(to_training_sample)
+    return pipeline.decode(decode_image).map(functools.partial(to_training_sample, flat=flat))

@@ -32,16 +32,14 @@ as prompts (at most ``max_points`` are); the IoU check carries most of the signa
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from synthgen.errors import MissingModelError
+from synthgen.generate.model_check import (check_sam_model, locate, missing_entry, missing_model_error,
+                                           sam_model)
 from synthgen.recipe import FilterConfig, SamConfig
 
 log = logging.getLogger(__name__)
@@ -170,25 +168,28 @@ def _first_sentence(exc: BaseException) -> str:
     return str(exc).strip().split(". ")[0].splitlines()[0]
 
 
-def _hub_offline() -> bool:
-    return any(os.environ.get(k, "").upper() in {"1", "ON", "YES", "TRUE"}
-               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+def _load_sam(config: SamConfig, dtype: Any) -> tuple[Any, Any]:
+    """(SamProcessor, SamModel in ``dtype``) of ``config.model``, on the CPU.
 
+    Checks first (:func:`synthgen.generate.model_check.check_sam_model`); a model on disk loads
+    without the hub, one the hub serves is downloaded. Raises MissingModelError.
+    """
+    from transformers import SamModel, SamProcessor
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the hub's host answers on its port (so an unreachable hub fails in seconds, not
-    after minutes of retries)."""
-    url = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = url.port or (443 if url.scheme == "https" else 80)
+    wanted = sam_model(config)
+    check_sam_model(config)
+    on_disk = locate(wanted.name, wanted.problems, offline=True) is None
+    if not on_disk:
+        log.warning("Downloading SAM %s from the Hugging Face hub", wanted.name)
+    local = Path(wanted.name).expanduser()
+    source = str(local) if local.is_dir() else wanted.name
     try:
-        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.count("/") != 1 or "\\" in name
+        processor = SamProcessor.from_pretrained(source, local_files_only=on_disk)
+        model = SamModel.from_pretrained(source, local_files_only=on_disk, dtype=dtype)
+    except OSError as exc:
+        entry = missing_entry(wanted, f"loading failed: {_first_sentence(exc)}")
+        raise missing_model_error("the SAM filter", [entry], None) from None
+    return processor, model
 
 
 class SamAligner:
@@ -196,58 +197,25 @@ class SamAligner:
 
     ``config.model``: a Hugging Face id (e.g. ``facebook/sam-vit-base``) or a local folder
     holding ``config.json`` + weights + the ``SamProcessor`` config, as written by
-    ``save_pretrained``. Missing weights raise :class:`MissingModelError` here, before any work.
+    ``save_pretrained``. Missing weights raise :class:`~synthgen.errors.MissingModelError` here,
+    before any work.
     ``batch_size`` images go through the image encoder at once.
     """
 
     def __init__(self, config: SamConfig, device: str | Any = "cpu", batch_size: int = 4,
                  max_points: int | None = 8, dtype: Any = None):
         import torch
-        from transformers import SamModel, SamProcessor
 
         self.config = config
         self.device = _resolve_device(device)
         self.batch_size = max(1, int(batch_size))
         self.max_points = max_points
         self.dtype = dtype or torch.float32
-        name = config.model
-        local = Path(name).expanduser()
-        if not local.is_dir() and _looks_like_path(name):
-            raise MissingModelError(self._missing_message(name, "the folder does not exist"))
-        source = str(local) if local.is_dir() else name
         start = time.perf_counter()
-
-        def load(local_only: bool):
-            processor = SamProcessor.from_pretrained(source, local_files_only=local_only)
-            model = SamModel.from_pretrained(source, local_files_only=local_only, dtype=self.dtype)
-            return processor, model
-
-        try:  # a local folder, or a hub id already in the Hugging Face cache
-            self.processor, self.model = load(True)
-        except OSError as exc:
-            if local.is_dir():
-                why = f"the folder holds no SamModel + SamProcessor files: {_first_sentence(exc)}"
-                raise MissingModelError(self._missing_message(name, why)) from None
-            if _hub_offline() or not _hub_reachable():
-                raise MissingModelError(self._missing_message(
-                    name, "not in the Hugging Face cache and the hub is offline or unreachable")) from None
-            log.warning("Downloading SAM %s from the Hugging Face hub", name)
-            try:
-                self.processor, self.model = load(False)
-            except OSError as exc2:
-                raise MissingModelError(self._missing_message(name, _first_sentence(exc2))) from None
+        self.processor, self.model = _load_sam(config, self.dtype)
         self.model.to(self.device).eval()
         self.target_size = int(self.processor.image_processor.size["longest_edge"])
-        log.info("SAM %s loaded on %s in %.2f s", name, self.device, time.perf_counter() - start)
-
-    @staticmethod
-    def _missing_message(name: str, why: str) -> str:
-        hub_id = name if not _looks_like_path(name) else "facebook/sam-vit-base"
-        return (f"filter.sam.model: SAM model {name!r} is not available ({why}). Download it with "
-                f"`huggingface-cli download {hub_id}` (or `hf download {hub_id}`) on a machine with "
-                f"network access and set filter.sam.model to that Hugging Face id or to a local "
-                f"folder holding the SamModel and SamProcessor files; or set filter.sam: null to "
-                f"turn the SAM filter off")
+        log.info("SAM %s loaded on %s in %.2f s", config.model, self.device, time.perf_counter() - start)
 
     def _scale(self, height: int, width: int) -> tuple[float, float]:
         """Pixel -> model-input coordinate factors (x, y), as SAM resizes the longest side."""
@@ -319,8 +287,9 @@ def _as_rgb8(image: np.ndarray) -> np.ndarray:
 
 # --- the stage --------------------------------------------------------------------------------
 def _render_box(sample: dict[str, Any], mask: np.ndarray) -> list[float]:
-    """[x0, y0, x1, y1] from ``labels["bbox"]`` ([x, y, w, h]) or else from the mask."""
-    bbox = (sample.get("labels") or {}).get("bbox")
+    """[x0, y0, x1, y1] from the first instance's ``bbox`` ([x, y, w, h]) or else from the mask."""
+    instances = (sample.get("labels") or {}).get("instances") or [{}]
+    bbox = instances[0].get("bbox")
     if bbox is None:
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
         bbox = [cols[0] - 0.5, rows[0] - 0.5, cols[-1] - cols[0] + 1.0, rows[-1] - rows[0] + 1.0]
@@ -343,7 +312,7 @@ class SampleFilter:
         """Per sample ``{"accepted", "reason", "sam_iou", "keypoints_in_sam_mask"}``.
 
         Each sample needs ``image``; the SAM check also reads ``layers["mask"]`` (H, W) uint8
-        (255 = subject), ``keypoints_2d`` (K, 3) and ``labels["bbox"]`` (else the mask's box).
+        (255 = subject), ``keypoints_2d`` (K, 3) and ``labels["instances"][0]["bbox"]`` (else the mask's box).
         Cheap checks run first and SAM only sees the images that pass them.
 
         sam_masks: optional (H, W) masks standing in for SAM's output, one per sample (entries

@@ -1,4 +1,5 @@
-"""Contact sheets: a row per sample with the image (keypoints and box drawn over it) and its layers."""
+"""Contact sheets: a row per sample with the image (keypoints and box drawn over it) and its
+layers; for sequences, a row per frame with every camera."""
 
 from __future__ import annotations
 
@@ -31,27 +32,31 @@ def _colour_parts(parts: np.ndarray) -> np.ndarray:
     return out
 
 
-def overlay(image: np.ndarray, labels: dict[str, Any], mask: np.ndarray | None = None,
+def overlay(image: np.ndarray, view: dict[str, Any], mask: np.ndarray | None = None,
             skeleton: np.ndarray | None = None) -> np.ndarray:
-    """(H, W, 3) RGB with the silhouette tinted, the box, the skeleton layer (the subject's own
-    limb graph; drawn from the labels as OpenPose-18 when not given), and visible (filled) /
-    hidden (ring) keypoints."""
+    """(H, W, 3) RGB with the silhouette tinted, each instance's box and visible (filled) /
+    hidden (ring) keypoints, and the skeleton layer (drawn from the keypoints as OpenPose-18
+    when not given). ``view``: a view record of :mod:`synthgen.labels`."""
     out = image.copy()
     if mask is not None:
         out[mask > 0] = (0.6 * out[mask > 0] + 0.4 * np.array([40, 200, 255])).astype(np.uint8)
-    x, y, w, h = labels["bbox"]
-    cv2.rectangle(out, (int(round(x)), int(round(y))), (int(round(x + w)), int(round(y + h))), (255, 255, 0), 2)
-    kp = np.asarray(labels["keypoints_2d"])
+    instances = view["instances"]
     if skeleton is None:
-        skeleton = draw_skeleton(kp, labels["keypoint_names"], image.shape[1], image.shape[0])
+        skeleton = np.zeros_like(out)
+        for instance in instances:
+            skeleton = np.maximum(skeleton, draw_skeleton(np.asarray(instance["keypoints_2d"]),
+                                                          instance["keypoint_names"], image.shape[1], image.shape[0]))
     elif skeleton.ndim == 2:
         skeleton = np.repeat(skeleton[..., None], 3, axis=2)
     drawn = skeleton.any(axis=2)
     out[drawn] = (0.3 * out[drawn] + 0.7 * skeleton[drawn]).astype(np.uint8)
-    for u, v, vis in kp:
-        if vis > 0:
-            cv2.circle(out, (int(round(u)), int(round(v))), 4, (255, 0, 0) if vis == 2 else (255, 255, 255),
-                       -1 if vis == 2 else 1)
+    for instance in instances:
+        x, y, w, h = instance["bbox"]
+        cv2.rectangle(out, (int(round(x)), int(round(y))), (int(round(x + w)), int(round(y + h))), (255, 255, 0), 2)
+        for u, v, vis in np.asarray(instance["keypoints_2d"]):
+            if vis > 0:
+                cv2.circle(out, (int(round(u)), int(round(v))), 4, (255, 0, 0) if vis == 2 else (255, 255, 255),
+                           -1 if vis == 2 else 1)
     return out
 
 
@@ -72,6 +77,16 @@ def sample_row(sample: dict[str, Any], tile: int) -> np.ndarray:
 
 
 def contact_sheet(samples: list[dict[str, Any]], tile: int = 256) -> np.ndarray:
+    """A sheet of in-memory samples: single images as rows of layers (:func:`image_sheet`),
+    sequence frames as rows of cameras (:func:`frame_sheet`)."""
+    if not samples:
+        raise ValueError("contact_sheet needs at least one sample")
+    if "views" in samples[0]:
+        return frame_sheet(samples, tile=min(tile, 192))
+    return image_sheet(samples, tile)
+
+
+def image_sheet(samples: list[dict[str, Any]], tile: int = 256) -> np.ndarray:
     """(N*tile + header, len(COLUMNS)*tile, 3) uint8 RGB sheet."""
     header = np.full((28, tile * len(COLUMNS), 3), 255, dtype=np.uint8)
     for i, name in enumerate(COLUMNS):
@@ -85,14 +100,46 @@ def contact_sheet(samples: list[dict[str, Any]], tile: int = 256) -> np.ndarray:
 
 def _caption(sample: dict[str, Any]) -> str:
     """'#index' and what the subject is: pose and age, species, or class."""
-    subject = sample["labels"]["subject"]
+    params = sample["labels"]["instances"][0]["params"]
     words = [f"#{sample['index']}"]
     for key in ("species", "class", "pose_name"):
-        if subject.get(key):
-            words.append(str(subject[key]))
-    if subject.get("age_years") is not None:
-        words.append(f"age {subject['age_years']:.0f}")
+        if params.get(key):
+            words.append(str(params[key]))
+    if params.get("age_years") is not None:
+        words.append(f"age {params['age_years']:.0f}")
     return " ".join(words)
+
+
+def frame_sheet(samples: list[dict[str, Any]], tile: int = 192, marks: bool = True) -> np.ndarray:
+    """(rows = frames, columns = cameras) grid of the images (or normals without images), with the
+    body's keypoints drawn (filled = visible, ring = hidden) and camera names on top."""
+    names = [c["name"] for c in samples[0]["labels"]["views"].values()]
+    header = np.full((24, tile * len(names) + 90, 3), 255, np.uint8)
+    for c, name in enumerate(names):
+        cv2.putText(header, name, (90 + c * tile + 6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    rows = [header]
+    for sample in samples:
+        tiles = []
+        for m, view in enumerate(sample["views"]):
+            image = view.get("image")
+            image = view["layers"]["normal_rgb"] if image is None else image
+            image = image.copy()
+            if marks:
+                mask = view["layers"]["mask"] > 0
+                edge = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+                image[edge] = (0, 255, 255)
+                for u, v, vis in view["keypoints_2d"]:
+                    if vis > 0:
+                        cv2.circle(image, (int(round(u)), int(round(v))), 3, (255, 0, 0) if vis == 2 else (255, 255, 255),
+                                   -1 if vis == 2 else 1)
+            tiles.append(cv2.resize(image, (tile, tile), interpolation=cv2.INTER_AREA))
+        label = np.full((tile, 90, 3), 255, np.uint8)
+        labels = sample["labels"]
+        for k, text in enumerate([f"seq {labels['sequence']['id']}", f"frame {labels['frame']}",
+                                  f"{labels['time_s']:.2f} s", labels["sequence"]["motion"].get("name", "")]):
+            cv2.putText(label, str(text), (4, 20 + 18 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+        rows.append(np.concatenate([label] + tiles, axis=1))
+    return np.concatenate(rows, axis=0)
 
 
 def save_rgb(path: str | Path, rgb: np.ndarray) -> None:

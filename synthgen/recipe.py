@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from synthgen.errors import UserError
-from synthgen.sequence_config import SequenceConfig
+from synthgen.sequences.config import SequenceConfig
 
 __all__ = ["Recipe", "RecipeError", "load_recipe", "recipe_from_dict", "recipe_hash"]
 
@@ -287,7 +287,7 @@ class CameraConfig(_Strict):
         return self
 
 
-LayerName = Literal["normal", "depth", "mask", "parts", "edges", "skeleton"]
+LayerName = Literal["normal", "depth", "mask", "parts", "edges", "skeleton", "instance"]
 
 
 class RenderConfig(_Strict):
@@ -402,8 +402,9 @@ class OutputConfig(_Strict):
     shard_size: int = Field(64, ge=1, le=100000, description="samples per shard")
     jpeg_quality: int = Field(92, ge=10, le=100)
     layers: list[LayerName] = Field(default_factory=lambda: ["normal", "depth", "mask", "parts",
-                                                             "edges", "skeleton"],
-                                    description="conditioning layers written to shards")
+                                                             "edges", "skeleton", "instance"],
+                                    description="conditioning layers written to shards (instance: "
+                                                "uint8 ids, instances[].id, 0 = background)")
     vertices: bool = Field(False, description="also write posed vertices (npz, camera frame)")
     max_errors: float = Field(0.01, ge=0.0, description="error budget: samples whose making raises "
                               "are recorded and skipped; the run stops once more than this many fail "
@@ -428,7 +429,7 @@ class Recipe(_Strict):
                                             "views, synthgen.sequence); null = single images")
 
 
-def _format_error(err: ValidationError) -> str:
+def format_validation_error(err: ValidationError) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "<recipe>"
     msg = first["msg"].removeprefix("Value error, ")
@@ -457,19 +458,26 @@ def recipe_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...
     try:
         return Recipe.model_validate(plain)
     except ValidationError as exc:
-        raise RecipeError(_format_error(exc)) from None
+        raise RecipeError(format_validation_error(exc)) from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read a recipe YAML and apply overrides. Relative paths inside stay relative to the caller."""
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(f"recipe file {str(path)!r} does not exist; pass a YAML file such as "
+        problem = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise RecipeError(f"recipe file {str(path)!r} {problem}; pass a YAML file such as "
                           "recipes/quickstart.yaml")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"recipe file {str(path)!r} cannot be read ({exc}); pass a readable YAML "
+                          "text file such as recipes/quickstart.yaml") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of keys to values, got "
+                          f"{type(data).__name__}; see recipes/quickstart.yaml")
     return recipe_from_dict(data, overrides)
 
 
@@ -478,6 +486,6 @@ def recipe_hash(recipe: Recipe) -> str:
 
     num_samples is excluded because it decides how many samples exist, not what sample i is.
     """
-    exclude = {"num_samples"} | ({"sequence"} if recipe.sequence is None else set())  # old hashes stay valid
+    exclude = {"num_samples"} | ({"sequence"} if recipe.sequence is None else set())  # an absent section is not hashed
     payload = recipe.model_dump(mode="json", exclude=exclude)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -17,24 +17,47 @@ from typing import Any
 
 import numpy as np
 
-from synthgen import write
+from synthgen import __version__, write
 from synthgen.errors import UserError
+from synthgen.labels import views_of
 
 
 def _manifest(out_dir: Path) -> dict[str, Any]:
+    """The run's manifest; ``UserError`` unless ``out_dir`` is a synthgen output folder."""
     path = Path(out_dir) / write.MANIFEST
     if not path.is_file():
         raise UserError(f"{out_dir}: no {write.MANIFEST} here; pass the --out folder of a synthgen run")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: cannot be read as JSON ({exc}); pass the --out folder of a synthgen "
+                        "run (delete a damaged manifest and rerun the same `synthgen generate` command "
+                        "to rebuild it from the shards)") from None
+    if not isinstance(manifest, dict) or not {"recipe", "recipe_hash"} <= manifest.keys():
+        raise UserError(f"{path}: not a synthgen manifest (no recipe / recipe_hash); pass the --out "
+                        "folder of a synthgen run")
+    return manifest
+
+
+def _recipe(manifest: dict[str, Any], out_dir: Path) -> Recipe:  # noqa: F821
+    """The run's recipe, validated by this synthgen version."""
+    from pydantic import ValidationError
+
+    from synthgen.recipe import Recipe, format_validation_error
+
+    try:
+        return Recipe.model_validate(manifest["recipe"])
+    except ValidationError as exc:
+        raise UserError(f"{out_dir / write.MANIFEST}: its recipe is not valid for synthgen {__version__} "
+                        f"({format_validation_error(exc)}); use the synthgen version that wrote it "
+                        f"({manifest.get('synthgen_version', 'unknown')})") from None
 
 
 def run_status(out_dir: str | Path) -> dict[str, Any]:
     """Done/total samples, shards, rejects, errors and the observed rate, from the files on disk."""
-    from synthgen.recipe import Recipe
-
     out_dir = Path(out_dir)
     manifest = _manifest(out_dir)
-    recipe = Recipe.model_validate(manifest["recipe"])
+    recipe = _recipe(manifest, out_dir)
     tasks = write.plan_shards(recipe.num_samples, recipe.output.shard_size)
     sidecars = write.read_sidecars(out_dir, tasks)
     done = sum(i["stop"] - i["start"] for i in sidecars.values())
@@ -96,11 +119,13 @@ def _parameter_table(samples: list[dict[str, Any]]) -> dict[str, list]:
                                               "elevation (deg)", "roll (deg)", "SAM IoU",
                                               "keypoints in SAM mask")}
     for s in samples:
-        labels, subject = s["labels"], s["labels"]["subject"]
+        labels = s["labels"]
+        view = next(iter(views_of(labels).values()))
+        params = view["instances"][0]["params"] if view["instances"] else {}
         camera, verdict = labels.get("camera", {}), labels.get("filter") or {}
-        values = {"age (years)": subject.get("age_years"), "height (m)": subject.get("height_m"),
-                  "pose": subject.get("pose_name", "").split(":")[0] or None,
-                  "focal length (px)": labels["cam_int"][0][0], "field of view (deg)": camera.get("fov_deg"),
+        values = {"age (years)": params.get("age_years"), "height (m)": params.get("height_m"),
+                  "pose": (params.get("pose_name") or "").split(":")[0] or None,
+                  "focal length (px)": view["cam_int"][0][0], "field of view (deg)": camera.get("fov_deg"),
                   "distance (m)": camera.get("distance"), "azimuth (deg)": camera.get("azimuth_deg"),
                   "elevation (deg)": camera.get("elevation_deg"), "roll (deg)": camera.get("roll_deg"),
                   "SAM IoU": verdict.get("sam_iou"), "keypoints in SAM mask": verdict.get("keypoints_in_sam_mask")}
@@ -142,12 +167,14 @@ def _contact_sheet(samples: list[dict[str, Any]], columns: int = 6, tile: int = 
 
     tiles = []
     for s in samples:
-        image = s.get("image")
-        if image is None:
-            image = s.get("normal", np.zeros((tile, tile, 3), np.uint8))
-        mask = s["mask"].astype(np.uint8) * 255 if "mask" in s else None
-        tiles.append(cv2.resize(overlay(image, s["labels"], mask, s.get("skeleton")), (tile, tile),
-                                interpolation=cv2.INTER_AREA))
+        for name, view in s["views"].items():
+            image = view.get("image")
+            if image is None:
+                image = view.get("normal", np.zeros((tile, tile, 3), np.uint8))
+            mask = view["mask"].astype(np.uint8) * 255 if "mask" in view else None
+            record = views_of(s["labels"])[name]
+            tiles.append(cv2.resize(overlay(image, record, mask, view.get("skeleton")), (tile, tile),
+                                    interpolation=cv2.INTER_AREA))
     while len(tiles) % columns:
         tiles.append(np.full((tile, tile, 3), 255, np.uint8))
     rows = [np.concatenate(tiles[i:i + columns], axis=1) for i in range(0, len(tiles), columns)]
@@ -158,16 +185,29 @@ def write_report(out_dir: str | Path, report_path: str | Path | None = None, max
                  sheet_samples: int = 24) -> Path:
     """Write an HTML page about a run; returns its path (default ``DIR/report.html``)."""
     out_dir = Path(out_dir)
+    if max_samples < 1:
+        raise UserError(f"--max-samples must be at least 1, got {max_samples}")
     status = run_status(out_dir)
     manifest = _manifest(out_dir)
+    path = Path(report_path) if report_path else out_dir / "report.html"
+    _check_report_path(path)
     samples = _collect(out_dir, max_samples)
     if not samples:
         raise UserError(f"{out_dir}: no complete shard yet; run `synthgen status {out_dir}`")
     figures = _histograms(_parameter_table(samples), manifest.get("rejected", []))
     sheet = _rgb_data_uri(_contact_sheet(samples[:sheet_samples]))
-    path = Path(report_path) if report_path else out_dir / "report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(_html(status, manifest, figures, sheet, len(samples)))
     return path
+
+
+def _check_report_path(path: Path) -> None:
+    """Refuse a report path that cannot be written, before any shard is read."""
+    if path.is_dir():
+        raise UserError(f"report file {path}: is a folder; pass --html a file name such as "
+                        f"{path / 'report.html'}")
+    write.check_writable_folder(path.parent, f"report file {path}: its folder",
+                                "pass --html a file path in a folder you can write to")
 
 
 def _html(status: dict, manifest: dict, figures: list[tuple[str, str]], sheet: str, n: int) -> str:

@@ -1,157 +1,35 @@
-"""Running a recipe: which process makes which shard, progress, the manifest.
+"""Running a recipe: the one place that maps a recipe to the factory making its samples.
 
-- One process: ``synthgen generate`` spreads shards over ``--workers`` spawned processes
-  (each builds its own models and GL context; spawn, because EGL contexts and OpenMP state do
-  not survive fork).
-- Many processes or nodes: under ``torchrun`` or ``accelerate launch`` (``WORLD_SIZE`` > 1)
-  accelerate's ``PartialState`` gives this process its rank; shard ``k`` belongs to rank
-  ``k % world_size``, so no rank writes another's shard and the dataset is the same for any
-  world size. Rank 0 shows one progress bar for all ranks (it watches the shard sidecars appear)
-  and writes the manifest once every rank is done.
+- :func:`factory_class`: a recipe with a ``sequence:`` section makes body-worn camera
+  sequences (:class:`synthgen.sequences.SequenceFactory`), any other single images
+  (:class:`synthgen.images.ImageFactory`).
+- :func:`generate`: checks that every model the recipe names is on disk, then lets
+  :mod:`synthgen.engine.launch` write the shards (ranks, workers, progress, manifest).
 """
 
 from __future__ import annotations
 
-import logging
-import multiprocessing as mp
-import os
-import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
-from tqdm.auto import tqdm
-
-from synthgen import write
+from synthgen.engine import launch
 from synthgen.generate import check_backend_models
-from synthgen.pipeline import SampleFactory
 from synthgen.recipe import Recipe
-from synthgen.sequence import factory_class
-
-log = logging.getLogger(__name__)
 
 
-@dataclass
-class Ranks:
-    """This process's place in a distributed launch (rank 0 of 1 when not launched)."""
+def factory_class(recipe: Recipe) -> type:
+    """The factory class that makes ``recipe``'s samples."""
+    if recipe.sequence is not None:
+        from synthgen.sequences import SequenceFactory
 
-    rank: int = 0
-    world: int = 1
-    device: str | None = None
-    barrier: Callable[[], None] = lambda: None
+        return SequenceFactory
+    from synthgen.images import ImageFactory
 
-
-def ranks_from_launcher() -> Ranks:
-    """Rank, world size, device and barrier from torchrun / accelerate launch, if any."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return Ranks()
-    import torch
-    from accelerate import PartialState
-
-    # ranks on one node share its cores: keep torch and llvmpipe from each taking all of them
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
-    threads = max(1, (os.cpu_count() or 1) // local)
-    torch.set_num_threads(threads)
-    os.environ.setdefault("LP_NUM_THREADS", str(threads))
-    state = PartialState(cpu=not torch.cuda.is_available())
-    return Ranks(state.process_index, state.num_processes, str(state.device), state.wait_for_everyone)
+    return ImageFactory
 
 
-# --- worker processes --------------------------------------------------------------------------
-_FACTORY: SampleFactory | None = None
-_PROGRESS = None
-
-
-def _init_worker(recipe_json: dict, progress_queue, threads: int) -> None:
-    global _FACTORY, _PROGRESS
-    import torch
-
-    # one worker per core: keep torch and Mesa's llvmpipe from each starting a thread per core
-    torch.set_num_threads(threads)
-    os.environ.setdefault("LP_NUM_THREADS", str(threads))
-    logging.basicConfig(level=logging.WARNING)
-    recipe = Recipe.model_validate(recipe_json)
-    _FACTORY = factory_class(recipe)(recipe)
-    _PROGRESS = progress_queue
-
-
-def _run_shard(args: tuple[str, write.ShardTask, list]) -> dict[str, Any]:
-    out_dir, task, all_tasks = args
-    assert _FACTORY is not None
-    return _FACTORY.write_shards(Path(out_dir), [task], lambda: _PROGRESS.put(1),
-                                 lambda: _errors_so_far(Path(out_dir), all_tasks))[0]
-
-
-def _errors_so_far(out_dir: Path, tasks: list[write.ShardTask]) -> int:
-    return sum(len(info.get("errors", [])) for info in write.read_sidecars(out_dir, tasks).values())
-
-
-def _run_in_process(recipe: Recipe, out_dir: Path, tasks: list, all_tasks: list, device, tick,
-                    loader_workers: int) -> None:
-    factory = factory_class(recipe)(recipe, device, loader_workers=loader_workers)
-    factory.write_shards(out_dir, tasks, tick, lambda: _errors_so_far(out_dir, all_tasks))
-
-
-def _run_in_pool(recipe: Recipe, out_dir: Path, tasks: list, all_tasks: list, workers: int, tick) -> None:
-    ctx = mp.get_context("spawn")
-    progress = ctx.Queue()
-    threads = max(1, (os.cpu_count() or 1) // workers)
-
-    def drain():
-        while progress.get() is not None:
-            tick()
-
-    listener = threading.Thread(target=drain, daemon=True)
-    listener.start()
-    try:
-        with ctx.Pool(workers, initializer=_init_worker,
-                      initargs=(recipe.model_dump(mode="json"), progress, threads)) as pool:
-            jobs = [(str(out_dir), t, all_tasks) for t in tasks]
-            for _ in pool.imap_unordered(_run_shard, jobs):
-                pass
-    finally:
-        progress.put(None)
-        listener.join(timeout=5)
-
-
-class _Progress:
-    """Rank 0's bar: complete shards on disk (every rank's) plus this process's samples in flight."""
-
-    def __init__(self, out_dir: Path, tasks: list, total: int, enabled: bool):
-        self.out_dir, self.tasks = out_dir, tasks
-        self.local = 0
-        self.bar = tqdm(total=total, unit="sample", desc="generate", disable=not enabled,
-                        smoothing=0.1, mininterval=1.0)
-        self.stop = threading.Event()
-        self.base = self._on_disk()[0]
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-        self.thread.start()
-
-    def _on_disk(self) -> tuple[int, int, int]:
-        sidecars = write.read_sidecars(self.out_dir, self.tasks).values()
-        done = sum(i["stop"] - i["start"] for i in sidecars)
-        return done, sum(i["samples"] for i in sidecars), sum(len(i.get("rejected", [])) for i in sidecars)
-
-    def tick(self) -> None:
-        self.local += 1
-
-    def _watch(self) -> None:
-        while not self.stop.wait(1.0):
-            self.refresh()
-
-    def refresh(self) -> None:
-        done, kept, rejected = self._on_disk()
-        self.bar.n = max(done, self.base + self.local)
-        if kept + rejected:
-            self.bar.set_postfix(accepted=f"{100 * kept / (kept + rejected):.0f}%", refresh=False)
-        self.bar.refresh()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join()
-        self.refresh()
-        self.bar.close()
+def build_factory(recipe: Recipe, device: str | None = None, cpu_only: bool = False):
+    """A factory for ``recipe`` in this process (models built here)."""
+    return factory_class(recipe)(recipe, device=device, cpu_only=cpu_only)
 
 
 def generate(recipe: Recipe, out_dir: str | Path, workers: int = 1, progress: bool = True,
@@ -162,53 +40,5 @@ def generate(recipe: Recipe, out_dir: str | Path, workers: int = 1, progress: bo
     backend runs generation in this process (one GPU per rank) and its CPU stages in
     ``loader_workers`` DataLoader processes (default: ``workers``).
     """
-    out_dir = Path(out_dir)
     check_backend_models(recipe)  # missing weights fail here, before any work
-    ranks = ranks_from_launcher()
-    tasks = write.plan_shards(recipe.num_samples, recipe.output.shard_size)
-    if ranks.rank == 0:
-        write.check_output_dir(out_dir, recipe)
-        write.write_manifest(out_dir, recipe, tasks)
-    ranks.barrier()
-    rank_log = _log_to_file(out_dir / "logs" / f"rank-{ranks.rank}.log", ranks)
-    mine = [t for t in tasks if t.index % ranks.world == ranks.rank and not write.is_complete(out_dir, t)]
-    log.info("rank %d/%d: %d of %d shards to write into %s", ranks.rank, ranks.world, len(mine),
-             len(tasks), out_dir)
-    bar = _Progress(out_dir, tasks, recipe.num_samples, progress and ranks.rank == 0)
-    start = time.perf_counter()
-    uses_gpu = recipe.backend.kind == "controlnet"
-    workers = max(1, workers if uses_gpu else min(workers, len(mine)))
-    try:
-        if not mine:
-            pass
-        elif uses_gpu:
-            loaders = workers if loader_workers is None else loader_workers
-            _run_in_process(recipe, out_dir, mine, tasks, ranks.device, bar.tick, loaders)
-        elif workers == 1:
-            _run_in_process(recipe, out_dir, mine, tasks, ranks.device, bar.tick, loader_workers or 0)
-        else:
-            _run_in_pool(recipe, out_dir, mine, tasks, workers, bar.tick)
-    finally:
-        bar.close()
-    elapsed = time.perf_counter() - start
-    ranks.barrier()
-    made = sum(t.stop - t.start for t in mine)
-    stats = {"last_run_seconds": round(elapsed, 3), "last_run_samples": made,
-             "last_run_samples_per_second": round(made / elapsed, 3) if elapsed > 0 else None,
-             "workers": workers, "world_size": ranks.world}
-    logging.getLogger("synthgen").removeHandler(rank_log)
-    rank_log.close()
-    if ranks.rank != 0:  # rank 0 alone writes the manifest
-        return {"rank": ranks.rank, "stats": stats}
-    return write.write_manifest(out_dir, recipe, tasks, stats)
-
-
-def _log_to_file(path: Path, ranks: Ranks) -> logging.Handler:
-    """Append this rank's synthgen log records to DIR/logs/rank-R.log."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter(
-        f"%(asctime)s rank {ranks.rank}/{ranks.world} %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.INFO)
-    logging.getLogger("synthgen").addHandler(handler)
-    return handler
+    return launch.generate(factory_class(recipe), recipe, out_dir, workers, progress, loader_workers)

@@ -168,19 +168,64 @@ def read_sidecars(out_dir: Path, tasks: list[ShardTask]) -> dict[int, dict[str, 
     return out
 
 
-def check_output_dir(out_dir: Path, recipe: Recipe) -> None:
-    """Refuse to mix two recipes in one folder (nothing written there is touched)."""
-    manifest = Path(out_dir) / MANIFEST
-    if not manifest.is_file():
-        return
+def _nearest_existing(path: Path) -> Path:
+    """``path`` itself or its closest ancestor that exists."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable_folder(folder: str | Path, label: str, fix: str) -> None:
+    """Raise ``UserError`` unless ``folder`` is, or can be created as, a writable folder.
+
+    Nothing is created or written. ``label`` names the option (``--out``), ``fix`` ends the message.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{label} {folder}: is an existing file, not a folder; {fix}")
+    base = _nearest_existing(folder)
+    if not base.is_dir():
+        raise UserError(f"{label} {folder}: cannot be created because {base} is a file, not a folder; {fix}")
+    if not os.access(base, os.W_OK | os.X_OK):
+        verb = "written" if base == folder else "created"
+        raise UserError(f"{label} {folder}: cannot be {verb}, {base} is not writable (permissions or a "
+                        f"read-only file system); {fix}")
+
+
+def _manifest_recipe_hash(out_dir: Path) -> str | None:
+    """The recipe hash in ``DIR/manifest.json``; None when there is none; refuses a foreign file."""
+    manifest = out_dir / MANIFEST
+    if not manifest.exists():
+        return None
     try:
-        old = json.loads(manifest.read_text()).get("recipe_hash")
-    except (OSError, json.JSONDecodeError):
-        return
+        data = json.loads(manifest.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = exc
+    if not isinstance(data, dict) or "recipe_hash" not in data:
+        raise UserError(f"--out {out_dir}: {manifest} is not a readable synthgen manifest and would be "
+                        f"overwritten; choose another --out folder, or delete it if it is a damaged "
+                        f"synthgen manifest (it is rebuilt from the shards)")
+    return data["recipe_hash"]
+
+
+def check_output_dir(out_dir: Path, recipe: Recipe) -> None:
+    """Refuse an ``--out`` that cannot be a writable folder, or that holds another recipe's data;
+    otherwise create it.
+
+    Runs before any work and touches nothing written there.
+    """
+    out_dir = Path(out_dir)
+    fix = "pass a folder path you can write to (a new one, or the --out of an earlier run of this recipe)"
+    check_writable_folder(out_dir, "--out", fix)
+    old = _manifest_recipe_hash(out_dir)
     if old and old != recipe_hash(recipe):
         raise UserError(
             f"--out {out_dir} already holds a dataset made by another recipe (hash {old}, this one "
             f"is {recipe_hash(recipe)}); choose a new --out folder or rerun the same recipe")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out_dir}: cannot be created ({exc.strerror}); {fix}") from None
 
 
 def write_manifest(out_dir: Path, recipe: Recipe, tasks: list[ShardTask],

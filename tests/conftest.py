@@ -32,9 +32,9 @@ def small_recipe(**sections):
 
 @pytest.fixture(scope="session")
 def anny_factory():
-    from synthgen.pipeline import SampleFactory
+    from synthgen.images import ImageFactory
 
-    return SampleFactory(small_recipe(image={"width": 256, "height": 256}))
+    return ImageFactory(small_recipe(image={"width": 256, "height": 256}))
 
 
 @pytest.fixture(scope="session")

@@ -15,10 +15,10 @@ from synthgen.errors import MissingModelError, UserError
 from synthgen.recipe import SubjectConfig, recipe_from_dict
 from synthgen.subjects import animal_poses as ap
 from synthgen.subjects import build_subject_model
+from synthgen.subjects.model_files import read_npz_arrays
 from synthgen.subjects.quadruped import quadruped_arrays, write_quadruped
 from synthgen.subjects.smal_body import (BATCH, SMAL_FAMILIES, SmalBody, convert_pickle, draw_betas,
                                          geometric_keypoints)
-from synthgen.subjects.smpl_body import read_npz_arrays
 
 try:  # tests/ on sys.path (rootdir-less "prepend" import mode) or tests as a package
     import smal_fixture
@@ -120,7 +120,7 @@ def test_a_pickle_is_only_read_with_the_opt_in(files, tmp_path, monkeypatch, cap
         raise AssertionError("unpickled again")
 
     monkeypatch.setattr(pickle, "Unpickler", no_unpickling)
-    monkeypatch.setattr("synthgen.subjects.smal_body._ArraysUnpickler", no_unpickling)
+    monkeypatch.setattr("synthgen.subjects.model_files.ArraysUnpickler", no_unpickling)
     again = SmalBody(animal(model="smal", model_path=str(pkl), animal={"convert_pickle": True}))
     np.testing.assert_array_equal(again.faces, first.faces)
 
@@ -317,7 +317,10 @@ def test_interface_and_keypoint_parts(quadruped):
     assert len(ap.KEYPOINT_NAMES) == 26 and len(quadruped.keypoint_parts) == 26
     assert all(p and all(0 < i < len(ap.PART_NAMES) for i in p) for p in quadruped.keypoint_parts)
     assert set(np.unique(quadruped.face_parts)) == set(range(1, len(ap.PART_NAMES)))
-    sk = quadruped.draw_skeleton(np.array([[40.0, 40.0, 2.0]] * 26), 96, 96)
+    from synthgen.render.layers import draw_skeleton
+
+    sk = draw_skeleton(np.array([[40.0, 40.0, 2.0]] * 26), quadruped.keypoint_names, 96, 96,
+                       quadruped.skeleton_edges)
     assert sk.shape == (96, 96, 3) and sk.dtype == np.uint8 and sk.any()
 
 
@@ -361,18 +364,19 @@ def test_animal_shards_read_back(tmp_path):
                                "image": {"width": 96, "height": 96}, "subject": {"kind": "animal"},
                                "render": {"backend": "torch"}, "output": {"shard_size": 2, "vertices": True}})
     generate(recipe, tmp_path / "out", progress=False)
-    samples = list(load_shards(tmp_path / "out"))
+    samples = list(load_shards(tmp_path / "out", flat=True))
     assert len(samples) == 4
     for s in samples:
-        subject = s["labels"]["subject"]
-        assert subject["kind"] == "animal" and subject["model"] == "quadruped"
+        [instance] = s["labels"]["instances"]
+        params, genzoo = instance["params"], instance["camera_labels"]
+        assert instance["kind"] == "animal" and instance["model"] == "quadruped"
         assert s["poses"].shape == (105,) and s["betas"].shape == (10,) and s["transl"].shape == (3,)
-        assert subject["species"] in SMAL_FAMILIES
+        assert params["species"] in SMAL_FAMILIES
         assert s["keypoints_2d"].shape == (26, 3) and s["image"].shape == (96, 96, 3)
-        assert s["labels"]["keypoint_names"] == ap.KEYPOINT_NAMES
+        assert instance["keypoint_names"] == ap.KEYPOINT_NAMES
         for key in ("fov", "scale", "txs", "tys", "keypoint_2d", "keypoint_3d", "transl_cam"):
-            assert key in subject, f"labels.subject.{key} missing (pipeline camera_labels hook)"
-        np.testing.assert_allclose(np.array(subject["keypoint_2d"])[:, :2], s["keypoints_2d"][:, :2], atol=1e-3)
+            assert key in genzoo, f"instances[0].camera_labels.{key} missing"
+        np.testing.assert_allclose(np.array(genzoo["keypoint_2d"])[:, :2], s["keypoints_2d"][:, :2], atol=1e-3)
         k3 = s["keypoints_3d"].astype(np.float64) @ s["cam_int"].astype(np.float64).T
         np.testing.assert_allclose(k3[:, :2] / k3[:, 2:], s["keypoints_2d"][:, :2], atol=1e-2)
         assert s["npz.vertices"].shape == (3926, 3)

@@ -349,9 +349,10 @@ def test_real_render_layers_normal_and_skeleton(anny_factory, tmp_path):
 
 
 def test_recipe_through_the_pipeline(tmp_path):
-    """A controlnet recipe run by SampleFactory: prompts, batching and images end to end."""
+    """A controlnet recipe run by the image factory: prompts, batching and images end to end."""
     from conftest import small_recipe
-    from synthgen.pipeline import SampleFactory
+    from synthgen.engine import finished_samples
+    from synthgen.images import ImageFactory
 
     models = build_tiny_sd15(tmp_path / "sd15", num_controlnets=2)
     units = [{"model": models["controlnets"][0], "layer": "depth", "scale": 0.65},
@@ -359,7 +360,7 @@ def test_recipe_through_the_pipeline(tmp_path):
     recipe = small_recipe(backend={"kind": "controlnet",
                                    "controlnet": {"base_model": models["base"], "controlnets": units,
                                                   "steps": 2, "batch_size": 2, "device": "cpu"}})
-    samples = list(SampleFactory(recipe).samples([0, 1, 2]))
+    samples = list(finished_samples(ImageFactory(recipe), [0, 1, 2]))
     assert [s["index"] for s in samples] == [0, 1, 2]
     for s in samples:
         assert s["image"].shape == (128, 128, 3) and s["image"].dtype == np.uint8

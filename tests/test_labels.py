@@ -13,7 +13,7 @@ from synthgen.data import load_shards, shard_paths
 @pytest.fixture(scope="module")
 def samples(generated):
     out, _ = generated
-    return list(load_shards(out))
+    return list(load_shards(out, flat=True))
 
 
 def test_every_sample_is_written_once_in_order(generated, samples):
@@ -27,9 +27,10 @@ def test_every_sample_is_written_once_in_order(generated, samples):
 
 def test_projection_of_keypoints_3d_equals_keypoints_2d(samples):
     for s in samples:
-        K, X = np.asarray(s["labels"]["cam_int"]), np.asarray(s["labels"]["keypoints_3d"])
+        instance = s["labels"]["instances"][0]
+        K, X = np.asarray(s["labels"]["cam_int"]), np.asarray(instance["keypoints_3d"])
         uv = (X @ K.T)[:, :2] / (X @ K.T)[:, 2:3]
-        assert np.abs(uv - np.asarray(s["labels"]["keypoints_2d"])[:, :2]).max() < 0.01
+        assert np.abs(uv - np.asarray(instance["keypoints_2d"])[:, :2]).max() < 0.01
 
 
 def test_visible_keypoints_fall_inside_the_mask(samples):
@@ -48,18 +49,20 @@ def test_visible_keypoints_fall_inside_the_mask(samples):
 def test_bbox_center_scale_follow_the_mask(samples):
     for s in samples:
         rows, cols = np.nonzero(s["mask"])
-        x, y, w, h = s["labels"]["bbox"]
+        instance = s["labels"]["instances"][0]
+        x, y, w, h = instance["bbox"]
         assert x == cols.min() - 0.5 and y == rows.min() - 0.5
         assert w == cols.max() - cols.min() + 1 and h == rows.max() - rows.min() + 1
-        assert s["labels"]["scale"] == pytest.approx(max(w, h) / 200)
-        assert s["labels"]["center"] == pytest.approx([x + w / 2, y + h / 2])
+        assert instance["scale"] == pytest.approx(max(w, h) / 200)
+        assert instance["center"] == pytest.approx([x + w / 2, y + h / 2])
+        assert ((s["instance"] == instance["id"]) == s["mask"]).all()  # the id layer
 
 
 def test_depth_layer_is_metric_z_in_millimetres(samples):
     for s in samples:
         depth, mask = s["depth"], s["mask"]
         assert ((depth > 0) == mask).all()
-        X = np.asarray(s["labels"]["keypoints_3d"])
+        X = s["keypoints_3d"]
         assert 0.2 < np.median(depth[mask]) < 30
         # the body's surface depth brackets its keypoints' depth
         assert depth[mask].min() < X[:, 2].max() and depth[mask].max() > X[:, 2].min()
@@ -87,14 +90,27 @@ def test_cam_ext_is_a_rigid_world_to_camera_map(samples):
 
 def test_labels_use_the_names_users_know(samples):
     labels = samples[0]["labels"]
-    for key in ("cam_int", "cam_ext", "keypoints_2d", "keypoints_3d", "keypoint_names", "bbox",
-                "center", "scale", "index", "seed", "recipe_hash", "image_size"):
+    for key in ("cam_int", "cam_ext", "index", "seed", "recipe_hash", "image_size", "conventions", "instances"):
         assert key in labels
-    subject = labels["subject"]
-    assert subject["body_model"]["name"] == "anny"
-    assert set(subject["phenotype"]) == {"gender", "age", "muscle", "weight", "height", "proportions"}
-    assert np.asarray(subject["bone_rotvec"]).shape == (103, 3)
-    assert len(labels["keypoint_names"]) == np.asarray(labels["keypoints_2d"]).shape[0] == 23
+    [instance] = labels["instances"]
+    for key in ("id", "kind", "model", "keypoints_2d", "keypoints_3d", "keypoint_names", "bbox", "center",
+                "scale", "params"):
+        assert key in instance
+    assert instance["id"] == 1 and instance["kind"] == "human" and instance["model"] == "anny"
+    params = instance["params"]
+    assert params["body_model"]["name"] == "anny"
+    assert set(params["phenotype"]) == {"gender", "age", "muscle", "weight", "height", "proportions"}
+    assert np.asarray(params["bone_rotvec"]).shape == (103, 3)
+    assert len(instance["keypoint_names"]) == np.asarray(instance["keypoints_2d"]).shape[0] == 23
+
+
+def test_flat_arrays_for_single_subject_training(samples):
+    s = samples[0]
+    instance = s["instances"][0]
+    assert s["keypoints_2d"].dtype == np.float32 and s["keypoints_2d"].shape == (23, 3)
+    assert np.array_equal(s["keypoints_2d"], instance["keypoints_2d"])
+    assert s["bone_rotvec"].shape == (103, 3) and s["cam_int"].shape == (3, 3)
+    assert s["views"]["image"]["image"] is s["image"]
 
 
 def test_plain_webdataset_reads_layers_with_their_bit_depth(generated):

@@ -7,7 +7,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from synthgen.errors import UserError
-from synthgen.motion import (
+from synthgen.sequences.motion import (
     PROCEDURAL,
     MotionFileBank,
     draw_motion,
@@ -17,7 +17,7 @@ from synthgen.motion import (
     slerp_matrices,
     yaw_matrix,
 )
-from synthgen.sequence_config import MotionConfig
+from synthgen.sequences.config import MotionConfig
 from synthgen.subjects.poses import SMPL_JOINTS
 
 
@@ -104,11 +104,11 @@ def test_bad_motion_files_are_user_errors(tmp_path):
 
 def test_amass_motion_drives_anny_through_the_retarget(tmp_path):
     from synthgen.recipe import SubjectConfig
-    from synthgen.sequence import _AnnyFrames
+    from synthgen.sequences.bodies import AnnyFrames
     from synthgen.subjects.anny_body import AnnyBody
     from synthgen.subjects.base import KEYPOINT_NAMES
 
-    body = _AnnyFrames(AnnyBody(SubjectConfig()), ["head", "left_knee"])
+    body = AnnyFrames(AnnyBody(SubjectConfig()), ["head", "left_knee"])
     config = MotionConfig(files=[str(_amass_file(tmp_path / "clip.npz", knee_deg=90.0))], file_fraction=1.0,
                           yaw_deg=(0.0, 0.0))
     motion = draw_motion(config, MotionFileBank(config.files), 0, 0, duration=0.2).sample(np.array([0.0, 0.1]))

@@ -277,20 +277,23 @@ def test_object_shards_carry_exact_viewpoint_labels(tmp_path):
     from synthgen.data import load_shards
 
     out = _generate(tmp_path, "objects", {"kind": "object"}, {"mode": "viewpoint"})
-    samples = list(load_shards(out))
+    samples = list(load_shards(out, flat=True))
     assert len(samples) == 4
     for s in samples:
-        subject = s["labels"]["subject"]
-        assert subject["kind"] == "object" and subject["class"] in ("car", "chair", "diningtable", "mug")
-        for key in ("azimuth", "elevation", "theta", "distance", "focal", "px", "py", "cad_index", "model_id"):
-            assert key in subject, f"labels.subject.{key} missing"
-        back = camera_to_viewpoint(np.array(s["labels"]["cam_int"]), np.array(s["labels"]["cam_ext"]),
-                                   np.array(subject["viewpoint_center"]))
+        [instance] = s["labels"]["instances"]
+        params, view = instance["params"], instance["camera_labels"]
+        assert instance["kind"] == "object" and params["class"] in ("car", "chair", "diningtable", "mug")
+        for key in ("cad_index", "model_id"):
+            assert key in params, f"instances[0].params.{key} missing"
         for key in ("azimuth", "elevation", "theta", "distance", "focal", "px", "py"):
-            assert abs(back[key] - subject[key]) < 1e-6, key
+            assert key in view, f"instances[0].camera_labels.{key} missing"
+        back = camera_to_viewpoint(np.array(s["labels"]["cam_int"]), np.array(s["labels"]["cam_ext"]),
+                                   np.array(view["viewpoint_center"]))
+        for key in ("azimuth", "elevation", "theta", "distance", "focal", "px", "py"):
+            assert abs(back[key] - view[key]) < 1e-6, key
         drawn = s["labels"]["camera"]
-        assert angle_diff(drawn["azimuth_deg"], subject["azimuth"]) < 1e-3
-        assert s["keypoints_2d"].shape == (8, 3) and s["labels"]["keypoint_names"] == KEYPOINT_NAMES
+        assert angle_diff(drawn["azimuth_deg"], view["azimuth"]) < 1e-3
+        assert s["keypoints_2d"].shape == (8, 3) and instance["keypoint_names"] == KEYPOINT_NAMES
         assert s["mask"].any() and s["image"].shape == (96, 96, 3)
 
 
@@ -301,10 +304,10 @@ def test_all_subject_kinds_read_back_through_the_same_loader(tmp_path, generated
     datasets = {"human": humans, "animal": _generate(tmp_path, "animals", {"kind": "animal"}),
                 "object": _generate(tmp_path, "objects", {"kind": "object"})}
     for kind, folder in datasets.items():
-        samples = list(load_shards(folder))
+        samples = list(load_shards(folder, flat=True))
         assert samples, kind
         for s in samples:
-            assert s["labels"]["subject"]["kind"] == kind
+            assert s["labels"]["instances"][0]["kind"] == kind
             for key in ("image", "mask", "depth", "normal", "parts", "keypoints_2d", "keypoints_3d",
                         "cam_int", "cam_ext", "bbox"):
                 assert key in s, (kind, key)
@@ -315,11 +318,12 @@ def test_all_subject_kinds_read_back_through_the_same_loader(tmp_path, generated
 
 # --- prompts for class-labelled subjects ---------------------------------------------------------
 def test_class_prompt_files_fill_class_view_activity_and_captions(tmp_path):
-    from synthgen.subjects.class_prompts import ClassPrompts, default_template_path
+    from synthgen.class_prompts import ClassPrompts, default_template_path
 
     objects_yaml, animals_yaml = default_template_path("object"), default_template_path("animal")
     cp = ClassPrompts.load(objects_yaml)
-    chair = {"labels": {"subject": {"class": "chair", "azimuth": 90.0, "elevation": 10.0}, "camera": {}}}
+    chair = {"labels": {"instances": [{"params": {"class": "chair"},
+                                       "camera_labels": {"azimuth": 90.0, "elevation": 10.0}}], "camera": {}}}
     prompts = [cp.build(chair, np.random.default_rng(s)) for s in range(60)]
     assert all(any(w in p for w in cp.classes["chair"]) for p in prompts)
     assert any("side view" in p for p in prompts) and any("An image of" in p for p in prompts)
@@ -327,7 +331,7 @@ def test_class_prompt_files_fill_class_view_activity_and_captions(tmp_path):
     assert all(",," not in p and not p.endswith(",") for p in prompts)
     assert cp.build(chair, np.random.default_rng(3)) == cp.build(chair, np.random.default_rng(3))
     zoo = ClassPrompts.load(animals_yaml)
-    dog = {"labels": {"subject": {"species": "dog", "pose_name": "sitting", "yaw_deg": 90.0},
+    dog = {"labels": {"instances": [{"params": {"species": "dog", "pose_name": "sitting", "yaw_deg": 90.0}}],
                       "camera": {"azimuth_deg": 270.0, "elevation_deg": 5.0}}}
     prompts = [zoo.build(dog, np.random.default_rng(s)) for s in range(40)]
     assert all(any(w in p for w in zoo.classes["dog"]) for p in prompts)
@@ -340,12 +344,13 @@ def test_class_prompt_files_fill_class_view_activity_and_captions(tmp_path):
 
 
 def test_prompt_builder_uses_class_templates_for_animals_and_objects():
-    """Needs synthgen.prompt.PromptBuilder(config, subject_kind=...) (the lead's prompt.py change)."""
+    """PromptBuilder(config, subject_kind=...) picks the class templates of animals and objects."""
     from synthgen.prompt import PromptBuilder
     from synthgen.recipe import PromptConfig
-    from synthgen.subjects.class_prompts import default_template_path
+    from synthgen.class_prompts import default_template_path
 
-    sample = {"labels": {"subject": {"class": "mug", "azimuth": 0.0, "elevation": 0.0}, "camera": {}}}
+    sample = {"labels": {"instances": [{"params": {"class": "mug"},
+                                        "camera_labels": {"azimuth": 0.0, "elevation": 0.0}}], "camera": {}}}
     by_kind = PromptBuilder(PromptConfig(), subject_kind="object")
     by_file = PromptBuilder(PromptConfig(templates=str(default_template_path("object"))))
     for builder in (by_kind, by_file):

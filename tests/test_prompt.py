@@ -10,8 +10,8 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from synthgen.errors import UserError
-from synthgen.prompt import (PromptBuilder, age_group, camera_words, describe_pose, gender_key,
-                             load_templates, person_phrase)
+from synthgen.pose_words import describe_pose
+from synthgen.prompt import PromptBuilder, age_group, camera_words, gender_key, load_templates, person_phrase
 from synthgen.recipe import PromptConfig
 from synthgen.subjects.base import KEYPOINT_NAMES, PosedSubject
 from tests.conftest import ROOT, small_recipe
@@ -331,9 +331,9 @@ def test_prompt_from_labels_alone_uses_world_joints():
     t = np.array([0.1, -0.3, 4.0])
     ext = np.eye(4)
     ext[:3, :3], ext[:3, 3] = R, t
-    labels = {"keypoints_3d": (points @ R.T + t).tolist(), "cam_ext": ext.tolist(),
-              "keypoint_names": KEYPOINT_NAMES, "camera": {"subject_fraction": 0.8},
-              "subject": {"age_years": 30.0, "phenotype": {"gender": 0.0}}}
+    instance = {"keypoints_3d": (points @ R.T + t).tolist(), "keypoint_names": KEYPOINT_NAMES,
+                "params": {"age_years": 30.0, "phenotype": {"gender": 0.0}}}
+    labels = {"cam_ext": ext.tolist(), "camera": {"subject_fraction": 0.8}, "instances": [instance]}
     prompt, _ = PromptBuilder(PromptConfig()).build({"labels": labels}, np.random.default_rng(0))
     assert "both arms raised above the head" in prompt and "man" in prompt
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from synthgen.imu import imu_readings
-from synthgen.rigs import (
+from synthgen.sequences.imu import imu_readings
+from synthgen.sequences.rigs import (
     Lens,
     build_lens,
     mount_offset,
@@ -17,8 +17,8 @@ from synthgen.rigs import (
     simulate_mounts,
     unproject_fisheye,
 )
-from synthgen.scene import clip_near
-from synthgen.sequence_config import (
+from synthgen.sequences.scene import clip_near
+from synthgen.sequences.config import (
     DistortionConfig,
     ImuConfig,
     MountConfig,

@@ -11,13 +11,10 @@ import torch
 import webdataset as wds
 from scipy.spatial.transform import Rotation
 
-from synthgen.recipe import Recipe
-from synthgen.sequence import (
-    SequenceFactory,
-    factory_class,
-    load_sequence_recipe,
-    load_sequence_shards,
-)
+from synthgen.data import load_shards
+from synthgen.engine import finished_samples
+from synthgen.recipe import recipe_from_dict
+from synthgen.sequences import SequenceFactory
 from synthgen.write import plan_shards, shard_path
 
 SIZE = 64
@@ -28,7 +25,7 @@ def sequence_recipe(**sequence):
     data = {"name": "ego-test", "seed": 11, "num_samples": 8, "image": {"width": SIZE, "height": SIZE},
             "render": {"backend": "torch"}, "output": {"shard_size": 3}, "backend": {"kind": "shaded"},
             "sequence": {"frames": 4, "fps": 30} | sequence}
-    return load_sequence_recipe(data)
+    return recipe_from_dict(data)
 
 
 @pytest.fixture(scope="module")
@@ -38,25 +35,19 @@ def factory():
 
 @pytest.fixture(scope="module")
 def frames(factory):
-    return list(factory.samples(list(range(4))))
-
-
-def _use_sequence_factory(monkeypatch):
-    """run.generate picks SequenceFactory (what the lead's run.py patch does)."""
-    from synthgen import run
-
-    if "sequence" not in Recipe.model_fields:
-        monkeypatch.setattr(run, "SampleFactory", lambda recipe, *a, **k: factory_class(recipe)(recipe, *a, **k))
+    return list(finished_samples(factory, list(range(4))))
 
 
 def test_keypoints_project_with_each_cameras_stored_parameters(frames):
     for sample in frames:
         labels = sample["labels"]
         world = np.asarray(labels["body"]["keypoints_3d_world"], dtype=np.float64)
-        for key, cam in labels["cameras"].items():
+        for key, cam in labels["views"].items():
             K, ext, c2w = (np.asarray(cam[k]) for k in ("cam_int", "cam_ext", "cam_to_world"))
             assert np.allclose(ext @ c2w, np.eye(4), atol=1e-9)
-            kp3d, kp2d = np.asarray(cam["keypoints_3d"]), np.asarray(cam["keypoints_2d"])
+            [body] = cam["instances"]
+            assert body["id"] == 1 and body["kind"] == "human"
+            kp3d, kp2d = np.asarray(body["keypoints_3d"]), np.asarray(body["keypoints_2d"])
             assert np.allclose(kp3d, world @ ext[:3, :3].T + ext[:3, 3], atol=1e-5)
             front = kp3d[:, 2] > 0.01
             if cam["distortion"]["model"] == "fisheye" and cam["distortion"]["applied"]:
@@ -103,14 +94,14 @@ def test_body_and_scene_share_the_layers(frames):
 
 def test_rigid_mount_stays_fixed_to_its_bone():
     factory = SequenceFactory(sequence_recipe(frames=5, rig={"spring": {"enabled": False}}))
-    frames = list(factory.samples(list(range(5))))
+    frames = list(finished_samples(factory, list(range(5))))
     model = factory.subject_model
     phenotype = frames[0]["labels"]["sequence"]["body"]["phenotype"]
     rest = factory.body._local(factory.sequence(0).motion.sample(np.zeros(1)))[-1]  # T-pose parameters
     relative = {}
     for sample in frames:
         labels = sample["labels"]
-        body = labels["body"]
+        body = labels["views"]["cam0"]["instances"][0]["params"]
         # re-pose Anny from the stored labels alone (independent of the sequence code's arrays)
         root = np.asarray(body["root_transform"], dtype=np.float64)
         pose = np.tile(np.eye(4), (2, len(model.bone_labels), 1, 1))
@@ -121,12 +112,12 @@ def test_rigid_mount_stays_fixed_to_its_bone():
             out = model.model(pose_parameters=torch.from_numpy(pose.astype(np.float32)),
                               phenotype_kwargs={k: torch.full((2,), v) for k, v in phenotype.items()})
         bones = out["bone_poses"].numpy().astype(np.float64)
-        for key, cam in labels["cameras"].items():
+        for key, cam in labels["views"].items():
             rig = next(r for r in labels["sequence"]["rig"] if r["key"] == key)
             b = model.bone_labels.index(rig["bone"])
             socket = np.asarray(cam["socket_to_world"])
             assert np.allclose(socket[:3, 3], bones[0, b, :3, 3] + root[:3, 3], atol=2e-4)
-            from synthgen.rigs import socket_rotation
+            from synthgen.sequences.rigs import socket_rotation
 
             assert np.allclose(socket[:3, :3], socket_rotation(bones[0, b, :3, :3], bones[1, b, :3, :3]), atol=2e-4)
             rel = np.linalg.inv(socket) @ np.asarray(cam["cam_to_world"])
@@ -141,7 +132,7 @@ def test_rigid_mount_stays_fixed_to_its_bone():
 def test_spring_mount_moves_relative_to_its_bone(frames):
     rels = []
     for sample in frames:
-        cam = sample["labels"]["cameras"]["cam2"]  # a wrist: swings while walking or waving
+        cam = sample["labels"]["views"]["cam2"]  # a wrist: swings while walking or waving
         rels.append(np.linalg.inv(np.asarray(cam["socket_to_world"])) @ np.asarray(cam["cam_to_world"]))
     rels = np.stack(rels)
     assert np.allclose(rels[0], np.asarray(frames[0]["labels"]["sequence"]["rig"][2]["cam_in_socket"]), atol=1e-9)
@@ -151,17 +142,17 @@ def test_spring_mount_moves_relative_to_its_bone(frames):
 def test_imu_windows_tile_the_track_and_agree_with_the_camera_poses():
     rate, fps = 300, 30  # IMU samples fall on the frame times
     factory = SequenceFactory(sequence_recipe(frames=6, rig={"spring": {"enabled": False}}, imu={"rate_hz": rate}))
-    frames = list(factory.samples(list(range(6))))
-    for key in frames[0]["labels"]["cameras"]:
-        t = np.concatenate([s["labels"]["cameras"][key]["imu"]["t"] for s in frames])
+    frames = list(finished_samples(factory, list(range(6))))
+    for key in frames[0]["labels"]["views"]:
+        t = np.concatenate([s["labels"]["views"][key]["imu"]["t"] for s in frames])
         assert np.allclose(t, np.arange(len(t)) / rate)  # no gap, no repeat
         assert t[-1] == pytest.approx(5 / fps) and len(t) == 5 * rate // fps + 1
-        assert len(frames[0]["labels"]["cameras"][key]["imu"]["t"]) == 1
+        assert len(frames[0]["labels"]["views"][key]["imu"]["t"]) == 1
         for a, b in itertools.pairwise(frames):
-            ra, rb = (np.asarray(s["labels"]["cameras"][key]["cam_to_world"])[:3, :3] for s in (a, b))
-            imu = b["labels"]["cameras"][key]["imu"]
+            ra, rb = (np.asarray(s["labels"]["views"][key]["cam_to_world"])[:3, :3] for s in (a, b))
+            imu = b["labels"]["views"][key]["imu"]
             # gyro integrated over (t_a, t_b] (midpoint rule, the first sample shared with frame a)
-            gyro = np.concatenate([a["labels"]["cameras"][key]["imu"]["gyro_true"][-1:], imu["gyro_true"]])
+            gyro = np.concatenate([a["labels"]["views"][key]["imu"]["gyro_true"][-1:], imu["gyro_true"]])
             R = np.eye(3)
             for w0, w1 in itertools.pairwise(gyro):
                 R = R @ Rotation.from_rotvec((np.asarray(w0) + np.asarray(w1)) / 2 / rate).as_matrix()
@@ -171,10 +162,11 @@ def test_imu_windows_tile_the_track_and_agree_with_the_camera_poses():
             assert 2.0 < np.linalg.norm(np.asarray(imu["accel_true"]), axis=1).mean() < 25.0
 
 
-def test_sequences_are_deterministic_and_resumable(tmp_path, monkeypatch):
+def test_sequences_are_deterministic_and_resumable(tmp_path, caplog):
+    import logging
+
     from synthgen.run import generate
 
-    _use_sequence_factory(monkeypatch)
     recipe = sequence_recipe()  # 8 frames = 2 sequences of 4; shards of 3 start mid-sequence
     out = tmp_path / "run"
     generate(recipe, out, workers=1, progress=False)
@@ -187,33 +179,40 @@ def test_sequences_are_deterministic_and_resumable(tmp_path, monkeypatch):
     # another process, frames in another order
     fresh = SequenceFactory(recipe)
     records = {s["__key__"]: s for t in tasks for s in wds.WebDataset(str(shard_path(out, t)), shardshuffle=False)}
-    for sample in fresh.samples([5, 2, 7]):
+    for sample in finished_samples(fresh, [5, 2, 7]):
         encoded = fresh.encode(sample)
         stored = records[encoded["__key__"]]
         assert encoded["json"] == stored["json"]
         assert encoded["cam0.jpg"] == stored["cam0.jpg"] and encoded["cam3.depth.png"] == stored["cam3.depth.png"]
-    if "sequence" in Recipe.model_fields:  # worker processes re-validate the recipe: needs the field
-        two = tmp_path / "two"
-        generate(recipe, two, workers=2, progress=False)
-        assert all(shard_path(two, t).read_bytes() == before[t.index] for t in tasks)
+    two = tmp_path / "two"
+    generate(recipe, two, workers=2, progress=False)
+    assert all(shard_path(two, t).read_bytes() == before[t.index] for t in tasks)
+    # the CPU stages in two spawned loader workers (whole sequences each), frames in order
+    loaders = tmp_path / "loaders"
+    with caplog.at_level(logging.INFO, logger="synthgen.engine"):
+        generate(recipe, loaders, workers=1, loader_workers=2, progress=False)
+    assert "in 2 loader workers, chunks of 4" in caplog.text
+    assert all(shard_path(loaders, t).read_bytes() == before[t.index] for t in tasks)
 
 
-def test_shards_read_back_per_camera(tmp_path, monkeypatch):
+def test_shards_read_back_per_camera(tmp_path):
     from synthgen.run import generate
 
-    _use_sequence_factory(monkeypatch)
     recipe = sequence_recipe(frames=2)
     out = tmp_path / "run"
     generate(recipe.model_copy(update={"num_samples": 2}), out, workers=1, progress=False)
-    frames = list(load_sequence_shards(out))
+    frames = list(load_shards(out, flat=True))
     assert len(frames) == 2
-    cams = frames[1]["cameras"]
+    cams = frames[1]["views"]
     assert sorted(cams) == [f"cam{k}" for k in range(6)]
     cam = cams["cam0"]
     assert cam["image"].shape == (SIZE, SIZE, 3) and cam["depth"].dtype == np.float32
     assert cam["mask"].dtype == bool and cam["instance"].dtype == np.uint8
-    assert cam["name"] == "head" and cam["keypoints_2d"].shape == (23, 3)
+    assert cam["keypoints_2d"].shape == (23, 3) and cam["keypoints_2d"].dtype == np.float32
+    assert np.array_equal(cam["keypoints_2d"], cam["instances"][0]["keypoints_2d"])
+    assert ((cam["instance"] == 1) == cam["mask"]).all()
     labels = frames[1]["labels"]
+    assert labels["views"]["cam0"]["name"] == "head"
     assert labels["frame"] == 1 and labels["sequence"]["id"] == 0
     assert labels["sequence"]["motion"]["source"] == "procedural"
     assert len(labels["sequence"]["rig"]) == 6
@@ -222,8 +221,8 @@ def test_shards_read_back_per_camera(tmp_path, monkeypatch):
 def test_motion_blur_blurs_images_not_labels():
     sharp = SequenceFactory(sequence_recipe(frames=3))
     blurred = SequenceFactory(sequence_recipe(frames=3, motion_blur={"subframes": 3, "shutter": 1.0}))
-    a, b = next(sharp.samples([2])), next(blurred.samples([2]))
-    assert a["labels"]["cameras"] == b["labels"]["cameras"]
+    a, b = next(finished_samples(sharp, [2])), next(finished_samples(blurred, [2]))
+    assert a["labels"]["views"] == b["labels"]["views"]
     diff = [np.abs(va["image"].astype(int) - vb["image"].astype(int)).mean() for va, vb in zip(a["views"], b["views"])]
     assert max(diff) > 0.5
 
@@ -244,13 +243,14 @@ def test_smpl_family_bodies_ride_amass_motions(tmp_path):
     recipe = recipe.model_copy(update={"subject": recipe.subject.model_copy(update={"model": "smpl",
                                                                                     "model_path": str(model)})})
     factory = SequenceFactory(recipe)
-    sample = next(factory.samples([2]))
+    sample = next(finished_samples(factory, [2]))
     labels = sample["labels"]
     assert labels["sequence"]["body"]["body_model"]["name"] == "smpl"
     assert labels["sequence"]["motion"]["source"] == "amass"
-    assert len(labels["body"]["body_pose"]) == 69 and len(labels["body"]["transl"]) == 3
+    params = labels["views"]["cam0"]["instances"][0]["params"]
+    assert len(params["body_pose"]) == 69 and len(params["transl"]) == 3
     assert labels["sequence"]["rig"][0]["bone"] == "head"
-    head = np.asarray(labels["cameras"]["cam0"]["socket_to_world"])[:3, 3]
+    head = np.asarray(labels["views"]["cam0"]["socket_to_world"])[:3, 3]
     assert head[2] > np.asarray(labels["body"]["pelvis_world"])[2] + 0.2  # upright
 
 
@@ -271,12 +271,12 @@ def test_controlnet_images_keep_one_prompt_per_sequence_and_one_seed_per_camera(
     recipe = sequence_recipe(frames=3, rig={"mounts": mounts})
     recipe = recipe.model_copy(update={"backend": recipe.backend.model_validate(backend)})
     factory = SequenceFactory(recipe)
-    frames = list(factory.samples([0, 1, 2]))
+    frames = list(finished_samples(factory, [0, 1, 2]))
     prompts = {f["labels"]["sequence"]["prompt"]["prompt"] for f in frames}
     seeds = {tuple(f["labels"]["sequence"]["prompt"]["seeds"]) for f in frames}
     assert len(prompts) == 1 and len(seeds) == 1 and len(next(iter(seeds))) == 2
     for f in frames:
         assert [v["image"].shape for v in f["views"]] == [(SIZE, SIZE, 3)] * 2
         assert all(v["image"].std() > 0 for v in f["views"])
-    again = next(SequenceFactory(recipe).samples([1]))
+    again = next(finished_samples(SequenceFactory(recipe), [1]))
     assert all(np.array_equal(a["image"], b["image"]) for a, b in zip(frames[1]["views"], again["views"]))

@@ -273,7 +273,7 @@ def test_pipeline_writes_smpl_shards(models, tmp_path):
     assert len(shards) == 2
     samples = list(wds.WebDataset(str(shards[0]), shardshuffle=False))
     assert len(samples) == 2
-    labels = json.loads(samples[0]["json"])
-    assert len(labels["subject"]["betas"]) == 10 and len(labels["subject"]["body_pose"]) == 69
-    assert labels["subject"]["model"] == "smpl"
-    assert np.asarray(labels["keypoints_2d"]).shape == (23, 3)
+    [instance] = json.loads(samples[0]["json"])["instances"]
+    assert len(instance["params"]["betas"]) == 10 and len(instance["params"]["body_pose"]) == 69
+    assert instance["model"] == "smpl"
+    assert np.asarray(instance["keypoints_2d"]).shape == (23, 3)

@@ -90,7 +90,8 @@ def _require(module: str, what: str) -> None:
 
 
 def check_backend_models(recipe: Recipe) -> None:
-    """Fail before any work when a needed package or the backend's weights are missing."""
+    """Fail before any work when a needed package or model is missing: the backend's weights
+    and the SAM model of ``filter.sam`` (MissingModelError, see :mod:`synthgen.generate.model_check`)."""
     if recipe.backend.kind == "controlnet":
         _require("diffusers", "backend.kind=controlnet")
         _require("transformers", "backend.kind=controlnet")
@@ -100,6 +101,10 @@ def check_backend_models(recipe: Recipe) -> None:
         from synthgen.generate.controlnet import check_models_available
 
         check_models_available(recipe.backend.controlnet)
+    if recipe.filter.sam is not None:
+        from synthgen.generate.model_check import check_sam_model
+
+        check_sam_model(recipe.filter.sam)
 
 
 def build_image_backend(recipe: Recipe, part_names: list[str], device: str | None = None) -> ImageBackend:

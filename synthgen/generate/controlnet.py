@@ -41,15 +41,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from synthgen.errors import MissingModelError, UserError
+from synthgen.errors import UserError
+from synthgen.generate.model_check import (OFFLINE_SWITCHES, WantedModel, hub_offline, locate,
+                                           missing_model_error, missing_models, model_folder_problems)
 from synthgen.recipe import ControlNetConfig
 
 log = logging.getLogger(__name__)
@@ -98,8 +98,6 @@ FAMILIES = {
                                      "tokenizer", "tokenizer_2", "scheduler"), False),
 }
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
 _CONFIG_ONLY = ("Scheduler", "Tokenizer", "TokenizerFast", "ImageProcessor", "FeatureExtractor",
                 "Processor")
 
@@ -137,32 +135,6 @@ def check_config(config: ControlNetConfig) -> None:
                         "backend.controlnet.scheduler: default")
 
 
-def hub_offline(config: ControlNetConfig) -> bool:
-    """True when nothing may be fetched: ``local_files_only`` or ``HF_HUB_OFFLINE=1``."""
-    from huggingface_hub import constants
-
-    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
-    return bool(config.local_files_only or env or constants.HF_HUB_OFFLINE)
-
-
-def _is_hub_id(name: str) -> bool:
-    return bool(_HUB_ID.match(name)) and not name.startswith((".", "~"))
-
-
-def _has_weights(folder: Path) -> bool:
-    return any(p.name.endswith(_WEIGHT_SUFFIXES) for p in folder.iterdir() if p.is_file())
-
-
-def _model_folder_problems(folder: Path, prefix: str = "") -> list[str]:
-    """What a diffusers/transformers model folder lacks: config.json and weights."""
-    problems = []
-    if not (folder / "config.json").is_file():
-        problems.append(f"no {prefix}config.json")
-    if not _has_weights(folder):
-        problems.append(f"no {prefix}weights (*.safetensors or *.bin)")
-    return problems
-
-
 def _family_of(pipeline_class: str) -> str | None:
     if "Flux" in pipeline_class:
         return "flux"
@@ -197,72 +169,30 @@ def _base_folder_problems(folder: Path, family: str) -> list[str]:
             if not any(sub.iterdir()):
                 problems.append(f"an empty {name}/ folder")
         else:
-            problems.extend(_model_folder_problems(sub, f"{name}/"))
+            problems.extend(model_folder_problems(sub, f"{name}/"))
     return problems
 
 
 def _folder_problems(folder: Path, kind: str, family: str) -> list[str]:
+    """What ``folder`` lacks to load as a ``kind`` ("base" or "controlnet") model of ``family``."""
     if kind == "base":
         return _base_folder_problems(folder, family)
-    return _model_folder_problems(folder)
+    return model_folder_problems(folder)
 
 
-def _cached_snapshot(repo_id: str) -> Path | None:
-    """The cached snapshot folder of ``repo_id`` (main), or None; never touches the network."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
-        return None
+_WHAT = {"base": "a base-model folder (model_index.json + component folders)",
+         "controlnet": "a ControlNet folder (config.json + diffusion_pytorch_model.safetensors)"}
 
 
-def _hub_status(repo_id: str, timeout: float = 5.0) -> tuple[str | None, bool]:
-    """(None when the hub serves ``repo_id`` now, else why not; whether the hub answered)."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+def _wanted(config: ControlNetConfig) -> list[WantedModel]:
+    """The base model, then each ControlNet, of ``config``."""
+    def model(field: str, name: str, kind: str) -> WantedModel:
+        return WantedModel(field, name, _WHAT[kind],
+                           lambda folder: _folder_problems(folder, kind, config.family))
 
-    try:
-        HfApi().model_info(repo_id, timeout=timeout)
-    except GatedRepoError:
-        return "gated on the hub: accept its licence on huggingface.co, then `hf auth login`", True
-    except RepositoryNotFoundError:
-        return "no such model on the hub (check the spelling)", True
-    except Exception as exc:  # connection refused, DNS, timeout, proxy...
-        return f"the hub is unreachable ({type(exc).__name__})", False
-    return None, True
-
-
-def _fetch_hint(name: str, kind: str) -> str:
-    what = ("a base-model folder (model_index.json + component folders)" if kind == "base"
-            else "a ControlNet folder (config.json + diffusion_pytorch_model.safetensors)")
-    if _is_hub_id(name):
-        return (f"fetch it with `huggingface-cli download {name}` (huggingface_hub >= 1.0: "
-                f"`hf download {name}`) or set a local folder path holding {what}")
-    return f"set a local folder path holding {what}, or a Hugging Face id"
-
-
-_ASK_HUB = "ask the hub"
-
-
-def _locate(name: str, kind: str, family: str, offline: bool) -> str | None:
-    """None when ``name`` can be loaded from disk; else why not (one clause), or ``_ASK_HUB``
-    for an uncached hub id that the hub may still serve."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        problems = _folder_problems(path, kind, family)
-        return f"local folder unusable ({', '.join(problems)})" if problems else None
-    if not _is_hub_id(name):
-        return "no such local folder"
-    snapshot = _cached_snapshot(name)
-    if snapshot is not None:
-        problems = _folder_problems(snapshot, kind, family)
-        if not problems:
-            return None
-        if offline:
-            return f"the cached copy is incomplete ({', '.join(problems)})"
-    return "not in the Hugging Face cache and the hub is offline" if offline else _ASK_HUB
+    return [model("backend.controlnet.base_model", config.base_model, "base")] + [
+        model(f"backend.controlnet.controlnets.{i}.model", unit.model, "controlnet")
+        for i, unit in enumerate(config.controlnets)]
 
 
 def check_models_available(config: ControlNetConfig) -> None:
@@ -270,33 +200,19 @@ def check_models_available(config: ControlNetConfig) -> None:
 
     A model is available when it is a local folder with the files diffusers needs, or a hub id
     whose snapshot is in the Hugging Face cache (``HF_HOME``/``HF_HUB_CACHE``), or - when the
-    hub may be used (not ``local_files_only``, no ``HF_HUB_OFFLINE``) - a hub id the hub serves.
-    Raises one :class:`MissingModelError` whose single-line message names every missing model
-    and how to fetch it. Also runs :func:`check_config`.
+    hub may be used (not ``local_files_only``, no ``HF_HUB_OFFLINE``) - a hub id the hub serves
+    (see :mod:`synthgen.generate.model_check`). Raises one
+    :class:`~synthgen.errors.MissingModelError` whose
+    single-line message names every missing model and how to fetch it. Also runs
+    :func:`check_config`.
     """
     check_config(config)
-    offline = hub_offline(config)
-    wanted = [("backend.controlnet.base_model", config.base_model, "base")]
-    wanted += [(f"backend.controlnet.controlnets.{i}.model", unit.model, "controlnet")
-               for i, unit in enumerate(config.controlnets)]
-    missing, unreachable = [], None
-    for field, name, kind in wanted:
-        reason = _locate(name, kind, config.family, offline)
-        if reason == _ASK_HUB:  # from_pretrained would download it: can it?
-            if unreachable is None:
-                status, answered = _hub_status(name)
-                if not answered:  # ask once: do not wait out a timeout per model
-                    unreachable = status
-            else:
-                status = unreachable
-            reason = None if status is None else f"not in the Hugging Face cache and {status}"
-        if reason is not None:
-            missing.append(f"{field}={name!r}: {reason}; {_fetch_hint(name, kind)}")
+    offline = hub_offline(config.local_files_only)
+    missing = missing_models(_wanted(config), offline)
     if missing:
-        mode = (" (offline: HF_HUB_OFFLINE=1 or backend.controlnet.local_files_only)"
-                if offline else "")
-        raise MissingModelError(f"{len(missing)} model(s) of the controlnet backend are not on "
-                                f"disk{mode}: " + " | ".join(missing))
+        raise missing_model_error("the controlnet backend", missing,
+                                  f"{OFFLINE_SWITCHES} or backend.controlnet.local_files_only"
+                                  if offline else None)
 
 
 # --- the backend -------------------------------------------------------------------------------
@@ -374,24 +290,24 @@ class ControlNetBackend:
         self.family = FAMILIES[config.family]
         self.device = _resolve_device(config)
         self.dtype = _resolve_dtype(config, self.device)
-        offline = hub_offline(config)
+        offline = hub_offline(config.local_files_only)
+        base, *units = _wanted(config)
 
-        def load(name: str, kind: str) -> dict:
+        def load(model: WantedModel) -> dict:
             # a model already on disk loads from there: no hub round trip, no update check
-            on_disk = offline or _locate(name, kind, config.family, offline=True) is None
+            on_disk = offline or locate(model.name, model.problems, offline=True) is None
             return {_dtype_kwarg(): self.dtype, "local_files_only": on_disk}
 
         with _loading_bars_off():
             # 2. the ControlNets, one per unit (several -> the family's multi-ControlNet wrapper)
             net_class = getattr(diffusers, self.family.controlnet)
-            nets = [net_class.from_pretrained(unit.model, **load(unit.model, "controlnet"))
-                    for unit in config.controlnets]
+            nets = [net_class.from_pretrained(unit.name, **load(unit)) for unit in units]
             controlnet = nets[0] if len(nets) == 1 else getattr(diffusers, self.family.multi)(nets)
 
             # 3. the base pipeline around them
             pipe_class = getattr(diffusers, self.family.pipeline)
-            self.pipe = pipe_class.from_pretrained(config.base_model, controlnet=controlnet,
-                                                   **load(config.base_model, "base"),
+            self.pipe = pipe_class.from_pretrained(base.name, controlnet=controlnet,
+                                                   **load(base),
                                                    **dict(self.family.load_kwargs))
 
         # 4. scheduler, device, progress bars (synthgen shows its own)

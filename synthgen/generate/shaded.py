@@ -109,6 +109,25 @@ def _light(rng: np.random.Generator) -> np.ndarray:
     return d / np.linalg.norm(d)
 
 
+def blinn_phong(normals: np.ndarray, light: np.ndarray, albedo: np.ndarray, specular: np.ndarray,
+                ambient: float) -> np.ndarray:
+    """Lambert + Blinn-Phong (exponent 32) colour of N surface points seen from the camera.
+
+    normals: (N, 3) float32 unit, camera frame; light: (3,) unit toward the light, camera frame;
+    albedo: (N, 3) float32; specular: (N,) float32. Returns (N, 3) float32 in [0, ~1].
+    """
+    light = np.asarray(light, dtype=np.float32)
+    half = light + np.float32([0.0, 0.0, -1.0])  # the camera looks along +z
+    half /= np.linalg.norm(half)
+    diffuse = np.maximum(normals @ light, np.float32(0.0))
+    spec = normals @ half
+    spec[spec < 0.5] = 0.0  # 0.5 ** 32 ~ 2e-10: zero it before squaring (no denormals)
+    for _ in range(5):  # ** 32
+        spec *= spec
+    shading = np.float32(ambient) + np.float32(1.0 - ambient) * diffuse
+    return albedo * shading[:, None] + (spec * specular)[:, None]
+
+
 def shade(normal: np.ndarray, parts: np.ndarray, mask: np.ndarray, appearance: dict,
           light: np.ndarray, ambient: float, texture: np.ndarray | None = None) -> np.ndarray:
     """(H, W, 3) float32 lit body colour in [0, ~1] (0 outside the mask).
@@ -116,19 +135,12 @@ def shade(normal: np.ndarray, parts: np.ndarray, mask: np.ndarray, appearance: d
     normal: (H, W, 3) camera-frame unit normals; parts: (H, W) uint8; mask: (H, W) bool;
     texture: optional (H, W) float32 multiplicative fabric/skin variation around 0.
     """
-    n = normal[mask]
     p = parts[mask]
-    light = light.astype(np.float32)
-    diffuse = np.clip(n @ light, 0.0, None)[:, None]
-    half = light + np.float32([0.0, 0.0, -1.0])
-    half /= np.linalg.norm(half)
-    spec = (np.clip(n @ half, 0.0, None) ** 32)[:, None] * appearance["specular"].astype(np.float32)[p][:, None]
     albedo = appearance["albedo"].astype(np.float32)[p]
     if texture is not None:
         albedo *= 1.0 + texture[mask][:, None]
-    colour = albedo * (np.float32(ambient) + np.float32(1 - ambient) * diffuse) + spec
     out = np.zeros(normal.shape, dtype=np.float32)
-    out[mask] = colour
+    out[mask] = blinn_phong(normal[mask], light, albedo, appearance["specular"].astype(np.float32)[p], ambient)
     return out
 
 

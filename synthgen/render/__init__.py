@@ -33,7 +33,7 @@ from synthgen.render import layers
 
 log = logging.getLogger(__name__)
 
-__all__ = ["render_layers", "resolve_backend", "layers"]
+__all__ = ["derive_layers", "render_layers", "resolve_backend", "layers"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -73,15 +73,26 @@ def render_layers(vertices_cam: np.ndarray, faces: np.ndarray, face_parts: np.nd
     tri, mask = raw["triangle_id"], raw["mask"]
     parts = np.zeros(tri.shape, dtype=np.uint8)
     parts[mask] = face_parts[tri[mask]]
-    normal_rgb = layers.encode_normal(raw["normal"], mask, normal_convention)
+    return derive_layers(raw["normal"], raw["depth"], parts, tri, canny, normal_convention)
+
+
+def derive_layers(normal: np.ndarray, depth: np.ndarray, parts: np.ndarray, triangle_id: np.ndarray,
+                  canny: tuple[int, int] = (100, 200), normal_convention: str = "opengl") -> dict:
+    """Every conditioning layer from the raw ones (also after a lens remap of the raw layers).
+
+    normal (H, W, 3) float32 camera frame; depth (H, W) float32 metres; parts (H, W) uint8;
+    triangle_id (H, W) int32, -1 = background. Returns the dict documented in this module.
+    """
+    mask = triangle_id >= 0
+    normal_rgb = layers.encode_normal(normal, mask, normal_convention)
     return {
-        "normal": raw["normal"],
+        "normal": normal,
         "normal_rgb": normal_rgb,
-        "depth": raw["depth"],
-        "depth_mm": layers.depth_to_millimetres(raw["depth"]),
-        "depth_control": layers.depth_for_control(raw["depth"], mask),
+        "depth": depth,
+        "depth_mm": layers.depth_to_millimetres(depth),
+        "depth_control": layers.depth_for_control(depth, mask),
         "mask": mask.astype(np.uint8) * 255,
         "parts": parts,
         "edges": layers.canny_edges(normal_rgb, *canny),
-        "triangle_id": tri,
+        "triangle_id": triangle_id,
     }

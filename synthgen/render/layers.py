@@ -19,6 +19,10 @@ NORMAL_CONVENTIONS = {
     "opencv": np.array([1.0, 1.0, 1.0], dtype=np.float32),
 }
 
+# Layer names in recipes (``output.layers``) -> keys of the render dict.
+LAYER_KEYS = {"normal": "normal_rgb", "depth": "depth_mm", "mask": "mask", "parts": "parts",
+              "edges": "edges", "skeleton": "skeleton", "instance": "instance"}
+
 # OpenPose-18 body order, built from the COCO keypoint names (neck = mid-shoulders).
 OPENPOSE_18 = ["nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder",
                "left_elbow", "left_wrist", "right_hip", "right_knee", "right_ankle", "left_hip",
@@ -86,12 +90,16 @@ def openpose_keypoints(keypoints_2d: np.ndarray, names: list[str]) -> np.ndarray
     return out
 
 
-def draw_skeleton(keypoints_2d: np.ndarray, names: list[str], width: int, height: int) -> np.ndarray:
-    """OpenPose-18 stick figure on black, the way OpenPose ControlNets were trained.
+def draw_skeleton(keypoints_2d: np.ndarray, names: list[str], width: int, height: int,
+                  edges: list[tuple[str, str]] | None = None) -> np.ndarray:
+    """The ``skeleton`` layer: (K, 3) pixels + COCO visibility -> (H, W, 3) uint8 RGB on black.
 
-    keypoints_2d: (K, 3) pixels + COCO visibility; points with visibility 0 are not drawn.
-    Returns (H, W, 3) uint8 RGB.
+    ``edges`` None: the OpenPose-18 stick figure from COCO names, the way OpenPose ControlNets
+    were trained; else the subject's own limb graph (pairs of keypoint names), see
+    :func:`draw_limbs`. Points with visibility 0 are not drawn.
     """
+    if edges is not None:
+        return draw_limbs(keypoints_2d, names, edges, width, height)
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
     points = openpose_keypoints(keypoints_2d, names)
     stick = max(2, int(round(4 * max(width, height) / 512)))
@@ -107,6 +115,32 @@ def draw_skeleton(keypoints_2d: np.ndarray, names: list[str], width: int, height
     for j, color in enumerate(OPENPOSE_COLORS):
         if points[j, 2] > 0:
             cv2.circle(canvas, (int(round(points[j, 0])), int(round(points[j, 1]))), stick, color, -1)
+    return canvas
+
+
+def limb_colours(count: int) -> list[tuple[int, int, int]]:
+    """``count`` RGB colours evenly spaced in hue."""
+    hsv = np.stack([np.linspace(0, 179, count, endpoint=False), np.full(count, 255), np.full(count, 255)], 1)
+    rgb = cv2.cvtColor(hsv.astype(np.uint8)[None], cv2.COLOR_HSV2RGB)[0]
+    return [tuple(int(c) for c in colour) for colour in rgb]
+
+
+def draw_limbs(keypoints_2d: np.ndarray, names: list[str], edges: list[tuple[str, str]], width: int,
+               height: int) -> np.ndarray:
+    """(K, 3) pixels + COCO visibility -> (H, W, 3) uint8 RGB limb graph on black."""
+    canvas = np.zeros((height, width, 3), dtype=np.uint8)
+    index = {n: i for i, n in enumerate(names)}
+    points = np.asarray(keypoints_2d, dtype=np.float64)
+    stick = max(1, int(round(3 * max(width, height) / 512)))
+    for (a, b), colour in zip(edges, limb_colours(len(edges))):
+        pa, pb = points[index[a]], points[index[b]]
+        if pa[2] <= 0 or pb[2] <= 0:
+            continue
+        cv2.line(canvas, (int(round(pa[0])), int(round(pa[1]))), (int(round(pb[0])), int(round(pb[1]))),
+                 tuple(int(c * 0.7) for c in colour), stick + 1, cv2.LINE_AA)
+    for u, v, vis in points:
+        if vis > 0:
+            cv2.circle(canvas, (int(round(u)), int(round(v))), stick + 1, (255, 255, 255), -1, cv2.LINE_AA)
     return canvas
 
 

@@ -4,6 +4,9 @@ Anny builds its model data once (~40-50 s, ~800 MB written) into a cache; later 
 ~0.3 s. synthgen puts that cache under ``$SYNTHGEN_CACHE_DIR/anny`` (default
 ``~/.cache/synthgen/anny``) unless ``ANNY_CACHE_DIR`` is set, and after a cold build deletes the
 intermediate files Anny no longer needs (only ``build_compact_model_data_*`` is read again).
+One process builds while the others wait on ``.build.lock`` in that folder, and the build happens
+in a private ``.build-*`` folder whose finished files are renamed into place, so an interrupted
+build never leaves a cache that looks complete.
 Never build with ``topology="smpl"/"smplx"``: those download non-commercial data.
 """
 
@@ -13,26 +16,31 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
+from synthgen.errors import UserError
 from synthgen.recipe import SubjectConfig
 from synthgen.seeding import sample_rng
 from synthgen.subjects.base import (KEYPOINT_NAMES, KEYPOINT_PARTS, PART_NAMES, PosedSubject,
                                     ground_offset, parts_from_skinning, pose_in_fixed_batches)
-from synthgen.subjects.poses import PoseFileBank, draw_body_pose, matrices_to_axis_angle
-from synthgen.subjects.retarget import rest_corrections, smpl_to_anny_rotations
+from synthgen.subjects.poses import SMPL_JOINTS, PoseFileBank, draw_body_pose, matrices_to_axis_angle
+from synthgen.subjects.retarget import SMPL_TO_ANNY_BONE, rest_corrections, smpl_to_anny_rotations
 
 log = logging.getLogger(__name__)
 
 BATCH = 16  # fixed forward batch: padding keeps every sample's arithmetic independent of the split
 PHENOTYPES = ("gender", "age", "muscle", "weight", "height", "proportions")
+COMPACT = "build_compact_model_data_*.safetensors"
+LOCK_NAME = ".build.lock"
 
 
 def cache_dir() -> Path:
@@ -46,7 +54,7 @@ def cache_dir() -> Path:
 def _prune_cache(folder: Path) -> None:
     """Delete Anny's large intermediate build files once the compact model data exists."""
     for version_dir in folder.glob("v*"):
-        if not any(version_dir.glob("build_compact_model_data_*.safetensors")):
+        if not any(version_dir.glob(COMPACT)):
             continue
         for extra in ("load_data_*.safetensors", "build_model_data_*.safetensors"):
             for path in version_dir.glob(extra):
@@ -71,27 +79,139 @@ def _heartbeat(what: str, start: float, every: float = 10.0):
         thread.join()
 
 
-@functools.lru_cache(maxsize=1)
-def load_anny_model():
-    """The float32 Anny model (process-wide singleton), building its cache if needed."""
+@contextlib.contextmanager
+def _file_lock(path: Path, what: str, every: float):
+    """Hold the inter-process lock ``path``, logging (then every ``every`` s) while another has it.
+
+    The OS releases the lock when its holder dies, so a killed build never blocks the others.
+    """
+    import filelock
+
+    lock = filelock.FileLock(str(path))
+    start, timeout = time.perf_counter(), 0.0
+    while True:
+        try:
+            lock.acquire(timeout=timeout)
+            break
+        except filelock.Timeout:
+            log.log(logging.INFO if timeout else logging.WARNING,
+                    "waiting for another process to finish building %s (lock %s, %.0f s so far)",
+                    what, path, time.perf_counter() - start)
+            timeout = every
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def build_once(folder: Path, is_built: Callable[[], bool], build: Callable[[], None],
+               what: str = "the cache", every: float = 30.0) -> bool:
+    """Run ``build()`` unless ``is_built()``, in one process at a time across processes.
+
+    Processes that find another one building wait on ``folder/.build.lock``, then see
+    ``is_built()`` and return without building. Returns True when this call ran ``build``.
+    """
+    if is_built():
+        return False
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with _file_lock(folder / LOCK_NAME, what, every):
+        if is_built():
+            log.info("%s in %s was built by another process", what, folder)
+            return False
+        build()
+        if not is_built():
+            raise RuntimeError(f"building {what} in {folder} finished without a complete result")
+        return True
+
+
+def _data_version_dir() -> str:
+    """Glob of Anny's per-data-version cache folder (``v14``...), any version if unknown."""
+    try:
+        from anny.models.model_data import CURRENT_DATA_VERSION
+    except ImportError:
+        return "v*"
+    return f"v{CURRENT_DATA_VERSION}"
+
+
+def _readable(path: Path) -> bool:
+    """Whether ``path`` is a whole safetensors file (a truncated one fails its header check)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt"):
+            return True
+    except (OSError, SafetensorError):
+        return False
+
+
+def _is_built(folder: Path) -> bool:
+    """Whether ``folder`` holds complete compact model data for this Anny's data version."""
+    return any(_readable(p) for p in folder.glob(f"{_data_version_dir()}/{COMPACT}"))
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` to disk, so a rename never publishes a file whose bytes may be lost."""
+    with open(path, "rb") as stream:
+        os.fsync(stream.fileno())
+
+
+def _build_cache(folder: Path) -> None:
+    """Build Anny's model data in a private ``folder/.build-*`` folder, then rename the compact
+    files into ``folder`` (same file system: a file appears only once complete). Call under the lock.
+    """
     import anny
     import anny.paths
 
-    folder = cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    anny.paths.set_anny_cache_path(folder)
-    cold = not any(folder.glob("v*/build_compact_model_data_*.safetensors"))
+    for stale in folder.glob(".build-*"):  # left by a killed build; the lock holder alone builds
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=folder))
     start = time.perf_counter()
-    if cold:
-        log.warning("Building Anny's model data once into %s (about 50 s; later starts are fast)", folder)
+    log.warning("Building Anny's model data once into %s (about 50 s; later starts are fast)", folder)
+    try:
+        anny.paths.set_anny_cache_path(staging)
         with _heartbeat("building Anny model data", start):
-            model = anny.Anny().to(torch.float32)
-    else:
-        model = anny.Anny().to(torch.float32)
-    elapsed = time.perf_counter() - start
-    if cold:
-        _prune_cache(folder)
-    log.info("Anny model ready in %.2f s (%s start)", elapsed, "cold" if cold else "warm")
+            anny.Anny()
+        for built in staging.glob(f"v*/{COMPACT}"):
+            _fsync(built)
+            target = folder / built.parent.name / built.name
+            target.parent.mkdir(exist_ok=True)
+            os.replace(built, target)
+    finally:
+        anny.paths.set_anny_cache_path(folder)
+        shutil.rmtree(staging, ignore_errors=True)
+    _prune_cache(folder)
+    log.info("Anny model data built in %.1f s", time.perf_counter() - start)
+
+
+def _usable_cache_dir() -> Path:
+    """``cache_dir()``, created; ``UserError`` naming the variables to set when it cannot be."""
+    folder = cache_dir()
+    fix = "set SYNTHGEN_CACHE_DIR (or ANNY_CACHE_DIR) to a folder you can write to"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"Anny cache folder {folder} cannot be created ({exc.strerror}); {fix}") from None
+    if not _is_built(folder) and not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"Anny cache folder {folder} holds no complete model data and is not writable, "
+                        f"so Anny's model data cannot be built there; {fix}")
+    return folder
+
+
+@functools.lru_cache(maxsize=1)
+def load_anny_model():
+    """The float32 Anny model (process-wide singleton), building its cache once if needed."""
+    import anny
+    import anny.paths
+
+    folder = _usable_cache_dir()
+    start = time.perf_counter()
+    built = build_once(folder, lambda: _is_built(folder), lambda: _build_cache(folder),
+                       what="Anny's model data")
+    anny.paths.set_anny_cache_path(folder)
+    model = anny.Anny().to(torch.float32)
+    log.info("Anny model ready in %.2f s (%s start)", time.perf_counter() - start,
+             "cold" if built else "warm")
     return model
 
 
@@ -115,6 +235,7 @@ class AnnyBody:
     """Anny humans: phenotype draws, library/file poses retargeted from SMPL terms, COCO-23 keypoints."""
 
     name = "anny"
+    skeleton_edges = None  # OpenPose-18 from the COCO keypoints
 
     def __init__(self, config: SubjectConfig):
         import anny
@@ -173,6 +294,13 @@ class AnnyBody:
                 "smpl_rotations": rotations, "yaw_deg": yaw}
 
     # --- posing ------------------------------------------------------------------------------
+    def mesh(self, subject: PosedSubject) -> tuple[np.ndarray, np.ndarray]:
+        return self.faces, self.face_parts
+
+    def camera_labels(self, subject: PosedSubject, camera, keypoints_2d: np.ndarray,
+                      keypoints_3d: np.ndarray) -> dict[str, Any]:
+        return {}
+
     def _forward(self, pose: torch.Tensor, phenotypes: dict[str, torch.Tensor]) -> dict:
         with torch.no_grad():
             return self.model(pose_parameters=pose, phenotype_kwargs=phenotypes)
@@ -223,4 +351,53 @@ class AnnyBody:
             "has_body_pose": True,
             "has_betas": False,
         }
+
+    # --- over time (synthgen.subjects.base.PosesOverTime) ------------------------------------
+    @property
+    def num_bones(self) -> int:
+        """J, the number of bones of the Anny rig (the length of ``pose_parameters``)."""
+        return len(self.bone_labels)
+
+    def bone_index(self, name: str) -> int:
+        """Index into the J bones of the Anny bone called ``name`` (e.g. ``"head"``)."""
+        return self.bone_labels.index(name)
+
+    def smpl_joint_bones(self) -> dict[str, int]:
+        """The SMPL joints Anny has a bone for (SMPL order, pelvis first) -> index of that bone."""
+        return {"pelvis": 0} | {j: self.bone_index(SMPL_TO_ANNY_BONE[j]) for j in SMPL_JOINTS
+                                if j in SMPL_TO_ANNY_BONE}
+
+    def retarget_smpl(self, rotations: np.ndarray) -> np.ndarray:
+        """(T, 24, 3, 3) SMPL local rotations (SMPL frame) -> (T, J, 3, 3) float64 Anny local-ref
+        rotations, arm rest corrections included (see :func:`synthgen.subjects.retarget.smpl_to_anny_rotations`).
+        """
+        return np.stack([smpl_to_anny_rotations(r, self.bone_labels, self.corrections) for r in rotations])
+
+    def forward_frames(self, pose: np.ndarray, phenotype: dict[str, float]) -> dict[str, np.ndarray]:
+        """Pose one body (one ``phenotype``) at N frames.
+
+        pose: (N, J, 4, 4) float32 local-ref transforms. Runs in padded batches of exactly
+        :data:`BATCH` under ``torch.no_grad``, so a frame's bits never depend on N. Returns float32
+        ``vertices`` (N, V, 3), ``keypoints`` (N, K, 3) (``keypoint_names``) and ``bone_poses``
+        (N, J, 4, 4) world transforms of the bones, all in Anny's world frame (model origin, no grounding).
+        """
+        pheno = {k: torch.full((BATCH,), float(phenotype[k]), dtype=torch.float32) for k in PHENOTYPES}
+
+        def run(chunk: list[np.ndarray], padded: list[np.ndarray]) -> list[tuple[np.ndarray, ...]]:
+            with torch.no_grad():
+                result = self.model(pose_parameters=torch.from_numpy(np.stack(padded)), phenotype_kwargs=pheno)
+                keypoints = self.keypoint_regressor(result)
+            return list(zip(result["vertices"].numpy(), keypoints.numpy(),
+                            result["bone_poses"].numpy()))[:len(chunk)]
+
+        outs = pose_in_fixed_batches(list(pose), BATCH, run)
+        keys = ("vertices", "keypoints", "bone_poses")
+        return {key: np.stack([o[i] for o in outs]) for i, key in enumerate(keys)}
+
+    def sequence_params(self, draw: dict[str, Any]) -> dict[str, Any]:
+        """JSON-ready labels of a drawn body that hold for every frame (model, phenotype, age)."""
+        return {"body_model": {"name": "anny", "version": self.version, "rig": "anny",
+                               "pose_parameterization": "local-ref"},
+                "phenotype": {k: float(np.float32(v)) for k, v in draw["phenotype"].items()},
+                "age_years": float(np.float32(draw["age_years"])), "has_betas": False}
 

@@ -66,20 +66,64 @@ class PosedSubject:
 
 
 class SubjectModel(Protocol):
-    """A body/animal/object model: draws parameters per sample and poses them in batches."""
+    """What every body/animal/object model provides; nothing outside ``subjects/`` needs more.
+
+    Per sample: :meth:`draw` every random choice, :meth:`pose` in batches, :meth:`mesh` to
+    rasterise, :meth:`camera_labels` once a camera sees it. ``skeleton_edges`` says how the
+    ``skeleton`` layer is drawn: None = OpenPose-18 from COCO keypoint names (humans), else
+    pairs of keypoint names (the model's own limb graph).
+    """
 
     name: str
-    faces: np.ndarray          # (F, 3) int32
-    face_parts: np.ndarray     # (F,) uint8 index into part_names
     part_names: list[str]
     keypoint_names: list[str]
-    keypoint_parts: list[tuple[int, ...]]
+    keypoint_parts: list[tuple[int, ...]]   # per keypoint, the parts whose surface may show it
+    skeleton_edges: list[tuple[str, str]] | None
 
     def draw(self, recipe_seed: int, index: int) -> dict[str, Any]:
         """Every random choice for sample ``index`` (uses only synthgen.seeding streams)."""
 
     def pose(self, draws: list[dict[str, Any]]) -> list[PosedSubject]:
         """Run the model on drawn parameters, placed on the ground plane."""
+
+    def mesh(self, subject: PosedSubject) -> tuple[np.ndarray, np.ndarray]:
+        """(F, 3) int32 faces and (F,) uint8 part ids (into ``part_names``) of a posed subject."""
+
+    def camera_labels(self, subject: PosedSubject, camera: Any, keypoints_2d: np.ndarray,
+                      keypoints_3d: np.ndarray) -> dict[str, Any]:
+        """Labels in the model's own terms that need the camera (``camera``: K, R, t, cam_ext,
+        width, height; keypoints (K, 3) in that camera); {} when there are none."""
+
+
+class PosesOverTime(SubjectModel, Protocol):
+    """A human body model that a motion can drive (body-worn camera sequences).
+
+    What :mod:`synthgen.sequences` uses of a body model besides :class:`SubjectModel`; the rig
+    (sockets, socket frames) stays in sequences. Each family works in its own terms, picked by
+    ``name`` (results are float32, fixed padded batches, no grad, so a frame's bits never depend
+    on how many frames are posed):
+
+    - Anny (``name == "anny"``, :class:`synthgen.subjects.anny_body.AnnyBody`): ``num_bones`` (J);
+      ``smpl_joint_bones()`` -> {SMPL joint name: bone index}; ``retarget_smpl(rotations
+      (T, 24, 3, 3))`` -> (T, J, 3, 3) local-ref rotations; ``forward_frames(pose (N, J, 4, 4),
+      phenotype)`` -> ``vertices`` (N, V, 3), ``keypoints`` (N, K, 3), ``bone_poses`` (N, J, 4, 4).
+    - SMPL / SMPL-H / SMPL-X (:class:`synthgen.subjects.smpl_body.SmplBody`):
+      ``num_body_pose_joints``; ``forward_frames(params)`` (N dicts of float32 ``betas``,
+      ``global_orient``, ``body_pose`` axis-angle) -> SMPL-frame ``vertices`` (N, V, 3),
+      ``keypoints`` (N, K, 3), ``joints`` (N, 22, 3).
+    """
+
+    faces: np.ndarray       # (F, 3) int32, one topology for every pose
+    face_parts: np.ndarray  # (F,) uint8 ids into ``part_names``
+
+    def bone_index(self, name: str) -> int:
+        """Index of the model's bone/joint ``name`` (e.g. a rig socket's bone)."""
+
+    def forward_frames(self, *inputs: Any) -> dict[str, np.ndarray]:
+        """One body at N frames, inputs in the model's own terms (see the class docstring)."""
+
+    def sequence_params(self, draw: dict[str, Any]) -> dict[str, Any]:
+        """JSON-ready labels of a drawn body that hold for every frame of a sequence."""
 
 
 def parts_from_skinning(weights: np.ndarray, bone_part: np.ndarray, faces: np.ndarray) -> np.ndarray:

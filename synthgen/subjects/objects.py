@@ -270,7 +270,7 @@ class ObjectModel:
     """Rigid objects: a class and model per sample, unit-normalised, standing at the origin."""
 
     keypoint_names = KEYPOINT_NAMES
-    skeleton = SKELETON
+    skeleton_edges = SKELETON
 
     def __init__(self, config: SubjectConfig):
         self.config, self.object = config, config.object
@@ -341,11 +341,8 @@ class ObjectModel:
         return MeshSubject(vertices=mesh.vertices.copy(), keypoints_3d=corners, params=params,
                            faces=mesh.faces, face_parts=face_parts)
 
-    def draw_skeleton(self, keypoints_2d: np.ndarray, width: int, height: int) -> np.ndarray:
-        """The ``skeleton`` layer: the 12 edges of the object's box (corners with visibility > 0)."""
-        from synthgen.subjects.limbs import draw_limbs
-
-        return draw_limbs(keypoints_2d, KEYPOINT_NAMES, SKELETON, width, height)
+    def mesh(self, subject: PosedSubject) -> tuple[np.ndarray, np.ndarray]:
+        return subject.faces, subject.face_parts
 
     def camera_labels(self, subject: PosedSubject, camera, keypoints_2d: np.ndarray,
                       keypoints_3d: np.ndarray) -> dict[str, Any]:

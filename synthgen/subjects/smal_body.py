@@ -7,9 +7,9 @@ by BARC/BITE/GenZoo come as pickled dicts with SMPL's keys: ``v_template`` (V, 3
 companion ``smal_CVPR2017_data.pkl`` holds per-family shape clusters (``cluster_means`` (5, B),
 ``cluster_cov`` (5, B, B); families cat, dog, horse, cow, hippo). They cannot be redistributed.
 
-synthgen never unpickles at load time. Convert a ``.pkl`` once (a restricted unpickler that only
-rebuilds numpy arrays, chumpy values and scipy sparse matrices, shared with the SMPL converter in
-:mod:`synthgen.subjects.smpl_body`; anything else is refused)::
+synthgen never unpickles at load time. Convert a ``.pkl`` once, through the restricted unpickler
+of :mod:`synthgen.subjects.model_files` (also used by the SMPL converter), which only rebuilds
+numpy arrays, chumpy values and scipy sparse matrices and refuses anything else::
 
     python -m synthgen.subjects.smal_body convert smal_CVPR2017.pkl            # -> .npz beside it
     python -m synthgen.subjects.smal_body convert smal_CVPR2017_data.pkl
@@ -53,7 +53,7 @@ from synthgen.recipe import AnimalConfig, SubjectConfig
 from synthgen.seeding import sample_rng
 from synthgen.subjects import animal_poses as ap
 from synthgen.subjects.base import PosedSubject, ground_offset, parts_from_skinning
-from synthgen.subjects.smpl_body import _ArraysUnpickler, _Opaque, _plain, read_npz_arrays
+from synthgen.subjects.model_files import OpaqueObject, load_pickled_arrays, plain_array, read_npz_arrays
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def _flatten(key: str, value: Any, report: ConversionReport, out: dict[str, np.n
             _flatten(f"{key}/{sub}", item, report, out)
         return
     if isinstance(value, (list, tuple)):
-        parts = [_plain(v) for v in value]
+        parts = [plain_array(v) for v in value]
         if value and all(p is not None for p in parts) and len({(p.shape, p.dtype.kind) for p in parts}) == 1:
             out[key] = np.stack(parts)
             return
@@ -103,9 +103,9 @@ def _flatten(key: str, value: Any, report: ConversionReport, out: dict[str, np.n
         for i, item in enumerate(value):
             _flatten(f"{key}/{i}", item, report, out)
         return
-    array = _plain(value)
+    array = plain_array(value)
     if array is None:
-        what = value.source if isinstance(value, _Opaque) else type(value).__name__
+        what = value.source if isinstance(value, OpaqueObject) else type(value).__name__
         report.dropped[key] = f"no array data in a {what} object"
         return
     out[key] = array
@@ -114,17 +114,14 @@ def _flatten(key: str, value: Any, report: ConversionReport, out: dict[str, np.n
 def convert_pickle(src: str | Path, dst: str | Path, required: tuple[str, ...] = ()) -> ConversionReport:
     """Rewrite a SMAL-family ``.pkl`` (model or cluster data) as a plain ``.npz``.
 
-    Uses the restricted unpickler of :mod:`synthgen.subjects.smpl_body` (numpy arrays, chumpy
+    Uses the restricted unpickler of :mod:`synthgen.subjects.model_files` (numpy arrays, chumpy
     values, scipy sparse matrices; any other class raises ``pickle.UnpicklingError``). Lists of
     equal-shape arrays are stacked (``cluster_means``), dicts flattened to ``key/sub``; every
     entry is either converted or listed in the report, which is also saved as
     ``_conversion_report``. ``required``: keys that must be converted (else UserError).
     """
     src = Path(src)
-    with open(src, "rb") as handle:
-        data = _ArraysUnpickler(handle, encoding="latin1").load()
-    if not isinstance(data, dict):
-        raise UserError(f"{src}: expected a pickled dict of arrays, got {type(data).__name__}")
+    data = load_pickled_arrays(src)
     report = ConversionReport(str(src))
     arrays: dict[str, np.ndarray] = {}
     for key, value in data.items():
@@ -477,7 +474,7 @@ class SmalBody:
     part_names = ap.PART_NAMES
     keypoint_names = ap.KEYPOINT_NAMES
     keypoint_parts = ap.KEYPOINT_PARTS
-    skeleton = ap.SKELETON
+    skeleton_edges = ap.SKELETON  # Animal3D's limb graph
 
     def __init__(self, config: SubjectConfig):
         self.config = config
@@ -586,11 +583,8 @@ class SmalBody:
                 "yaw_deg": float(np.float32(draw["yaw_deg"])), "shape_redraws": int(draw["shape_redraws"]),
                 "has_body_pose": True, "has_betas": True}
 
-    def draw_skeleton(self, keypoints_2d: np.ndarray, width: int, height: int) -> np.ndarray:
-        """The ``skeleton`` layer: Animal3D's limb graph (:data:`animal_poses.SKELETON`)."""
-        from synthgen.subjects.limbs import draw_limbs
-
-        return draw_limbs(keypoints_2d, self.keypoint_names, self.skeleton, width, height)
+    def mesh(self, subject: PosedSubject) -> tuple[np.ndarray, np.ndarray]:
+        return self.faces, self.face_parts
 
     # --- labels that need the camera (see synthgen.subjects.labels) -----------------------------
     def camera_labels(self, subject: PosedSubject, camera, keypoints_2d: np.ndarray,

@@ -9,7 +9,8 @@ files are preferred over ``.pkl`` in a folder and read with ``allow_pickle=False
 are skipped); ``.pkl`` files go through smplx's own loader, which unpickles them.
 
 Official ``.pkl`` files hold ``chumpy`` objects, and chumpy does not import with current numpy.
-Convert such a file once, without chumpy (a restricted unpickler keeps only numeric arrays)::
+Convert such a file once, without chumpy (the restricted unpickler of
+:mod:`synthgen.subjects.model_files` keeps only numeric arrays)::
 
     python -m synthgen.subjects.smpl_body SMPL_NEUTRAL.pkl SMPL_NEUTRAL.npz
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import importlib.metadata
 import io
 import logging
@@ -44,6 +44,7 @@ from synthgen.recipe import SubjectConfig
 from synthgen.seeding import sample_rng
 from synthgen.subjects.base import (KEYPOINT_NAMES, KEYPOINT_PARTS, PART_NAMES, SMPL_TO_WORLD,
                                     PosedSubject, ground_offset, parts_from_skinning, pose_in_fixed_batches)
+from synthgen.subjects.model_files import load_pickled_arrays, plain_array, read_npz_arrays
 from synthgen.subjects.poses import (SMPL_JOINTS, PoseFileBank, matrices_to_axis_angle,
                                      draw_body_pose)
 
@@ -104,18 +105,6 @@ def find_model_file(config: SubjectConfig) -> Path:
         if candidate.is_file():
             return candidate
     raise MissingModelError(missing_model_message(config.model, candidates))
-
-
-def read_npz_arrays(path: str | Path) -> dict[str, np.ndarray]:
-    """Every non-object array of an ``.npz`` (never unpickles; object entries are skipped)."""
-    out = {}
-    with np.load(path, allow_pickle=False) as data:
-        for key in data.files:
-            try:
-                out[key] = data[key]
-            except ValueError:
-                log.debug("%s: skipping object entry %r", path, key)
-    return out
 
 
 class _NoPickleNumpy:
@@ -221,6 +210,8 @@ def keypoint_gather_index(model: str) -> np.ndarray:
 class SmplBody:
     """SMPL / SMPL-H / SMPL-X: Gaussian betas, library/file poses, yaw about SMPL's up axis."""
 
+    skeleton_edges = None  # OpenPose-18 from the COCO keypoints
+
     def __init__(self, config: SubjectConfig):
         self.config = config
         self.name = config.model
@@ -241,6 +232,13 @@ class SmplBody:
         log.info("%s model %s: %d vertices, %d joints, %d betas", self.name, self.path,
                  weights.shape[0], weights.shape[1], self.num_betas)
 
+    def mesh(self, subject: PosedSubject) -> tuple[np.ndarray, np.ndarray]:
+        return self.faces, self.face_parts
+
+    def camera_labels(self, subject: PosedSubject, camera, keypoints_2d: np.ndarray,
+                      keypoints_3d: np.ndarray) -> dict[str, Any]:
+        return {}
+
     # --- draws -------------------------------------------------------------------------------
     def draw(self, recipe_seed: int, index: int) -> dict[str, Any]:
         """Betas, pose (SMPL local rotations) and heading of sample ``index``."""
@@ -259,13 +257,20 @@ class SmplBody:
         return {"betas": np.float32(draw["betas"]), "global_orient": np.float32(orient),
                 "body_pose": np.float32(body_pose.reshape(-1))}
 
-    def forward(self, params: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exactly BATCH parameter sets -> SMPL-frame (BATCH, V, 3) vertices, (BATCH, 23, 3) keypoints."""
+    def _run(self, params: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Exactly BATCH parameter sets -> SMPL-frame (BATCH, V, 3) vertices, (BATCH, 23, 3)
+        keypoints and (BATCH, 22, 3) joints (pelvis..right_wrist)."""
         stacked = {k: torch.from_numpy(np.stack([p[k] for p in params])) for k in params[0]}
         with torch.no_grad():
             out = self.body(**stacked)
-        both = torch.cat([out.joints[:, :NUM_SHARED_JOINTS], out.vertices], dim=1)
-        return out.vertices, both[:, self.keypoint_index]
+        joints = out.joints[:, :NUM_SHARED_JOINTS]
+        both = torch.cat([joints, out.vertices], dim=1)
+        return out.vertices, both[:, self.keypoint_index], joints
+
+    def forward(self, params: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exactly BATCH parameter sets -> SMPL-frame (BATCH, V, 3) vertices, (BATCH, 23, 3) keypoints."""
+        vertices, keypoints, _ = self._run(params)
+        return vertices, keypoints
 
     def pose(self, draws: list[dict[str, Any]]) -> list[PosedSubject]:
         """World-frame subjects on the ground, posed BATCH at a time (padded; split-independent)."""
@@ -296,75 +301,47 @@ class SmplBody:
                 "pose_name": draw["pose_name"], "has_body_pose": True, "has_betas": True}
 
 
+    # --- over time (synthgen.subjects.base.PosesOverTime) ------------------------------------
+    @property
+    def num_body_pose_joints(self) -> int:
+        """Joints in smplx's ``body_pose`` (pelvis excluded): 23 for SMPL, 21 for SMPL-H/SMPL-X."""
+        return BODY_POSE_JOINTS[self.name]
+
+    def bone_index(self, name: str) -> int:
+        """Index of the kinematic joint ``name``; the first 22 (pelvis..right_wrist) are
+        SMPL_JOINTS' order in all three models."""
+        return self.joint_names.index(name)
+
+    def forward_frames(self, params: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Run smplx on N parameter sets (float32 ``betas`` (B,), ``global_orient`` (3,), ``body_pose``
+        (3 * num_body_pose_joints,) axis-angle), in padded batches of exactly :data:`BATCH` under
+        ``torch.no_grad``, so a frame's bits never depend on N.
+
+        Returns float32 arrays in SMPL's own frame (no transl, no grounding): ``vertices`` (N, V, 3),
+        ``keypoints`` (N, 23, 3) (``keypoint_names``), ``joints`` (N, 22, 3) pelvis..right_wrist.
+        """
+        def run(chunk: list[dict], padded: list[dict]) -> list[tuple[np.ndarray, ...]]:
+            return list(zip(*(t.numpy() for t in self._run(padded))))[:len(chunk)]
+
+        outs = pose_in_fixed_batches(params, BATCH, run)
+        return {key: np.stack([o[i] for o in outs]) for i, key in enumerate(("vertices", "keypoints", "joints"))}
+
+    def sequence_params(self, draw: dict[str, Any]) -> dict[str, Any]:
+        """JSON-ready labels of a drawn body that hold for every frame (model, betas)."""
+        return {"body_model": {"name": self.name, "version": self.version,
+                               "gender": self.config.smpl_gender, "num_betas": self.num_betas},
+                "betas": np.float32(draw["betas"]).tolist(), "has_betas": True}
+
+
 # --- one-off conversion of official (chumpy) .pkl files ---------------------------------------
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-    ("copyreg", "_reconstructor"), ("builtins", "object"),
-}
-_PY2_MODULES = {"copy_reg": "copyreg", "__builtin__": "builtins"}  # names in Python 2 pickles
-
-
-class _Opaque:
-    """Stand-in for a chumpy or scipy.sparse object while unpickling: keeps its state only."""
-
-    source = ""
-
-    def __new__(cls, *args, **kwargs):
-        return object.__new__(cls)
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state[0] if isinstance(state, tuple) else state
-
-
-class _ArraysUnpickler(pickle.Unpickler):
-    """Loads numpy arrays; chumpy/scipy objects become :class:`_Opaque`; anything else is refused."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module.split(".")[0] in ("chumpy", "scipy"):
-            return type(name, (_Opaque,), {"source": f"{module}.{name}"})
-        module = _PY2_MODULES.get(module, module)
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        if module == "numpy.core.multiarray":
-            with contextlib.suppress(ImportError):
-                return getattr(importlib.import_module("numpy._core.multiarray"), name)
-        return getattr(importlib.import_module(module), name)
-
-
-def _plain(value: Any) -> np.ndarray | None:
-    """A numeric/string array for one pickled value, or None when it has no array meaning."""
-    if isinstance(value, np.ndarray):
-        return None if value.dtype == object else value
-    if isinstance(value, (str, int, float, np.generic)):
-        return np.asarray(value)
-    if not isinstance(value, _Opaque) or not isinstance(getattr(value, "state", None), dict):
-        return None
-    state = value.state
-    if value.source.startswith("chumpy"):
-        return _plain(state.get("x"))
-    kind = next((k for k in ("csc", "csr") if k in value.source), None)
-    if kind is None:
-        return None
-    import scipy.sparse as sparse
-
-    shape = tuple(state.get("_shape", state.get("shape")))
-    matrix = getattr(sparse, f"{kind}_matrix")((state["data"], state["indices"], state["indptr"]), shape)
-    return matrix.toarray()
-
-
 def convert_to_npz(src: str | Path, dst: str | Path) -> Path:
     """Rewrite a SMPL-family ``.pkl`` (chumpy/scipy objects allowed) as a plain ``.npz``.
 
     Needs neither chumpy nor a trusting unpickler: only numpy arrays, chumpy ``Ch`` values
     (their ``x``) and scipy sparse matrices (made dense) are read; other entries are dropped.
     """
-    with open(src, "rb") as handle:
-        data = _ArraysUnpickler(handle, encoding="latin1").load()
-    if not isinstance(data, dict):
-        raise UserError(f"{src}: expected a pickled dict of model arrays, got {type(data).__name__}")
-    arrays = {k: a for k, a in ((k, _plain(v)) for k, v in data.items()) if a is not None}
+    data = load_pickled_arrays(src)
+    arrays = {k: a for k, a in ((k, plain_array(v)) for k, v in data.items()) if a is not None}
     dropped = sorted(set(data) - set(arrays))
     missing = [k for k in REQUIRED_KEYS if k not in arrays]
     if missing:

@@ -32,14 +32,14 @@ __all__ = [
 Range = Annotated[tuple[float, float], Field(description="[low, high], inclusive")]
 Vec3 = Annotated[tuple[float, float, float], Field(description="(x, y, z)")]
 
-# Named body sockets a camera can ride on (mapped to each body model's bones in synthgen.rigs).
+# Named body sockets a camera can ride on (mapped to each body model's bones in synthgen.sequences.rigs).
 SOCKETS = ("head", "neck", "chest", "pelvis",
            "left_upper_arm", "right_upper_arm", "left_forearm", "right_forearm",
            "left_wrist", "right_wrist", "left_thigh", "right_thigh",
            "left_knee", "right_knee", "left_ankle", "right_ankle")
 SocketName = Literal[SOCKETS]  # type: ignore[valid-type]
 
-# Embedded procedural motions (synthgen.motion), built from the base-pose library.
+# Embedded procedural motions (synthgen.sequences.motion), built from the base-pose library.
 PROCEDURAL_MOTIONS = ("walk", "turn", "wave", "squat", "reach", "sit_down")
 
 

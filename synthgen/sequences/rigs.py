@@ -35,7 +35,7 @@ import numpy as np
 from scipy.interpolate import CubicSpline
 from scipy.spatial.transform import Rotation, RotationSpline
 
-from synthgen.sequence_config import DistortionConfig, MountConfig, SpringConfig
+from synthgen.sequences.config import DistortionConfig, MountConfig, SpringConfig
 from synthgen.subjects.base import SMPL_TO_WORLD
 
 __all__ = [
@@ -342,3 +342,22 @@ def simulate_mounts(times: np.ndarray, positions: np.ndarray, rotations: np.ndar
             omg = omg + h * alpha
             rot = _so3_exp(h * omg) @ rot
     return MountTrack(rate, t, p, v, a, R, w)
+
+
+def standoff_offset(offset: np.ndarray, standoff: float, vertices: np.ndarray, rotation: np.ndarray,
+              position: np.ndarray, radius: float = 0.04, reach: float = 0.5) -> np.ndarray:
+    """``offset`` rescaled so the camera sits ``standoff`` m outside the skin along its direction.
+
+    The skin is the farthest vertex within ``radius`` of the ray from the joint centre along
+    ``offset`` (and within ``reach`` of the joint); vertices (V, 3) and the socket pose are the
+    same frame's, world axes.
+    """
+    norm = float(np.linalg.norm(offset))
+    if norm < 1e-9:
+        return offset
+    d = offset / norm
+    local = (vertices.astype(np.float64) - position) @ rotation  # socket frame
+    along = local @ d
+    near = (np.linalg.norm(local - along[:, None] * d, axis=1) < radius) & (along > 0) & (along < reach)
+    skin = float(along[near].max()) if near.any() else 0.0
+    return d * (skin + standoff)

@@ -7,7 +7,7 @@ gravity ``g = (0, 0, -gravity)``.
   along its world-up axis, a free-falling one reads 0;
 - gyroscope: angular velocity in the sensor frame ``R^T w`` (rad/s), ``w`` the world-frame rate.
 
-``R`` (camera-to-world), ``a`` and ``w`` come from :class:`synthgen.rigs.MountTrack` (exact
+``R`` (camera-to-world), ``a`` and ``w`` come from :class:`synthgen.sequences.rigs.MountTrack` (exact
 derivatives of the C2 path for rigid mounts; the integrated spring state for sprung ones).
 
 Noise (per sequence and mount, from one generator): a constant turn-on bias ~ N(0, bias_sd)
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from synthgen.sequence_config import ImuConfig
+from synthgen.sequences.config import ImuConfig
 
 __all__ = ["angular_rate", "imu_readings", "specific_force"]
 
@@ -50,7 +50,7 @@ def _noise(rng: np.random.Generator, n: int, rate: float, bias_sd: float, walk: 
 def imu_readings(track, mount: int, config: ImuConfig, rng: np.random.Generator | None) -> dict[str, Any]:
     """IMU samples of ``mount`` at ``config.rate_hz`` over the whole track.
 
-    track: a :class:`synthgen.rigs.MountTrack` whose rate is a multiple of ``config.rate_hz``.
+    track: a :class:`synthgen.sequences.rigs.MountTrack` whose rate is a multiple of ``config.rate_hz``.
     Returns float64 arrays: ``t`` (N,) seconds, ``accel``/``gyro`` (N, 3) noisy,
     ``accel_true``/``gyro_true`` (N, 3), ``accel_bias``/``gyro_bias`` (N, 3). ``rng`` None = no noise.
     """

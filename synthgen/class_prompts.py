@@ -14,7 +14,7 @@ read by :mod:`synthgen.prompt`::
       walking: ["walking"]
     captions_file: object_captions.yaml   # optional, relative to this file: label -> captions
 
-Slots filled from the sample: ``{class}`` (from ``labels.subject.species`` or ``.class``),
+Slots filled from the sample: ``{class}`` (from the instance's ``params.species`` or ``.class``),
 ``{view}`` (camera azimuth relative to the subject's heading, and elevation), ``{activity}`` (the
 pose name through ``activities``), ``{caption}`` (a line of the caption file for the label).
 Every choice is drawn from the sample's "prompt" random stream.
@@ -58,7 +58,7 @@ def default_template_path(kind: str) -> Path | None:
     packaged = importlib.resources.files("synthgen").joinpath(f"assets/prompts/{name}")
     if packaged.is_file():
         return Path(str(packaged))
-    repo = Path(__file__).resolve().parents[2] / "assets" / "prompts" / name
+    repo = Path(__file__).resolve().parents[1] / "assets" / "prompts" / name
     return repo if repo.is_file() else None
 
 
@@ -90,9 +90,11 @@ class ClassPrompts:
 
     # --- sample -> prompt ---------------------------------------------------------------------
     def build(self, sample: dict[str, Any], rng: np.random.Generator) -> str:
-        """One prompt for a sample (reads ``labels.subject`` and the camera draw)."""
+        """One prompt for a sample (reads its first instance's parameters and camera labels, and
+        the camera draw)."""
         labels = sample.get("labels") or {}
-        subject = dict(labels.get("subject") or {})
+        instances = labels.get("instances") or [{}]
+        subject = dict(instances[0].get("params") or {}) | dict(instances[0].get("camera_labels") or {})
         if not subject and sample.get("subject") is not None:
             subject = dict(getattr(sample["subject"], "params", {}) or {})
         label = str(subject.get("species") or subject.get("class") or "default")

@@ -19,7 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from synthgen.sequence_config import SceneConfig
+from synthgen.sequences.config import SceneConfig
 
 __all__ = ["BODY_INSTANCE", "SCENE_PART_NAMES", "SceneMesh", "build_scene", "clip_near"]
 

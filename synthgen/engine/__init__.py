@@ -1,0 +1,15 @@
+"""The engine: runs any factory's samples into shards. It knows no sample kind.
+
+- :mod:`.contract` the :class:`Factory` protocol every sample kind implements;
+- :mod:`.streams` CPU stages ahead of the device (a prefetch thread or spawned DataLoader
+  workers), device batches, timing;
+- :mod:`.shards` whole shards from one sample stream: records, rejects, failures, error budget;
+- :mod:`.launch` which process writes which shard (ranks, worker pools), progress, manifest.
+
+``synthgen.run`` maps a recipe to its factory and calls :func:`.launch.generate`.
+"""
+
+from synthgen.engine.contract import Factory
+from synthgen.engine.streams import finished_samples
+
+__all__ = ["Factory", "finished_samples"]

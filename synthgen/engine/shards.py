@@ -1,0 +1,75 @@
+"""Whole shards from one stream of finished samples, with the error budget.
+
+The commit protocol (``.partial`` file, sidecar, rename) is :func:`synthgen.write.write_shard`;
+this module decides what goes in: accepted samples as records, rejected ones in the sidecar
+(and ``rejected/`` when the recipe keeps them), failed ones in the sidecar, counted against
+``output.max_errors``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from synthgen import write
+from synthgen.engine.contract import Factory
+from synthgen.engine.streams import finished_samples
+from synthgen.errors import ErrorBudgetExceeded
+from synthgen.recipe import Recipe
+
+
+def error_budget(recipe: Recipe) -> int:
+    """How many samples may fail: ``output.max_errors`` as a count, or a fraction if below 1."""
+    limit = recipe.output.max_errors
+    return int(limit * recipe.num_samples) if limit < 1 else int(limit)
+
+
+def write_shards(factory: Factory, out_dir: Path, tasks: list[write.ShardTask], loader_workers: int = 0,
+                 on_sample: Callable[[], None] | None = None,
+                 errors_before: Callable[[], int] = lambda: 0) -> list[dict[str, Any]]:
+    """Write ``tasks`` from one sample stream (so loader workers start once); returns the sidecars.
+
+    ``errors_before()`` counts failures already recorded (other shards, other processes).
+    """
+    indices = [i for t in tasks for i in range(t.start, t.stop)]
+    stream = finished_samples(factory, indices, loader_workers, keep_errors=True)
+    return [_write_one(factory, Path(out_dir), task, stream, on_sample, errors_before()) for task in tasks]
+
+
+def _write_one(factory: Factory, out_dir: Path, task: write.ShardTask, stream: Iterator[dict[str, Any]],
+               on_sample: Callable[[], None] | None, errors_before: int) -> dict[str, Any]:
+    report: dict[str, Any] = {"rejected": [], "errors": []}
+    rejected_records: list[dict[str, Any]] = []
+    budget = error_budget(factory.recipe)
+    start, timing_before = time.perf_counter(), dict(factory.timing)
+
+    def records():
+        for _ in range(task.start, task.stop):
+            sample = next(stream)
+            if on_sample is not None:
+                on_sample()
+            if "error" in sample:
+                report["errors"].append({"index": sample["index"], "error": sample["error"]})
+                _check_budget(factory.recipe, errors_before + len(report["errors"]), budget)
+                continue
+            verdict = sample.get("filter") or {"accepted": True}
+            if not verdict["accepted"]:
+                report["rejected"].append({"index": sample["index"], "reason": verdict.get("reason")})
+                if factory.recipe.filter.write_rejected:
+                    rejected_records.append(factory.encode(sample))
+                continue
+            yield factory.encode(sample)
+        report["seconds"] = round(time.perf_counter() - start, 3)
+        for key, total in factory.timing.items():
+            report[f"{key}_seconds"] = round(total - timing_before.get(key, 0.0), 3)
+
+    return write.write_shard(out_dir, task, records(), report, rejected=lambda: rejected_records)
+
+
+def _check_budget(recipe: Recipe, failed: int, budget: int) -> None:
+    if failed > budget:
+        raise ErrorBudgetExceeded(
+            f"{failed} samples failed, more than output.max_errors={recipe.output.max_errors} allows; "
+            f"the failures are listed in the shard sidecars (shards/*.json) and the log")

@@ -1,0 +1,133 @@
+"""Sample streams: the CPU stages run ahead of the device stages.
+
+``loader_workers == 0``: the CPU stages run in a background thread of this process.
+``loader_workers > 0``: in that many spawned DataLoader processes, each with its own factory
+(models, GL context); worker ``w`` prepares chunks ``w, w + n, ...`` of ``factory.cpu_chunk``
+consecutive samples and the DataLoader's round robin gives the chunks back in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch.utils.data as tud
+
+from synthgen.engine.contract import Factory
+from synthgen.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+
+def finished_samples(factory: Factory, indices: list[int], loader_workers: int = 0,
+                     keep_errors: bool = False) -> Iterator[dict[str, Any]]:
+    """Finished samples of ``indices`` in order; failed ones only with ``keep_errors``.
+
+    ``factory.timing["input_wait"]`` accumulates how long the device stages waited for input,
+    ``["generate"]`` how long they worked: the numbers behind the input-wait fraction.
+    """
+    depth = 2 * factory.batch_size
+    if loader_workers > 0:
+        log.info("CPU stages of %d samples in %d loader workers, chunks of %d", len(indices), loader_workers,
+                 factory.cpu_chunk)
+        prepared = _loader_stream(type(factory), factory.recipe, indices, factory.cpu_chunk,
+                                  loader_workers, depth)
+    else:
+        prepared = _prefetch(factory.prepared(indices), depth)
+    yield from _finish_batches(factory, _batched(prepared, factory.batch_size), keep_errors)
+
+
+def _finish_batches(factory: Factory, batches: Iterator[list], keep_errors: bool) -> Iterator[dict[str, Any]]:
+    while True:
+        t0 = time.perf_counter()
+        batch = next(batches, None)
+        t1 = time.perf_counter()
+        if not batch:
+            return
+        factory.finish(batch)
+        factory.timing["input_wait"] += t1 - t0
+        factory.timing["generate"] += time.perf_counter() - t1
+        for sample in batch:
+            if keep_errors or "error" not in sample:
+                yield sample
+
+
+def _prefetch(items: Iterator, depth: int) -> Iterator:
+    """Run an iterator in a background thread, ``depth`` items ahead (errors re-raised here)."""
+    box: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    done = object()
+
+    def fill():
+        try:
+            for item in items:
+                box.put(item)
+        except BaseException as exc:  # surfaced in the consumer
+            box.put(exc)
+        box.put(done)
+
+    threading.Thread(target=fill, daemon=True, name="synthgen-cpu-stages").start()
+    while (item := box.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def _batched(items: Iterator, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _chunks(indices: list[int], chunk: int) -> list[list[int]]:
+    """Runs of consecutive indices that share ``index // chunk`` (a sequence, a posing batch)."""
+    out: list[list[int]] = []
+    for index in indices:
+        if out and index // chunk == out[-1][-1] // chunk and index == out[-1][-1] + 1:
+            out[-1].append(index)
+        else:
+            out.append([index])
+    return out
+
+
+_WORKER_FACTORY: dict[str, Factory] = {}
+
+
+class _PreparedChunks(tud.IterableDataset):
+    """The CPU stages as a DataLoader dataset yielding one list of prepared samples per chunk."""
+
+    def __init__(self, factory_class: type, recipe_json: dict, chunks: list[list[int]]):
+        self.factory_class, self.recipe_json, self.chunks = factory_class, recipe_json, chunks
+
+    def __iter__(self):
+        info = tud.get_worker_info()
+        worker, count = (info.id, info.num_workers) if info else (0, 1)
+        if "factory" not in _WORKER_FACTORY:
+            recipe = Recipe.model_validate(self.recipe_json)
+            _WORKER_FACTORY["factory"] = self.factory_class(recipe, cpu_only=True)
+        factory = _WORKER_FACTORY["factory"]
+        for chunk in self.chunks[worker::count]:
+            yield list(factory.prepared(chunk))
+
+
+def _as_is(item):
+    return item
+
+
+def _loader_stream(factory_class: type, recipe: Recipe, indices: list[int], chunk: int, workers: int,
+                   depth: int) -> Iterator[dict[str, Any]]:
+    chunks = _chunks(indices, max(1, chunk))
+    dataset = _PreparedChunks(factory_class, recipe.model_dump(mode="json"), chunks)
+    per_chunk = max(1, len(indices) // max(1, len(chunks)))
+    loader = tud.DataLoader(dataset, batch_size=None, num_workers=workers, multiprocessing_context="spawn",
+                            prefetch_factor=max(2, depth // (workers * per_chunk) + 1), collate_fn=_as_is)
+    for prepared in loader:
+        yield from prepared

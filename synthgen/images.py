@@ -1,0 +1,197 @@
+"""Single-image samples: subjects -> cameras -> render -> prompt (CPU), generate -> filter
+(device), one shard record each.
+
+A sample is a plain dict the stages add keys to: ``index, seed`` -> ``subject`` ->
+``camera, camera_draw`` -> ``layers, keypoints_2d, keypoints_3d`` -> ``labels`` (a view record of
+:mod:`synthgen.labels` with one instance) -> ``prompt`` -> ``image, appearance`` -> ``filter``.
+:mod:`synthgen.engine` runs the CPU half ahead of the device half and writes the shards.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from synthgen import write
+from synthgen.cameras import sample_camera, sample_viewpoint_camera
+from synthgen.generate import build_image_backend
+from synthgen.labels import instance_record, view_record
+from synthgen.recipe import Recipe, recipe_hash
+from synthgen.render import layers as layer_ops
+from synthgen.render import render_layers
+from synthgen.seeding import label_threads, sample_rng, sample_seed
+from synthgen.subjects import build_subject_model, subject_part_names
+
+log = logging.getLogger(__name__)
+
+CHUNK = 32  # samples posed per body-model call (and handed to a loader worker together)
+SUBJECT_ID = 1  # the single subject's id in ``instances`` and the instance layer
+
+
+class ImageFactory:
+    """Makes the single-image samples of one recipe in this process (models built once, here).
+
+    ``cpu_only`` builds just the CPU stages (what loader workers need); otherwise the image
+    backend and filter are built too, on ``device``.
+    """
+
+    cpu_chunk = CHUNK
+
+    def __init__(self, recipe: Recipe, device: str | None = None, cpu_only: bool = False):
+        self.recipe = recipe
+        self.hash = recipe_hash(recipe)
+        self.prompter = self._prompter()
+        self.timing = {"input_wait": 0.0, "generate": 0.0}
+        self.backend = self.sample_filter = None
+        if not cpu_only:
+            self.backend = build_image_backend(recipe, subject_part_names(recipe.subject), device)
+            self.sample_filter = self._filter(device)
+
+    @functools.cached_property
+    def subject_model(self):
+        """Built on first use: a process whose loader workers do the posing never builds it."""
+        return build_subject_model(self.recipe.subject)
+
+    @property
+    def batch_size(self) -> int:
+        return self.backend.batch_size if self.backend is not None else 1
+
+    def _prompter(self):
+        if not (self.recipe.backend.kind == "controlnet" or self.recipe.prompt.prompts_file):
+            return None
+        from synthgen.prompt import PromptBuilder
+
+        return PromptBuilder(self.recipe.prompt, subject_kind=self.recipe.subject.kind)
+
+    def _filter(self, device: str | None):
+        if self.recipe.backend.kind == "none":
+            return None
+        from synthgen.filter import SampleFilter
+
+        return SampleFilter(self.recipe.filter, device or "cpu")
+
+    # 1. subjects ------------------------------------------------------------------------------
+    def pose_subjects(self, indices: list[int]) -> list:
+        draws = [self.subject_model.draw(self.recipe.seed, i) for i in indices]
+        return self.subject_model.pose(draws)
+
+    # 2. cameras, 3. render, 4. prompt: the CPU stages of one sample ---------------------------
+    def prepare(self, index: int, subject) -> dict[str, Any]:
+        r = self.recipe
+        sample: dict[str, Any] = {"index": index, "seed": sample_seed(r.seed, index), "subject": subject}
+        rng = sample_rng(r.seed, index, "camera")
+        if r.camera.mode == "viewpoint":  # 3D-DST / PASCAL3D+ viewpoint about the subject's box centre
+            camera, drawn = sample_viewpoint_camera(rng, r.camera, subject.vertices, r.image.width, r.image.height)
+        else:  # low-poly CAD objects need every vertex to be framed right
+            points = subject.vertices if r.subject.kind == "object" else subject.vertices[::7]
+            camera, drawn = sample_camera(rng, r.camera, points, r.image.width, r.image.height)
+        sample.update(camera=camera, camera_draw=drawn)
+        self._render(sample)
+        sample["labels"] = self.labels(sample)
+        if self.prompter is not None:
+            prompt, negative = self.prompter.build(sample, sample_rng(r.seed, index, "prompt"))
+            sample.update(prompt=prompt, negative_prompt=negative)
+            sample["labels"].update(prompt=prompt, negative_prompt=negative)
+        return sample
+
+    def _render(self, sample: dict[str, Any]) -> None:
+        r, model, camera, subject = self.recipe, self.subject_model, sample["camera"], sample["subject"]
+        vertices_cam = camera.to_camera(subject.vertices)
+        faces, face_parts = model.mesh(subject)
+        layers = render_layers(vertices_cam, faces, face_parts, camera.K, camera.width, camera.height,
+                               r.render.backend, (r.render.canny_low, r.render.canny_high),
+                               r.render.normal_convention)
+        layers["instance"] = np.where(layers["mask"] > 0, SUBJECT_ID, 0).astype(np.uint8)
+        kp3d = camera.to_camera(subject.keypoints_3d.astype(np.float64)).astype(np.float32)
+        uv = camera.project(kp3d)
+        vis = layer_ops.keypoint_visibility(uv, kp3d[:, 2], layers["parts"], layers["depth"],
+                                            model.keypoint_parts)
+        kp2d = np.concatenate([uv, vis[:, None]], axis=1)
+        layers["skeleton"] = layer_ops.draw_skeleton(kp2d, model.keypoint_names, camera.width, camera.height,
+                                                     model.skeleton_edges)
+        sample.update(layers=layers, keypoints_3d=kp3d, keypoints_2d=kp2d, vertices_cam=vertices_cam)
+
+    def labels(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """The sample's view record (one instance) with the sample-level fields."""
+        camera, model, subject = sample["camera"], self.subject_model, sample["subject"]
+        instance = instance_record(
+            SUBJECT_ID, self.recipe.subject.kind, model.name, sample["keypoints_2d"], sample["keypoints_3d"],
+            model.keypoint_names, sample["layers"]["instance"] == SUBJECT_ID, subject.params,
+            model.camera_labels(subject, camera, sample["keypoints_2d"], sample["keypoints_3d"]))
+        return {
+            "index": sample["index"], "seed": sample["seed"], "recipe_hash": self.hash,
+            **view_record(camera.width, camera.height, camera.K, camera.cam_ext, [instance]),
+            "camera": {k: float(np.float32(v)) for k, v in sample["camera_draw"].items()},
+            "part_names": model.part_names,
+            "conventions": {"camera": "opencv", "depth": "z_mm_uint16_0_is_background",
+                            "normal": self.recipe.render.normal_convention,
+                            "pixel_centre": "integer", "visibility": "coco_0_1_2",
+                            "instance": "0 background, else instances[].id"},
+        }
+
+    def prepared(self, indices: list[int]) -> Iterator[dict[str, Any]]:
+        """CPU stages; a sample that raises comes out as ``{"index", "error"}`` instead."""
+        for start in range(0, len(indices), CHUNK):
+            chunk = indices[start:start + CHUNK]
+            with label_threads():
+                subjects = self._pose_or_errors(chunk)
+            for index, subject in zip(chunk, subjects):
+                if isinstance(subject, Exception):
+                    yield {"index": index, "error": f"{type(subject).__name__}: {subject}"}
+                    continue
+                try:
+                    with label_threads():
+                        sample = self.prepare(index, subject)
+                except Exception as exc:  # one bad sample must not stop the run
+                    log.exception("sample %d failed", index)
+                    sample = {"index": index, "error": f"{type(exc).__name__}: {exc}"}
+                yield sample
+
+    def _pose_or_errors(self, chunk: list[int]) -> list:
+        try:
+            return self.pose_subjects(chunk)
+        except Exception:
+            if len(chunk) == 1:
+                raise
+        out = []
+        for index in chunk:  # isolate the failing sample(s)
+            try:
+                out.extend(self.pose_subjects([index]))
+            except Exception as exc:
+                log.exception("sample %d failed while posing", index)
+                out.append(exc)
+        return out
+
+    # 5. generate, 6. filter: batched on the device ---------------------------------------------
+    def finish(self, batch: list[dict[str, Any]]) -> None:
+        """Images and filter scores for a batch of prepared samples (errors pass through)."""
+        ok = [s for s in batch if "error" not in s]
+        if not ok:
+            return
+        self.backend.generate(ok)
+        ok = [s for s in ok if "error" not in s]
+        for sample in ok:
+            sample["labels"]["appearance"] = sample.get("appearance")
+        if self.sample_filter is None or not ok:
+            return
+        for sample, verdict in zip(ok, self.sample_filter.score(ok)):
+            sample["filter"] = verdict
+            sample["labels"]["filter"] = verdict
+
+    # 7. encode --------------------------------------------------------------------------------
+    def encode(self, sample: dict[str, Any]) -> dict[str, Any]:
+        out = self.recipe.output
+        record = {"__key__": f"{sample['index']:09d}", "json": write.encode_json(sample["labels"])}
+        if sample["image"] is not None:
+            record["jpg"] = write.encode_jpg(sample["image"], out.jpeg_quality)
+        for name in out.layers:
+            record[f"{name}.png"] = write.encode_png(sample["layers"][layer_ops.LAYER_KEYS[name]])
+        if out.vertices:
+            arrays = {"vertices": sample["vertices_cam"].astype(np.float32),
+                      "faces": self.subject_model.mesh(sample["subject"])[0]} | sample["subject"].arrays
+            record["npz"] = write.encode_npz(arrays)
+        return record

@@ -3,18 +3,21 @@
 :func:`frames_model` wraps the recipe's body model (Anny or the SMPL family) so that
 ``pose(draw, motion)`` returns :class:`PosedFrames`: vertices, keypoints, joints and the world
 poses of the rig's sockets at every time of the motion, in world axes with the pelvis at the
-origin (the factory adds the translation along the path).
+origin. :func:`ground_heights`, :func:`sitting_shift` and :func:`seat_under` then place the posed
+body along its path (feet on the floor, feet kept still while sitting down, a seat under it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
 
 from synthgen.errors import UserError
-from synthgen.sequences.motion import Motion
+from synthgen.sequences.motion import Motion, heading_of
 from synthgen.sequences.rigs import SOCKET_BONES, socket_rotation
 from synthgen.subjects.base import SMPL_TO_WORLD, PosesOverTime
 from synthgen.subjects.poses import SMPL_JOINTS, SMPL_PARENTS, matrices_to_axis_angle
@@ -150,3 +153,49 @@ class SmplFrames:
 
     def sequence_params(self, draw: dict[str, Any]) -> dict[str, Any]:
         return self.model.sequence_params(draw)
+
+
+# --- placing the posed body along its path -------------------------------------------------------
+def ground_heights(motion: Motion, posed: PosedFrames, frames: Motion, fps: int) -> np.ndarray:
+    """(F,) pelvis height per frame: lowest vertex on z = 0, smoothed (Gaussian, sd 65 ms: feet
+    then touch the floor within ~1-2 cm, and the pelvis's vertical acceleration stays human,
+    a few m/s^2, without kinks where the supporting foot changes), or frame 0 on the floor
+    plus the file's vertical root motion."""
+    lowest = posed.vertices[..., 2].min(axis=1).astype(np.float64)
+    if motion.grounding == "first_frame":
+        return -lowest[0] + frames.root_position[:, 2]
+    z = -lowest
+    sigma = 0.065 * fps
+    return gaussian_filter1d(z, sigma, mode="nearest") if sigma >= 0.5 and len(z) > 2 else z
+
+def sitting_shift(prop: dict[str, Any], posed_all: PosedFrames, at: Motion, names: list[str]) -> Callable:
+    """Horizontal pelvis shift over time that keeps the feet in place while sitting down.
+
+    The seated pose (last posed frame) has its ankles ahead of the pelvis; the pelvis moves
+    back by that distance (beyond frame 0's) along a smoothstep from ``from_s`` to ``at_s``.
+    """
+    ankles = [names.index("left_ankle"), names.index("right_ankle")]
+    yaw = heading_of(at.root_rotation[0])
+    forward = np.array([np.sin(yaw), -np.cos(yaw)])
+    seated = float(posed_all.keypoints[-1, ankles, :2].mean(axis=0) @ forward)
+    standing = float(posed_all.keypoints[0, ankles, :2].mean(axis=0) @ forward)
+    distance = max(seated - standing, 0.0)
+    t0, t1 = float(prop.get("from_s", 0.0)), float(prop["at_s"])
+
+    def shift(t: np.ndarray) -> np.ndarray:
+        x = np.clip((np.asarray(t, dtype=np.float64) - t0) / max(t1 - t0, 1e-6), 0.0, 1.0)
+        return -(x * x * (3 - 2 * x) * distance)[:, None] * forward
+
+    return shift
+
+def seat_under(prop: dict[str, Any], posed: PosedFrames, at: Motion, shift: np.ndarray) -> dict[str, Any]:
+    """A seat under the body posed sitting: top at its buttocks, centred under its pelvis."""
+    v = posed.vertices[0].astype(np.float64)
+    lift = -v[:, 2].min()  # that frame grounded on its own
+    near = np.hypot(v[:, 0], v[:, 1]) < 0.15
+    top = float(v[near, 2].min() + lift) if near.any() else 0.45
+    yaw = heading_of(at.root_rotation[0])
+    back = np.array([-np.sin(yaw), np.cos(yaw)])  # behind a body facing Rz(yaw) (0, -1, 0)
+    centre = at.root_position[0, :2] + shift + 0.06 * back
+    return {"kind": "seat", "centre": centre.tolist(), "top": max(top, 0.2), "yaw": yaw,
+            "size": prop.get("size", [0.48, 0.46])}

@@ -34,13 +34,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
-from scipy.ndimage import gaussian_filter1d
 
 from synthgen import write
 from synthgen.errors import UserError
@@ -50,9 +49,10 @@ from synthgen.recipe import Recipe, recipe_hash
 from synthgen.render import layers as layer_ops
 from synthgen.render import derive_layers, render_layers
 from synthgen.seeding import label_threads, sample_rng, sample_seed
-from synthgen.sequences.bodies import PosedFrames, frames_model, take_frames
+from synthgen.sequences.bodies import (PosedFrames, frames_model, ground_heights, seat_under, sitting_shift,
+                                       take_frames)
 from synthgen.sequences.imu import imu_readings
-from synthgen.sequences.motion import Motion, MotionFileBank, draw_motion, heading_of
+from synthgen.sequences.motion import Motion, MotionFileBank, draw_motion
 from synthgen.sequences.rigs import (SOCKET_BONES, Lens, MountTrack, build_lens, mount_offset, sim_rate,
                                      simulate_mounts, standoff_offset)
 from synthgen.sequences.scene import BODY_INSTANCE, SCENE_PART_NAMES, SceneMesh, build_scene, clip_near
@@ -172,15 +172,15 @@ class SequenceFactory:
         posed_all = self.body.pose(draw, motion.sample(pose_times))
         posed = take_frames(posed_all, slice(0, F))
         frame_motion = motion.sample(times)
-        z = self._grounding(motion, posed, frame_motion, fps)
+        z = ground_heights(motion, posed, frame_motion, fps)
         translation = np.column_stack([frame_motion.root_position[:, :2], z])
         props, sit_shift = [], None
         if seat:
             seat_pose = take_frames(posed_all, slice(F, F + 1))
             seat_motion = motion.sample(np.array([seat["at_s"]]))
-            sit_shift = self._sit_shift(seat, posed_all, seat_motion)
+            sit_shift = sitting_shift(seat, posed_all, seat_motion, self.subject_model.keypoint_names)
             translation[:, :2] += sit_shift(times)
-            props.append(self._seat(seat, seat_pose, seat_motion, sit_shift(np.array([seat["at_s"]]))[0]))
+            props.append(seat_under(seat, seat_pose, seat_motion, sit_shift(np.array([seat["at_s"]]))[0]))
         # motion blur sub-frames
         sub_posed = sub_translation = sub_steps = None
         n = cfg.motion_blur.subframes
@@ -229,52 +229,6 @@ class SequenceFactory:
                                          posed.keypoints[0], len(self.lenses))
             seq.labels["prompt"] = seq.prompt
         return seq
-
-    @staticmethod
-    def _grounding(motion: Motion, posed: PosedFrames, frames: Motion, fps: int) -> np.ndarray:
-        """(F,) pelvis height per frame: lowest vertex on z = 0, smoothed (Gaussian, sd 65 ms: feet
-        then touch the floor within ~1-2 cm, and the pelvis's vertical acceleration stays human,
-        a few m/s^2, without kinks where the supporting foot changes), or frame 0 on the floor
-        plus the file's vertical root motion."""
-        lowest = posed.vertices[..., 2].min(axis=1).astype(np.float64)
-        if motion.grounding == "first_frame":
-            return -lowest[0] + frames.root_position[:, 2]
-        z = -lowest
-        sigma = 0.065 * fps
-        return gaussian_filter1d(z, sigma, mode="nearest") if sigma >= 0.5 and len(z) > 2 else z
-
-    def _sit_shift(self, prop: dict[str, Any], posed_all: PosedFrames, at: Motion) -> Callable:
-        """Horizontal pelvis shift over time that keeps the feet in place while sitting down.
-
-        The seated pose (last posed frame) has its ankles ahead of the pelvis; the pelvis moves
-        back by that distance (beyond frame 0's) along a smoothstep from ``from_s`` to ``at_s``.
-        """
-        names = self.subject_model.keypoint_names
-        ankles = [names.index("left_ankle"), names.index("right_ankle")]
-        yaw = heading_of(at.root_rotation[0])
-        forward = np.array([np.sin(yaw), -np.cos(yaw)])
-        seated = float(posed_all.keypoints[-1, ankles, :2].mean(axis=0) @ forward)
-        standing = float(posed_all.keypoints[0, ankles, :2].mean(axis=0) @ forward)
-        distance = max(seated - standing, 0.0)
-        t0, t1 = float(prop.get("from_s", 0.0)), float(prop["at_s"])
-
-        def shift(t: np.ndarray) -> np.ndarray:
-            x = np.clip((np.asarray(t, dtype=np.float64) - t0) / max(t1 - t0, 1e-6), 0.0, 1.0)
-            return -(x * x * (3 - 2 * x) * distance)[:, None] * forward
-
-        return shift
-
-    def _seat(self, prop: dict[str, Any], posed: PosedFrames, at: Motion, shift: np.ndarray) -> dict[str, Any]:
-        """A seat under the body posed sitting: top at its buttocks, centred under its pelvis."""
-        v = posed.vertices[0].astype(np.float64)
-        lift = -v[:, 2].min()  # that frame grounded on its own
-        near = np.hypot(v[:, 0], v[:, 1]) < 0.15
-        top = float(v[near, 2].min() + lift) if near.any() else 0.45
-        yaw = heading_of(at.root_rotation[0])
-        back = np.array([-np.sin(yaw), np.cos(yaw)])  # behind a body facing Rz(yaw) (0, -1, 0)
-        centre = at.root_position[0, :2] + shift + 0.06 * back
-        return {"kind": "seat", "centre": centre.tolist(), "top": max(top, 0.2), "yaw": yaw,
-                "size": prop.get("size", [0.48, 0.46])}
 
     def _targets(self, s: int, posed: PosedFrames, translation: np.ndarray) -> tuple[list[dict], np.ndarray]:
         """Per-mount jittered offsets and the (F, M, 4, 4) target camera-to-world poses."""

@@ -197,11 +197,11 @@ def sample_viewpoint_camera(rng: np.random.Generator, cfg: CameraConfig, points_
     units of the box diagonal when ``distance_relative``), in-plane theta uniform, focal length
     from ``focal_mm`` / ``sensor_mm`` (or a vertical fov from ``cfg.fov_deg``), and the principal
     point (where the centre projects) within ``principal_jitter`` of the image centre. The
-    extrinsics are :func:`synthgen.subjects.viewpoint.viewpoint_to_extrinsics` of the drawn
-    values, so :func:`synthgen.subjects.viewpoint.camera_to_viewpoint` gives them back exactly.
+    extrinsics are :func:`synthgen.viewpoint.viewpoint_to_extrinsics` of the drawn
+    values, so :func:`synthgen.viewpoint.camera_to_viewpoint` gives them back exactly.
     Pass every vertex: the centre is the box centre of the points given.
     """
-    from synthgen.subjects.viewpoint import viewpoint_center, viewpoint_to_extrinsics
+    from synthgen.viewpoint import viewpoint_center, viewpoint_to_extrinsics
 
     vp = cfg.viewpoint
     if vp.azimuth == "front":

@@ -15,7 +15,7 @@ from synthgen.recipe import SubjectConfig, recipe_from_dict
 from synthgen.subjects import build_subject_model, object_shapes
 from synthgen.subjects.objects import (KEYPOINT_NAMES, SKELETON, ObjectModel, alignment, axes_to_world,
                                        build_catalogue)
-from synthgen.subjects.viewpoint import (camera_to_viewpoint, direction, extrinsics_to_viewpoint,
+from synthgen.viewpoint import (camera_to_viewpoint, direction, extrinsics_to_viewpoint,
                                          viewpoint_center, viewpoint_to_camera, viewpoint_to_extrinsics)
 
 WORLD_TO_SHAPENET = np.array([[-1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]])  # ShapeNet: +Y up, front -Z

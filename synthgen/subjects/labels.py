@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from synthgen.subjects.viewpoint import camera_to_viewpoint, viewpoint_center
+from synthgen.viewpoint import camera_to_viewpoint, viewpoint_center
 
 
 def vertical_fov_deg(K: np.ndarray, height: int) -> float:

@@ -19,7 +19,7 @@ box diagonal of ``size`` and stood on z = 0 with its box centred on the Z axis.
 
 Labels (PASCAL3D+ names): ``class``, ``model_id``, ``cad_index`` (1-based index of the model in its
 class), and from the camera ``azimuth``, ``elevation``, ``theta``, ``distance``, ``focal``, ``px``,
-``py`` (:mod:`synthgen.subjects.viewpoint`). Part ids: ``parts: single`` = one part ("object");
+``py`` (:mod:`synthgen.viewpoint`). Part ids: ``parts: single`` = one part ("object");
 ``submesh`` = one id per scene node (builtin: semantic parts shared by all classes; files: node
 order, names in ``labels.subject.part_names``). Keypoints: the 8 corners of the normalised
 object's axis-aligned box (:data:`KEYPOINT_NAMES`), visible where the object's surface is there.

@@ -15,10 +15,9 @@ from synthgen.errors import MissingModelError, UserError
 from synthgen.recipe import SubjectConfig, recipe_from_dict
 from synthgen.subjects import animal_poses as ap
 from synthgen.subjects import build_subject_model
-from synthgen.subjects.model_files import read_npz_arrays
+from synthgen.subjects.model_files import convert_pickle, read_npz_arrays
 from synthgen.subjects.quadruped import quadruped_arrays, write_quadruped
-from synthgen.subjects.smal_body import (BATCH, SMAL_FAMILIES, SmalBody, convert_pickle, draw_betas,
-                                         geometric_keypoints)
+from synthgen.subjects.smal_body import BATCH, SMAL_FAMILIES, SmalBody, draw_betas, geometric_keypoints
 
 try:  # tests/ on sys.path (rootdir-less "prepend" import mode) or tests as a package
     import smal_fixture

@@ -36,11 +36,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import os
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +52,7 @@ from synthgen.recipe import AnimalConfig, SubjectConfig
 from synthgen.seeding import sample_rng
 from synthgen.subjects import animal_poses as ap
 from synthgen.subjects.base import PosedSubject, ground_offset, parts_from_skinning
-from synthgen.subjects.model_files import OpaqueObject, load_pickled_arrays, plain_array, read_npz_arrays
+from synthgen.subjects.model_files import convert_pickle, read_npz_arrays
 
 log = logging.getLogger(__name__)
 
@@ -66,78 +65,7 @@ WORLD_RIGHT, WORLD_FORWARD, WORLD_UP = np.array([-1.0, 0, 0]), np.array([0, -1.0
 PAWS = ("LFoot", "RFoot", "LFootBack", "RFootBack")
 
 
-# --- conversion of pickled model / cluster files ------------------------------------------------
-@dataclass
-class ConversionReport:
-    """What a pickle conversion kept and what it could not (with the reason)."""
-
-    source: str
-    converted: dict[str, list[int]] = field(default_factory=dict)  # npz key -> shape
-    dropped: dict[str, str] = field(default_factory=dict)          # pickle key -> why
-
-    def lines(self) -> list[str]:
-        out = [f"{self.source}: converted {len(self.converted)} entries"]
-        out += [f"  {k}: {shape}" for k, shape in sorted(self.converted.items())]
-        out += [f"  NOT converted {k}: {why}" for k, why in sorted(self.dropped.items())]
-        return out
-
-
-def _flatten(key: str, value: Any, report: ConversionReport, out: dict[str, np.ndarray]) -> None:
-    """Arrays for one pickled entry (lists of arrays stacked, dicts flattened to key/sub)."""
-    if value is None:
-        report.dropped[key] = "None"
-        return
-    if isinstance(value, dict):
-        if not value:
-            report.dropped[key] = "empty dict"
-        for sub, item in value.items():
-            _flatten(f"{key}/{sub}", item, report, out)
-        return
-    if isinstance(value, (list, tuple)):
-        parts = [plain_array(v) for v in value]
-        if value and all(p is not None for p in parts) and len({(p.shape, p.dtype.kind) for p in parts}) == 1:
-            out[key] = np.stack(parts)
-            return
-        if not value:
-            report.dropped[key] = "empty list"
-        for i, item in enumerate(value):
-            _flatten(f"{key}/{i}", item, report, out)
-        return
-    array = plain_array(value)
-    if array is None:
-        what = value.source if isinstance(value, OpaqueObject) else type(value).__name__
-        report.dropped[key] = f"no array data in a {what} object"
-        return
-    out[key] = array
-
-
-def convert_pickle(src: str | Path, dst: str | Path, required: tuple[str, ...] = ()) -> ConversionReport:
-    """Rewrite a SMAL-family ``.pkl`` (model or cluster data) as a plain ``.npz``.
-
-    Uses the restricted unpickler of :mod:`synthgen.subjects.model_files` (numpy arrays, chumpy
-    values, scipy sparse matrices; any other class raises ``pickle.UnpicklingError``). Lists of
-    equal-shape arrays are stacked (``cluster_means``), dicts flattened to ``key/sub``; every
-    entry is either converted or listed in the report, which is also saved as
-    ``_conversion_report``. ``required``: keys that must be converted (else UserError).
-    """
-    src = Path(src)
-    data = load_pickled_arrays(src)
-    report = ConversionReport(str(src))
-    arrays: dict[str, np.ndarray] = {}
-    for key, value in data.items():
-        _flatten(str(key), value, report, arrays)
-    missing = [k for k in required if k not in arrays]
-    if missing:
-        raise UserError(f"{src}: could not read {missing}; " + "; ".join(report.lines()[1:]))
-    report.converted = {k: list(a.shape) for k, a in arrays.items()}
-    arrays["_conversion_report"] = np.array(json.dumps({"source": src.name, "converted": report.converted,
-                                                        "dropped": report.dropped}))
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(dst, **arrays)
-    return report
-
-
+# --- model / cluster files ---------------------------------------------------------------------
 def _cache_root() -> Path:
     return Path(os.environ.get("SYNTHGEN_CACHE_DIR", str(Path.home() / ".cache" / "synthgen"))) / "smal"
 

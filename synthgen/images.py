@@ -28,7 +28,7 @@ from synthgen.subjects import build_subject_model, subject_part_names
 
 log = logging.getLogger(__name__)
 
-CHUNK = 32  # samples posed per body-model call (and handed to a loader worker together)
+CHUNK = 16  # samples posed together (one fixed body-model batch), handed to a loader worker together
 SUBJECT_ID = 1  # the single subject's id in ``instances`` and the instance layer
 
 

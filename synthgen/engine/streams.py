@@ -127,7 +127,8 @@ def _loader_stream(factory_class: type, recipe: Recipe, indices: list[int], chun
     chunks = _chunks(indices, max(1, chunk))
     dataset = _PreparedChunks(factory_class, recipe.model_dump(mode="json"), chunks)
     per_chunk = max(1, len(indices) // max(1, len(chunks)))
+    ahead = max(1, -(-depth // (workers * per_chunk)))  # chunks per worker covering ``depth`` samples
     loader = tud.DataLoader(dataset, batch_size=None, num_workers=workers, multiprocessing_context="spawn",
-                            prefetch_factor=max(2, depth // (workers * per_chunk) + 1), collate_fn=_as_is)
+                            prefetch_factor=ahead, collate_fn=_as_is)
     for prepared in loader:
         yield from prepared

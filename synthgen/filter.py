@@ -40,6 +40,7 @@ import numpy as np
 
 from synthgen.generate.model_check import (check_sam_model, locate, missing_entry, missing_model_error,
                                            sam_model)
+from synthgen.labels import bbox_from_mask
 from synthgen.recipe import FilterConfig, SamConfig
 
 log = logging.getLogger(__name__)
@@ -291,8 +292,7 @@ def _render_box(sample: dict[str, Any], mask: np.ndarray) -> list[float]:
     instances = (sample.get("labels") or {}).get("instances") or [{}]
     bbox = instances[0].get("bbox")
     if bbox is None:
-        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        bbox = [cols[0] - 0.5, rows[0] - 0.5, cols[-1] - cols[0] + 1.0, rows[-1] - rows[0] + 1.0]
+        bbox = bbox_from_mask(mask > 0)
     x, y, w, h = (float(v) for v in bbox)
     return [x, y, x + w, y + h]
 

@@ -41,16 +41,23 @@ def _build_in_process(folder: str, start, results) -> None:
     results.put((os.getpid(), built, (folder / "result").read_text()))
 
 
-def test_two_processes_build_once(tmp_path: Path):
-    ctx = multiprocessing.get_context("spawn")
-    start, results = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_build_in_process, args=(str(tmp_path), start, results)) for _ in range(2)]
+def _run_two(ctx, target, args, timeout: float) -> list:
+    """Start ``target(*args(results))`` in two processes; their results, once both exited cleanly."""
+    results = ctx.Queue()
+    procs = [ctx.Process(target=target, args=args(results)) for _ in range(2)]
     for proc in procs:
         proc.start()
-    outcomes = [results.get(timeout=120) for _ in procs]
+    out = [results.get(timeout=timeout) for _ in procs]
     for proc in procs:
-        proc.join(timeout=30)
+        proc.join(timeout=60)
         assert proc.exitcode == 0
+    return out
+
+
+def test_two_processes_build_once(tmp_path: Path):
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(2)
+    outcomes = _run_two(ctx, _build_in_process, lambda results: (str(tmp_path), start, results), 120)
     assert (tmp_path / "builds.log").read_text().split() == [str(p) for p, built, _ in outcomes if built]
     assert sorted(built for _, built, _ in outcomes) == [False, True]
     assert all(text == "built" for _, _, text in outcomes)
@@ -158,14 +165,7 @@ def _load_in_process(cache: str, results) -> None:
 def test_two_processes_cold_start_build_anny_once(tmp_path: Path):
     """Real cold build (~50 s of CPU): two processes, one build, both get the model."""
     ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_load_in_process, args=(str(tmp_path), results)) for _ in range(2)]
-    for proc in procs:
-        proc.start()
-    counts = [results.get(timeout=900) for _ in procs]
-    for proc in procs:
-        proc.join(timeout=60)
-        assert proc.exitcode == 0
+    counts = _run_two(ctx, _load_in_process, lambda results: (str(tmp_path), results), 900)
     logs = [p.read_text() for p in tmp_path.glob("log-*.txt")]
     assert counts[0] == counts[1] > 0
     assert sum("Building Anny's model data once" in text for text in logs) == 1

@@ -145,10 +145,6 @@ class SequenceFactory:
         again (about a second per 64 frames, against ~10 s to render their views)."""
         return min(self.config.frames, SEQUENCE_CHUNK)
 
-    @property
-    def frames(self) -> int:
-        return self.config.frames
-
     # 1. simulate a sequence (motion, body, rig, IMU, scene, materials) -------------------------
     def sequence(self, s: int) -> Sequence:
         """Sequence ``s``, simulated from its frame 0 (cached: the last two)."""

@@ -62,8 +62,8 @@ def decode_image(key: str, data: bytes) -> Any:
     if ext not in ("png", "jpg", "jpeg"):
         return None
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if array is not None and array.ndim == 3:
-        array = np.ascontiguousarray(array[..., ::-1])
+    if array is not None and array.ndim == 3 and array.shape[2] in (3, 4):
+        array = cv2.cvtColor(array, cv2.COLOR_BGR2RGB if array.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
     return array
 
 

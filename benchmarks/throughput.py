@@ -13,8 +13,11 @@ Prints, in order:
 3. throughput: the naive per-sample loop (one process, Anny at batch 1, a second render pass,
    PIL's default PNG/JPEG encoders and webdataset's default encoder) and
    :func:`synthgen.run.generate` with workers=1 and 2, each run in a fresh process as the CLI
-   would: wall samples/s for N and 2N samples and the marginal rate N / (t(2N) - t(N)), which
-   cancels the start-up (imports, body model, GL probe, worker spawn);
+   would: wall samples/s for N and 2N samples, the marginal rate N / (t(2N) - t(N)), which
+   cancels the start-up (imports, body model, GL probe, worker spawn) but differences two wall
+   times that each vary by seconds, and the steady rate from the 2N run's shard sidecars
+   (``workers x shard size / median shard time``, each worker's first shard left out), which
+   cancels the start-up without that noise;
 4. Anny model start (cold in an empty cache, skipped with --quick/--skip-cold; warm) and peak
    resident memory.
 
@@ -60,6 +63,7 @@ print(time.perf_counter() - t)
 # One generate run in a fresh process: only the generate() call is timed.
 _GENERATE_SNIPPET = """
 import json, resource, sys, tempfile, time
+from pathlib import Path
 from synthgen.recipe import load_recipe
 from synthgen.run import generate
 recipe = load_recipe(sys.argv[1], json.loads(sys.argv[2]))
@@ -67,10 +71,12 @@ with tempfile.TemporaryDirectory() as out:
     start = time.perf_counter()
     manifest = generate(recipe, out, workers=int(sys.argv[3]), progress=False)
     seconds = time.perf_counter() - start
+    shards = [json.loads(p.read_text()) for p in sorted(Path(out, "shards").glob("*.json"))]
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so it would report the parent's peak
 hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]
 rss_self = int(hwm[0].split()[1]) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"seconds": seconds, "written": manifest["num_samples_written"],
+                  "shard_seconds": [s["seconds"] for s in shards], "shard_sizes": [s["stop"] - s["start"] for s in shards],
                   "errors": manifest["num_errors"], "rss_self_mb": rss_self,
                   "rss_children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 """
@@ -328,6 +334,16 @@ def generate_run(overrides: list[str], workers: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def steady_rate(run: dict, workers: int) -> float:
+    """Samples/s of ``workers`` shard writers in steady state: ``workers x shard size / median
+    shard time``, leaving out the ``workers`` slowest shards (each worker's first, which carries
+    its start-up). Unlike N / (t(2N) - t(N)) it does not difference two noisy wall times."""
+    timed = sorted(zip(run["shard_seconds"], run["shard_sizes"]))[:-workers or None]
+    if not timed:
+        return float("nan")
+    return workers * float(np.median([size / seconds for seconds, size in timed]))
+
+
 def generate_rates(base: list[str], workers: int, n: int) -> dict:
     """Wall samples/s for N and 2N samples, and the marginal rate N / (t(2N) - t(N))."""
     one = generate_run(base + [f"num_samples={n}"], workers)
@@ -335,6 +351,7 @@ def generate_rates(base: list[str], workers: int, n: int) -> dict:
     extra = two["seconds"] - one["seconds"]
     return {"wall_n": n / one["seconds"], "wall_2n": 2 * n / two["seconds"],
             "marginal": n / extra if extra > 0 else float("nan"), "t_n": one["seconds"], "t_2n": two["seconds"],
+            "steady": steady_rate(two, workers),
             "rss_main_mb": max(one["rss_self_mb"], two["rss_self_mb"]),
             "rss_worker_mb": max(one["rss_children_mb"], two["rss_children_mb"]),
             "errors": one["errors"] + two["errors"]}
@@ -411,6 +428,8 @@ def main() -> None:
             what = f"generate workers={workers}" + ("" if kind == recipe.backend.kind else f", backend {kind}")
             out_rows.append((f"{what}: wall, {gen_n} / {2 * gen_n} samples",
                              f"{g['wall_n']:.2f} / {g['wall_2n']:.2f}  ({g['t_n']:.1f} s / {g['t_2n']:.1f} s)"))
+            out_rows.append((f"{what}: steady, from shard times", f"{g['steady']:.2f}  = "
+                             f"{g['steady'] / naive:.2f}x naive"))
             out_rows.append((f"{what}: marginal N/(t2N-tN)",
                              f"{g['marginal']:.2f}  = {g['marginal'] / naive:.2f}x naive"
                              + (f"  ({g['errors']} failed samples)" if g["errors"] else "")
@@ -418,7 +437,7 @@ def main() -> None:
                              + ("  UNRELIABLE: above workers x the table's ceiling, raise --gen-samples"
                                 if kind == recipe.backend.kind and g["marginal"] > 1.2 * workers * ceiling
                                 else "")))
-            for row in out_rows[-2:]:
+            for row in out_rows[-3:]:
                 print(f"{row[0]}: {row[1]}", flush=True)
             # with workers=1 the only child is the GL probe: no worker to report
             rss[f"generate workers={workers} ({kind})"] = (g["rss_main_mb"], g["rss_worker_mb"] if workers > 1 else 0)

@@ -18,7 +18,6 @@ from typing import Any
 import torch.utils.data as tud
 
 from synthgen.engine.contract import Factory
-from synthgen.engine.memory import reuse_freed_memory
 from synthgen.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -31,7 +30,6 @@ def finished_samples(factory: Factory, indices: list[int], loader_workers: int =
     ``factory.timing["input_wait"]`` accumulates how long the device stages waited for input,
     ``["generate"]`` how long they worked: the numbers behind the input-wait fraction.
     """
-    reuse_freed_memory()
     depth = 2 * factory.batch_size
     if loader_workers > 0:
         log.info("CPU stages of %d samples in %d loader workers, chunks of %d", len(indices), loader_workers,
@@ -113,7 +111,6 @@ class _PreparedChunks(tud.IterableDataset):
         info = tud.get_worker_info()
         worker, count = (info.id, info.num_workers) if info else (0, 1)
         if "factory" not in _WORKER_FACTORY:
-            reuse_freed_memory()
             recipe = Recipe.model_validate(self.recipe_json)
             _WORKER_FACTORY["factory"] = self.factory_class(recipe, cpu_only=True)
         factory = _WORKER_FACTORY["factory"]

@@ -159,7 +159,7 @@ def render_shaded(layers: dict, part_names: list[str], appearance_rng: np.random
     else:
         background = procedural_background(background_rng, width, height)
     alpha = cv2.GaussianBlur(mask.astype(np.float32), (3, 3), 0.6)
-    image = cv2.blendLinear(body, background.astype(np.float32), alpha, 1.0 - alpha)
+    image = cv2.blendLinear(body, background.astype(np.float32, copy=False), alpha, 1.0 - alpha)
     gain = np.float32(appearance_rng.uniform(0.85, 1.15) * 255.0)
     # luminance sensor noise (one channel, broadcast) costs a third of per-channel noise
     noise = appearance_rng.standard_normal((height, width, 1), dtype=np.float32)

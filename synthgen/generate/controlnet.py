@@ -406,21 +406,26 @@ class ControlNetBackend:
         and run in groups of equal embedding length, so a sample's image never depends on the
         prompts it was batched with."""
         groups: dict[int, list[int]] = {}
+        encoded: dict[int, dict[str, Any]] = {}
         for i, sample in enumerate(batch):
-            groups.setdefault(self._embedding_length(sample), []).append(i)
+            if self.long_prompts is not None and self.long_prompts.too_long(sample):
+                encoded[i] = self.long_prompts.encode(sample)
+            length = encoded[i]["prompt_embeds"].shape[1] if i in encoded else 0
+            groups.setdefault(length, []).append(i)
         images: list[np.ndarray | None] = [None] * len(batch)
         for length, members in groups.items():
-            for i, image in zip(members, self._run([batch[i] for i in members], long=length > 0)):
+            embeds = None
+            if length:
+                import torch
+
+                embeds = {key: torch.cat([encoded[i][key] for i in members]).to(self.device)
+                          for key in encoded[members[0]]}
+            for i, image in zip(members, self._run([batch[i] for i in members], embeds)):
                 images[i] = image
         return images  # type: ignore[return-value]
 
-    def _embedding_length(self, sample: dict) -> int:
-        """0 when the pipeline encodes the sample's prompts itself, else compel's token length."""
-        if self.long_prompts is None:
-            return 0
-        return self.long_prompts.length(sample["prompt"], sample.get("negative_prompt", ""))
-
-    def _run(self, batch: list[dict], long: bool) -> list[np.ndarray]:
+    def _run(self, batch: list[dict], embeds: dict[str, Any] | None) -> list[np.ndarray]:
+        """One pipeline call; ``embeds``: compel's prompt embeddings, or None for the prompt strings."""
         torch, config, family = self._torch, self.config, self.family
         units = config.controlnets
         multi = len(units) > 1
@@ -440,8 +445,8 @@ class ControlNetBackend:
             "control_guidance_end": [u.end for u in units] if multi else units[0].end,
             "generator": generators, "output_type": "np",
         }
-        if long:
-            kwargs.update(self.long_prompts.embeddings(batch, self.device))
+        if embeds is not None:
+            kwargs.update(embeds)
         else:
             kwargs["prompt"] = [s["prompt"] for s in batch]
             if family.negative_prompt:
@@ -493,16 +498,16 @@ class LongPrompts:
     def _tokens(self, text: str) -> int:
         return len(self.pipe.tokenizer(text, truncation=False, add_special_tokens=True)["input_ids"])
 
-    def length(self, prompt: str, negative: str) -> int:
-        """0 when both fit in ``limit`` tokens; else the number of 75-token chunks (> 0)."""
-        longest = max(self._tokens(prompt), self._tokens(negative or ""))
+    def too_long(self, sample: dict) -> bool:
+        """Whether the sample's prompt or negative prompt exceeds ``limit`` tokens."""
+        longest = max(self._tokens(sample["prompt"]), self._tokens(sample.get("negative_prompt") or ""))
         if longest <= self.limit:
-            return 0
+            return False
         if self.config.long_prompts == "error":
             raise UserError(f"a prompt of {longest} tokens is longer than the text encoder's "
                             f"{self.limit}; shorten prompt.templates or set "
                             "backend.controlnet.long_prompts: compel")
-        return -(-(longest - 2) // (self.limit - 2))
+        return True
 
     @property
     def compel(self):
@@ -516,21 +521,14 @@ class LongPrompts:
             self._compel = wrapper(self.pipe)
         return self._compel
 
-    def embeddings(self, batch: list[dict], device: str) -> dict[str, Any]:
-        """Pipeline keyword arguments (prompt_embeds, negative_..., pooled_...) for ``batch``.
-
-        Every sample of ``batch`` has the same :meth:`length`, so their embeddings stack.
-        """
+    def encode(self, sample: dict) -> dict[str, Any]:
+        """Pipeline keyword arguments for one sample: ``prompt_embeds`` (1, L, D),
+        ``negative_prompt_embeds`` (same L) and for sdxl the pooled ones (1, P)."""
         import torch
 
-        parts: dict[str, list] = {}
         with torch.inference_mode():
-            for sample in batch:
-                out = self.compel(sample["prompt"], negative_prompt=sample.get("negative_prompt", ""))
-                named = {"prompt_embeds": out.embeds, "negative_prompt_embeds": out.negative_embeds,
-                         "pooled_prompt_embeds": out.pooled_embeds,
-                         "negative_pooled_prompt_embeds": out.negative_pooled_embeds}
-                for key, value in named.items():
-                    if value is not None:
-                        parts.setdefault(key, []).append(value)
-        return {key: torch.cat(values).to(device) for key, values in parts.items()}
+            out = self.compel(sample["prompt"], negative_prompt=sample.get("negative_prompt") or "")
+        named = {"prompt_embeds": out.embeds, "negative_prompt_embeds": out.negative_embeds,
+                 "pooled_prompt_embeds": out.pooled_embeds,
+                 "negative_pooled_prompt_embeds": out.negative_pooled_embeds}
+        return {key: value for key, value in named.items() if value is not None}

@@ -19,9 +19,15 @@ Use it in two steps:
 2. :class:`ControlNetBackend` loads the pipeline once per process; ``generate(samples)``
    returns one (H, W, 3) uint8 RGB image per sample.
 
-Determinism: each image gets its own ``torch.Generator`` seeded from its sample's seed, and
-diffusers draws each image's noise from its own generator, so an image does not depend on the
-batch it was made in (up to float rounding of batched kernels; see ``tests/test_controlnet.py``).
+Determinism: each image gets its own CPU ``torch.Generator`` seeded from its sample's seed, and
+diffusers draws each image's noise (initial latents, DDIM's eta noise) from it on the CPU, so the
+noise depends neither on the batch nor on the device type; pixels agree up to float rounding of
+batched kernels (see ``tests/test_controlnet.py``). Prompts over 77 CLIP tokens (sd15, sdxl) are
+encoded whole by compel (:class:`LongPrompts`) and run in groups of equal embedding length.
+
+What a ControlNet sees is computed in the render stage from the unit's ``encoding``
+(``layers["controls"][i]``, see :mod:`synthgen.render.layers`); the table below is the fallback
+for render dicts without it.
 
 Which layer feeds a ControlNet (:data:`LAYER_SOURCES`; shapes from :mod:`synthgen.render`):
 

@@ -73,6 +73,17 @@ def _cmd_validate(args) -> int:
     recipe = _load(args)
     sys.stdout.write(f"# recipe hash {recipe_hash(recipe)}\n")
     sys.stdout.write(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    if recipe.backend.kind == "controlnet" and recipe.sequence is None:
+        from synthgen.images import control_plan
+
+        config = recipe.backend.controlnet
+        resolved = {"family": config.family, "image": [recipe.image.width, recipe.image.height],
+                    "vae": config.vae or "the base model's", "scheduler": config.scheduler,
+                    "eta": config.eta, "steps": config.steps, "guidance": config.guidance,
+                    "long_prompts": config.long_prompts, "controlnets": control_plan(recipe)}
+        sys.stdout.write("# what each ControlNet receives (resolved):\n")
+        sys.stdout.write("".join(f"# {line}\n" for line in
+                                 yaml.safe_dump(resolved, sort_keys=False).splitlines()))
     return 0
 
 

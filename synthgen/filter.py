@@ -231,7 +231,8 @@ class SamAligner:
         images: (H, W, 3) uint8 RGB (or float in [0, 1]; (H, W) gray is repeated to RGB).
         boxes: [x0, y0, x1, y1] per image in pixels. points: per image an (N, 2) array of
         positive points in pixels (None or empty = box only); at most ``max_points`` are used,
-        spread out. Of SAM's three candidate masks the one with the highest predicted IoU is kept.
+        spread out. SAM returns a single mask (``multimask_output=False``): with a box prompt
+        the target is unambiguous, the case SAM's authors give for one output mask.
         """
         import torch
 
@@ -268,9 +269,10 @@ class SamAligner:
             chosen = select_points(points, self.max_points) * np.array([sx, sy])
             kwargs["input_points"] = torch.tensor(chosen[None, None], dtype=self.dtype, device=self.device)
             kwargs["input_labels"] = torch.ones((1, 1, len(chosen)), dtype=torch.long, device=self.device)
-        result = self.model(image_embeddings=embedding, multimask_output=True, **kwargs)
-        best = int(torch.argmax(result.iou_scores[0, 0]))
-        low_res = result.pred_masks[:, :1, best:best + 1].float().cpu()  # (1, 1, 1, h, w) logits
+        # a box (with or without points) is not ambiguous: one mask, as SAM's authors advise
+        # (multimask_output=True is for a lone point, where whole/part/subpart are all plausible)
+        result = self.model(image_embeddings=embedding, multimask_output=False, **kwargs)
+        low_res = result.pred_masks[:, :1, :1].float().cpu()  # (1, 1, 1, h, w) logits
         mask = self.processor.post_process_masks(low_res, original_sizes, reshaped_sizes)[0]
         return mask[0, 0].numpy().astype(bool)
 

@@ -32,6 +32,30 @@ CHUNK = 16  # samples posed together (one fixed body-model batch), handed to a l
 SUBJECT_ID = 1  # the single subject's id in ``instances`` and the instance layer
 
 
+def control_plan(recipe: Recipe) -> list[dict[str, Any]]:
+    """Per ControlNet: its model, scale, resolved encoding and where its input is stored.
+
+    ``stored_as`` is the layer file when that file holds exactly what the ControlNet receives
+    (same layer, same encoding), else ``control_<i>.png``, written beside the layers. Empty for
+    backends other than controlnet.
+    """
+    if recipe.backend.kind != "controlnet":
+        return []
+    render = recipe.render
+    stored = {"normal": {"layer": "normal", "normal": render.normal_convention,
+                         "background": render.normal_background},
+              "edges": {"layer": "edges", "edges": render.edges_source,
+                        "canny": [render.canny_low, render.canny_high]},
+              "skeleton": {"layer": "skeleton"}, "mask": {"layer": "mask"}}
+    out = []
+    for i, unit in enumerate(recipe.backend.controlnet.controlnets):
+        encoding = unit.resolved_encoding(render)
+        same = unit.layer in recipe.output.layers and stored.get(unit.layer) == encoding
+        out.append({"model": unit.model, "scale": unit.scale, "encoding": encoding,
+                    "stored_as": f"{unit.layer}.png" if same else f"control_{i}.png"})
+    return out
+
+
 class ImageFactory:
     """Makes the single-image samples of one recipe in this process (models built once, here).
 
@@ -50,6 +74,25 @@ class ImageFactory:
         if not cpu_only:
             self.backend = build_image_backend(recipe, subject_part_names(recipe.subject), device)
             self.sample_filter = self._filter(device)
+
+    @functools.cached_property
+    def controls(self) -> list[dict[str, Any]]:
+        """See :func:`control_plan`."""
+        return control_plan(self.recipe)
+
+    @property
+    def wants_ground(self) -> bool:
+        """Whether a normal layer (stored or sent) draws the ground plane behind the subject."""
+        return self.recipe.render.normal_background == "ground" or any(
+            c["encoding"].get("background") == "ground" for c in self.controls)
+
+    @staticmethod
+    def _control(layers: dict[str, Any], control: dict[str, Any]) -> np.ndarray:
+        """(H, W, 3) uint8: the stored layer itself when it is the input, else its own encoding."""
+        if not control["stored_as"].startswith("control_"):
+            image = layers[layer_ops.LAYER_KEYS[control["encoding"]["layer"]]]
+            return np.ascontiguousarray(np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image)
+        return layer_ops.control_from_layers(layers, control["encoding"])
 
     @functools.cached_property
     def subject_model(self):
@@ -102,9 +145,13 @@ class ImageFactory:
         r, model, camera, subject = self.recipe, self.subject_model, sample["camera"], sample["subject"]
         vertices_cam = camera.to_camera(subject.vertices)
         faces, face_parts = model.mesh(subject)
+        scene_normal = None
+        if self.wants_ground:  # HumanWild's scene normals behind the person: the ground plane
+            scene_normal = layer_ops.ground_plane_normals(camera.K, camera.cam_ext, camera.width, camera.height)
         layers = render_layers(vertices_cam, faces, face_parts, camera.K, camera.width, camera.height,
                                r.render.backend, (r.render.canny_low, r.render.canny_high),
-                               r.render.normal_convention)
+                               r.render.normal_convention, normal_background=r.render.normal_background,
+                               edges_source=r.render.edges_source, scene_normal=scene_normal)
         layers["instance"] = np.where(layers["mask"] > 0, SUBJECT_ID, 0).astype(np.uint8)
         kp3d = camera.to_camera(subject.keypoints_3d.astype(np.float64)).astype(np.float32)
         uv = camera.project(kp3d)
@@ -113,6 +160,9 @@ class ImageFactory:
         kp2d = np.concatenate([uv, vis[:, None]], axis=1)
         layers["skeleton"] = layer_ops.draw_skeleton(kp2d, model.keypoint_names, camera.width, camera.height,
                                                      model.skeleton_edges)
+        if self.controls:  # exactly what each ControlNet receives
+            layers["controls"] = [self._control(layers, control) for control in self.controls]
+        layers.pop("scene_normal", None)
         sample.update(layers=layers, keypoints_3d=kp3d, keypoints_2d=kp2d, vertices_cam=vertices_cam)
 
     def labels(self, sample: dict[str, Any]) -> dict[str, Any]:
@@ -127,11 +177,21 @@ class ImageFactory:
             **view_record(camera.width, camera.height, camera.K, camera.cam_ext, [instance]),
             "camera": {k: float(np.float32(v)) for k, v in sample["camera_draw"].items()},
             "part_names": model.part_names,
-            "conventions": {"camera": "opencv", "depth": "z_mm_uint16_0_is_background",
-                            "normal": self.recipe.render.normal_convention,
-                            "pixel_centre": "integer", "visibility": "coco_0_1_2",
-                            "instance": "0 background, else instances[].id"},
+            "conventions": self.conventions,
         }
+
+    @functools.cached_property
+    def conventions(self) -> dict[str, Any]:
+        """How every stored layer is encoded, and what each ControlNet received (``controls``)."""
+        render = self.recipe.render
+        out = {"camera": "opencv", "depth": "z_mm_uint16_0_is_background",
+               "normal": render.normal_convention, "normal_background": render.normal_background,
+               "edges": {"source": render.edges_source, "canny": [render.canny_low, render.canny_high]},
+               "pixel_centre": "integer", "visibility": "coco_0_1_2",
+               "instance": "0 background, else instances[].id"}
+        if self.controls:
+            out["controls"] = self.controls
+        return out
 
     def prepared(self, indices: list[int]) -> Iterator[dict[str, Any]]:
         """CPU stages; a sample that raises comes out as ``{"index", "error"}`` instead."""
@@ -190,6 +250,9 @@ class ImageFactory:
             record["jpg"] = write.encode_jpg(sample["image"], out.jpeg_quality)
         for name in out.layers:
             record[f"{name}.png"] = write.encode_png(sample["layers"][layer_ops.LAYER_KEYS[name]])
+        for i, control in enumerate(self.controls):
+            if control["stored_as"] == f"control_{i}.png":
+                record[f"control_{i}.png"] = write.encode_png(sample["layers"]["controls"][i])
         if out.vertices:
             arrays = {"vertices": sample["vertices_cam"].astype(np.float32),
                       "faces": self.subject_model.mesh(sample["subject"])[0]} | sample["subject"].arrays

@@ -287,7 +287,11 @@ class CameraConfig(_Strict):
         return self
 
 
-LayerName = Literal["normal", "depth", "mask", "parts", "edges", "skeleton", "instance"]
+LayerName = Literal["normal", "depth", "mask", "parts", "edges", "skeleton", "instance", "shaded"]
+NormalConvention = Literal["opengl", "bae", "opencv", "omnidata"]
+NormalBackground = Literal["black", "grey", "facing", "ground"]
+EdgesSource = Literal["normals", "shaded"]
+DepthForm = Literal["minmax", "minmax_25", "inverse", "metric"]
 
 
 class RenderConfig(_Strict):
@@ -295,10 +299,22 @@ class RenderConfig(_Strict):
         "auto", description="gl = moderngl/EGL, torch = pure-pip z-buffer, auto = gl when EGL works")
     canny_low: int = Field(100, ge=0, le=1000, description="Canny lower threshold (edges layer)")
     canny_high: int = Field(200, ge=0, le=1000, description="Canny upper threshold (edges layer)")
-    normal_convention: Literal["opengl", "bae", "opencv"] = Field(
+    normal_convention: NormalConvention = Field(
         "opengl", description="normal layer axes: opengl = x right, y up, z toward the viewer "
         "(facing the camera encodes as (128, 128, 255)); bae = x left, y up, z toward the viewer "
-        "(Normal-BAE / ScanNet, what control_v11p_sd15_normalbae saw); opencv = raw camera axes")
+        "(Normal-BAE / ScanNet, what control_v11p_sd15_normalbae saw); omnidata = x left, y up, "
+        "z away from the viewer (HumanWild's SDXL normal ControlNet: facing the camera is "
+        "(128, 128, 0)); opencv = raw camera axes")
+    normal_background: NormalBackground = Field(
+        "black", description="normal layer background: black = 0; grey = 127 (HumanWild's "
+        "no-surface value); facing = a surface facing the camera, as a normal estimator writes "
+        "for a wall behind the subject (Normal-BAE: (127, 127, 255)); ground = the ground plane "
+        "z = 0 seen by the camera behind the subject (HumanWild's scene-normal input), grey where "
+        "no ground is seen")
+    edges_source: EdgesSource = Field(
+        "normals", description="what the edges layer is Canny of: normals = the encoded normal "
+        "layer; shaded = a shaded render (the shaded layer: faces coloured by their normal, lit "
+        "by an ambient term and a headlight, as GenZoo's MeshRenderer)")
 
 
 class ShadedConfig(_Strict):
@@ -315,15 +331,52 @@ class ShadedConfig(_Strict):
 ControlLayer = Literal["normal", "depth", "edges", "skeleton", "mask"]
 
 
+class ControlEncoding(_Strict):
+    """How one ControlNet's layer is encoded: the form that ControlNet was trained on.
+
+    ``null`` fields take the stored layer's form (``render.*``); a unit whose resolved encoding
+    differs from the stored layer's also gets its exact input stored as ``control_<i>.png``.
+    """
+
+    normal: NormalConvention | None = Field(None, description="layer=normal: axes (see "
+                                            "render.normal_convention); null = render's")
+    background: NormalBackground | None = Field(None, description="layer=normal: background (see "
+                                                "render.normal_background); null = render's")
+    depth: DepthForm = Field("minmax", description="layer=depth: minmax = GenZoo's 1 - (d - min) "
+                             "/ (max - min) over the foreground, rint(255 x), background 0 (the "
+                             "foreground spans 0..255); minmax_25 = the same squeezed to 25..255; "
+                             "inverse = min-max normalised inverse depth (MiDaS-style disparity); "
+                             "metric = 255 (1 - z / max_depth_m), clipped, background 0")
+    max_depth_m: float = Field(10.0, gt=0.0, description="depth=metric: the depth that maps to 0")
+    edges: EdgesSource | None = Field(None, description="layer=edges: Canny of normals or of the "
+                                      "shaded render; null = render.edges_source")
+
+
 class ControlNetUnit(_Strict):
-    """One ControlNet bound to one rendered layer."""
+    """One ControlNet bound to one rendered layer and its encoding."""
 
     model: str = Field(..., description="Hugging Face id or local folder of the ControlNet weights")
-    layer: ControlLayer = Field(..., description="rendered layer fed to it (depth = inverted "
-                                "normalised depth, edges = Canny, skeleton = OpenPose-18)")
+    layer: ControlLayer = Field(..., description="rendered layer fed to it (depth = normalised "
+                                "depth, edges = Canny, skeleton = OpenPose-18); see encoding")
+    encoding: ControlEncoding = Field(default_factory=ControlEncoding,
+                                      description="how the layer is encoded for this ControlNet")
     scale: float = Field(1.0, ge=0.0, le=2.0, description="controlnet_conditioning_scale")
     start: float = Field(0.0, ge=0.0, le=1.0, description="control_guidance_start (fraction of steps)")
     end: float = Field(1.0, ge=0.0, le=1.0, description="control_guidance_end (fraction of steps)")
+
+    def resolved_encoding(self, render: "RenderConfig") -> dict[str, Any]:
+        """The encoding this unit's ControlNet receives, with render's defaults filled in."""
+        enc = self.encoding
+        if self.layer == "normal":
+            return {"layer": "normal", "normal": enc.normal or render.normal_convention,
+                    "background": enc.background or render.normal_background}
+        if self.layer == "depth":
+            out = {"layer": "depth", "depth": enc.depth}
+            return out | ({"max_depth_m": enc.max_depth_m} if enc.depth == "metric" else {})
+        if self.layer == "edges":
+            return {"layer": "edges", "edges": enc.edges or render.edges_source,
+                    "canny": [render.canny_low, render.canny_high]}
+        return {"layer": self.layer}
 
 
 class ControlNetConfig(_Strict):
@@ -336,7 +389,17 @@ class ControlNetConfig(_Strict):
         default_factory=lambda: [ControlNetUnit(model="lllyasviel/control_v11p_sd15_normalbae",
                                                 layer="normal", scale=1.0)],
         min_length=1, description="one or more ControlNets (several = multi-ControlNet)")
+    vae: str | None = Field(None, description="Hugging Face id or local folder of an AutoencoderKL "
+                            "that replaces the base model's VAE (any family), e.g. "
+                            "madebyollin/sdxl-vae-fp16-fix for SDXL in fp16; null = the base's own")
     scheduler: Literal["default", "unipc", "ddim", "euler", "euler_a", "dpm"] = "unipc"
+    eta: float | None = Field(None, ge=0.0, le=1.0, description="DDIM eta (scheduler: ddim only): "
+                              "0 = deterministic DDIM, 1 = stochastic (3D-DST); null = the "
+                              "pipeline's default 0")
+    long_prompts: Literal["compel", "error"] = Field(
+        "compel", description="prompts longer than the text encoder's 77 tokens (sd15, sdxl): "
+        "compel = encode them whole in 77-token chunks with the compel library (HumanWild); "
+        "error = fail the sample. Never truncated. (flux: T5 reads 512 tokens)")
     steps: int = Field(20, ge=1, le=1000, description="denoising steps")
     guidance: float = Field(7.5, ge=0.0, le=50.0, description="classifier-free guidance scale")
     dtype: Literal["fp32", "fp16", "bf16"] = Field("fp16", description="weights dtype on GPU "
@@ -351,6 +414,12 @@ class ControlNetConfig(_Strict):
         for i, unit in enumerate(self.controlnets):
             if unit.start >= unit.end:
                 raise ValueError(f"controlnets.{i}: start ({unit.start}) must be below end ({unit.end})")
+            if unit.layer not in ("normal", "depth", "edges") and unit.encoding != ControlEncoding():
+                raise ValueError(f"controlnets.{i}.encoding: layer {unit.layer} has no encoding "
+                                 "choices; remove the encoding")
+        if self.eta is not None and self.scheduler != "ddim":
+            raise ValueError(f"eta={self.eta} needs scheduler: ddim (eta is DDIM's noise "
+                             f"weight), got scheduler: {self.scheduler}; set scheduler: ddim or eta: null")
         return self
 
 
@@ -377,12 +446,25 @@ class PromptConfig(_Strict):
 
 
 class SamConfig(_Strict):
+    """HumanWild's SAM check: SAM, prompted with the rendered box (and keypoints), must find the
+    subject where it was rendered. One mask per image (box prompts are unambiguous).
+
+    What the thresholds catch: ``min_iou`` 0.7 rejects a subject that the image lost or moved
+    (a missing or extra limb, a second person merged in, a body shrunk or shifted from its
+    labels: each takes a large bite of the IoU); ``min_keypoints_in_mask`` 0.8 rejects limbs the
+    image put elsewhere while the torso still overlaps (IoU stays high, but hands and feet fall
+    outside SAM's mask). Neither catches a body turned front-to-back inside its silhouette: that
+    is what matching each ControlNet's normal encoding prevents. Scores are kept in labels and
+    shard sidecars, so a run can be re-thresholded later (``filter.write_rejected``).
+    """
+
     model: str = Field("facebook/sam-vit-base", description="Hugging Face id or local folder of a "
                        "transformers SamModel")
     min_iou: float = Field(0.7, ge=0.0, le=1.0, description="reject when IoU(SAM mask, render mask) "
-                           "is below this")
+                           "is below this (a lost, shrunk, shifted or merged subject)")
     min_keypoints_in_mask: float = Field(0.8, ge=0.0, le=1.0, description="reject when the fraction "
-                                         "of visible keypoints inside SAM's mask is below this")
+                                         "of visible keypoints inside SAM's mask is below this "
+                                         "(limbs drawn elsewhere)")
     point_prompts: bool = Field(True, description="also prompt SAM with the visible keypoints")
 
 
@@ -428,11 +510,24 @@ class Recipe(_Strict):
     sequence: SequenceConfig | None = Field(None, description="body-worn camera sequences (EgoSim "
                                             "views, synthgen.sequence); null = single images")
 
+    @model_validator(mode="after")
+    def _flux_sizes(self) -> "Recipe":
+        if self.backend.kind == "controlnet" and self.backend.controlnet.family == "flux":
+            for name in ("width", "height"):
+                value = getattr(self.image, name)
+                if value % 16:
+                    raise ValueError(f"image.{name}={value}: FLUX needs multiples of 16 (diffusers "
+                                     f"would silently resize the image and the labels would no longer "
+                                     f"match it); use {value // 16 * 16} or {value // 16 * 16 + 16}")
+        return self
+
 
 def format_validation_error(err: ValidationError) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "<recipe>"
     msg = first["msg"].removeprefix("Value error, ")
+    if not first["loc"] and first["type"] == "value_error":
+        return msg  # a whole-recipe check names its own keys
     if first["type"] == "extra_forbidden":
         return f"{key}: unknown key (value {first.get('input')!r}); check the spelling against `synthgen validate`"
     if first["type"] == "literal_error":

@@ -29,7 +29,7 @@ EMBEDDED_SUBJECTS = {"genzoo.yaml": ["subject.model=quadruped", "subject.model_p
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     pytest.importorskip("diffusers")
-    from tests.tiny_diffusion import build_tiny_flux, build_tiny_sd15, build_tiny_sdxl
+    from tests.tiny_diffusion import build_tiny_flux, build_tiny_sd15, build_tiny_sdxl, build_tiny_vae
     from tests.tiny_sam import build_tiny_sam
 
     root = tmp_path_factory.mktemp("tiny")
@@ -39,21 +39,27 @@ def tiny_models(tmp_path_factory):
     def models(family: str, count: int) -> dict:
         if (family, count) not in cache:
             cache[family, count] = builders[family](root / f"{family}-{count}", num_controlnets=count)
+            cache[family, count]["vae"] = build_tiny_vae(root / f"{family}-{count}-vae", family, seed=5)
         return cache[family, count]
 
     return models, build_tiny_sam(root / "sam")
 
 
 def _tiny_overrides(recipe, tiny_models) -> list[str]:
-    """The recipe's own ControlNet bindings and scales, on tiny models of its family."""
+    """The recipe's own ControlNet bindings, encodings, scales, VAE override, eta and long-prompt
+    handling, on tiny models of its family."""
+    import json
+
     models, sam = tiny_models
     config = recipe.backend.controlnet
     tiny = models(config.family, len(config.controlnets))
-    units = ", ".join(f"{{model: '{path}', layer: {u.layer}, scale: {u.scale}}}"
-                      for path, u in zip(tiny["controlnets"], config.controlnets))
-    out = [f"backend.controlnet.base_model='{tiny['base']}'", f"backend.controlnet.controlnets=[{units}]",
+    units = json.dumps([u.model_dump(mode="json") | {"model": path}
+                        for path, u in zip(tiny["controlnets"], config.controlnets)])
+    out = [f"backend.controlnet.base_model='{tiny['base']}'", f"backend.controlnet.controlnets={units}",
            "backend.controlnet.steps=2", "backend.controlnet.dtype=fp32", "backend.controlnet.device=cpu",
            "backend.controlnet.batch_size=2"]
+    if config.vae is not None:
+        out.append(f"backend.controlnet.vae='{tiny['vae']}'")
     if recipe.filter.sam is not None:  # random-weight SAM masks are meaningless: keep every sample
         out += [f"filter.sam.model='{sam}'", "filter.sam.min_iou=0.0", "filter.sam.min_keypoints_in_mask=0.0"]
     return out

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["TINY_VOCAB_SIZE", "build_tiny_flux", "build_tiny_sd15", "build_tiny_sdxl",
+__all__ = ["TINY_VOCAB_SIZE", "build_tiny_flux", "build_tiny_sd15", "build_tiny_sdxl", "build_tiny_vae",
            "byte_level_vocab", "write_clip_tokenizer"]
 
 # 256 byte characters + their end-of-word forms + <|startoftext|> + <|endoftext|>
@@ -87,6 +87,26 @@ def _vae():
                          down_block_types=("DownEncoderBlock2D",) * 4,
                          up_block_types=("UpDecoderBlock2D",) * 4,
                          latent_channels=4, norm_num_groups=8, layers_per_block=1, sample_size=64)
+
+
+def _flux_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=(8, 8, 16, 16), in_channels=3, out_channels=3,
+                         down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4,
+                         norm_num_groups=8, layers_per_block=1, sample_size=64,
+                         use_quant_conv=False, use_post_quant_conv=False,
+                         shift_factor=0.0609, scaling_factor=1.5035)
+
+
+def build_tiny_vae(folder: str | Path, family: str = "sdxl", seed: int = 5) -> str:
+    """A stand-alone AutoencoderKL of ``family``'s tiny shape (for ``backend.controlnet.vae``),
+    seeded apart from the base model's own VAE so that using it changes the image."""
+    torch.manual_seed(seed)
+    vae = _flux_vae() if family == "flux" else _vae()
+    vae.save_pretrained(str(folder), safe_serialization=True)
+    return str(folder)
 
 
 def _controlnets(unet, count: int) -> list:
@@ -207,7 +227,7 @@ def _t5_tokenizer(folder: Path):
 def build_tiny_flux(root: str | Path, num_controlnets: int = 1, seed: int = 0) -> dict:
     """Write a tiny FLUX.1-dev-like base (CLIP + T5 text encoders, a 1+1-block transformer with
     guidance embedding, a 4-channel VAE with FLUX's shift/scale) + InstantX-style ControlNets."""
-    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxControlNetModel,
+    from diffusers import (FlowMatchEulerDiscreteScheduler, FluxControlNetModel,
                            FluxPipeline, FluxTransformer2DModel)
     from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
@@ -221,12 +241,7 @@ def build_tiny_flux(root: str | Path, num_controlnets: int = 1, seed: int = 0) -
         joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
         axes_dims_rope=(4, 4, 8))
     torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(block_out_channels=(8, 8, 16, 16), in_channels=3, out_channels=3,
-                        down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=latent,
-                        norm_num_groups=8, layers_per_block=1, sample_size=64,
-                        use_quant_conv=False, use_post_quant_conv=False,
-                        shift_factor=0.0609, scaling_factor=1.5035)
+    vae = _flux_vae()
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(_text_config())
     torch.manual_seed(seed + 3)

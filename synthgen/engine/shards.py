@@ -40,7 +40,7 @@ def write_shards(factory: Factory, out_dir: Path, tasks: list[write.ShardTask], 
 
 def _write_one(factory: Factory, out_dir: Path, task: write.ShardTask, stream: Iterator[dict[str, Any]],
                on_sample: Callable[[], None] | None, errors_before: int) -> dict[str, Any]:
-    report: dict[str, Any] = {"rejected": [], "errors": []}
+    report: dict[str, Any] = {"rejected": [], "errors": [], "filter": []}
     rejected_records: list[dict[str, Any]] = []
     budget = error_budget(factory.recipe)
     start, timing_before = time.perf_counter(), dict(factory.timing)
@@ -55,6 +55,8 @@ def _write_one(factory: Factory, out_dir: Path, task: write.ShardTask, stream: I
                 _check_budget(factory.recipe, errors_before + len(report["errors"]), budget)
                 continue
             verdict = sample.get("filter") or {"accepted": True}
+            if "filter" in sample:  # every verdict with its scores, for re-thresholding later
+                report["filter"].append({"index": sample["index"], **verdict})
             if not verdict["accepted"]:
                 report["rejected"].append({"index": sample["index"], "reason": verdict.get("reason")})
                 if factory.recipe.filter.write_rejected:

@@ -76,7 +76,9 @@ class ControlNetImageBackend:
         for sample, image in zip(samples, images):
             sample.update(image=image, appearance={"backend": "controlnet",
                                                    "base_model": self.config.base_model,
+                                                   "vae": self.config.vae,
                                                    "controlnets": [u.model_dump() for u in self.config.controlnets],
+                                                   "scheduler": self.config.scheduler, "eta": self.config.eta,
                                                    "steps": self.config.steps, "guidance": self.config.guidance})
 
 
@@ -91,20 +93,32 @@ def _require(module: str, what: str) -> None:
 
 def check_backend_models(recipe: Recipe) -> None:
     """Fail before any work when a needed package or model is missing: the backend's weights
-    and the SAM model of ``filter.sam`` (MissingModelError, see :mod:`synthgen.generate.model_check`)."""
+    and the SAM model of ``filter.sam``, all reported in one
+    :class:`~synthgen.errors.MissingModelError` (see :mod:`synthgen.generate.model_check`)."""
     if recipe.backend.kind == "controlnet":
         _require("diffusers", "backend.kind=controlnet")
         _require("transformers", "backend.kind=controlnet")
     if recipe.filter.sam is not None:
         _require("transformers", "filter.sam")
+    from synthgen.errors import MissingModelError
+
+    problems: list[str] = []
     if recipe.backend.kind == "controlnet":
         from synthgen.generate.controlnet import check_models_available
 
-        check_models_available(recipe.backend.controlnet)
+        try:
+            check_models_available(recipe.backend.controlnet)
+        except MissingModelError as exc:
+            problems.append(str(exc))
     if recipe.filter.sam is not None:
         from synthgen.generate.model_check import check_sam_model
 
-        check_sam_model(recipe.filter.sam)
+        try:
+            check_sam_model(recipe.filter.sam)
+        except MissingModelError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise MissingModelError(" || ".join(problems))
 
 
 def build_image_backend(recipe: Recipe, part_names: list[str], device: str | None = None) -> ImageBackend:

@@ -19,9 +19,15 @@ Use it in two steps:
 2. :class:`ControlNetBackend` loads the pipeline once per process; ``generate(samples)``
    returns one (H, W, 3) uint8 RGB image per sample.
 
-Determinism: each image gets its own ``torch.Generator`` seeded from its sample's seed, and
-diffusers draws each image's noise from its own generator, so an image does not depend on the
-batch it was made in (up to float rounding of batched kernels; see ``tests/test_controlnet.py``).
+Determinism: each image gets its own CPU ``torch.Generator`` seeded from its sample's seed, and
+diffusers draws each image's noise (initial latents, DDIM's eta noise) from it on the CPU, so the
+noise depends neither on the batch nor on the device type; pixels agree up to float rounding of
+batched kernels (see ``tests/test_controlnet.py``). Prompts over 77 CLIP tokens (sd15, sdxl) are
+encoded whole by compel (:class:`LongPrompts`) and run in groups of equal embedding length.
+
+What a ControlNet sees is computed in the render stage from the unit's ``encoding``
+(``layers["controls"][i]``, see :mod:`synthgen.render.layers`); the table below is the fallback
+for render dicts without it.
 
 Which layer feeds a ControlNet (:data:`LAYER_SOURCES`; shapes from :mod:`synthgen.render`):
 
@@ -103,13 +109,23 @@ _CONFIG_ONLY = ("Scheduler", "Tokenizer", "TokenizerFast", "ImageProcessor", "Fe
 
 
 # --- control images ----------------------------------------------------------------------------
-def control_image(layers: dict, layer_name: str) -> np.ndarray:
+def control_image(layers: dict, layer_name: str, index: int | None = None) -> np.ndarray:
     """The (H, W, 3) uint8 RGB image a ControlNet bound to ``layer_name`` sees.
 
     layers: the render dict of one sample (:func:`synthgen.render.render_layers` plus
-    ``skeleton``); layer_name: one of :data:`LAYER_SOURCES`. One-channel layers (depth, edges,
-    mask) are repeated into three channels, the way the ControlNet annotators save them.
+    ``skeleton``); layer_name: one of :data:`LAYER_SOURCES`; index: the ControlNet's position in
+    the recipe. When the render stage encoded each ControlNet's input (``layers["controls"]``,
+    per the unit's ``encoding``), that image is used as it is; otherwise the layer's stored form.
+    One-channel layers (depth, edges, mask) are repeated into three channels, the way the
+    ControlNet annotators save them.
     """
+    controls = layers.get("controls")
+    if index is not None and controls is not None:
+        image = np.asarray(controls[index])
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"layers['controls'][{index}] must be (H, W, 3) uint8, got "
+                             f"{image.shape} {image.dtype}")
+        return image
     if layer_name not in LAYER_SOURCES:
         raise ValueError(f"control layer {layer_name!r} is not one of {sorted(LAYER_SOURCES)}")
     key = LAYER_SOURCES[layer_name]
@@ -129,6 +145,9 @@ def control_image(layers: dict, layer_name: str) -> np.ndarray:
 # --- checks before any work --------------------------------------------------------------------
 def check_config(config: ControlNetConfig) -> None:
     """Settings that only make sense together; raises :class:`UserError` naming the key."""
+    if config.family == "flux" and config.eta is not None:
+        raise UserError(f"backend.controlnet.eta={config.eta} does not work with family=flux (its "
+                        "flow-matching sampler has no eta); set backend.controlnet.eta: null")
     if config.family == "flux" and config.scheduler not in ("default", "euler"):
         raise UserError(f"backend.controlnet.scheduler={config.scheduler!r} does not work with "
                         "family=flux: FLUX samples with its flow-matching Euler scheduler; set "
@@ -181,6 +200,7 @@ def _folder_problems(folder: Path, kind: str, family: str) -> list[str]:
 
 
 _WHAT = {"base": "a base-model folder (model_index.json + component folders)",
+         "vae": "an AutoencoderKL folder (config.json + diffusion_pytorch_model.safetensors)",
          "controlnet": "a ControlNet folder (config.json + diffusion_pytorch_model.safetensors)"}
 
 
@@ -190,9 +210,12 @@ def _wanted(config: ControlNetConfig) -> list[WantedModel]:
         return WantedModel(field, name, _WHAT[kind],
                            lambda folder: _folder_problems(folder, kind, config.family))
 
-    return [model("backend.controlnet.base_model", config.base_model, "base")] + [
+    wanted = [model("backend.controlnet.base_model", config.base_model, "base")] + [
         model(f"backend.controlnet.controlnets.{i}.model", unit.model, "controlnet")
         for i, unit in enumerate(config.controlnets)]
+    if config.vae is not None:
+        wanted.append(model("backend.controlnet.vae", config.vae, "vae"))
+    return wanted
 
 
 def check_models_available(config: ControlNetConfig) -> None:
@@ -292,6 +315,7 @@ class ControlNetBackend:
         self.dtype = _resolve_dtype(config, self.device)
         offline = hub_offline(config.local_files_only)
         base, *units = _wanted(config)
+        vae = units.pop() if config.vae is not None else None
 
         def load(model: WantedModel) -> dict:
             # a model already on disk loads from there: no hub round trip, no update check
@@ -304,23 +328,32 @@ class ControlNetBackend:
             nets = [net_class.from_pretrained(unit.name, **load(unit)) for unit in units]
             controlnet = nets[0] if len(nets) == 1 else getattr(diffusers, self.family.multi)(nets)
 
-            # 3. the base pipeline around them
-            pipe_class = getattr(diffusers, self.family.pipeline)
-            self.pipe = pipe_class.from_pretrained(base.name, controlnet=controlnet,
-                                                   **load(base),
-                                                   **dict(self.family.load_kwargs))
+            # 3. the VAE that replaces the base model's (e.g. SDXL's fp16-fix VAE), if any
+            extra = dict(self.family.load_kwargs)
+            if vae is not None:
+                extra["vae"] = diffusers.AutoencoderKL.from_pretrained(vae.name, **load(vae))
 
-        # 4. scheduler, device, progress bars (synthgen shows its own)
+            # 4. the base pipeline around them
+            pipe_class = getattr(diffusers, self.family.pipeline)
+            self.pipe = pipe_class.from_pretrained(base.name, controlnet=controlnet, **load(base), **extra)
+
+        # 5. scheduler, device, memory layout, progress bars (synthgen shows its own)
         _set_scheduler(self.pipe, config.scheduler)
+        _check_eta(self.pipe, config)
         self.pipe.to(self.device)
+        if self.device != "cpu":  # HumanWild's demo: channels_last convolutions on the GPU
+            for name in ("unet", "controlnet"):
+                if isinstance(getattr(self.pipe, name, None), torch.nn.Module):
+                    getattr(self.pipe, name).to(memory_format=torch.channels_last)
         self.pipe.set_progress_bar_config(disable=True)
+        self.long_prompts = LongPrompts(self.pipe, config) if config.family != "flux" else None
         if not self.family.negative_prompt:
             log.info("family=%s ignores negative prompts; guidance=%s is its embedded guidance",
                      config.family, config.guidance)
-        log.info("controlnet backend: %s %s + %s on %s (%s), scheduler %s, %d steps, batch %d",
-                 config.family, config.base_model, [u.model for u in config.controlnets],
-                 self.device, str(self.dtype).removeprefix("torch."),
-                 type(self.pipe.scheduler).__name__, config.steps, config.batch_size)
+        log.info("controlnet backend: %s %s + %s on %s (%s), vae %s, scheduler %s (eta %s), %d steps, "
+                 "batch %d", config.family, config.base_model, [u.model for u in config.controlnets],
+                 self.device, str(self.dtype).removeprefix("torch."), config.vae or "the base's",
+                 type(self.pipe.scheduler).__name__, config.eta, config.steps, config.batch_size)
         self._torch = torch
 
     # -------------------------------------------------------------------------------------------
@@ -340,8 +373,8 @@ class ControlNetBackend:
             seed = sample["seed"]
             if not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**64:
                 raise ValueError(f"samples[{i}]['seed'] must be an int in [0, 2**64), got {seed!r}")
-            for unit in self.config.controlnets:
-                image = control_image(sample["layers"], unit.layer)
+            for index, unit in enumerate(self.config.controlnets):
+                image = control_image(sample["layers"], unit.layer, index)
                 if image.shape[:2] != (self.height, self.width):
                     raise ValueError(f"samples[{i}] layer {unit.layer!r} is {image.shape[1]}x"
                                      f"{image.shape[0]}, but the recipe image is "
@@ -368,23 +401,48 @@ class ControlNetBackend:
         """Per ControlNet, a (B, 3, H, W) float tensor in [0, 1] (what diffusers makes of RGB)."""
         torch = self._torch
         tensors = []
-        for unit in self.config.controlnets:
-            stack = np.stack([control_image(s["layers"], unit.layer) for s in batch])
+        for index, unit in enumerate(self.config.controlnets):
+            stack = np.stack([control_image(s["layers"], unit.layer, index) for s in batch])
             tensors.append(torch.from_numpy(stack).permute(0, 3, 1, 2).float() / 255.0)
         return tensors
 
     def _generate_batch(self, batch: list[dict]) -> list[np.ndarray]:
+        """Images of one batch, in order. Samples whose prompts fit the text encoder go through
+        the pipeline's own prompt encoding; longer ones (sd15/sdxl) are encoded whole by compel
+        and run in groups of equal embedding length, so a sample's image never depends on the
+        prompts it was batched with."""
+        groups: dict[int, list[int]] = {}
+        encoded: dict[int, dict[str, Any]] = {}
+        for i, sample in enumerate(batch):
+            if self.long_prompts is not None and self.long_prompts.too_long(sample):
+                encoded[i] = self.long_prompts.encode(sample)
+            length = encoded[i]["prompt_embeds"].shape[1] if i in encoded else 0
+            groups.setdefault(length, []).append(i)
+        images: list[np.ndarray | None] = [None] * len(batch)
+        for length, members in groups.items():
+            embeds = None
+            if length:
+                import torch
+
+                embeds = {key: torch.cat([encoded[i][key] for i in members]).to(self.device)
+                          for key in encoded[members[0]]}
+            for i, image in zip(members, self._run([batch[i] for i in members], embeds)):
+                images[i] = image
+        return images  # type: ignore[return-value]
+
+    def _run(self, batch: list[dict], embeds: dict[str, Any] | None) -> list[np.ndarray]:
+        """One pipeline call; ``embeds``: compel's prompt embeddings, or None for the prompt strings."""
         torch, config, family = self._torch, self.config, self.family
         units = config.controlnets
         multi = len(units) > 1
 
-        # 1. control images and one generator per image
+        # 1. control images and one generator per image, made on the CPU: the initial noise
+        #    (and DDIM's eta noise) is then the same whatever the device type
         controls = self._control_tensors(batch)
-        generators = [torch.Generator(self.device).manual_seed(int(s["seed"])) for s in batch]
+        generators = [torch.Generator("cpu").manual_seed(int(s["seed"])) for s in batch]
 
         # 2. the call's arguments (lists per ControlNet when there are several)
         kwargs: dict[str, Any] = {
-            "prompt": [s["prompt"] for s in batch],
             family.image_arg: controls if multi else controls[0],
             "height": self.height, "width": self.width,
             "num_inference_steps": config.steps, "guidance_scale": config.guidance,
@@ -393,8 +451,16 @@ class ControlNetBackend:
             "control_guidance_end": [u.end for u in units] if multi else units[0].end,
             "generator": generators, "output_type": "np",
         }
-        if family.negative_prompt:
-            kwargs["negative_prompt"] = [s.get("negative_prompt", "") for s in batch]
+        if embeds is not None:
+            kwargs.update(embeds)
+        else:
+            kwargs["prompt"] = [s["prompt"] for s in batch]
+            if family.negative_prompt:
+                kwargs["negative_prompt"] = [s.get("negative_prompt", "") for s in batch]
+        if config.family == "flux":
+            kwargs["max_sequence_length"] = FLUX_T5_TOKENS
+        if config.eta is not None:
+            kwargs["eta"] = config.eta
 
         # 3. denoise and decode
         out = self.pipe(**kwargs).images  # (B, H, W, 3) float in [0, 1]
@@ -402,7 +468,73 @@ class ControlNetBackend:
         # 4. to uint8 RGB
         if not np.isfinite(out).all():
             log.warning("NaN/inf pixels in a diffusion batch (fp16 overflow?): they become black; "
-                        "try backend.controlnet.dtype=bf16 or fp32")
+                        "try backend.controlnet.dtype=bf16 or fp32, or an fp16-safe backend.controlnet.vae")
             out = np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0)
         pixels = np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return [np.ascontiguousarray(p) for p in pixels]
+
+
+FLUX_T5_TOKENS = 512  # FLUX.1-dev's T5 context: prompts are read whole up to this many tokens
+
+
+def _check_eta(pipe, config: ControlNetConfig) -> None:
+    """``eta`` needs a scheduler whose ``step`` takes it (DDIM)."""
+    import inspect
+
+    if config.eta is None:
+        return
+    if "eta" not in inspect.signature(pipe.scheduler.step).parameters:
+        raise UserError(f"backend.controlnet.eta={config.eta}: the scheduler "
+                        f"{type(pipe.scheduler).__name__} has no eta; set backend.controlnet.scheduler: ddim")
+
+
+class LongPrompts:
+    """Prompts longer than CLIP's 77 tokens, encoded whole by compel (``truncate_long_prompts=False``).
+
+    sd15: one CLIP encoder; sdxl: both, penultimate hidden states + pooled of the second, as
+    HumanWild's demo sets compel up. A prompt that fits is left to the pipeline (compel's
+    embeddings of a short prompt equal the pipeline's, measured bit for bit on the tiny models).
+    """
+
+    def __init__(self, pipe, config: ControlNetConfig):
+        self.pipe, self.config = pipe, config
+        self.limit = int(pipe.tokenizer.model_max_length)
+        self._compel = None
+
+    def _tokens(self, text: str) -> int:
+        return len(self.pipe.tokenizer(text, truncation=False, add_special_tokens=True)["input_ids"])
+
+    def too_long(self, sample: dict) -> bool:
+        """Whether the sample's prompt or negative prompt exceeds ``limit`` tokens."""
+        longest = max(self._tokens(sample["prompt"]), self._tokens(sample.get("negative_prompt") or ""))
+        if longest <= self.limit:
+            return False
+        if self.config.long_prompts == "error":
+            raise UserError(f"a prompt of {longest} tokens is longer than the text encoder's "
+                            f"{self.limit}; shorten prompt.templates or set "
+                            "backend.controlnet.long_prompts: compel")
+        return True
+
+    @property
+    def compel(self):
+        if self._compel is None:
+            try:
+                from compel import CompelForSD, CompelForSDXL
+            except ImportError:
+                raise UserError("prompts over 77 tokens need the 'compel' package: pip install "
+                                "'synthgen[diffusion]' (or set backend.controlnet.long_prompts: error)") from None
+            wrapper = CompelForSDXL if self.config.family == "sdxl" else CompelForSD
+            self._compel = wrapper(self.pipe)
+        return self._compel
+
+    def encode(self, sample: dict) -> dict[str, Any]:
+        """Pipeline keyword arguments for one sample: ``prompt_embeds`` (1, L, D),
+        ``negative_prompt_embeds`` (same L) and for sdxl the pooled ones (1, P)."""
+        import torch
+
+        with torch.inference_mode():
+            out = self.compel(sample["prompt"], negative_prompt=sample.get("negative_prompt") or "")
+        named = {"prompt_embeds": out.embeds, "negative_prompt_embeds": out.negative_embeds,
+                 "pooled_prompt_embeds": out.pooled_embeds,
+                 "negative_pooled_prompt_embeds": out.negative_pooled_embeds}
+        return {key: value for key, value in named.items() if value is not None}

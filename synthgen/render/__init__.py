@@ -12,7 +12,8 @@ depth_mm      (H, W) uint16          depth in millimetres, 0 = background (16-bi
 depth_control (H, W) uint8           inverted normalised depth (near bright) for depth CNs
 mask          (H, W) uint8           instance silhouette, 255 = subject
 parts         (H, W) uint8           part id per pixel (0 background; subject.part_names)
-edges         (H, W) uint8           Canny edges of ``normal_rgb``, {0, 255}
+shaded        (H, W, 3) uint8        shaded render: normal colours, ambient + headlight
+edges         (H, W) uint8           Canny edges of ``normal_rgb`` or ``shaded``, {0, 255}
 triangle_id   (H, W) int32           visible face index, -1 background
 ============  =====================  =====================================================
 
@@ -63,29 +64,36 @@ def _rasterizer(backend: str) -> Callable:
 
 def render_layers(vertices_cam: np.ndarray, faces: np.ndarray, face_parts: np.ndarray,
                   K: np.ndarray, width: int, height: int, backend: str = "auto",
-                  canny: tuple[int, int] = (100, 200), normal_convention: str = "opengl") -> dict:
+                  canny: tuple[int, int] = (100, 200), normal_convention: str = "opengl",
+                  **encoding) -> dict:
     """Rasterise one mesh and derive every conditioning layer.
 
     vertices_cam: (V, 3) float32 camera frame; faces: (F, 3) int; face_parts: (F,) uint8;
-    K: (3, 3). Returns the dict documented in this module.
+    K: (3, 3); ``encoding``: ``normal_background``, ``edges_source``, ``scene_normal`` of
+    :func:`derive_layers`. Returns the dict documented in this module.
     """
     raw = _rasterizer(backend)(vertices_cam.astype(np.float32), faces, K, width, height)
     tri, mask = raw["triangle_id"], raw["mask"]
     parts = np.zeros(tri.shape, dtype=np.uint8)
     parts[mask] = face_parts[tri[mask]]
-    return derive_layers(raw["normal"], raw["depth"], parts, tri, canny, normal_convention)
+    return derive_layers(raw["normal"], raw["depth"], parts, tri, canny, normal_convention, **encoding)
 
 
 def derive_layers(normal: np.ndarray, depth: np.ndarray, parts: np.ndarray, triangle_id: np.ndarray,
-                  canny: tuple[int, int] = (100, 200), normal_convention: str = "opengl") -> dict:
+                  canny: tuple[int, int] = (100, 200), normal_convention: str = "opengl",
+                  normal_background: str = "black", edges_source: str = "normals",
+                  scene_normal: np.ndarray | None = None) -> dict:
     """Every conditioning layer from the raw ones (also after a lens remap of the raw layers).
 
     normal (H, W, 3) float32 camera frame; depth (H, W) float32 metres; parts (H, W) uint8;
-    triangle_id (H, W) int32, -1 = background. Returns the dict documented in this module.
+    triangle_id (H, W) int32, -1 = background; scene_normal: (H, W, 3) float32 normals drawn
+    behind the subject when ``normal_background="ground"`` (0 = none). Returns the dict
+    documented in this module.
     """
     mask = triangle_id >= 0
-    normal_rgb = layers.encode_normal(normal, mask, normal_convention)
-    return {
+    normal_rgb = layers.encode_normal(normal, mask, normal_convention, normal_background, scene_normal)
+    shaded = layers.shade(normal, mask)
+    out = {
         "normal": normal,
         "normal_rgb": normal_rgb,
         "depth": depth,
@@ -93,6 +101,10 @@ def derive_layers(normal: np.ndarray, depth: np.ndarray, parts: np.ndarray, tria
         "depth_control": layers.depth_for_control(depth, mask),
         "mask": mask.astype(np.uint8) * 255,
         "parts": parts,
-        "edges": layers.canny_edges(normal_rgb, *canny),
+        "shaded": shaded,
+        "edges": layers.canny_edges(shaded if edges_source == "shaded" else normal_rgb, *canny),
         "triangle_id": triangle_id,
     }
+    if scene_normal is not None:
+        out["scene_normal"] = scene_normal
+    return out

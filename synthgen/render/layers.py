@@ -13,15 +13,23 @@ import numpy as np
 # camera look normal ControlNets are trained on. "bae": x left, y up, z toward the viewer, the
 # Normal-BAE (ScanNet) estimates control_v11p_sd15_normalbae was trained on (red = facing left).
 # "opencv": the raw camera axes.
+# "omnidata": x left, y up, z away from the viewer, what HumanWild's SDXL normal ControlNet
+# (geyongtao/HumanWild, trained on omnidata-style normals) takes: RGB = (n . [-1, -1, +1] + 1) / 2;
+# measured on WildHuman's data/controlnet_conditions/00000_0_0002.png (see tests/test_encodings.py).
 NORMAL_CONVENTIONS = {
     "opengl": np.array([1.0, -1.0, -1.0], dtype=np.float32),
     "bae": np.array([-1.0, -1.0, -1.0], dtype=np.float32),
     "opencv": np.array([1.0, 1.0, 1.0], dtype=np.float32),
+    "omnidata": np.array([-1.0, -1.0, 1.0], dtype=np.float32),
 }
+
+# The camera-facing normal in OpenCV axes (a wall behind the subject, seen head on).
+FACING_CAMERA = np.array([0.0, 0.0, -1.0], dtype=np.float32)
+GREY = 127  # HumanWild's background: (127, 127, 127) with alpha 0 in its RGBA conditions
 
 # Layer names in recipes (``output.layers``) -> keys of the render dict.
 LAYER_KEYS = {"normal": "normal_rgb", "depth": "depth_mm", "mask": "mask", "parts": "parts",
-              "edges": "edges", "skeleton": "skeleton", "instance": "instance"}
+              "edges": "edges", "skeleton": "skeleton", "instance": "instance", "shaded": "shaded"}
 
 # OpenPose-18 body order, built from the COCO keypoint names (neck = mid-shoulders).
 OPENPOSE_18 = ["nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder",
@@ -35,12 +43,79 @@ OPENPOSE_COLORS = [(255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170
                    (255, 0, 255), (255, 0, 170), (255, 0, 85)]
 
 
-def encode_normal(normal: np.ndarray, mask: np.ndarray, convention: str = "opengl") -> np.ndarray:
-    """(H, W, 3) float unit normals (OpenCV camera axes) -> (H, W, 3) uint8 RGB, background 0."""
-    rgb = np.zeros(normal.shape, dtype=np.uint8)
-    flipped = normal[mask] * NORMAL_CONVENTIONS[convention]
-    rgb[mask] = np.clip((flipped + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+def _quantise_normals(normals: np.ndarray, convention: str) -> np.ndarray:
+    """(..., 3) float OpenCV-axes normals -> (..., 3) uint8 in ``convention``, rint((n' + 1) 127.5)."""
+    flipped = normals * NORMAL_CONVENTIONS[convention]
+    return np.clip((flipped + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+def normal_background_value(convention: str, background: str) -> np.ndarray:
+    """(3,) uint8 RGB of a flat background: black 0, grey 127, or a camera-facing surface.
+
+    ``facing`` is written the way the Normal-BAE annotator of ControlNet 1.1 quantises
+    (``((n + 1) * 0.5).clip(0, 1) * 255`` cast to uint8, i.e. floored): (127, 127, 255) for bae
+    and opengl, the value it writes for a wall seen head on. It never writes (0, 0, 0), which is
+    not a unit normal.
+    """
+    if background == "black":
+        return np.zeros(3, dtype=np.uint8)
+    if background in ("grey", "ground"):
+        return np.full(3, GREY, dtype=np.uint8)
+    if background == "facing":
+        flipped = FACING_CAMERA * NORMAL_CONVENTIONS[convention]
+        return (np.clip((flipped + 1.0) * 0.5, 0, 1) * 255.0).astype(np.uint8)
+    raise ValueError(f"normal background {background!r} is not black, grey, facing or ground")
+
+
+def encode_normal(normal: np.ndarray, mask: np.ndarray, convention: str = "opengl",
+                  background: str = "black", scene_normal: np.ndarray | None = None) -> np.ndarray:
+    """(H, W, 3) float unit normals (OpenCV camera axes) -> (H, W, 3) uint8 RGB.
+
+    mask: (H, W) bool, the subject. Background pixels get :func:`normal_background_value`;
+    with ``background="ground"``, ``scene_normal`` ((H, W, 3) float, 0 where no surface, e.g.
+    :func:`ground_plane_normals`) is encoded behind the subject and grey elsewhere.
+    """
+    rgb = np.empty(normal.shape, dtype=np.uint8)
+    rgb[...] = normal_background_value(convention, background)
+    if background == "ground" and scene_normal is not None:
+        seen = ~mask & (np.abs(scene_normal).sum(axis=-1) > 0)
+        rgb[seen] = _quantise_normals(scene_normal[seen], convention)
+    rgb[mask] = _quantise_normals(normal[mask], convention)
     return rgb
+
+
+def ground_plane_normals(K: np.ndarray, cam_ext: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(H, W, 3) float32 camera-frame normals of the world ground plane z = 0, 0 where not seen.
+
+    K: (3, 3); cam_ext: (4, 4) world -> camera (OpenCV). A pixel sees the ground when its ray
+    meets z = 0 in front of the camera; the normal is the world up axis, turned toward the camera.
+    """
+    R, t = np.asarray(cam_ext, np.float64)[:3, :3], np.asarray(cam_ext, np.float64)[:3, 3]
+    centre = -R.T @ t  # camera centre in the world
+    cols, rows = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
+    rays_cam = np.stack([cols, rows, np.ones_like(cols)], -1) @ np.linalg.inv(np.asarray(K, np.float64)).T
+    rays_z = rays_cam @ R[2]  # world z component of each ray (R^T d)_z
+    with np.errstate(divide="ignore", invalid="ignore"):
+        hit = (-centre[2] / rays_z) > 0
+    up_cam = R[:, 2] * (1.0 if centre[2] >= 0 else -1.0)  # world +z (or -z below the ground)
+    out = np.zeros((height, width, 3), dtype=np.float32)
+    out[hit] = up_cam.astype(np.float32)
+    return out
+
+
+def shade(normal: np.ndarray, mask: np.ndarray, ambient: float = 0.5, light: float = 0.5) -> np.ndarray:
+    """(H, W, 3) float OpenCV normals -> (H, W, 3) uint8 shaded render, background 0.
+
+    GenZoo's MeshRenderer look (``color=None``): each surface coloured by its normal,
+    (n + 1) / 2 in OpenGL camera axes, lit by ``ambient`` plus a headlight of weight ``light``
+    (Lambert: the cosine between the normal and the view direction).
+    """
+    out = np.zeros(normal.shape, dtype=np.uint8)
+    n = normal[mask].astype(np.float32)
+    albedo = (n * NORMAL_CONVENTIONS["opengl"] + 1.0) * 0.5
+    lit = ambient + light * np.clip(-n[:, 2:3], 0.0, 1.0)
+    out[mask] = np.clip(albedo * lit * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return out
 
 
 def depth_to_millimetres(depth: np.ndarray) -> np.ndarray:
@@ -51,6 +126,36 @@ def depth_to_millimetres(depth: np.ndarray) -> np.ndarray:
     mm = np.rint(depth * 1000.0)
     out = np.clip(mm, 0, 65534).astype(np.uint16)
     out[(depth > 0) & (out == 0)] = 1
+    return out
+
+
+def encode_depth(depth: np.ndarray, mask: np.ndarray, form: str = "minmax",
+                 max_depth_m: float = 10.0) -> np.ndarray:
+    """(H, W) depth (any unit for min-max forms; metres for ``metric``) -> (H, W) uint8, near bright.
+
+    mask: (H, W) bool foreground; background is 0 in every form.
+    - ``minmax``: GenZoo's ``rint(255 (1 - (d - min) / (max - min)))`` over the foreground, which
+      spans 0..255 (a flat subject is 255).
+    - ``minmax_25``: the same squeezed into 25..255, truncated (synthgen's earlier form).
+    - ``inverse``: min-max normalised inverse depth 1/d (MiDaS-style disparity), rint to 0..255.
+    - ``metric``: ``rint(255 (1 - d / max_depth_m))`` clipped to 0..255 (a fixed metric scale).
+    """
+    out = np.zeros(depth.shape, dtype=np.uint8)
+    if not mask.any():
+        return out
+    z = depth[mask].astype(np.float64)
+    if form == "minmax_25":
+        return depth_for_control(depth, mask)
+    if form == "metric":
+        scaled = 1.0 - z / max_depth_m
+    else:
+        if form == "inverse":
+            z = -1.0 / z  # larger = farther, like z, so the same min-max applies
+        elif form != "minmax":
+            raise ValueError(f"depth form {form!r} is not minmax, minmax_25, inverse or metric")
+        near, far = z.min(), z.max()
+        scaled = 1.0 - (z - near) / (far - near) if far > near else np.ones_like(z)
+    out[mask] = np.rint(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
     return out
 
 
@@ -67,6 +172,34 @@ def depth_for_control(depth: np.ndarray, mask: np.ndarray) -> np.ndarray:
     scaled = 1.0 - (z - near) / max(far - near, 1e-6)
     out[mask] = np.clip(25.0 + 230.0 * scaled, 0, 255).astype(np.uint8)
     return out
+
+
+def control_from_layers(layers: dict, encoding: dict) -> np.ndarray:
+    """The (H, W, 3) uint8 RGB image a ControlNet receives, from a sample's render dict.
+
+    layers: the render dict (``normal`` float, ``mask``, ``depth_mm``, ``skeleton``, and
+    ``scene_normal`` when a ground is wanted); encoding: a resolved encoding
+    (:meth:`synthgen.recipe.ControlNetUnit.resolved_encoding`). Depth forms read the stored
+    16-bit millimetres, so anyone can recompute them from ``depth.png``.
+    """
+    mask = layers["mask"] > 0
+    layer = encoding["layer"]
+    if layer == "normal":
+        image = encode_normal(layers["normal"], mask, encoding["normal"], encoding["background"],
+                              layers.get("scene_normal"))
+    elif layer == "depth":
+        depth = layers["depth_mm"].astype(np.float64) / 1000.0
+        image = encode_depth(depth, mask, encoding["depth"], encoding.get("max_depth_m", 10.0))
+    elif layer == "edges":
+        source = layers["shaded"] if encoding["edges"] == "shaded" else layers["normal_rgb"]
+        image = canny_edges(source, *encoding["canny"])
+    elif layer == "mask":
+        image = layers["mask"]
+    else:
+        image = layers[layer]
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(image)
 
 
 def canny_edges(image: np.ndarray, low: int, high: int) -> np.ndarray:

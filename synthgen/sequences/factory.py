@@ -312,7 +312,9 @@ class SequenceFactory:
         instance = np.concatenate([np.full(len(faces), BODY_INSTANCE, np.uint8), scene.face_instance])[src]
         verts = verts.astype(np.float32)
         layers = render_layers(verts, all_faces, parts, K, w, h, r.render.backend,
-                               (r.render.canny_low, r.render.canny_high), r.render.normal_convention)
+                               (r.render.canny_low, r.render.canny_high), r.render.normal_convention,
+                               normal_background=r.render.normal_background,
+                               edges_source=r.render.edges_source)
         tri = layers["triangle_id"]
         covered = tri >= 0
         layers["instance"] = np.where(covered, instance[np.maximum(tri, 0)], 0).astype(np.uint8)
@@ -340,7 +342,8 @@ class SequenceFactory:
 
         tri = near(layers["triangle_id"].astype(np.float32) + 1.0).astype(np.int32) - 1  # exact below 2**24
         out = derive_layers(near(layers["normal"]), near(layers["depth"]), near(layers["parts"]), tri,
-                            (r.render.canny_low, r.render.canny_high), r.render.normal_convention)
+                            (r.render.canny_low, r.render.canny_high), r.render.normal_convention,
+                            normal_background=r.render.normal_background, edges_source=r.render.edges_source)
         out["instance"] = near(layers["instance"])
         return out
 

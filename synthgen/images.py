@@ -86,6 +86,12 @@ class ImageFactory:
         return self.recipe.render.normal_background == "ground" or any(
             c["encoding"].get("background") == "ground" for c in self.controls)
 
+    @property
+    def wants_shaded(self) -> bool:
+        """Whether the ``shaded`` layer is stored or feeds a ControlNet (it is not free to make)."""
+        return "shaded" in self.recipe.output.layers or any(
+            c["encoding"].get("edges") == "shaded" for c in self.controls)
+
     @staticmethod
     def _control(layers: dict[str, Any], control: dict[str, Any]) -> np.ndarray:
         """(H, W, 3) uint8: the stored layer itself when it is the input, else its own encoding."""
@@ -151,7 +157,8 @@ class ImageFactory:
         layers = render_layers(vertices_cam, faces, face_parts, camera.K, camera.width, camera.height,
                                r.render.backend, (r.render.canny_low, r.render.canny_high),
                                r.render.normal_convention, normal_background=r.render.normal_background,
-                               edges_source=r.render.edges_source, scene_normal=scene_normal)
+                               edges_source=r.render.edges_source, scene_normal=scene_normal,
+                               with_shaded=self.wants_shaded)
         layers["instance"] = np.where(layers["mask"] > 0, SUBJECT_ID, 0).astype(np.uint8)
         kp3d = camera.to_camera(subject.keypoints_3d.astype(np.float64)).astype(np.float32)
         uv = camera.project(kp3d)

@@ -12,7 +12,7 @@ depth_mm      (H, W) uint16          depth in millimetres, 0 = background (16-bi
 depth_control (H, W) uint8           inverted normalised depth (near bright) for depth CNs
 mask          (H, W) uint8           instance silhouette, 255 = subject
 parts         (H, W) uint8           part id per pixel (0 background; subject.part_names)
-shaded        (H, W, 3) uint8        shaded render: normal colours, ambient + headlight
+shaded        (H, W, 3) uint8        shaded render: normal colours, ambient + headlight (on demand)
 edges         (H, W) uint8           Canny edges of ``normal_rgb`` or ``shaded``, {0, 255}
 triangle_id   (H, W) int32           visible face index, -1 background
 ============  =====================  =====================================================
@@ -69,7 +69,7 @@ def render_layers(vertices_cam: np.ndarray, faces: np.ndarray, face_parts: np.nd
     """Rasterise one mesh and derive every conditioning layer.
 
     vertices_cam: (V, 3) float32 camera frame; faces: (F, 3) int; face_parts: (F,) uint8;
-    K: (3, 3); ``encoding``: ``normal_background``, ``edges_source``, ``scene_normal`` of
+    K: (3, 3); ``encoding``: ``normal_background``, ``edges_source``, ``scene_normal``, ``with_shaded`` of
     :func:`derive_layers`. Returns the dict documented in this module.
     """
     raw = _rasterizer(backend)(vertices_cam.astype(np.float32), faces, K, width, height)
@@ -82,17 +82,18 @@ def render_layers(vertices_cam: np.ndarray, faces: np.ndarray, face_parts: np.nd
 def derive_layers(normal: np.ndarray, depth: np.ndarray, parts: np.ndarray, triangle_id: np.ndarray,
                   canny: tuple[int, int] = (100, 200), normal_convention: str = "opengl",
                   normal_background: str = "black", edges_source: str = "normals",
-                  scene_normal: np.ndarray | None = None) -> dict:
+                  scene_normal: np.ndarray | None = None, with_shaded: bool = False) -> dict:
     """Every conditioning layer from the raw ones (also after a lens remap of the raw layers).
 
     normal (H, W, 3) float32 camera frame; depth (H, W) float32 metres; parts (H, W) uint8;
     triangle_id (H, W) int32, -1 = background; scene_normal: (H, W, 3) float32 normals drawn
-    behind the subject when ``normal_background="ground"`` (0 = none). Returns the dict
-    documented in this module.
+    behind the subject when ``normal_background="ground"`` (0 = none). ``shaded`` is made only
+    when the edges or ``with_shaded`` (a stored layer, a ControlNet input) need it. Returns the
+    dict documented in this module.
     """
     mask = triangle_id >= 0
     normal_rgb = layers.encode_normal(normal, mask, normal_convention, normal_background, scene_normal)
-    shaded = layers.shade(normal, mask)
+    shaded = layers.shade(normal, mask) if with_shaded or edges_source == "shaded" else None
     out = {
         "normal": normal,
         "normal_rgb": normal_rgb,
@@ -101,10 +102,11 @@ def derive_layers(normal: np.ndarray, depth: np.ndarray, parts: np.ndarray, tria
         "depth_control": layers.depth_for_control(depth, mask),
         "mask": mask.astype(np.uint8) * 255,
         "parts": parts,
-        "shaded": shaded,
         "edges": layers.canny_edges(shaded if edges_source == "shaded" else normal_rgb, *canny),
         "triangle_id": triangle_id,
     }
+    if shaded is not None:
+        out["shaded"] = shaded
     if scene_normal is not None:
         out["scene_normal"] = scene_normal
     return out

@@ -314,7 +314,8 @@ class SequenceFactory:
         layers = render_layers(verts, all_faces, parts, K, w, h, r.render.backend,
                                (r.render.canny_low, r.render.canny_high), r.render.normal_convention,
                                normal_background=r.render.normal_background,
-                               edges_source=r.render.edges_source)
+                               edges_source=r.render.edges_source,
+                               with_shaded="shaded" in r.output.layers)
         tri = layers["triangle_id"]
         covered = tri >= 0
         layers["instance"] = np.where(covered, instance[np.maximum(tri, 0)], 0).astype(np.uint8)
@@ -343,7 +344,8 @@ class SequenceFactory:
         tri = near(layers["triangle_id"].astype(np.float32) + 1.0).astype(np.int32) - 1  # exact below 2**24
         out = derive_layers(near(layers["normal"]), near(layers["depth"]), near(layers["parts"]), tri,
                             (r.render.canny_low, r.render.canny_high), r.render.normal_convention,
-                            normal_background=r.render.normal_background, edges_source=r.render.edges_source)
+                            normal_background=r.render.normal_background, edges_source=r.render.edges_source,
+                            with_shaded="shaded" in r.output.layers)
         out["instance"] = near(layers["instance"])
         return out
 

@@ -1,7 +1,7 @@
 """Single-image samples: subjects -> cameras -> render -> prompt (CPU), generate -> filter
 (device), one shard record each.
 
-A sample is a plain dict the stages add keys to: ``index, seed`` -> ``subject`` ->
+A sample is a plain dict the stages add keys to: ``index, attempt, seed`` -> ``subject`` ->
 ``camera, camera_draw`` -> ``layers, keypoints_2d, keypoints_3d`` -> ``labels`` (a view record of
 :mod:`synthgen.labels` with one instance) -> ``prompt`` -> ``image, appearance`` -> ``filter``.
 :mod:`synthgen.engine` runs the CPU half ahead of the device half and writes the shards.
@@ -23,7 +23,7 @@ from synthgen.labels import instance_record, view_record
 from synthgen.recipe import Recipe, recipe_hash
 from synthgen.render import layers as layer_ops
 from synthgen.render import render_layers
-from synthgen.seeding import label_threads, sample_rng, sample_seed
+from synthgen.seeding import attempt_seed, label_threads, sample_rng, sample_seed
 from synthgen.subjects import build_subject_model, subject_part_names
 
 log = logging.getLogger(__name__)
@@ -124,15 +124,18 @@ class ImageFactory:
         return SampleFilter(self.recipe.filter, device or "cpu")
 
     # 1. subjects ------------------------------------------------------------------------------
-    def pose_subjects(self, indices: list[int]) -> list:
-        draws = [self.subject_model.draw(self.recipe.seed, i) for i in indices]
+    def pose_subjects(self, indices: list[int], attempt: int = 0) -> list:
+        seed = attempt_seed(self.recipe.seed, attempt)
+        draws = [self.subject_model.draw(seed, i) for i in indices]
         return self.subject_model.pose(draws)
 
     # 2. cameras, 3. render, 4. prompt: the CPU stages of one sample ---------------------------
-    def prepare(self, index: int, subject) -> dict[str, Any]:
+    def prepare(self, index: int, subject, attempt: int = 0) -> dict[str, Any]:
         r = self.recipe
-        sample: dict[str, Any] = {"index": index, "seed": sample_seed(r.seed, index), "subject": subject}
-        rng = sample_rng(r.seed, index, "camera")
+        seed = attempt_seed(r.seed, attempt)
+        sample: dict[str, Any] = {"index": index, "attempt": attempt, "seed": sample_seed(seed, index),
+                                  "subject": subject}
+        rng = sample_rng(seed, index, "camera")
         if r.camera.mode == "viewpoint":  # 3D-DST / PASCAL3D+ viewpoint about the subject's box centre
             camera, drawn = sample_viewpoint_camera(rng, r.camera, subject.vertices, r.image.width, r.image.height)
         else:  # low-poly CAD objects need every vertex to be framed right
@@ -142,7 +145,7 @@ class ImageFactory:
         self._render(sample)
         sample["labels"] = self.labels(sample)
         if self.prompter is not None:
-            prompt, negative = self.prompter.build(sample, sample_rng(r.seed, index, "prompt"))
+            prompt, negative = self.prompter.build(sample, sample_rng(seed, index, "prompt"))
             sample.update(prompt=prompt, negative_prompt=negative)
             sample["labels"].update(prompt=prompt, negative_prompt=negative)
         return sample
@@ -180,7 +183,8 @@ class ImageFactory:
             model.keypoint_names, sample["layers"]["instance"] == SUBJECT_ID, subject.params,
             model.camera_labels(subject, camera, sample["keypoints_2d"], sample["keypoints_3d"]))
         return {
-            "index": sample["index"], "seed": sample["seed"], "recipe_hash": self.hash,
+            "index": sample["index"], "attempt": sample["attempt"], "seed": sample["seed"],
+            "recipe_hash": self.hash,
             **view_record(camera.width, camera.height, camera.K, camera.cam_ext, [instance]),
             "camera": {k: float(np.float32(v)) for k, v in sample["camera_draw"].items()},
             "part_names": model.part_names,
@@ -200,34 +204,34 @@ class ImageFactory:
             out["controls"] = self.controls
         return out
 
-    def prepared(self, indices: list[int]) -> Iterator[dict[str, Any]]:
+    def prepared(self, indices: list[int], attempt: int = 0) -> Iterator[dict[str, Any]]:
         """CPU stages; a sample that raises comes out as ``{"index", "error"}`` instead."""
         for start in range(0, len(indices), CHUNK):
             chunk = indices[start:start + CHUNK]
             with label_threads():
-                subjects = self._pose_or_errors(chunk)
+                subjects = self._pose_or_errors(chunk, attempt)
             for index, subject in zip(chunk, subjects):
                 if isinstance(subject, Exception):
                     yield {"index": index, "error": f"{type(subject).__name__}: {subject}"}
                     continue
                 try:
                     with label_threads():
-                        sample = self.prepare(index, subject)
+                        sample = self.prepare(index, subject, attempt)
                 except Exception as exc:  # one bad sample must not stop the run
                     log.exception("sample %d failed", index)
                     sample = {"index": index, "error": f"{type(exc).__name__}: {exc}"}
                 yield sample
 
-    def _pose_or_errors(self, chunk: list[int]) -> list:
+    def _pose_or_errors(self, chunk: list[int], attempt: int) -> list:
         try:
-            return self.pose_subjects(chunk)
+            return self.pose_subjects(chunk, attempt)
         except Exception:
             if len(chunk) == 1:
                 raise
         out = []
         for index in chunk:  # isolate the failing sample(s)
             try:
-                out.extend(self.pose_subjects([index]))
+                out.extend(self.pose_subjects([index], attempt))
             except Exception as exc:
                 log.exception("sample %d failed while posing", index)
                 out.append(exc)

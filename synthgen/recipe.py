@@ -477,7 +477,11 @@ class FilterConfig(_Strict):
     max_black_fraction: float = Field(0.95, ge=0.0, le=1.0, description="reject images whose "
                                       "fraction of near-black pixels exceeds this (NSFW-blanked)")
     write_rejected: bool = Field(False, description="also write rejected samples to "
-                                 "DIR/rejected/ shards for inspection")
+                                 "DIR/rejected/ shards for inspection (and re-thresholding)")
+    max_attempts: int = Field(3, ge=1, le=100, description="draws per sample index: a rejected "
+                              "sample is drawn again from the next attempt's seeds (recorded as "
+                              "labels.attempt) until one is accepted or this many were tried; "
+                              "1 = never redraw")
 
 
 class OutputConfig(_Strict):

@@ -64,6 +64,7 @@ def run_status(out_dir: str | Path) -> dict[str, Any]:
     written = sum(i["samples"] for i in sidecars.values())
     rejected = sum(len(i.get("rejected", [])) for i in sidecars.values())
     errors = sum(len(i.get("errors", [])) for i in sidecars.values())
+    gave_up = sum(len(i.get("gave_up", [])) for i in sidecars.values())
     stamps = [write.sidecar_path(out_dir, tasks[k]).stat().st_mtime for k in sidecars]
     seconds = [i.get("seconds", 0.0) for i in sidecars.values()]
     rate = None
@@ -73,6 +74,9 @@ def run_status(out_dir: str | Path) -> dict[str, Any]:
     return {"recipe": recipe.name, "recipe_hash": manifest["recipe_hash"], "total": recipe.num_samples,
             "done": done, "written": written, "rejected": rejected, "errors": errors,
             "acceptance": written / (written + rejected) if written + rejected else None,
+            # every rejection cost one draw: draws per written sample (1.0 = nothing redrawn)
+            "attempts_per_accepted": (written + rejected) / written if written else None,
+            "gave_up": gave_up,
             "shards_done": len(sidecars), "shards_total": len(tasks), "samples_per_second": rate,
             "in_progress": sorted(p.name for p in (out_dir / write.SHARD_DIR).glob("*.partial-*"))
             if (out_dir / write.SHARD_DIR).is_dir() else []}
@@ -85,7 +89,10 @@ def format_status(status: dict[str, Any]) -> str:
              f"shards   {status['shards_done']}/{status['shards_total']} complete, "
              f"{len(status['in_progress'])} being written",
              f"rejected {status['rejected']}, errors {status['errors']}"
-             + (f", acceptance {100 * status['acceptance']:.1f}%" if status["acceptance"] is not None else "")]
+             + (f", acceptance {100 * status['acceptance']:.1f}%" if status["acceptance"] is not None else "")
+             + (f", {status['attempts_per_accepted']:.2f} draws per written sample"
+                if status["attempts_per_accepted"] is not None else "")
+             + (f", {status['gave_up']} gave up after filter.max_attempts" if status["gave_up"] else "")]
     if status["samples_per_second"]:
         left = (status["total"] - status["done"]) / status["samples_per_second"]
         lines.append(f"rate     {status['samples_per_second']:.1f} samples/s, ~{left / 60:.1f} min left")
@@ -218,6 +225,9 @@ def _html(status: dict, manifest: dict, figures: list[tuple[str, str]], sheet: s
     rows = [("samples done / total", f"{status['done']} / {status['total']}"),
             ("samples written", status["written"]), ("rejected", status["rejected"]),
             ("errors", status["errors"]), ("acceptance rate", acceptance),
+            ("draws per written sample", f"{status['attempts_per_accepted']:.2f}"
+             if status["attempts_per_accepted"] is not None else "n/a"),
+            ("indices that gave up", f"{status['gave_up']} (rejected filter.max_attempts times)"),
             ("shards complete", f"{status['shards_done']} / {status['shards_total']}"),
             ("throughput (on disk)", f"{rate:.1f} samples/s" if rate else "n/a"),
             ("last run", f"{stats.get('last_run_samples_per_second', 'n/a')} samples/s, "

@@ -3,7 +3,9 @@
 Every random draw of sample ``i`` comes from ``numpy.random.Generator``s derived from
 ``(recipe seed, i, stream)`` alone, so sample i is the same whatever the number of workers,
 their order, the ``--num-samples`` split or a resume. Each stage owns a named stream, so
-adding a draw to one stage never shifts another stage's numbers.
+adding a draw to one stage never shifts another stage's numbers. A rejected sample is redrawn
+from :func:`attempt_seed` (attempt 1, 2, ...) in place of the recipe seed: its redraws, too,
+depend on (recipe seed, i) alone.
 
 Bits, not just draws: the arithmetic that feeds labels (body-model forward, camera framing,
 projection, rasterising) runs under :func:`label_threads`, one torch intra-op thread in every
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 LABEL_THREADS = 1
+REDRAW_TAG = 0x5ED4A3  # keeps redraw seeds apart from any (recipe seed, index) pair
 
 STREAMS = {
     "shape": 1,
@@ -32,6 +35,15 @@ STREAMS = {
     "prompt": 7,
     "generate": 8,
 }
+
+
+def attempt_seed(recipe_seed: int, attempt: int) -> int:
+    """The seed every stream of sample attempt ``attempt`` is drawn from: the recipe seed for the
+    first attempt, an independent 63-bit seed for each redraw of a rejected sample."""
+    if attempt == 0:
+        return recipe_seed
+    state = np.random.SeedSequence([recipe_seed, REDRAW_TAG, attempt]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
 
 
 def sample_seed(recipe_seed: int, index: int) -> int:

@@ -2,7 +2,8 @@
 
 A sample is a plain dict that the stages fill in. The engine only reads ``index`` (int),
 ``error`` (str, present when the sample failed), ``filter`` (``{"accepted": bool, "reason": ...}``,
-present when a filter ran) and hands every other key back to the factory.
+present when a filter ran) and hands every other key back to the factory. A rejected sample
+is drawn again (``attempt`` 1, 2, ...) up to the recipe's ``filter.max_attempts``.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ class Factory(Protocol):
     cpu_chunk: int             # consecutive samples that share CPU work (a body-model batch,
                                # one simulated sequence); a loader worker takes whole chunks
 
-    def prepared(self, indices: list[int]) -> Iterator[dict[str, Any]]:
-        """CPU stages (subjects, cameras, render, prompt) of ``indices``, in order. Runs in a
-        prefetch thread or a loader worker; a failing sample comes out as
-        ``{"index": i, "error": "Type: message"}``."""
+    def prepared(self, indices: list[int], attempt: int = 0) -> Iterator[dict[str, Any]]:
+        """CPU stages (subjects, cameras, render, prompt) of ``indices``, in order, drawn for
+        ``attempt`` (0, or the redraw number of rejected samples: see
+        :func:`synthgen.seeding.attempt_seed`). Runs in a prefetch thread or a loader worker; a
+        failing sample comes out as ``{"index": i, "error": "Type: message"}``."""
 
     def finish(self, batch: list[dict[str, Any]]) -> None:
         """Device stages (generate, filter) of a batch of prepared samples, in place; failed

@@ -1,9 +1,10 @@
-"""Whole shards from one stream of finished samples, with the error budget.
+"""Whole shards from one stream of finished samples, with redraws and the error budget.
 
 The commit protocol (``.partial`` file, sidecar, rename) is :func:`synthgen.write.write_shard`;
 this module decides what goes in: accepted samples as records, rejected ones in the sidecar
-(and ``rejected/`` when the recipe keeps them), failed ones in the sidecar, counted against
-``output.max_errors``.
+(and ``rejected/`` when the recipe keeps them) and drawn again, from the next attempt's seeds,
+up to ``filter.max_attempts`` (so N asked for are N written unless an index gives up: the
+sidecar's ``gave_up``); failed ones in the sidecar, counted against ``output.max_errors``.
 """
 
 from __future__ import annotations
@@ -45,24 +46,46 @@ def _write_one(factory: Factory, out_dir: Path, task: write.ShardTask, stream: I
     budget = error_budget(factory.recipe)
     start, timing_before = time.perf_counter(), dict(factory.timing)
 
+    def outcome(sample: dict[str, Any]) -> dict[str, Any] | None:
+        """The record of an accepted sample; None (and an entry in the report) otherwise."""
+        attempt = sample.get("attempt", 0)
+        if "error" in sample:
+            report["errors"].append({"index": sample["index"], "attempt": attempt, "error": sample["error"]})
+            _check_budget(factory.recipe, errors_before + len(report["errors"]), budget)
+            return None
+        verdict = sample.get("filter") or {"accepted": True}
+        if "filter" in sample:  # every verdict with its scores, for re-thresholding later
+            report["filter"].append({"index": sample["index"], "attempt": attempt, **verdict})
+        if verdict["accepted"]:
+            return factory.encode(sample)
+        report["rejected"].append({"index": sample["index"], "attempt": attempt, "reason": verdict.get("reason")})
+        if factory.recipe.filter.write_rejected:
+            record = factory.encode(sample)
+            record["__key__"] = f"{record['__key__']}_attempt{attempt}"
+            rejected_records.append(record)
+        return None
+
     def records():
+        rejected = []
         for _ in range(task.start, task.stop):
             sample = next(stream)
             if on_sample is not None:
                 on_sample()
-            if "error" in sample:
-                report["errors"].append({"index": sample["index"], "error": sample["error"]})
-                _check_budget(factory.recipe, errors_before + len(report["errors"]), budget)
-                continue
-            verdict = sample.get("filter") or {"accepted": True}
-            if "filter" in sample:  # every verdict with its scores, for re-thresholding later
-                report["filter"].append({"index": sample["index"], **verdict})
-            if not verdict["accepted"]:
-                report["rejected"].append({"index": sample["index"], "reason": verdict.get("reason")})
-                if factory.recipe.filter.write_rejected:
-                    rejected_records.append(factory.encode(sample))
-                continue
-            yield factory.encode(sample)
+            record = outcome(sample)
+            if record is not None:
+                yield record
+            elif "error" not in sample:
+                rejected.append(sample["index"])
+        # redraws, in index order after the first attempts: which ones depends on verdicts alone
+        for attempt in range(1, factory.recipe.filter.max_attempts):
+            redraw, rejected = rejected, []
+            for sample in finished_samples(factory, redraw, keep_errors=True, attempt=attempt) if redraw else ():
+                record = outcome(sample)
+                if record is not None:
+                    yield record
+                elif "error" not in sample:
+                    rejected.append(sample["index"])
+        report["gave_up"] = rejected
         report["seconds"] = round(time.perf_counter() - start, 3)
         for key, total in factory.timing.items():
             report[f"{key}_seconds"] = round(total - timing_before.get(key, 0.0), 3)

@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 
 
 def finished_samples(factory: Factory, indices: list[int], loader_workers: int = 0,
-                     keep_errors: bool = False) -> Iterator[dict[str, Any]]:
-    """Finished samples of ``indices`` in order; failed ones only with ``keep_errors``.
+                     keep_errors: bool = False, attempt: int = 0) -> Iterator[dict[str, Any]]:
+    """Finished samples of ``indices`` (drawn for ``attempt``) in order; failed ones only with
+    ``keep_errors``.
 
     ``factory.timing["input_wait"]`` accumulates how long the device stages waited for input,
     ``["generate"]`` how long they worked: the numbers behind the input-wait fraction.
@@ -35,9 +36,9 @@ def finished_samples(factory: Factory, indices: list[int], loader_workers: int =
         log.info("CPU stages of %d samples in %d loader workers, chunks of %d", len(indices), loader_workers,
                  factory.cpu_chunk)
         prepared = _loader_stream(type(factory), factory.recipe, indices, factory.cpu_chunk,
-                                  loader_workers, depth)
+                                  loader_workers, depth, attempt)
     else:
-        prepared = _prefetch(factory.prepared(indices), depth)
+        prepared = _prefetch(factory.prepared(indices, attempt), depth)
     yield from _finish_batches(factory, _batched(prepared, factory.batch_size), keep_errors)
 
 
@@ -104,8 +105,9 @@ _WORKER_FACTORY: dict[str, Factory] = {}
 class _PreparedChunks(tud.IterableDataset):
     """The CPU stages as a DataLoader dataset yielding one list of prepared samples per chunk."""
 
-    def __init__(self, factory_class: type, recipe_json: dict, chunks: list[list[int]]):
+    def __init__(self, factory_class: type, recipe_json: dict, chunks: list[list[int]], attempt: int):
         self.factory_class, self.recipe_json, self.chunks = factory_class, recipe_json, chunks
+        self.attempt = attempt
 
     def __iter__(self):
         info = tud.get_worker_info()
@@ -115,7 +117,7 @@ class _PreparedChunks(tud.IterableDataset):
             _WORKER_FACTORY["factory"] = self.factory_class(recipe, cpu_only=True)
         factory = _WORKER_FACTORY["factory"]
         for chunk in self.chunks[worker::count]:
-            yield list(factory.prepared(chunk))
+            yield list(factory.prepared(chunk, self.attempt))
 
 
 def _as_is(item):
@@ -123,9 +125,9 @@ def _as_is(item):
 
 
 def _loader_stream(factory_class: type, recipe: Recipe, indices: list[int], chunk: int, workers: int,
-                   depth: int) -> Iterator[dict[str, Any]]:
+                   depth: int, attempt: int) -> Iterator[dict[str, Any]]:
     chunks = _chunks(indices, max(1, chunk))
-    dataset = _PreparedChunks(factory_class, recipe.model_dump(mode="json"), chunks)
+    dataset = _PreparedChunks(factory_class, recipe.model_dump(mode="json"), chunks, attempt)
     per_chunk = max(1, len(indices) // max(1, len(chunks)))
     ahead = max(1, -(-depth // (workers * per_chunk)))  # chunks per worker covering ``depth`` samples
     loader = tud.DataLoader(dataset, batch_size=None, num_workers=workers, multiprocessing_context="spawn",

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from synthgen.recipe import Recipe
-from synthgen.seeding import sample_rng
+from synthgen.seeding import attempt_seed, sample_rng
 
 
 class ImageBackend(Protocol):
@@ -43,8 +43,8 @@ class ShadedBackend:
     def generate(self, samples: list[dict[str, Any]]) -> None:
         from synthgen.generate.shaded import render_shaded
 
-        seed = self.recipe.seed
         for sample in samples:
+            seed = attempt_seed(self.recipe.seed, sample.get("attempt", 0))
             try:
                 image, appearance = render_shaded(sample["layers"], self.part_names,
                                                   sample_rng(seed, sample["index"], "appearance"),

@@ -457,9 +457,11 @@ class SequenceFactory:
             for view in sample["views"]:
                 view.setdefault("image", None)
 
-    def prepared(self, indices: list[int]) -> Iterator[dict[str, Any]]:
+    def prepared(self, indices: list[int], attempt: int = 0) -> Iterator[dict[str, Any]]:
         """CPU stages of frames ``indices`` (sequences simulated as needed); a failing frame
-        comes out as ``{"index", "error"}``."""
+        comes out as ``{"index", "error"}``. Frames have no filter, so never a redraw."""
+        if attempt:
+            raise ValueError(f"sequence frames are never redrawn (attempt {attempt} asked for)")
         for index in indices:
             try:
                 with label_threads():

@@ -81,7 +81,7 @@ def _view_members(raw: dict[str, Any], single: bool) -> dict[str, dict[str, Any]
     """Decoded members by view: ``jpg`` / ``NAME.png`` (images) or ``camK.jpg`` / ``camK.NAME.png``."""
     views: dict[str, dict[str, Any]] = {}
     for key, value in raw.items():
-        if key.startswith("__") or key in ("json", "npz"):
+        if key.startswith("__") or key in ("json", "npz", "data.pyd"):
             continue
         view, _, member = (("image", "", key) if single else key.partition("."))
         name = member.rsplit(".", 1)[0] if member.count(".") else "image"
@@ -113,6 +113,8 @@ def to_training_sample(raw: dict[str, Any], flat: bool = False) -> dict[str, Any
         out.update(views["image"])
     if "npz" in raw:
         out.update({f"npz.{k}": v for k, v in raw["npz"].items()})
+    if "data.pyd" in raw:  # output.formats: hmr2 (4D-Humans' list of people)
+        out["data.pyd"] = raw["data.pyd"]
     return out
 
 

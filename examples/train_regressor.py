@@ -70,11 +70,18 @@ def apply_affine(M: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ M[:, :2].T + M[:, 2]
 
 
+def _count(run: str) -> int | None:
+    """Samples in a run folder (its manifest), for the progress bar; None for a shard path."""
+    manifest = Path(run) / "manifest.json"
+    return json.loads(manifest.read_text()).get("num_samples_written") if manifest.is_file() else None
+
+
 def load_crops(run: str, limit: int | None) -> dict:
     """Every sample's padded crop (N, STORE, STORE, 3) uint8, keypoints in crop pixels (N, K, 2),
     visibility (N, K), box side in crop pixels (N,), sample index (N,), keypoint names."""
     crops, points, vis, index, names = [], [], [], [], None
-    for item in tqdm(load_shards(run, flat=True), total=limit, desc="read", unit="sample"):
+    total = min(filter(None, [limit, _count(run)]), default=None)
+    for item in tqdm(load_shards(run, flat=True), total=total, desc="read", unit="sample"):
         side = float(item["scale"]) * 200.0
         if side < 2:
             continue  # subject not seen
@@ -160,6 +167,8 @@ def pck(model: nn.Module, data: dict, rows: np.ndarray, size: int, flip_perm: np
 
 def train(data: dict, args) -> dict:
     torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # softmax tails underflow to denormals: 10-100x slower CPU arithmetic
     rng = np.random.default_rng(args.seed)
     held = data["index"] % args.val_every == 0
     train_rows, val_rows = np.flatnonzero(~held), np.flatnonzero(held)
@@ -185,7 +194,7 @@ def train(data: dict, args) -> dict:
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         score = pck(model, data, val_rows, args.size, flip_perm) if epoch % args.eval_every == 0 or \
             epoch == args.epochs else float("nan")
         curve["epoch"].append(epoch), curve["loss"].append(float(np.mean(losses))), curve["pck"].append(score)
@@ -221,12 +230,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--size", type=int, default=64, help="network input side, pixels")
-    p.add_argument("--width", type=int, default=32, help="channels of the first layer")
+    p.add_argument("--width", type=int, default=16, help="channels of the first layer")
     p.add_argument("--val-every", type=int, default=5, help="samples whose index is a multiple of this are held out")
     p.add_argument("--eval-every", type=int, default=5, help="held-out PCK every this many epochs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads; on a shared 2-core machine two "
+                   "OpenMP threads ran a step 25x slower than one (they spin-wait for each other)")
     args = p.parse_args(argv)
-    for name in ("epochs", "batch_size", "size", "width", "val_every", "eval_every"):
+    for name in ("epochs", "batch_size", "size", "width", "val_every", "eval_every", "threads"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     return args

@@ -13,7 +13,9 @@ every body-worn camera):
 
 A single-image run's one view is also merged into the item (``item["image"]``,
 ``item["instances"]``, ...). ``flat=True`` puts the arrays of a view's one instance beside it
-(``item["keypoints_2d"]``, ``item["bbox"]``, ...) for single-subject training code.
+(``item["keypoints_2d"]``, ``item["bbox"]``, ...) for single-subject training code. Runs with
+``output.formats=[synthgen, hmr2]`` also give ``item["data.pyd"]``, 4D-Humans' list of people.
+``examples/train_regressor.py`` shows a whole training loop on these items.
 
 Hugging Face ``datasets`` reads the same shards:
 ``datasets.load_dataset("webdataset", data_files={"train": shard_paths(DIR)}, split="train")``.

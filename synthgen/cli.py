@@ -1,4 +1,4 @@
-"""``synthgen`` command line: generate, validate, preview.
+"""``synthgen`` command line: generate, validate, preview, status, report, export.
 
 User mistakes (bad recipe, bad override, missing model files) print one line and exit 2.
 """
@@ -55,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("out", help="the --out folder of a run")
     rep.add_argument("--html", help="report file (default OUT/report.html)")
     rep.add_argument("--max-samples", type=int, default=500, help="samples read for the histograms")
+
+    exp = sub.add_parser("export", help="write a run as COCO person keypoints or BEDLAM labels")
+    exp.add_argument("format", choices=["coco", "bedlam"], help="coco: images + person_keypoints.json; "
+                     "bedlam: images + one npz per shard (SMPL / SMPL-X runs)")
+    exp.add_argument("run", help="the --out folder of a run")
+    exp.add_argument("--out", required=True, help="export folder (images/, annotations/ or labels/)")
+    exp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
@@ -147,6 +154,14 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from synthgen.export import export_bedlam, export_coco
+
+    run = {"coco": export_coco, "bedlam": export_bedlam}[args.format]
+    run(args.run, args.out, progress=not args.no_progress)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -157,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     commands = {"generate": _cmd_generate, "validate": _cmd_validate, "preview": _cmd_preview,
-                "status": _cmd_status, "report": _cmd_report}
+                "status": _cmd_status, "report": _cmd_report, "export": _cmd_export}
     try:
         return commands[args.command](args)
     except UserError as exc:

@@ -13,7 +13,9 @@ every body-worn camera):
 
 A single-image run's one view is also merged into the item (``item["image"]``,
 ``item["instances"]``, ...). ``flat=True`` puts the arrays of a view's one instance beside it
-(``item["keypoints_2d"]``, ``item["bbox"]``, ...) for single-subject training code.
+(``item["keypoints_2d"]``, ``item["bbox"]``, ...) for single-subject training code. Runs with
+``output.formats=[synthgen, hmr2]`` also give ``item["data.pyd"]``, 4D-Humans' list of people.
+``examples/train_regressor.py`` shows a whole training loop on these items.
 
 Hugging Face ``datasets`` reads the same shards:
 ``datasets.load_dataset("webdataset", data_files={"train": shard_paths(DIR)}, split="train")``.
@@ -81,7 +83,7 @@ def _view_members(raw: dict[str, Any], single: bool) -> dict[str, dict[str, Any]
     """Decoded members by view: ``jpg`` / ``NAME.png`` (images) or ``camK.jpg`` / ``camK.NAME.png``."""
     views: dict[str, dict[str, Any]] = {}
     for key, value in raw.items():
-        if key.startswith("__") or key in ("json", "npz"):
+        if key.startswith("__") or key in ("json", "npz", "data.pyd"):
             continue
         view, _, member = (("image", "", key) if single else key.partition("."))
         name = member.rsplit(".", 1)[0] if member.count(".") else "image"
@@ -113,6 +115,8 @@ def to_training_sample(raw: dict[str, Any], flat: bool = False) -> dict[str, Any
         out.update(views["image"])
     if "npz" in raw:
         out.update({f"npz.{k}": v for k, v in raw["npz"].items()})
+    if "data.pyd" in raw:  # output.formats: hmr2 (4D-Humans' list of people)
+        out["data.pyd"] = raw["data.pyd"]
     return out
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from synthgen import write
 from synthgen.cameras import sample_camera, sample_viewpoint_camera
+from synthgen.formats import hmr2
 from synthgen.generate import build_image_backend
 from synthgen.labels import instance_record, view_record
 from synthgen.recipe import Recipe, recipe_hash
@@ -257,6 +258,8 @@ class ImageFactory:
     def encode(self, sample: dict[str, Any]) -> dict[str, Any]:
         out = self.recipe.output
         record = {"__key__": f"{sample['index']:09d}", "json": write.encode_json(sample["labels"])}
+        if "hmr2" in out.formats:
+            record[hmr2.MEMBER] = hmr2.encode(sample["labels"])
         if sample["image"] is not None:
             record["jpg"] = write.encode_jpg(sample["image"], out.jpeg_quality)
         for name in out.layers:

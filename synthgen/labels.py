@@ -21,12 +21,15 @@ kind              str             human, animal or object
 model             str             anny, smpl, smplh, smplx, smal, quadruped, mesh
 keypoints_2d      (K, 3)          x, y pixels + COCO visibility (0 outside, 1 hidden, 2 seen)
 keypoints_3d      (K, 3)          camera frame, metres
-keypoint_names    [K]             names of the keypoint rows
+keypoint_names    [K]             names of the keypoint rows (humans: COCO-17 + 6 foot points,
+                                  then the body model's own joints: pelvis, spine, thorax,
+                                  neck, head, head_top, SMPL-X's jaw)
 bbox              [x, y, w, h]    of its visible pixels (edges at +-0.5); zeros when unseen
 center, scale     [2], float      bbox centre; max(w, h) / 200 (HMR's convention)
 params            dict            the model's parameters in its own terms
-camera_labels     dict            optional: GenZoo/Animal3D fields (animals), PASCAL3D+
-                                  viewpoint (objects), in this view's camera
+camera_labels     dict            optional: SMPL-family root in this camera
+                                  (``global_orient_cam``, ``transl_cam``), GenZoo/Animal3D
+                                  fields (animals), PASCAL3D+ viewpoint (objects)
 ================  ==============  ========================================================
 
 Sample-level keys sit beside them: ``index``, ``seed``, ``recipe_hash``, ``conventions``,

@@ -287,6 +287,7 @@ class CameraConfig(_Strict):
         return self
 
 
+LabelFormat = Literal["synthgen", "hmr2"]
 LayerName = Literal["normal", "depth", "mask", "parts", "edges", "skeleton", "instance", "shaded"]
 NormalConvention = Literal["opengl", "bae", "opencv", "omnidata"]
 NormalBackground = Literal["black", "grey", "facing", "ground"]
@@ -495,6 +496,17 @@ class OutputConfig(_Strict):
     max_errors: float = Field(0.01, ge=0.0, description="error budget: samples whose making raises "
                               "are recorded and skipped; the run stops once more than this many fail "
                               "(a fraction of num_samples if < 1, else a count)")
+    formats: list[LabelFormat] = Field(default_factory=lambda: ["synthgen"],
+                                       description="label formats in each sample: synthgen = json "
+                                                   "(always); hmr2 = 4D-Humans' data.pyd (humans)")
+
+    @model_validator(mode="after")
+    def _formats(self) -> "OutputConfig":
+        if "synthgen" not in self.formats:
+            raise ValueError(f"output.formats={self.formats}: must include synthgen (the json labels that "
+                             f"load_shards, status and report read); write [synthgen, "
+                             f"{', '.join(self.formats)}]")
+        return self
 
 
 class Recipe(_Strict):
@@ -523,6 +535,14 @@ class Recipe(_Strict):
                     raise ValueError(f"image.{name}={value}: FLUX needs multiples of 16 (diffusers "
                                      f"would silently resize the image and the labels would no longer "
                                      f"match it); use {value // 16 * 16} or {value // 16 * 16 + 16}")
+        return self
+
+    @model_validator(mode="after")
+    def _hmr2_needs_single_human_images(self) -> "Recipe":
+        if "hmr2" in self.output.formats and (self.subject.kind != "human" or self.sequence is not None):
+            what = f"subject.kind={self.subject.kind}" if self.subject.kind != "human" else "a sequence recipe"
+            raise ValueError(f"output.formats=hmr2: 4D-Humans' data.pyd holds people in single images, not "
+                             f"{what}; drop hmr2 from output.formats (the json labels carry everything)")
         return self
 
 

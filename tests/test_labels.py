@@ -101,13 +101,13 @@ def test_labels_use_the_names_users_know(samples):
     assert params["body_model"]["name"] == "anny"
     assert set(params["phenotype"]) == {"gender", "age", "muscle", "weight", "height", "proportions"}
     assert np.asarray(params["bone_rotvec"]).shape == (103, 3)
-    assert len(instance["keypoint_names"]) == np.asarray(instance["keypoints_2d"]).shape[0] == 23
+    assert len(instance["keypoint_names"]) == np.asarray(instance["keypoints_2d"]).shape[0] == 29  # COCO-23 + 6 joints
 
 
 def test_flat_arrays_for_single_subject_training(samples):
     s = samples[0]
     instance = s["instances"][0]
-    assert s["keypoints_2d"].dtype == np.float32 and s["keypoints_2d"].shape == (23, 3)
+    assert s["keypoints_2d"].dtype == np.float32 and s["keypoints_2d"].shape == (29, 3)
     assert np.array_equal(s["keypoints_2d"], instance["keypoints_2d"])
     assert s["bone_rotvec"].shape == (103, 3) and s["cam_int"].shape == (3, 3)
     assert s["views"]["image"]["image"] is s["image"]

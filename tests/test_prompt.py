@@ -254,7 +254,7 @@ def test_describe_pose_on_anny_library_poses(anny, pose, expected, absent):
     ages = [d["age_years"] for d in draws]
     assert min(ages) < 12 < max(ages)  # children and adults
     for d, subject in zip(draws, subjects):
-        phrases = describe_pose(subject.keypoints_3d)
+        phrases = describe_pose(subject.keypoints_3d, anny.keypoint_names)
         text = " | ".join(phrases)
         assert expected in phrases, (d["age_years"], text)
         for a in absent:
@@ -268,10 +268,10 @@ def test_describe_pose_on_anny_library_poses(anny, pose, expected, absent):
 def test_describe_pose_survives_the_recipes_pose_noise(anny, pose, word, at_least):
     noise = small_recipe().subject.pose.noise_deg
     _, subjects = pose_library(anny, pose, range(20), noise_deg=noise, seed=1)
-    hits = [any(word in p for p in describe_pose(s.keypoints_3d)) for s in subjects]
+    hits = [any(word in p for p in describe_pose(s.keypoints_3d, anny.keypoint_names)) for s in subjects]
     assert np.mean(hits) >= at_least, hits
     walking = pose_library(anny, "walking", range(20), noise_deg=noise, seed=2)[1]
-    assert not any("sitting" in " ".join(describe_pose(s.keypoints_3d)) for s in walking)
+    assert not any("sitting" in " ".join(describe_pose(s.keypoints_3d, anny.keypoint_names)) for s in walking)
 
 
 # --- PromptBuilder -------------------------------------------------------------------------------
@@ -342,7 +342,7 @@ def test_prompt_for_a_real_pipeline_sample(anny_factory):
     subject = anny_factory.pose_subjects([0])[0]
     sample = anny_factory.prepare(0, subject)
     prompt, _ = PromptBuilder(PromptConfig()).build(sample, np.random.default_rng(0))
-    phrases = describe_pose(sample["subject"].keypoints_3d)
+    phrases = describe_pose(sample["subject"].keypoints_3d, anny_factory.subject_model.keypoint_names)
     assert phrases and phrases[0] in prompt
     assert len(prompt) > 40
 

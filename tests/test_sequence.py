@@ -208,7 +208,7 @@ def test_shards_read_back_per_camera(tmp_path):
     cam = cams["cam0"]
     assert cam["image"].shape == (SIZE, SIZE, 3) and cam["depth"].dtype == np.float32
     assert cam["mask"].dtype == bool and cam["instance"].dtype == np.uint8
-    assert cam["keypoints_2d"].shape == (23, 3) and cam["keypoints_2d"].dtype == np.float32
+    assert cam["keypoints_2d"].shape == (29, 3) and cam["keypoints_2d"].dtype == np.float32
     assert np.array_equal(cam["keypoints_2d"], cam["instances"][0]["keypoints_2d"])
     assert ((cam["instance"] == 1) == cam["mask"]).all()
     labels = frames[1]["labels"]

@@ -222,7 +222,7 @@ def test_subject_stands_on_the_ground(smpl):
         assert v.dtype == np.float32 and v.shape == (6890, 3)
         assert v[:, 2].min() == 0.0
         np.testing.assert_allclose((v[:, :2].min(0) + v[:, :2].max(0)) / 2, 0.0, atol=1e-6)
-        assert subject.keypoints_3d.shape == (23, 3) and subject.keypoints_3d[:, 2].min() >= -1e-6
+        assert subject.keypoints_3d.shape == (len(smpl.keypoint_names), 3) == (29, 3) and subject.keypoints_3d[:, 2].min() >= -1e-6
 
 
 @pytest.mark.parametrize("yaw,left_axis", [(0.0, np.array([1.0, 0.0])), (90.0, np.array([0.0, 1.0]))])
@@ -238,7 +238,8 @@ def test_heading_is_yaw_about_the_vertical(models, yaw, left_axis):
 
 def test_interface_attributes(smpl):
     assert smpl.name == "smpl" and smpl.part_names == PART_NAMES
-    assert smpl.keypoint_names == KEYPOINT_NAMES and smpl.keypoint_parts == KEYPOINT_PARTS
+    assert smpl.keypoint_names[:23] == KEYPOINT_NAMES and smpl.keypoint_parts[:23] == KEYPOINT_PARTS
+    assert smpl.keypoint_names[23:] == ["pelvis", "spine", "thorax", "neck", "head", "head_top"]
     assert smpl.faces.shape == (13776, 3) and smpl.face_parts.shape == (13776,)
     assert smpl.face_parts.dtype == np.uint8
     assert set(np.unique(smpl.face_parts)) == set(range(1, len(PART_NAMES)))
@@ -252,10 +253,14 @@ def test_joint_parts_and_keypoint_sources():
     assert parts == ["torso", "torso", "torso", "head", "head", "left_upper_arm", "right_forearm",
                      "left_hand", "right_hand", "left_hand", "head", "head", "left_thigh",
                      "right_shin", "left_foot", "right_foot"]
-    index = keypoint_gather_index("smpl")
+    names, index = keypoint_gather_index("smpl", head_top_vertex=411)
     assert index[KEYPOINT_NAMES.index("nose")] == 22 + 332
     assert index[KEYPOINT_NAMES.index("left_shoulder")] == 16
-    assert keypoint_gather_index("smplx")[KEYPOINT_NAMES.index("nose")] == 22 + 9120
+    joints = dict(zip(names[23:], index[23:]))  # the model's own joints, not midpoints of keypoints
+    assert joints == {"pelvis": 0, "spine": 6, "thorax": 9, "neck": 12, "head": 15, "head_top": 22 + 411}
+    names, index = keypoint_gather_index("smplx", head_top_vertex=9000)
+    assert index[KEYPOINT_NAMES.index("nose")] == 23 + 9120  # SMPL-X gathers its jaw (joint 22) too
+    assert dict(zip(names[23:], index[23:]))["jaw"] == 22 and names[-1] == "head_top"
 
 
 # --- end to end --------------------------------------------------------------------------------
@@ -276,4 +281,4 @@ def test_pipeline_writes_smpl_shards(models, tmp_path):
     [instance] = json.loads(samples[0]["json"])["instances"]
     assert len(instance["params"]["betas"]) == 10 and len(instance["params"]["body_pose"]) == 69
     assert instance["model"] == "smpl"
-    assert np.asarray(instance["keypoints_2d"]).shape == (23, 3)
+    assert np.asarray(instance["keypoints_2d"]).shape == (29, 3)  # COCO-23 + 6 SMPL body joints

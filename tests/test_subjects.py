@@ -62,7 +62,7 @@ def test_subjects_stand_on_the_ground_and_are_split_independent(anny_model):
     assert np.array_equal(again[0].vertices, posed[5].vertices)
     for p in posed:
         assert p.vertices[:, 2].min() == pytest.approx(0.0, abs=1e-5)
-        assert p.vertices.dtype == np.float32 and p.keypoints_3d.shape == (23, 3)
+        assert p.vertices.dtype == np.float32 and p.keypoints_3d.shape == (29, 3)  # COCO-23 + pelvis, spine, thorax, neck, head, head_top
 
 
 def test_pose_files_drive_anny(tmp_path):

@@ -30,7 +30,7 @@ from scipy.spatial.transform import Rotation
 from synthgen.errors import UserError
 from synthgen.recipe import SubjectConfig
 from synthgen.seeding import sample_rng
-from synthgen.subjects.base import (KEYPOINT_NAMES, KEYPOINT_PARTS, PART_NAMES, PosedSubject,
+from synthgen.subjects.base import (BODY_JOINTS, KEYPOINT_NAMES, PART_NAMES, PosedSubject, human_keypoints,
                                     ground_offset, parts_from_skinning, pose_in_fixed_batches)
 from synthgen.subjects.poses import SMPL_JOINTS, PoseFileBank, draw_body_pose, matrices_to_axis_angle
 from synthgen.subjects.retarget import SMPL_TO_ANNY_BONE, rest_corrections, smpl_to_anny_rotations
@@ -232,7 +232,9 @@ def _bone_part_ids(bone_labels: list[str]) -> np.ndarray:
 
 
 class AnnyBody:
-    """Anny humans: phenotype draws, library/file poses retargeted from SMPL terms, COCO-23 keypoints."""
+    """Anny humans: phenotype draws, library/file poses retargeted from SMPL terms; keypoints: COCO-23
+    then Anny's own joints (bone heads: pelvis = root, spine, thorax, neck, head; head_top = the
+    crown vertex), see :data:`synthgen.subjects.base.BODY_JOINTS`."""
 
     name = "anny"
     skeleton_edges = None  # OpenPose-18 from the COCO keypoints
@@ -249,10 +251,24 @@ class AnnyBody:
         self.faces = self.model.faces.cpu().numpy().astype(np.int32)
         self.face_parts = self._face_parts()
         self.part_names = PART_NAMES
-        self.keypoint_names = KEYPOINT_NAMES
-        self.keypoint_parts = KEYPOINT_PARTS
+        self.joint_bones = self._joint_bones()
+        self.head_top_vertex = int(np.argmax(self.model.template_vertices[:, 2].cpu().numpy()))
+        self.keypoint_names, self.keypoint_parts = human_keypoints(list(self.joint_bones) + ["head_top"])
         self.corrections = rest_corrections(self.bone_labels, self._rest_heads())
         self.pose_files = PoseFileBank(config.pose.files) if config.pose.files else None
+
+    def _joint_bones(self) -> dict[str, int]:
+        """Our body-joint names Anny has a bone for -> bone index (the pelvis is the root bone)."""
+        bones = {"pelvis": "root"} | {name: SMPL_TO_ANNY_BONE[smpl] for name, smpl in BODY_JOINTS.items()
+                                      if smpl in SMPL_TO_ANNY_BONE}
+        return {name: self.bone_labels.index(bone) for name, bone in bones.items()}
+
+    def _keypoints(self, result: dict) -> torch.Tensor:
+        """(B, K, 3) keypoints of a forward ``result``: COCO-23 (Anny's regressor), the joint bones'
+        heads, the crown vertex."""
+        joints = result["bone_poses"][:, list(self.joint_bones.values()), :3, 3]
+        top = result["vertices"][:, [self.head_top_vertex]]
+        return torch.cat([self.keypoint_regressor(result), joints.to(top.dtype), top], dim=1)
 
     def _rest_heads(self) -> np.ndarray:
         out = self._forward(torch.eye(4).expand(1, len(self.bone_labels), 4, 4).clone(),
@@ -324,7 +340,7 @@ class AnnyBody:
         vertices = result["vertices"]
         rest_z = result["rest_vertices"][..., 2]
         heights = (rest_z.max(dim=1).values - rest_z.min(dim=1).values).numpy()
-        keypoints = self.keypoint_regressor(result)
+        keypoints = self._keypoints(result)
         posed = []
         for b, draw in enumerate(draws):
             v = vertices[b].numpy()
@@ -386,7 +402,7 @@ class AnnyBody:
         def run(chunk: list[np.ndarray], padded: list[np.ndarray]) -> list[tuple[np.ndarray, ...]]:
             with torch.no_grad():
                 result = self.model(pose_parameters=torch.from_numpy(np.stack(padded)), phenotype_kwargs=pheno)
-                keypoints = self.keypoint_regressor(result)
+                keypoints = self._keypoints(result)
             return list(zip(result["vertices"].numpy(), keypoints.numpy(),
                             result["bone_poses"].numpy()))[:len(chunk)]
 

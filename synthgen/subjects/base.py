@@ -50,6 +50,24 @@ def _keypoint_parts() -> list[tuple[int, ...]]:
 
 KEYPOINT_PARTS = _keypoint_parts()
 
+# Human models append their own joints (not surface points) after the 23 COCO keypoints, where the
+# model has them: what HMR2's MidHip / neck / pelvis / thorax / spine / jaw / head / head-top slots
+# and root-relative 3D labels need. Name -> the SMPL joint it is (Anny: the bone retargeted from
+# it, synthgen.subjects.retarget); ``head_top`` is the template's highest vertex (crown).
+BODY_JOINTS = {"pelvis": "pelvis", "spine": "spine2", "thorax": "spine3", "neck": "neck",
+               "head": "head", "jaw": "jaw", "head_top": None}
+_BODY_JOINT_PARTS = {"pelvis": ("torso", "left_thigh", "right_thigh"), "spine": ("torso",),
+                     "thorax": ("torso",), "neck": ("torso", "head"), "head": ("head",),
+                     "jaw": ("head",), "head_top": ("head",)}
+
+
+def human_keypoints(joints: list[str]) -> tuple[list[str], list[tuple[int, ...]]]:
+    """Keypoint names and parts of a human model: :data:`KEYPOINT_NAMES` then ``joints`` (names
+    from :data:`BODY_JOINTS` the model has, in that order)."""
+    joints = [j for j in BODY_JOINTS if j in joints]
+    parts = [tuple(PART_NAMES.index(p) for p in _BODY_JOINT_PARTS[j]) for j in joints]
+    return KEYPOINT_NAMES + joints, KEYPOINT_PARTS + parts
+
 
 @dataclass
 class PosedSubject:

@@ -17,7 +17,8 @@ Convert such a file once, without chumpy (the restricted unpickler of
 Frames: smplx works in SMPL's frame (x = body's left, y = up, z = forward); posed outputs are
 rotated into synthgen's world frame with :data:`SMPL_TO_WORLD` and put on the ground (z = 0).
 
-Keypoints (the 23 ``KEYPOINT_NAMES``): shoulders, elbows, wrists, hips, knees and ankles are the
+Keypoints (the 23 ``KEYPOINT_NAMES``, then the body joints of ``BODY_JOINTS``: pelvis, spine2,
+spine3, neck, head, SMPL-X's jaw, and the template's crown vertex as head_top): shoulders, elbows, wrists, hips, knees and ankles are the
 SMPL joints of those names (regressed anatomical joint centres: a few cm off where COCO
 annotators put hips and shoulders); nose, eyes, ears, big/small toes and heels are the surface
 vertices smplx uses for those points (``smplx.vertex_ids.vertex_ids['smplh']`` for SMPL and
@@ -42,8 +43,8 @@ from scipy.spatial.transform import Rotation
 from synthgen.errors import MissingModelError, UserError
 from synthgen.recipe import SubjectConfig
 from synthgen.seeding import sample_rng
-from synthgen.subjects.base import (KEYPOINT_NAMES, KEYPOINT_PARTS, PART_NAMES, SMPL_TO_WORLD,
-                                    PosedSubject, ground_offset, parts_from_skinning, pose_in_fixed_batches)
+from synthgen.subjects.base import (BODY_JOINTS, KEYPOINT_NAMES, PART_NAMES, SMPL_TO_WORLD,
+                                    PosedSubject, human_keypoints, ground_offset, parts_from_skinning, pose_in_fixed_batches)
 from synthgen.subjects.model_files import load_pickled_arrays, plain_array, read_npz_arrays
 from synthgen.subjects.poses import (SMPL_JOINTS, PoseFileBank, matrices_to_axis_angle,
                                      draw_body_pose)
@@ -196,14 +197,25 @@ def joint_part_ids(joint_names: list[str]) -> np.ndarray:
     return out
 
 
-def keypoint_gather_index(model: str) -> np.ndarray:
-    """(23,) indices into ``cat([joints[:, :22], vertices], 1)`` giving KEYPOINT_NAMES in order."""
+def gather_joints(model: str) -> int:
+    """How many leading smplx joints keypoints read: pelvis..right_wrist, and SMPL-X's jaw (22)."""
+    return NUM_SHARED_JOINTS + (model == "smplx")
+
+
+def keypoint_gather_index(model: str, head_top_vertex: int) -> tuple[list[str], np.ndarray]:
+    """Keypoint names and (K,) indices into ``cat([joints[:, :gather_joints(model)], vertices], 1)``."""
     from smplx.vertex_ids import vertex_ids
 
     ids = vertex_ids["smplx" if model == "smplx" else "smplh"]
-    out = [NUM_SHARED_JOINTS + ids[KEYPOINT_VERTEX_KEYS[n]] if n in KEYPOINT_VERTEX_KEYS
+    first = gather_joints(model)
+    joint_names = SMPL_JOINTS[:NUM_SHARED_JOINTS] + ["jaw"] * (model == "smplx")
+    out = [first + ids[KEYPOINT_VERTEX_KEYS[n]] if n in KEYPOINT_VERTEX_KEYS
            else SMPL_JOINTS.index(n) for n in KEYPOINT_NAMES]
-    return np.asarray(out, dtype=np.int64)
+    joints = [j for j, smpl in BODY_JOINTS.items() if smpl in joint_names]
+    names, _ = human_keypoints(joints + ["head_top"])
+    out += [first + head_top_vertex if n == "head_top" else joint_names.index(BODY_JOINTS[n])
+            for n in names[len(KEYPOINT_NAMES):]]
+    return names, np.asarray(out, dtype=np.int64)
 
 
 # --- the subject model -------------------------------------------------------------------------
@@ -224,9 +236,10 @@ class SmplBody:
         self.joint_names = _joint_names(config.model, weights.shape[1])
         self.face_parts = parts_from_skinning(weights, joint_part_ids(self.joint_names), self.faces)
         self.part_names = PART_NAMES
-        self.keypoint_names = KEYPOINT_NAMES
-        self.keypoint_parts = KEYPOINT_PARTS
-        self.keypoint_index = torch.from_numpy(keypoint_gather_index(config.model))
+        head_top = int(np.argmax(self.body.v_template[:, 1].cpu().numpy()))  # SMPL frame: y up
+        self.keypoint_names, self.keypoint_parts = human_keypoints(
+            keypoint_gather_index(config.model, head_top)[0][len(KEYPOINT_NAMES):])
+        self.keypoint_index = torch.from_numpy(keypoint_gather_index(config.model, head_top)[1])
         self.to_world = torch.tensor(SMPL_TO_WORLD.T, dtype=torch.float32)  # row vectors: v @ M.T
         self.pose_files = PoseFileBank(config.pose.files) if config.pose.files else None
         log.info("%s model %s: %d vertices, %d joints, %d betas", self.name, self.path,
@@ -237,7 +250,19 @@ class SmplBody:
 
     def camera_labels(self, subject: PosedSubject, camera, keypoints_2d: np.ndarray,
                       keypoints_3d: np.ndarray) -> dict[str, Any]:
-        return {}
+        """The root in this camera (HMR2 / BEDLAM ``pose_cam[:3]``, ``trans_cam``).
+
+        ``global_orient_cam`` (3,) axis-angle and ``transl_cam`` (3,) metres such that smplx with
+        (``global_orient_cam``, ``body_pose``, ``betas``, transl=``transl_cam``) gives the body in
+        the OpenCV camera frame: R_cam = R @ SMPL_TO_WORLD @ R_orient and, the root rotating
+        about the rest pelvis J0, transl_cam = pelvis_cam - J0.
+        """
+        R, t = np.asarray(camera.R, dtype=np.float64), np.asarray(camera.t, dtype=np.float64)
+        pelvis_world = np.asarray(subject.keypoints_3d[self.keypoint_names.index("pelvis")], dtype=np.float64)
+        rest_pelvis = SMPL_TO_WORLD.T @ pelvis_world - np.asarray(subject.arrays["transl"], dtype=np.float64)
+        orient = R @ SMPL_TO_WORLD @ Rotation.from_rotvec(subject.arrays["global_orient"]).as_matrix()
+        return {"global_orient_cam": np.float32(Rotation.from_matrix(orient).as_rotvec()).tolist(),
+                "transl_cam": np.float32(R @ pelvis_world + t - rest_pelvis).tolist()}
 
     # --- draws -------------------------------------------------------------------------------
     def draw(self, recipe_seed: int, index: int) -> dict[str, Any]:
@@ -258,17 +283,16 @@ class SmplBody:
                 "body_pose": np.float32(body_pose.reshape(-1))}
 
     def _run(self, params: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Exactly BATCH parameter sets -> SMPL-frame (BATCH, V, 3) vertices, (BATCH, 23, 3)
+        """Exactly BATCH parameter sets -> SMPL-frame (BATCH, V, 3) vertices, (BATCH, K, 3)
         keypoints and (BATCH, 22, 3) joints (pelvis..right_wrist)."""
         stacked = {k: torch.from_numpy(np.stack([p[k] for p in params])) for k in params[0]}
         with torch.no_grad():
             out = self.body(**stacked)
-        joints = out.joints[:, :NUM_SHARED_JOINTS]
-        both = torch.cat([joints, out.vertices], dim=1)
-        return out.vertices, both[:, self.keypoint_index], joints
+        both = torch.cat([out.joints[:, :gather_joints(self.name)], out.vertices], dim=1)
+        return out.vertices, both[:, self.keypoint_index], out.joints[:, :NUM_SHARED_JOINTS]
 
     def forward(self, params: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exactly BATCH parameter sets -> SMPL-frame (BATCH, V, 3) vertices, (BATCH, 23, 3) keypoints."""
+        """Exactly BATCH parameter sets -> SMPL-frame (BATCH, V, 3) vertices, (BATCH, K, 3) keypoints."""
         vertices, keypoints, _ = self._run(params)
         return vertices, keypoints
 
@@ -277,7 +301,7 @@ class SmplBody:
         return pose_in_fixed_batches(draws, BATCH, self._pose_batch)
 
     def _pose_batch(self, draws: list[dict[str, Any]], padded: list[dict[str, Any]]) -> list[PosedSubject]:
-        """At most BATCH draws -> subjects; vertices (V, 3) and keypoints (23, 3) float32, world frame."""
+        """At most BATCH draws -> subjects; vertices (V, 3) and keypoints (K, 3) float32, world frame."""
         params = [self.parameters(d) for d in padded]
         vertices, keypoints = self.forward(params)
         vertices, keypoints = (vertices @ self.to_world).numpy(), (keypoints @ self.to_world).numpy()
@@ -318,7 +342,7 @@ class SmplBody:
         ``torch.no_grad``, so a frame's bits never depend on N.
 
         Returns float32 arrays in SMPL's own frame (no transl, no grounding): ``vertices`` (N, V, 3),
-        ``keypoints`` (N, 23, 3) (``keypoint_names``), ``joints`` (N, 22, 3) pelvis..right_wrist.
+        ``keypoints`` (N, K, 3) (``keypoint_names``), ``joints`` (N, 22, 3) pelvis..right_wrist.
         """
         def run(chunk: list[dict], padded: list[dict]) -> list[tuple[np.ndarray, ...]]:
             return list(zip(*(t.numpy() for t in self._run(padded))))[:len(chunk)]

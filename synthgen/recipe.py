@@ -351,6 +351,10 @@ class ControlEncoding(_Strict):
     max_depth_m: float = Field(10.0, gt=0.0, description="depth=metric: the depth that maps to 0")
     edges: EdgesSource | None = Field(None, description="layer=edges: Canny of normals or of the "
                                       "shaded render; null = render.edges_source")
+    resolution: int | None = Field(None, ge=32, le=4096, description="short side at which the input "
+                                   "is computed (an annotator's detect resolution, e.g. 512 for the "
+                                   "lllyasviel v1.1 annotators), then resized to the image with "
+                                   "INTER_LINEAR; null = at the image size")
 
 
 class ControlNetUnit(_Strict):
@@ -368,16 +372,17 @@ class ControlNetUnit(_Strict):
     def resolved_encoding(self, render: "RenderConfig") -> dict[str, Any]:
         """The encoding this unit's ControlNet receives, with render's defaults filled in."""
         enc = self.encoding
+        at = {"resolution": enc.resolution} if enc.resolution else {}
         if self.layer == "normal":
             return {"layer": "normal", "normal": enc.normal or render.normal_convention,
-                    "background": enc.background or render.normal_background}
+                    "background": enc.background or render.normal_background} | at
         if self.layer == "depth":
             out = {"layer": "depth", "depth": enc.depth}
-            return out | ({"max_depth_m": enc.max_depth_m} if enc.depth == "metric" else {})
+            return out | ({"max_depth_m": enc.max_depth_m} if enc.depth == "metric" else {}) | at
         if self.layer == "edges":
             return {"layer": "edges", "edges": enc.edges or render.edges_source,
-                    "canny": [render.canny_low, render.canny_high]}
-        return {"layer": self.layer}
+                    "canny": [render.canny_low, render.canny_high]} | at
+        return {"layer": self.layer} | at
 
 
 class ControlNetConfig(_Strict):

@@ -206,3 +206,30 @@ def test_validate_prints_resolved_control_inputs(capsys):
         assert text in resolved, text
     assert main(["validate", "recipes/dst3d.yaml"]) == 0
     assert "# eta: 1.0" in capsys.readouterr().out
+
+
+def test_inputs_computed_at_an_annotator_detect_resolution():
+    """encoding.resolution: Canny (and any input) computed with the short side at that size, then
+    resized to the image with INTER_LINEAR, as controlnet_aux's detect_resolution does; stored as
+    control_<i>.png because it is no longer the stored edges layer."""
+    units = [{"model": "tests/canny", "layer": "edges", "encoding": {"resolution": 64}},
+             {"model": "tests/depth", "layer": "depth", "encoding": {"resolution": 64}}]
+    recipe = small_recipe(image={"width": 128, "height": 128}, render={"backend": "torch"},
+                          backend=_controlnet(units, family="sd15"))
+    factory, sample = _sample(recipe, 1)
+    sample["image"] = None
+    record = factory.encode(sample)
+    assert [c["stored_as"] for c in sample["labels"]["conventions"]["controls"]] == ["control_0.png",
+                                                                                     "control_1.png"]
+    small = cv2.resize(sample["layers"]["normal_rgb"], (64, 64), interpolation=cv2.INTER_AREA)
+    expected = cv2.resize(cv2.Canny(small, 100, 200), (128, 128), interpolation=cv2.INTER_LINEAR)
+    sent = _png(record, "control_0.png")
+    assert np.array_equal(sent, np.repeat(expected[..., None], 3, 2)) and sent.any()
+    assert not np.array_equal(sent[..., 0], _png(record, "edges.png"))  # thicker, softer edges
+    full = factory._control(sample["layers"], {"encoding": {"layer": "depth", "depth": "minmax"},
+                                               "stored_as": "control_9.png"})
+    depth = cv2.resize(cv2.resize(full, (64, 64), interpolation=cv2.INTER_AREA), (128, 128),
+                       interpolation=cv2.INTER_LINEAR)
+    assert np.array_equal(_png(record, "control_1.png"), depth)
+    with pytest.raises(RecipeError, match="resolution"):
+        small_recipe(backend=_controlnet([{"model": "m", "layer": "edges", "encoding": {"resolution": 8}}]))

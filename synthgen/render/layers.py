@@ -184,6 +184,8 @@ def control_from_layers(layers: dict, encoding: dict) -> np.ndarray:
     """
     mask = layers["mask"] > 0
     layer = encoding["layer"]
+    height, width = mask.shape
+    detect = detect_size(width, height, encoding.get("resolution"))
     if layer == "normal":
         image = encode_normal(layers["normal"], mask, encoding["normal"], encoding["background"],
                               layers.get("scene_normal"))
@@ -192,14 +194,30 @@ def control_from_layers(layers: dict, encoding: dict) -> np.ndarray:
         image = encode_depth(depth, mask, encoding["depth"], encoding.get("max_depth_m", 10.0))
     elif layer == "edges":
         source = layers["shaded"] if encoding["edges"] == "shaded" else layers["normal_rgb"]
+        if detect is not None:  # the annotator ran on the downscaled image
+            source = cv2.resize(source, detect, interpolation=cv2.INTER_AREA)
         image = canny_edges(source, *encoding["canny"])
     elif layer == "mask":
         image = layers["mask"]
     else:
         image = layers[layer]
+    if detect is not None:
+        if image.shape[:2] != detect[::-1]:
+            image = cv2.resize(image, detect, interpolation=cv2.INTER_AREA)
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     return np.ascontiguousarray(image)
+
+
+def detect_size(width: int, height: int, resolution: int | None) -> tuple[int, int] | None:
+    """(w, h) with the short side ``resolution`` (aspect kept) at which an annotator computes a
+    ControlNet input, as controlnet_aux's ``detect_resolution`` does before resizing the result to
+    the image (INTER_LINEAR); None when that is the image size itself or no resolution is set."""
+    if not resolution or resolution == min(width, height):
+        return None
+    scale = resolution / min(width, height)
+    return max(1, int(round(width * scale))), max(1, int(round(height * scale)))
 
 
 def canny_edges(image: np.ndarray, low: int, high: int) -> np.ndarray:

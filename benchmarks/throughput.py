@@ -153,7 +153,8 @@ def stage_table(recipe, samples: int, warmup: int) -> tuple[list[tuple], list[st
             with clock(f"body model: forward (batch of {batch})", chunk, len(chunk)):
                 subjects = model.pose(draws)
         for index, subject in zip(chunk, subjects):
-            s = {"index": index, "seed": sample_seed(r.seed, index), "subject": subject}
+            s = {"index": index, "attempt": 0, "seed": sample_seed(r.seed, index), "subject": subject,
+                 "subjects": [subject], "placements": [np.zeros(3)]}
             with label_threads():
                 # 2. camera framing, as prepare
                 with clock("camera framing", index):
@@ -198,7 +199,9 @@ def stage_table(recipe, samples: int, warmup: int) -> tuple[list[tuple], list[st
                                  "depth_mm": depth_mm, "depth_control": depth_control, "mask": mask_u8,
                                  "parts": parts, "edges": edges, "triangle_id": tri, "instance": instance,
                                  "skeleton": skeleton},
-                         keypoints_3d=kp3d, keypoints_2d=kp2d, vertices_cam=vertices_cam)
+                         keypoints_3d=kp3d, keypoints_2d=kp2d, vertices_cam=vertices_cam,
+                         member_keypoints=[(kp2d, kp3d)], unoccluded_pixels=[int(np.count_nonzero(mask))],
+                         faces=faces, face_instance=np.ones(len(faces), np.uint8))
                 # labels (and the prompt, when the recipe builds one)
                 with clock("labels (view record)", index):
                     s["labels"] = factory.labels(s)
@@ -229,7 +232,8 @@ def stage_table(recipe, samples: int, warmup: int) -> tuple[list[tuple], list[st
                     record[f"{name}.png"] = write.encode_png(s["layers"][L.LAYER_KEYS[name]])
             if out_cfg.vertices:
                 with clock("encode npz (vertices)", index):
-                    arrays = {"vertices": vertices_cam.astype(np.float32), "faces": faces} | subject.arrays
+                    arrays = {"vertices": vertices_cam.astype(np.float32), "faces": faces.astype(np.int32),
+                              "face_instance": np.ones(len(faces), np.uint8)} | subject.arrays
                     record["npz"] = write.encode_npz(arrays)
             records[index] = record
 
@@ -305,7 +309,7 @@ def naive_baseline(recipe) -> float:
             with wds.TarWriter(os.path.join(out, "naive.tar")) as sink:
                 for index in range(recipe.num_samples):
                     subject = model.pose([model.draw(recipe.seed, index)])[0]  # batch of one
-                    sample = factory.prepare(index, subject)
+                    sample = factory.prepare(index, [subject])
                     factory.finish([sample])
                     # a second pass for the mask, as two-pass renderers need
                     faces, face_parts = model.mesh(subject)

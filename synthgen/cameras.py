@@ -73,6 +73,18 @@ def look_at(position: np.ndarray, target: np.ndarray, roll_deg: float = 0.0) -> 
     return R, -R @ position
 
 
+def amodal_bbox(camera: Camera, points_world: np.ndarray) -> list[float]:
+    """[x, y, w, h] of the projection of the points (N, 3) in front of the camera, occluders and
+    the image border ignored (it may reach outside the image: truncation); zeros if none is."""
+    cam = camera.to_camera(np.asarray(points_world, dtype=np.float64))
+    cam = cam[cam[:, 2] > 1e-6]
+    if not len(cam):
+        return [0.0, 0.0, 0.0, 0.0]
+    uv = camera.project(cam)
+    lo, hi = uv.min(axis=0), uv.max(axis=0)
+    return [float(lo[0]), float(lo[1]), float(hi[0] - lo[0]), float(hi[1] - lo[1])]
+
+
 def hull_points(points: np.ndarray) -> np.ndarray:
     """(M, 3) convex-hull vertices of (N, 3) points: same projected extent from any viewpoint
     outside the hull, at a fraction of the cost (framing projects them dozens of times)."""

@@ -91,3 +91,41 @@ def place_on_ground(rng: np.random.Generator, surfaces: list[np.ndarray], spread
         if offset is not None:
             placed.append(_Placed(points + offset))
     return offsets
+
+
+def place_members(members: list, mesh_of, rng: np.random.Generator, spread_m: tuple[float, float],
+                  clearance: float, tries: int) -> tuple[list, list[np.ndarray]]:
+    """The members that found a clear spot, moved there, and their (3,) world offsets.
+
+    members: :class:`synthgen.subjects.base.PosedSubject` s standing at the origin; mesh_of:
+    member -> (faces (F, 3), face_parts (F,)). Vertices and keypoints move; ``params`` stay in
+    the model's own terms (the labels carry the offset as ``placement_world``).
+    """
+    from synthgen.subjects.base import PosedSubject
+
+    surfaces = [surface_points(m.vertices.astype(np.float64), np.asarray(mesh_of(m)[0]),
+                               clearance / 2) for m in members]
+    placed, offsets = [], []
+    for member, offset in zip(members, place_on_ground(rng, surfaces, spread_m, clearance, tries)):
+        if offset is None:
+            continue
+        shift = offset.astype(np.float32)
+        placed.append(PosedSubject(vertices=member.vertices + shift, keypoints_3d=member.keypoints_3d + shift,
+                                   params=member.params, arrays=member.arrays))
+        offsets.append(offset)
+    return placed, offsets
+
+
+def combined_mesh(vertices: list[np.ndarray], meshes: list[tuple[np.ndarray, np.ndarray]]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One mesh of every member for one render pass.
+
+    vertices: per member (V_k, 3); meshes: per member (faces (F_k, 3), face_parts (F_k,)).
+    Returns vertices (V, 3), faces (F, 3) int64 (offset per member), face_parts (F,) uint8 and
+    face_instance (F,) uint8: member k's faces carry id k + 1 (``instances[k].id``).
+    """
+    starts = np.cumsum([0] + [len(v) for v in vertices[:-1]])
+    faces = np.concatenate([np.asarray(f, dtype=np.int64) + s for (f, _), s in zip(meshes, starts)])
+    parts = np.concatenate([np.asarray(p, dtype=np.uint8) for _, p in meshes])
+    instance = np.concatenate([np.full(len(f), k + 1, np.uint8) for k, (f, _) in enumerate(meshes)])
+    return np.concatenate(vertices), faces, parts, instance

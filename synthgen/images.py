@@ -17,20 +17,22 @@ from typing import Any
 import numpy as np
 
 from synthgen import write
-from synthgen.cameras import sample_camera, sample_viewpoint_camera
+from synthgen.cameras import Camera, amodal_bbox, sample_camera, sample_viewpoint_camera
 from synthgen.formats import hmr2
 from synthgen.generate import build_image_backend
 from synthgen.labels import instance_record, view_record
 from synthgen.recipe import Recipe, recipe_hash
 from synthgen.render import layers as layer_ops
 from synthgen.render import render_layers
-from synthgen.seeding import attempt_seed, label_threads, sample_rng, sample_seed
+from synthgen.groups import combined_mesh, place_members
+from synthgen.seeding import attempt_seed, label_threads, member_seed, sample_rng, sample_seed
+from synthgen.subjects.base import PosedSubject
 from synthgen.subjects import build_subject_model, subject_part_names
 
 log = logging.getLogger(__name__)
 
 CHUNK = 16  # samples posed together (one fixed body-model batch), handed to a loader worker together
-SUBJECT_ID = 1  # the single subject's id in ``instances`` and the instance layer
+SUBJECT_ID = 1  # the first (or only) subject's id in ``instances`` and the instance layer
 
 
 def control_plan(recipe: Recipe) -> list[dict[str, Any]]:
@@ -125,22 +127,33 @@ class ImageFactory:
         return SampleFilter(self.recipe.filter, device or "cpu")
 
     # 1. subjects ------------------------------------------------------------------------------
-    def pose_subjects(self, indices: list[int], attempt: int = 0) -> list:
+    def pose_subjects(self, indices: list[int], attempt: int = 0) -> list[list]:
+        """Per index, its group's posed members (one unless ``scene.people`` asks for more),
+        every member posed in the same fixed-size body-model batches."""
         seed = attempt_seed(self.recipe.seed, attempt)
-        draws = [self.subject_model.draw(seed, i) for i in indices]
-        return self.subject_model.pose(draws)
+        low, high = self.recipe.scene.people
+        sizes = [1 if high == 1 else int(sample_rng(seed, i, "group").integers(low, high + 1)) for i in indices]
+        draws = [self.subject_model.draw(member_seed(seed, k), i) for i, n in zip(indices, sizes) for k in range(n)]
+        posed = iter(self.subject_model.pose(draws))
+        return [[next(posed) for _ in range(n)] for n in sizes]
 
     # 2. cameras, 3. render, 4. prompt: the CPU stages of one sample ---------------------------
-    def prepare(self, index: int, subject, attempt: int = 0) -> dict[str, Any]:
+    def prepare(self, index: int, members: list, attempt: int = 0) -> dict[str, Any]:
         r = self.recipe
         seed = attempt_seed(r.seed, attempt)
+        offsets = [np.zeros(3)]
+        if len(members) > 1:  # a group: placed on the ground, no two surfaces within clearance_m
+            members, offsets = place_members(members, self.subject_model.mesh,
+                                             sample_rng(seed, index, "group_placement"), r.scene.spread_m,
+                                             r.scene.clearance_m, r.scene.tries)
         sample: dict[str, Any] = {"index": index, "attempt": attempt, "seed": sample_seed(seed, index),
-                                  "subject": subject}
+                                  "subjects": members, "placements": offsets, "subject": members[0]}
         rng = sample_rng(seed, index, "camera")
+        vertices = np.concatenate([m.vertices for m in members]) if len(members) > 1 else members[0].vertices
         if r.camera.mode == "viewpoint":  # 3D-DST / PASCAL3D+ viewpoint about the subject's box centre
-            camera, drawn = sample_viewpoint_camera(rng, r.camera, subject.vertices, r.image.width, r.image.height)
+            camera, drawn = sample_viewpoint_camera(rng, r.camera, vertices, r.image.width, r.image.height)
         else:  # low-poly CAD objects need every vertex to be framed right
-            points = subject.vertices if r.subject.kind == "object" else subject.vertices[::7]
+            points = vertices if r.subject.kind == "object" else vertices[::7]
             camera, drawn = sample_camera(rng, r.camera, points, r.image.width, r.image.height)
         sample.update(camera=camera, camera_draw=drawn)
         self._render(sample)
@@ -152,9 +165,12 @@ class ImageFactory:
         return sample
 
     def _render(self, sample: dict[str, Any]) -> None:
-        r, model, camera, subject = self.recipe, self.subject_model, sample["camera"], sample["subject"]
-        vertices_cam = camera.to_camera(subject.vertices)
-        faces, face_parts = model.mesh(subject)
+        """One render pass of every member; per member keypoints and, in a group, its unoccluded
+        pixel count (a render of it alone)."""
+        r, model, camera, members = self.recipe, self.subject_model, sample["camera"], sample["subjects"]
+        meshes = [model.mesh(m) for m in members]
+        per_member = [camera.to_camera(m.vertices) for m in members]
+        vertices_cam, faces, face_parts, face_instance = combined_mesh(per_member, meshes)
         scene_normal = None
         if self.wants_ground:  # HumanWild's scene normals behind the person: the ground plane
             scene_normal = layer_ops.ground_plane_normals(camera.K, camera.cam_ext, camera.width, camera.height)
@@ -163,30 +179,57 @@ class ImageFactory:
                                r.render.normal_convention, normal_background=r.render.normal_background,
                                edges_source=r.render.edges_source, scene_normal=scene_normal,
                                with_shaded=self.wants_shaded)
-        layers["instance"] = np.where(layers["mask"] > 0, SUBJECT_ID, 0).astype(np.uint8)
-        kp3d = camera.to_camera(subject.keypoints_3d.astype(np.float64)).astype(np.float32)
-        uv = camera.project(kp3d)
-        vis = layer_ops.keypoint_visibility(uv, kp3d[:, 2], layers["parts"], layers["depth"],
-                                            model.keypoint_parts)
-        kp2d = np.concatenate([uv, vis[:, None]], axis=1)
-        layers["skeleton"] = layer_ops.draw_skeleton(kp2d, model.keypoint_names, camera.width, camera.height,
-                                                     model.skeleton_edges)
+        tri = layers["triangle_id"]
+        layers["instance"] = np.where(tri >= 0, face_instance[np.maximum(tri, 0)], 0).astype(np.uint8)
+        keypoints_3d, keypoints_2d = [], []
+        for k, member in enumerate(members):
+            kp3d = camera.to_camera(member.keypoints_3d.astype(np.float64)).astype(np.float32)
+            uv = camera.project(kp3d)
+            vis = layer_ops.keypoint_visibility(uv, kp3d[:, 2], layers["parts"], layers["depth"],
+                                                model.keypoint_parts, own=layers["instance"] == k + 1)
+            keypoints_3d.append(kp3d)
+            keypoints_2d.append(np.concatenate([uv, vis[:, None]], axis=1))
+        layers["skeleton"] = functools.reduce(np.maximum, (
+            layer_ops.draw_skeleton(kp2d, model.keypoint_names, camera.width, camera.height, model.skeleton_edges)
+            for kp2d in keypoints_2d))
+        sample["unoccluded_pixels"] = [int(np.count_nonzero(layers["instance"] == 1))] if len(members) == 1 else [
+            int(np.count_nonzero(self._rasterize(v, f, camera)["mask"])) for v, (f, _) in zip(per_member, meshes)]
         if self.controls:  # exactly what each ControlNet receives
             layers["controls"] = [self._control(layers, control) for control in self.controls]
         layers.pop("scene_normal", None)
-        sample.update(layers=layers, keypoints_3d=kp3d, keypoints_2d=kp2d, vertices_cam=vertices_cam)
+        sample.update(layers=layers, keypoints_3d=keypoints_3d[0], keypoints_2d=keypoints_2d[0],
+                      member_keypoints=list(zip(keypoints_2d, keypoints_3d)), vertices_cam=vertices_cam,
+                      faces=faces, face_instance=face_instance)
+
+    def _rasterize(self, vertices_cam: np.ndarray, faces: np.ndarray, camera) -> dict:
+        from synthgen.render import _rasterizer
+
+        return _rasterizer(self.recipe.render.backend)(vertices_cam.astype(np.float32), faces, camera.K,
+                                                       camera.width, camera.height)
 
     def labels(self, sample: dict[str, Any]) -> dict[str, Any]:
-        """The sample's view record (one instance) with the sample-level fields."""
-        camera, model, subject = sample["camera"], self.subject_model, sample["subject"]
-        instance = instance_record(
-            SUBJECT_ID, self.recipe.subject.kind, model.name, sample["keypoints_2d"], sample["keypoints_3d"],
-            model.keypoint_names, sample["layers"]["instance"] == SUBJECT_ID, subject.params,
-            model.camera_labels(subject, camera, sample["keypoints_2d"], sample["keypoints_3d"]))
+        """The sample's view record (an instance per member) with the sample-level fields."""
+        camera, model = sample["camera"], self.subject_model
+        instances = []
+        for k, (member, offset, (kp2d, kp3d)) in enumerate(zip(sample["subjects"], sample["placements"],
+                                                               sample["member_keypoints"])):
+            own = sample["layers"]["instance"] == k + 1
+            # the model's parameters describe it before placement: its camera labels see it through
+            # the camera moved by -offset (x_cam = R (x + offset) + t)
+            at_origin = Camera(camera.K, camera.R, camera.t + camera.R @ offset, camera.width, camera.height)
+            unmoved = PosedSubject(member.vertices - offset.astype(np.float32),
+                                   member.keypoints_3d - offset.astype(np.float32), member.params, member.arrays)
+            record = instance_record(k + 1, self.recipe.subject.kind, model.name, kp2d, kp3d, model.keypoint_names,
+                                     own, member.params, model.camera_labels(unmoved, at_origin, kp2d, kp3d))
+            seen, whole = int(np.count_nonzero(own)), sample["unoccluded_pixels"][k]
+            record.update(bbox_amodal=amodal_bbox(camera, member.vertices),
+                          visible_fraction=round(seen / whole, 6) if whole else 0.0,
+                          placement_world=np.float32(offset).tolist())
+            instances.append(record)
         return {
             "index": sample["index"], "attempt": sample["attempt"], "seed": sample["seed"],
             "recipe_hash": self.hash,
-            **view_record(camera.width, camera.height, camera.K, camera.cam_ext, [instance]),
+            **view_record(camera.width, camera.height, camera.K, camera.cam_ext, instances),
             "camera": {k: float(np.float32(v)) for k, v in sample["camera_draw"].items()},
             "part_names": model.part_names,
             "conventions": self.conventions,
@@ -267,8 +310,12 @@ class ImageFactory:
         for i, control in enumerate(self.controls):
             if control["stored_as"] == f"control_{i}.png":
                 record[f"control_{i}.png"] = write.encode_png(sample["layers"]["controls"][i])
-        if out.vertices:
-            arrays = {"vertices": sample["vertices_cam"].astype(np.float32),
-                      "faces": self.subject_model.mesh(sample["subject"])[0]} | sample["subject"].arrays
+        if out.vertices:  # every member's mesh; its model arrays prefixed by its id when several
+            arrays = {"vertices": sample["vertices_cam"].astype(np.float32), "faces": sample["faces"].astype(np.int32),
+                      "face_instance": sample["face_instance"]}
+            members = sample["subjects"]
+            for k, member in enumerate(members):
+                arrays |= {(name if len(members) == 1 else f"instance{k + 1}_{name}"): value
+                           for name, value in member.arrays.items()}
             record["npz"] = write.encode_npz(arrays)
         return record

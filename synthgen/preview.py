@@ -9,7 +9,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from synthgen.render.layers import draw_skeleton
+from synthgen.render.layers import draw_skeleton, limb_colours
 
 COLUMNS = ("image", "overlay", "normal", "depth", "parts", "edges", "skeleton")
 
@@ -33,14 +33,20 @@ def _colour_parts(parts: np.ndarray) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, view: dict[str, Any], mask: np.ndarray | None = None,
-            skeleton: np.ndarray | None = None) -> np.ndarray:
-    """(H, W, 3) RGB with the silhouette tinted, each instance's box and visible (filled) /
+            skeleton: np.ndarray | None = None, instance: np.ndarray | None = None) -> np.ndarray:
+    """(H, W, 3) RGB with each subject's pixels tinted in its own colour (``instance``: the id
+    layer; else the ``mask`` in one colour), each instance's box in that colour, visible (filled) /
     hidden (ring) keypoints, and the skeleton layer (drawn from the keypoints as OpenPose-18
     when not given). ``view``: a view record of :mod:`synthgen.labels`."""
     out = image.copy()
-    if mask is not None:
-        out[mask > 0] = (0.6 * out[mask > 0] + 0.4 * np.array([40, 200, 255])).astype(np.uint8)
     instances = view["instances"]
+    several = instance is not None and len(instances) > 1
+    colours = {i["id"]: np.array(c) for i, c in zip(instances, limb_colours(len(instances)))} if several else {}
+    for ident, colour in colours.items():
+        own = instance == ident
+        out[own] = (0.55 * out[own] + 0.45 * colour).astype(np.uint8)
+    if not several and mask is not None:
+        out[mask > 0] = (0.6 * out[mask > 0] + 0.4 * np.array([40, 200, 255])).astype(np.uint8)
     if skeleton is None:
         skeleton = np.zeros_like(out)
         for instance in instances:
@@ -50,10 +56,11 @@ def overlay(image: np.ndarray, view: dict[str, Any], mask: np.ndarray | None = N
         skeleton = np.repeat(skeleton[..., None], 3, axis=2)
     drawn = skeleton.any(axis=2)
     out[drawn] = (0.3 * out[drawn] + 0.7 * skeleton[drawn]).astype(np.uint8)
-    for instance in instances:
-        x, y, w, h = instance["bbox"]
-        cv2.rectangle(out, (int(round(x)), int(round(y))), (int(round(x + w)), int(round(y + h))), (255, 255, 0), 2)
-        for u, v, vis in np.asarray(instance["keypoints_2d"]):
+    for record in instances:
+        x, y, w, h = record["bbox"]
+        box = tuple(int(c) for c in colours.get(record["id"], np.array([255, 255, 0])))
+        cv2.rectangle(out, (int(round(x)), int(round(y))), (int(round(x + w)), int(round(y + h))), box, 2)
+        for u, v, vis in np.asarray(record["keypoints_2d"]):
             if vis > 0:
                 cv2.circle(out, (int(round(u)), int(round(v))), 4, (255, 0, 0) if vis == 2 else (255, 255, 255),
                            -1 if vis == 2 else 1)
@@ -65,7 +72,7 @@ def sample_row(sample: dict[str, Any], tile: int) -> np.ndarray:
     image = sample["image"] if sample["image"] is not None else layers["normal_rgb"]
     tiles = {
         "image": image,
-        "overlay": overlay(image, sample["labels"], layers["mask"], layers["skeleton"]),
+        "overlay": overlay(image, sample["labels"], layers["mask"], layers["skeleton"], layers.get("instance")),
         "normal": layers["normal_rgb"],
         "depth": _colour_depth(layers["depth_mm"]),
         "parts": _colour_parts(layers["parts"]),

@@ -490,6 +490,25 @@ class FilterConfig(_Strict):
                               "1 = never redraw")
 
 
+class SceneConfig(_Strict):
+    """Several subjects in one image (crowds): each drawn as a single subject would be, then
+    placed on the ground so that no two surfaces come closer than ``clearance_m``."""
+
+    people: tuple[int, int] = Field((1, 1), description="[low, high] subjects per image, uniform "
+                                    "(people, or animals/objects of subject.kind)")
+    spread_m: Range = Field((0.5, 1.0), description="distance of member k from the first, metres, "
+                            "times sqrt(k): small = a tight group, people occluding one another")
+    clearance_m: float = Field(0.02, ge=0.005, le=1.0, description="closest approach of two "
+                               "subjects' surfaces (the test is on the posed meshes)")
+    tries: int = Field(50, ge=1, le=1000, description="spots tried per member before it is left out")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "SceneConfig":
+        _check_range("scene.people", self.people, 1, 16)
+        _check_range("scene.spread_m", self.spread_m, 0.0, 100.0)
+        return self
+
+
 class OutputConfig(_Strict):
     shard_size: int = Field(64, ge=1, le=100000, description="samples per shard")
     jpeg_quality: int = Field(92, ge=10, le=100)
@@ -528,6 +547,7 @@ class Recipe(_Strict):
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    scene: SceneConfig = Field(default_factory=SceneConfig)
     sequence: SequenceConfig | None = Field(None, description="body-worn camera sequences (EgoSim "
                                             "views, synthgen.sequence); null = single images")
 
@@ -540,6 +560,18 @@ class Recipe(_Strict):
                     raise ValueError(f"image.{name}={value}: FLUX needs multiples of 16 (diffusers "
                                      f"would silently resize the image and the labels would no longer "
                                      f"match it); use {value // 16 * 16} or {value // 16 * 16 + 16}")
+        return self
+
+    @model_validator(mode="after")
+    def _groups_are_built_for(self) -> "Recipe":
+        if self.scene.people[1] > 1:
+            if self.sequence is not None:
+                raise ValueError(f"scene.people={list(self.scene.people)}: a body-worn sequence has one "
+                                 f"wearer; use scene.people=[1,1] with a sequence section")
+            if self.backend.kind == "controlnet":
+                raise ValueError(f"scene.people={list(self.scene.people)} with backend.kind=controlnet: group "
+                                 f"prompts and per-person SAM checks are not built yet; use backend.kind="
+                                 f"shaded or none for groups")
         return self
 
     @model_validator(mode="after")

@@ -24,6 +24,7 @@ import torch
 
 LABEL_THREADS = 1
 REDRAW_TAG = 0x5ED4A3  # keeps redraw seeds apart from any (recipe seed, index) pair
+MEMBER_TAG = 0x6A0B5  # and group members' seeds apart from both
 
 STREAMS = {
     "shape": 1,
@@ -34,6 +35,8 @@ STREAMS = {
     "background": 6,
     "prompt": 7,
     "generate": 8,
+    "group": 9,
+    "group_placement": 10,
 }
 
 
@@ -43,6 +46,15 @@ def attempt_seed(recipe_seed: int, attempt: int) -> int:
     if attempt == 0:
         return recipe_seed
     state = np.random.SeedSequence([recipe_seed, REDRAW_TAG, attempt]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
+
+
+def member_seed(seed: int, member: int) -> int:
+    """The seed member ``member`` of a group is drawn from (as :func:`attempt_seed` is for
+    attempts): ``seed`` itself for the first member, so a group of one is the single subject."""
+    if member == 0:
+        return seed
+    state = np.random.SeedSequence([seed, MEMBER_TAG, member]).generate_state(2, dtype=np.uint32)
     return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
 
 

@@ -31,7 +31,7 @@ def winding_numbers(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray)
 def bodies(anny_factory):
     """Four real Anny bodies of different ages and poses, each standing on z = 0 at the origin."""
     model = anny_factory.subject_model
-    subjects = anny_factory.pose_subjects([0, 1, 2, 3])
+    subjects = [group[0] for group in anny_factory.pose_subjects([0, 1, 2, 3])]
     faces = np.asarray(model.mesh(subjects[0])[0])
     return [s.vertices.astype(np.float64) for s in subjects], faces, [s.keypoints_3d for s in subjects]
 

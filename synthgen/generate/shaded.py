@@ -128,19 +128,24 @@ def blinn_phong(normals: np.ndarray, light: np.ndarray, albedo: np.ndarray, spec
     return albedo * shading[:, None] + (spec * specular)[:, None]
 
 
-def shade(normal: np.ndarray, parts: np.ndarray, mask: np.ndarray, appearance: dict,
-          light: np.ndarray, ambient: float, texture: np.ndarray | None = None) -> np.ndarray:
+def shade(normal: np.ndarray, parts: np.ndarray, mask: np.ndarray, appearances: list[dict],
+          light: np.ndarray, ambient: float, texture: np.ndarray | None = None,
+          instance: np.ndarray | None = None) -> np.ndarray:
     """(H, W, 3) float32 lit body colour in [0, ~1] (0 outside the mask).
 
     normal: (H, W, 3) camera-frame unit normals; parts: (H, W) uint8; mask: (H, W) bool;
+    appearances: one per subject (:func:`draw_appearance`), subject k's pixels are
+    ``instance == k + 1`` (instance (H, W) uint8; None: one subject);
     texture: optional (H, W) float32 multiplicative fabric/skin variation around 0.
     """
     p = parts[mask]
-    albedo = appearance["albedo"].astype(np.float32)[p]
+    who = instance[mask].astype(np.int64) - 1 if instance is not None else 0
+    albedo = np.stack([a["albedo"] for a in appearances]).astype(np.float32)[who, p]
+    specular = np.stack([a["specular"] for a in appearances]).astype(np.float32)[who, p]
     if texture is not None:
         albedo *= 1.0 + texture[mask][:, None]
     out = np.zeros(normal.shape, dtype=np.float32)
-    out[mask] = blinn_phong(normal[mask], light, albedo, appearance["specular"].astype(np.float32)[p], ambient)
+    out[mask] = blinn_phong(normal[mask], light, albedo, specular, ambient)
     return out
 
 
@@ -149,11 +154,14 @@ def render_shaded(layers: dict, part_names: list[str], appearance_rng: np.random
     """Shaded image (H, W, 3) uint8 RGB from render layers, and the drawn appearance labels."""
     mask = layers["mask"] > 0
     height, width = mask.shape
-    appearance = draw_appearance(appearance_rng, part_names)
+    instance = layers.get("instance")
+    count = max(1, int(instance.max())) if instance is not None else 1
+    appearances = [draw_appearance(appearance_rng, part_names) for _ in range(count)]  # one per subject
     light, ambient = _light(appearance_rng), float(appearance_rng.uniform(0.25, 0.5))
     texture = cv2.resize(_value_noise(appearance_rng, height // 2, width // 2, octaves=3) * np.float32(0.04),
                          (width, height))
-    body = shade(layers["normal"], layers["parts"], mask, appearance, light, ambient, texture)
+    body = shade(layers["normal"], layers["parts"], mask, appearances, light, ambient, texture,
+                 instance if count > 1 else None)
     if config.background == "folder":
         background = folder_background(background_rng, config.background_dir, width, height)
     else:
@@ -167,6 +175,8 @@ def render_shaded(layers: dict, part_names: list[str], appearance_rng: np.random
     image *= gain  # in place: image-sized temporaries cost a page fault per 4 KiB
     image += noise
     image += np.float32(0.5)
-    labels = appearance["summary"] | {"light_dir_cam": np.round(light, 4).tolist(),
-                                      "ambient": round(ambient, 4)}
+    labels = appearances[0]["summary"] | {"light_dir_cam": np.round(light, 4).tolist(),
+                                          "ambient": round(ambient, 4)}
+    if count > 1:  # the top-level colours are instance 1's
+        labels["instances"] = [a["summary"] for a in appearances]
     return np.clip(image, 0, 255, out=image).astype(np.uint8), labels

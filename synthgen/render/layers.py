@@ -297,12 +297,14 @@ def draw_limbs(keypoints_2d: np.ndarray, names: list[str], edges: list[tuple[str
 
 def keypoint_visibility(uv: np.ndarray, depth_kp: np.ndarray, parts: np.ndarray,
                         depth: np.ndarray, keypoint_parts: list[tuple[int, ...]],
-                        tolerance: float = 0.25) -> np.ndarray:
+                        tolerance: float = 0.25, own: np.ndarray | None = None) -> np.ndarray:
     """COCO visibility codes for projected keypoints.
 
-    uv: (K, 2) pixels; depth_kp: (K,) camera z; parts: (H, W) part ids; depth: (H, W) metres.
-    2 = the pixel shows one of the keypoint's own parts within ``tolerance`` metres of it,
-    1 = inside the image but hidden, 0 = outside the image or behind the camera.
+    uv: (K, 2) pixels; depth_kp: (K,) camera z; parts: (H, W) part ids; depth: (H, W) metres;
+    own: (H, W) bool pixels of the keypoints' subject when several share the image (None: all).
+    2 = the pixel shows one of the keypoint's own parts (of its own subject) within ``tolerance``
+    metres of it, 1 = inside the image but hidden (by itself or by another subject), 0 = outside
+    the image or behind the camera.
     """
     h, w = parts.shape
     col, row = np.rint(uv[:, 0]).astype(int), np.rint(uv[:, 1]).astype(int)
@@ -311,6 +313,6 @@ def keypoint_visibility(uv: np.ndarray, depth_kp: np.ndarray, parts: np.ndarray,
     for k in np.flatnonzero(inside):
         part = int(parts[row[k], col[k]])
         close = abs(float(depth[row[k], col[k]]) - float(depth_kp[k])) < tolerance
-        if part in keypoint_parts[k] and close:
+        if part in keypoint_parts[k] and close and (own is None or own[row[k], col[k]]):
             vis[k] = 2
     return vis

@@ -17,7 +17,7 @@ from synthgen.run import generate
 def _crowd(**output):
     return small_recipe(num_samples=4, image={"width": 256, "height": 256}, scene={"people": [3, 4],
                         "spread_m": [0.4, 0.7]}, camera={"subject_fraction": [0.8, 0.9]},
-                        output={"shard_size": 2, "vertices": True} | output)
+                        output={"shard_size": 2, "vertices": True, "formats": ["synthgen", "hmr2"]} | output)
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +116,16 @@ def test_crowd_is_the_same_for_any_worker_count(crowd, tmp_path):
     generate(_crowd(), tmp_path / "two", workers=2, progress=False)
     for tar in sorted((out / "shards").glob("*.tar")):
         assert tar.read_bytes() == (tmp_path / "two" / "shards" / tar.name).read_bytes()
+
+
+def test_hmr2_lists_every_person(crowd):
+    _, items = crowd
+    for item in items:
+        people, instances = item["data.pyd"], item["labels"]["instances"]
+        assert len(people) == len(instances)
+        for person, record in zip(people, instances):
+            assert person["keypoints_2d"].shape == (44, 3)
+            assert np.allclose(person["center"], record["center"], atol=1e-3)
 
 
 def test_groups_are_refused_where_they_are_not_built():

@@ -30,9 +30,13 @@ params            dict            the model's parameters in its own terms
 camera_labels     dict            optional: SMPL-family root in this camera
                                   (``global_orient_cam``, ``transl_cam``), GenZoo/Animal3D
                                   fields (animals), PASCAL3D+ viewpoint (objects)
+bbox_amodal       [x, y, w, h]    images: its whole projection (may reach past the image)
+visible_fraction  float           images: visible pixels / pixels it covers rendered alone
+placement_world   (3,)            images: ground offset of a group member (``params``
+                                  describe it before the offset, ``camera_labels`` after)
 ================  ==============  ========================================================
 
-Sample-level keys sit beside them: ``index``, ``seed``, ``recipe_hash``, ``conventions``,
+Sample-level keys sit beside them: ``index``, ``attempt``, ``seed``, ``recipe_hash``, ``conventions``,
 ``part_names`` and, per kind, ``camera`` (the drawn camera), ``prompt``, ``appearance``,
 ``filter`` (images) or ``frame``, ``time_s``, ``sequence``, ``body`` (sequence frames).
 """

@@ -289,14 +289,38 @@ def _as_rgb8(image: np.ndarray) -> np.ndarray:
 
 
 # --- the stage --------------------------------------------------------------------------------
-def _render_box(sample: dict[str, Any], mask: np.ndarray) -> list[float]:
-    """[x0, y0, x1, y1] from the first instance's ``bbox`` ([x, y, w, h]) or else from the mask."""
-    instances = (sample.get("labels") or {}).get("instances") or [{}]
-    bbox = instances[0].get("bbox")
-    if bbox is None:
-        bbox = bbox_from_mask(mask > 0)
-    x, y, w, h = (float(v) for v in bbox)
-    return [x, y, x + w, y + h]
+def _people(sample: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each seen person's SAM prompt and reference: ``id``, ``box`` [x0, y0, x1, y1] (its visible
+    ``bbox``, else the mask's), ``points`` (N, 2) visible keypoints, ``keypoints_2d`` (K, 3) and
+    ``pixels`` (H, W) bool (its pixels of the ``instance`` layer; the whole mask for one person)."""
+    mask = sample["layers"]["mask"] > 0
+    instances = (sample.get("labels") or {}).get("instances") or [{"id": 1}]
+    several = len(instances) > 1
+    out = []
+    for k, record in enumerate(instances):
+        keypoints = np.asarray(record["keypoints_2d"] if "keypoints_2d" in record else sample["keypoints_2d"],
+                               dtype=np.float64).reshape(-1, 3)
+        pixels = sample["layers"]["instance"] == record["id"] if several else mask
+        if several and not pixels.any():
+            continue  # hidden behind the others: nothing for SAM to find
+        x, y, w, h = (float(v) for v in (record.get("bbox") or bbox_from_mask(pixels)))
+        out.append({"id": record["id"], "box": [x, y, x + w, y + h], "points": keypoints[keypoints[:, 2] == 2, :2],
+                    "keypoints_2d": keypoints, "pixels": pixels})
+    return out
+
+
+def _verdict(people: list[dict[str, Any]], policy: str) -> dict[str, Any]:
+    """A sample's verdict from its people's SAM scores (one person: that person's)."""
+    failing = [p for p in people if p["reason"] is not None]
+    kept = [p for p in people if p["reason"] is None]
+    out: dict[str, Any] = {"sam_iou": min(p["sam_iou"] for p in people),
+                           "keypoints_in_sam_mask": min(p["keypoints_in_sam_mask"] for p in people)}
+    if len(people) > 1:
+        out["instances"] = people
+    if policy == "drop" and kept and failing:
+        return out | {"accepted": True, "reason": None, "dropped": [p["id"] for p in failing]}
+    reason = failing[0]["reason"] if failing else None
+    return out | {"accepted": reason is None, "reason": reason}
 
 
 class SampleFilter:
@@ -337,35 +361,33 @@ class SampleFilter:
         if sam_masks is not None and len(sam_masks) != len(samples):
             raise ValueError(f"filter: {len(samples)} samples but {len(sam_masks)} sam_masks")
 
-        todo = []
+        # one SAM prompt per person (its visible box and keypoints), every person of every sample
+        jobs = []
         for i, sample in enumerate(samples):
             if results[i]["reason"] is None:
                 if not np.any(sample["layers"]["mask"]):
                     results[i].update(accepted=False, reason="empty_mask")
                 else:
-                    todo.append(i)
+                    jobs += [(i, person) for person in _people(sample)]
         if sam_masks is not None:
-            masks = [sam_masks[i] for i in todo]
-        elif todo:
+            masks = [sam_masks[i] for i, _ in jobs]
+        elif jobs:
             assert self.aligner is not None
-            masks = self.aligner.masks(
-                [samples[i]["image"] for i in todo],
-                [_render_box(samples[i], samples[i]["layers"]["mask"] > 0) for i in todo],
-                [self._prompt_points(samples[i]) for i in todo] if sam.point_prompts else None)
+            masks = self.aligner.masks([samples[i]["image"] for i, _ in jobs], [p["box"] for _, p in jobs],
+                                       [p["points"] for _, p in jobs] if sam.point_prompts else None)
         else:
             masks = []
-        for i, sam_mask in zip(todo, masks):
-            rendered = samples[i]["layers"]["mask"] > 0
+        scores: dict[int, list[dict[str, Any]]] = {}
+        for (i, person), sam_mask in zip(jobs, masks):
             sam_mask = np.asarray(sam_mask) != 0
-            iou = mask_iou(sam_mask, rendered)
-            inside = keypoints_in_mask(samples[i]["keypoints_2d"], sam_mask)
+            iou = mask_iou(sam_mask, person["pixels"])
+            inside = keypoints_in_mask(person["keypoints_2d"], sam_mask)
             reason = ("sam_iou" if iou < sam.min_iou else
                       "keypoints_outside_sam_mask" if inside < sam.min_keypoints_in_mask else None)
-            results[i].update(accepted=reason is None, reason=reason, sam_iou=round(iou, 6),
-                              keypoints_in_sam_mask=round(inside, 6))
+            scores.setdefault(i, []).append({"id": person["id"], "sam_iou": round(iou, 6),
+                                             "keypoints_in_sam_mask": round(inside, 6), "reason": reason})
+        for i, people in scores.items():
+            results[i].update(_verdict(people, sam.group_policy))
         return results
 
-    @staticmethod
-    def _prompt_points(sample: dict[str, Any]) -> np.ndarray:
-        kp = np.asarray(sample["keypoints_2d"], dtype=np.float64).reshape(-1, 3)
-        return kp[kp[:, 2] == 2, :2]
+

@@ -296,6 +296,10 @@ class ImageFactory:
         for sample, verdict in zip(ok, self.sample_filter.score(ok)):
             sample["filter"] = verdict
             sample["labels"]["filter"] = verdict
+            if verdict.get("dropped"):  # filter.sam.group_policy=drop: those people's labels set aside
+                labels = sample["labels"]
+                labels["dropped_instances"] = [i for i in labels["instances"] if i["id"] in verdict["dropped"]]
+                labels["instances"] = [i for i in labels["instances"] if i["id"] not in verdict["dropped"]]
 
     # 7. encode --------------------------------------------------------------------------------
     def encode(self, sample: dict[str, Any]) -> dict[str, Any]:

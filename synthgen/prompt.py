@@ -274,7 +274,11 @@ def _tidy(text: str) -> str:
 # --- sample -> prompt -------------------------------------------------------------------------
 def _subject_attributes(sample: dict[str, Any]) -> tuple[float | None, float | str | None]:
     subject = sample.get("subject")
-    params = getattr(subject, "params", None) or _first_instance(sample).get("params") or {}
+    return _attributes(getattr(subject, "params", None) or _first_instance(sample).get("params") or {})
+
+
+def _attributes(params: dict[str, Any]) -> tuple[float | None, float | str | None]:
+    """(age in years, gender) from a subject's labels ``params`` (either may be None)."""
     age = params.get("age_years")
     gender = (params.get("phenotype") or {}).get("gender")
     if gender is None:
@@ -325,7 +329,8 @@ class PromptBuilder:
 
         Reads the sample's ``subject`` (``params`` labels and world-frame ``keypoints_3d``) or,
         without it, the first of ``labels["instances"]`` and ``labels["cam_ext"]``;
-        and the camera draw from ``labels["camera"]`` or ``camera_draw``.
+        and the camera draw from ``labels["camera"]`` or ``camera_draw``. A group (several
+        ``subjects``) is described person by person in the ``person`` field.
         """
         negative = self.config.negative
         if self.prompts is not None:
@@ -337,8 +342,13 @@ class PromptBuilder:
         age, gender = _subject_attributes(sample)
         group, gkey = age_group(age), gender_key(gender)
         values: dict[str, str] = {}
+        members = sample.get("subjects") or []
         for name in ts.fields[k]:
-            if name == "person":
+            if name == "person" and len(members) > 1:  # a group: everyone, with what each is doing
+                values[name] = self._group_phrase(members, rng, _first_instance(sample).get("keypoint_names"))
+            elif name == "pose" and len(members) > 1:
+                values[name] = ""
+            elif name == "person":
                 values[name] = person_phrase(age, gender, rng, ts.people)
             elif name == "shot":
                 camera = (sample.get("labels") or {}).get("camera") or sample.get("camera_draw")
@@ -349,6 +359,24 @@ class PromptBuilder:
                 words = _resolve_slot(ts.slots[name], group, gkey)
                 values[name] = words[int(rng.integers(len(words)))]
         return _tidy(ts.templates[k].format(**values)), negative
+
+    def _group_phrase(self, members: list, rng: np.random.Generator, names: list[str] | None) -> str:
+        """"a group of 3 people: an elderly woman, walking; a toddler; a man, both arms raised
+        above the head": each member's age and gender words and (``prompt.describe_pose``) its
+        first pose phrase, from its own ``params`` and world keypoints."""
+        people = []
+        for member in members:
+            age, gender = _attributes(getattr(member, "params", None) or {})
+            phrase = person_phrase(age, gender, rng, self.templates.people)
+            if self.config.describe_pose and self.templates.max_pose_phrases:
+                try:
+                    pose = describe_pose(np.asarray(member.keypoints_3d, dtype=np.float64),
+                                         list(names or KEYPOINT_NAMES))
+                except ValueError:  # a subject without the limb joints the rules need
+                    pose = []
+                phrase = f"{phrase}, {pose[0]}" if pose else phrase
+            people.append(phrase)
+        return f"a group of {len(members)} people: " + "; ".join(people)
 
     def _pose_words(self, sample: dict[str, Any], limit: int) -> str:
         if not self.config.describe_pose or limit == 0:

@@ -472,6 +472,11 @@ class SamConfig(_Strict):
                                          "of visible keypoints inside SAM's mask is below this "
                                          "(limbs drawn elsewhere)")
     point_prompts: bool = Field(True, description="also prompt SAM with the visible keypoints")
+    group_policy: Literal["all", "drop"] = Field("all", description="several people per image "
+                                                 "(scene.people): SAM checks each person (its box and "
+                                                 "keypoints); all = reject the image when anyone fails; "
+                                                 "drop = keep it and move the failing people's labels "
+                                                 "to dropped_instances (rejected only if nobody passes)")
 
 
 class FilterConfig(_Strict):
@@ -568,10 +573,6 @@ class Recipe(_Strict):
             if self.sequence is not None:
                 raise ValueError(f"scene.people={list(self.scene.people)}: a body-worn sequence has one "
                                  f"wearer; use scene.people=[1,1] with a sequence section")
-            if self.backend.kind == "controlnet":
-                raise ValueError(f"scene.people={list(self.scene.people)} with backend.kind=controlnet: group "
-                                 f"prompts and per-person SAM checks are not built yet; use backend.kind="
-                                 f"shaded or none for groups")
         return self
 
     @model_validator(mode="after")

@@ -133,3 +133,46 @@ def test_groups_are_refused_where_they_are_not_built():
         small_recipe(scene={"people": [2, 3]}, backend={"kind": "controlnet"})
     with pytest.raises(RecipeError, match="scene.people"):
         small_recipe(scene={"people": [0, 3]})
+
+
+# --- groups for the ControlNet backends: prompts and per-person SAM ---------------------------------
+@pytest.fixture(scope="module")
+def group_sample():
+    from synthgen.images import ImageFactory
+
+    recipe = small_recipe(image={"width": 256, "height": 256}, scene={"people": [3, 3], "spread_m": [0.4, 0.7]},
+                          camera={"subject_fraction": [0.8, 0.9]})
+    factory = ImageFactory(recipe)
+    sample = factory.prepare(2, factory.pose_subjects([2])[0])
+    factory.finish([sample])  # the shaded image
+    return sample
+
+
+def test_group_prompt_describes_every_person(group_sample):
+    from synthgen.prompt import PromptBuilder
+    from synthgen.recipe import PromptConfig
+
+    prompt, _ = PromptBuilder(PromptConfig()).build(group_sample, np.random.default_rng(0))
+    assert "a group of 3 people: " in prompt
+    listed = prompt.split("a group of 3 people: ", 1)[1]
+    assert listed.count(";") >= 2  # three people, each with its own words
+
+
+def test_sam_checks_each_person_and_the_policy_decides(group_sample, tmp_path):
+    from synthgen.filter import SampleFilter
+    from synthgen.recipe import FilterConfig, SamConfig
+    from tests.tiny_sam import build_tiny_sam
+
+    model = str(build_tiny_sam(tmp_path / "sam"))
+    only_first = group_sample["layers"]["instance"] == 1  # a SAM that finds person 1 alone
+    seen = [i["id"] for i in group_sample["labels"]["instances"] if i["bbox"][2] > 0]
+    strict = SampleFilter(FilterConfig(sam=SamConfig(model=model))).score([group_sample], sam_masks=[only_first])[0]
+    assert not strict["accepted"] and strict["reason"] == "sam_iou"
+    assert [p["id"] for p in strict["instances"]] == seen
+    assert strict["instances"][0]["sam_iou"] == 1.0 and all(p["sam_iou"] == 0.0 for p in strict["instances"][1:])
+    lenient = SampleFilter(FilterConfig(sam=SamConfig(model=model, group_policy="drop")))
+    verdict = lenient.score([group_sample], sam_masks=[only_first])[0]
+    assert verdict["accepted"] and verdict["dropped"] == seen[1:]
+    # the real SAM classes prompted person by person (tiny random weights: only the shapes are meaningful)
+    real = lenient.score([group_sample])[0]
+    assert [p["id"] for p in real["instances"]] == seen

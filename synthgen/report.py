@@ -121,17 +121,23 @@ def _collect(out_dir: Path, limit: int) -> list[dict[str, Any]]:
 
 def _parameter_table(samples: list[dict[str, Any]]) -> dict[str, list]:
     """Sampled parameters of each sample, by name (numbers) or category (strings)."""
-    table: dict[str, list] = {k: [] for k in ("age (years)", "height (m)", "pose", "focal length (px)",
+    table: dict[str, list] = {k: [] for k in ("age (years)", "height (m)", "pose", "people per image",
+                                              "visible fraction", "focal length (px)",
                                               "field of view (deg)", "distance (m)", "azimuth (deg)",
                                               "elevation (deg)", "roll (deg)", "SAM IoU",
                                               "keypoints in SAM mask")}
     for s in samples:
         labels = s["labels"]
         view = next(iter(views_of(labels).values()))
-        params = view["instances"][0]["params"] if view["instances"] else {}
+        for instance in view["instances"]:  # every person of a group
+            params = instance["params"]
+            for key, value in (("age (years)", params.get("age_years")), ("height (m)", params.get("height_m")),
+                               ("pose", (params.get("pose_name") or "").split(":")[0] or None),
+                               ("visible fraction", instance.get("visible_fraction"))):
+                if value is not None:
+                    table[key].append(value)
         camera, verdict = labels.get("camera", {}), labels.get("filter") or {}
-        values = {"age (years)": params.get("age_years"), "height (m)": params.get("height_m"),
-                  "pose": (params.get("pose_name") or "").split(":")[0] or None,
+        values = {"people per image": len(view["instances"]) if len(view["instances"]) > 1 else None,
                   "focal length (px)": view["cam_int"][0][0], "field of view (deg)": camera.get("fov_deg"),
                   "distance (m)": camera.get("distance"), "azimuth (deg)": camera.get("azimuth_deg"),
                   "elevation (deg)": camera.get("elevation_deg"), "roll (deg)": camera.get("roll_deg"),
@@ -180,8 +186,8 @@ def _contact_sheet(samples: list[dict[str, Any]], columns: int = 6, tile: int = 
                 image = view.get("normal", np.zeros((tile, tile, 3), np.uint8))
             mask = view["mask"].astype(np.uint8) * 255 if "mask" in view else None
             record = views_of(s["labels"])[name]
-            tiles.append(cv2.resize(overlay(image, record, mask, view.get("skeleton")), (tile, tile),
-                                    interpolation=cv2.INTER_AREA))
+            tiles.append(cv2.resize(overlay(image, record, mask, view.get("skeleton"), view.get("instance")),
+                                    (tile, tile), interpolation=cv2.INTER_AREA))
     while len(tiles) % columns:
         tiles.append(np.full((tile, tile, 3), 255, np.uint8))
     rows = [np.concatenate(tiles[i:i + columns], axis=1) for i in range(0, len(tiles), columns)]

@@ -128,9 +128,9 @@ def test_hmr2_lists_every_person(crowd):
             assert np.allclose(person["center"], record["center"], atol=1e-3)
 
 
-def test_groups_are_refused_where_they_are_not_built():
-    with pytest.raises(RecipeError, match="scene.people"):
-        small_recipe(scene={"people": [2, 3]}, backend={"kind": "controlnet"})
+def test_groups_are_refused_where_they_cannot_be():
+    with pytest.raises(RecipeError, match="scene.people"):  # a body-worn sequence has one wearer
+        small_recipe(scene={"people": [2, 3]}, sequence={})
     with pytest.raises(RecipeError, match="scene.people"):
         small_recipe(scene={"people": [0, 3]})
 

@@ -129,7 +129,7 @@ def stage_table(recipe, samples: int, warmup: int) -> tuple[list[tuple], list[st
     from synthgen.cameras import sample_camera, sample_viewpoint_camera
     from synthgen.filter import cheap_checks
     from synthgen.images import SUBJECT_ID, ImageFactory
-    from synthgen.render import _rasterizer, resolve_backend
+    from synthgen.render import rasterize, resolve_backend
     from synthgen.render import layers as L
     from synthgen.seeding import label_threads, sample_rng, sample_seed
     from synthgen.subjects import anny_body
@@ -137,7 +137,6 @@ def stage_table(recipe, samples: int, warmup: int) -> tuple[list[tuple], list[st
     r, out_cfg = recipe, recipe.output
     factory = ImageFactory(recipe)
     model = factory.subject_model
-    rasterize = _rasterizer(r.render.backend)
     batch = anny_body.BATCH if r.subject.model == "anny" else 16
     indices = list(range(warmup + samples))
     keep = indices[warmup:]
@@ -171,7 +170,7 @@ def stage_table(recipe, samples: int, warmup: int) -> tuple[list[tuple], list[st
                     vertices_cam = camera.to_camera(subject.vertices)
                     faces, face_parts = model.mesh(subject)
                     raw = rasterize(vertices_cam.astype(np.float32), faces, camera.K, camera.width,
-                                    camera.height)
+                                    camera.height, r.render.backend)
                 tri, mask = raw["triangle_id"], raw["mask"]
                 with clock("layers: parts (face -> part id)", index):
                     parts = np.zeros(tri.shape, dtype=np.uint8)

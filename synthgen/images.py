@@ -23,7 +23,7 @@ from synthgen.generate import build_image_backend
 from synthgen.labels import instance_record, view_record
 from synthgen.recipe import Recipe, recipe_hash
 from synthgen.render import layers as layer_ops
-from synthgen.render import render_layers
+from synthgen.render import rasterize, render_layers
 from synthgen.groups import combined_mesh, place_members
 from synthgen.seeding import attempt_seed, label_threads, member_seed, sample_rng, sample_seed
 from synthgen.subjects.base import PosedSubject
@@ -193,19 +193,14 @@ class ImageFactory:
             layer_ops.draw_skeleton(kp2d, model.keypoint_names, camera.width, camera.height, model.skeleton_edges)
             for kp2d in keypoints_2d))
         sample["unoccluded_pixels"] = [int(np.count_nonzero(layers["instance"] == 1))] if len(members) == 1 else [
-            int(np.count_nonzero(self._rasterize(v, f, camera)["mask"])) for v, (f, _) in zip(per_member, meshes)]
+            int(np.count_nonzero(rasterize(v, f, camera.K, camera.width, camera.height, r.render.backend)["mask"]))
+            for v, (f, _) in zip(per_member, meshes)]
         if self.controls:  # exactly what each ControlNet receives
             layers["controls"] = [self._control(layers, control) for control in self.controls]
         layers.pop("scene_normal", None)
         sample.update(layers=layers, keypoints_3d=keypoints_3d[0], keypoints_2d=keypoints_2d[0],
                       member_keypoints=list(zip(keypoints_2d, keypoints_3d)), vertices_cam=vertices_cam,
                       faces=faces, face_instance=face_instance)
-
-    def _rasterize(self, vertices_cam: np.ndarray, faces: np.ndarray, camera) -> dict:
-        from synthgen.render import _rasterizer
-
-        return _rasterizer(self.recipe.render.backend)(vertices_cam.astype(np.float32), faces, camera.K,
-                                                       camera.width, camera.height)
 
     def labels(self, sample: dict[str, Any]) -> dict[str, Any]:
         """The sample's view record (an instance per member) with the sample-level fields."""

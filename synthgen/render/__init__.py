@@ -34,7 +34,7 @@ from synthgen.render import layers
 
 log = logging.getLogger(__name__)
 
-__all__ = ["derive_layers", "render_layers", "resolve_backend", "layers"]
+__all__ = ["derive_layers", "rasterize", "render_layers", "resolve_backend", "layers"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -62,6 +62,13 @@ def _rasterizer(backend: str) -> Callable:
     return raster_torch.rasterize
 
 
+def rasterize(vertices_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, width: int, height: int,
+              backend: str = "auto") -> dict:
+    """The raw raster of one mesh: ``triangle_id``, ``depth``, ``normal``, ``mask`` (see
+    :mod:`synthgen.render.raster_gl`). vertices_cam (V, 3) camera frame; faces (F, 3); K (3, 3)."""
+    return _rasterizer(backend)(vertices_cam.astype(np.float32), faces, K, width, height)
+
+
 def render_layers(vertices_cam: np.ndarray, faces: np.ndarray, face_parts: np.ndarray,
                   K: np.ndarray, width: int, height: int, backend: str = "auto",
                   canny: tuple[int, int] = (100, 200), normal_convention: str = "opengl",
@@ -72,7 +79,7 @@ def render_layers(vertices_cam: np.ndarray, faces: np.ndarray, face_parts: np.nd
     K: (3, 3); ``encoding``: ``normal_background``, ``edges_source``, ``scene_normal``, ``with_shaded`` of
     :func:`derive_layers`. Returns the dict documented in this module.
     """
-    raw = _rasterizer(backend)(vertices_cam.astype(np.float32), faces, K, width, height)
+    raw = rasterize(vertices_cam, faces, K, width, height, backend)
     tri, mask = raw["triangle_id"], raw["mask"]
     parts = np.zeros(tri.shape, dtype=np.uint8)
     parts[mask] = face_parts[tri[mask]]

@@ -30,7 +30,8 @@ from typing import Callable
 
 import numpy as np
 
-from synthgen.render import layers
+from synthgen.render import culling, layers
+from synthgen.render.raster_gl import NEAR  # (no GL import: moderngl loads on first use)
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,13 @@ def _rasterizer(backend: str) -> Callable:
 def rasterize(vertices_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, width: int, height: int,
               backend: str = "auto") -> dict:
     """The raw raster of one mesh: ``triangle_id``, ``depth``, ``normal``, ``mask`` (see
-    :mod:`synthgen.render.raster_gl`). vertices_cam (V, 3) camera frame; faces (F, 3); K (3, 3)."""
-    return _rasterizer(backend)(vertices_cam.astype(np.float32), faces, K, width, height)
+    :mod:`synthgen.render.raster_gl`). vertices_cam (V, 3) camera frame; faces (F, 3); K (3, 3).
+
+    Back faces are skipped where they cannot be seen (:func:`culling.can_cull_back_faces`).
+    """
+    vertices_cam = vertices_cam.astype(np.float32)
+    cull = culling.can_cull_back_faces(vertices_cam, faces, NEAR)
+    return _rasterizer(backend)(vertices_cam, faces, K, width, height, cull_back_faces=cull)
 
 
 def render_layers(vertices_cam: np.ndarray, faces: np.ndarray, face_parts: np.ndarray,

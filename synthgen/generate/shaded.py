@@ -54,13 +54,17 @@ def draw_appearance(rng: np.random.Generator, part_names: list[str]) -> dict:
 
 
 def _value_noise(rng: np.random.Generator, height: int, width: int, octaves: int = 4) -> np.ndarray:
-    """(H, W) float32 smooth noise in about [-1, 1] (sum of upsampled random grids)."""
-    out = np.zeros((height, width), dtype=np.float32)
+    """(H, W) float32 smooth noise in about [-1, 1]: random grids of 4, 8, 16... cells, octave o
+    weighted 2^-o, summed on the finest grid and upsampled once (one image-sized resize, not one
+    per octave)."""
+    finest = 2 ** (octaves + 1)
+    total = np.zeros((finest, finest), dtype=np.float32)
     for o in range(octaves):
         cells = 2 ** (o + 2)
         grid = rng.uniform(-1, 1, (cells, cells)).astype(np.float32)
-        out += cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC) / (2 ** o)
-    return out / 1.9
+        total += cv2.resize(grid, (finest, finest), interpolation=cv2.INTER_CUBIC) / (2 ** o)
+    total /= 1.9
+    return cv2.resize(total, (width, height), interpolation=cv2.INTER_CUBIC)
 
 
 def procedural_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
@@ -71,10 +75,11 @@ def procedural_background(rng: np.random.Generator, width: int, height: int) -> 
     full = (width, height)
     width, height = max(8, width // 2), max(8, height // 2)
     wall_a, wall_b, floor = _random_colour(rng), _random_colour(rng), _random_colour(rng, (0.0, 0.5))
-    ys = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
-    image = (wall_a * (1 - ys) + wall_b * ys).astype(np.float32) * np.ones((1, width, 1), np.float32)
+    ys = np.linspace(0.0, 1.0, height)[:, None]
+    column = wall_a * (1 - ys) + wall_b * ys  # (H, 3): one colour per row
     horizon = int(height * rng.uniform(0.45, 0.85))
-    image[horizon:] = floor * np.linspace(0.8, 1.1, height - horizon, dtype=np.float32)[:, None, None]
+    column[horizon:] = floor * np.linspace(0.8, 1.1, height - horizon)[:, None]
+    image = np.repeat(column.astype(np.float32)[:, None, :], width, axis=1)
     for _ in range(int(rng.integers(0, 6))):
         x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, horizon))
         w, h = int(rng.integers(width // 12, width // 3)), int(rng.integers(height // 12, height // 2))
@@ -114,8 +119,10 @@ _NOISE_LEVELS = np.array([NormalDist().inv_cdf((k + 0.5) / 256) * NOISE_SIGMA + 
 
 
 def sensor_noise(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """(H, W) float32: Gaussian noise of sigma :data:`NOISE_SIGMA` (0-255 scale) plus 0.5."""
-    return cv2.LUT(rng.integers(0, 256, (height, width), dtype=np.uint8), _NOISE_LEVELS)
+    """(H, W, 3) float32, the same in every channel (luminance noise): Gaussian of sigma
+    :data:`NOISE_SIGMA` (0-255 scale) plus 0.5."""
+    levels = rng.integers(0, 256, (height, width), dtype=np.uint8)
+    return cv2.LUT(cv2.merge([levels, levels, levels]), _NOISE_LEVELS)
 
 
 def _light(rng: np.random.Generator) -> np.ndarray:
@@ -140,7 +147,14 @@ def blinn_phong(normals: np.ndarray, light: np.ndarray, albedo: np.ndarray, spec
     for _ in range(5):  # ** 32
         spec *= spec
     shading = np.float32(ambient) + np.float32(1.0 - ambient) * diffuse
-    return albedo * shading[:, None] + (spec * specular)[:, None]
+    spec *= specular
+    return albedo * _per_channel(shading) + _per_channel(spec)
+
+
+def _per_channel(values: np.ndarray) -> np.ndarray:
+    """(N,) -> (N, 3), each value repeated: NumPy broadcasts a (N, 1) operand over 3 channels
+    several times slower than it adds two contiguous (N, 3) arrays."""
+    return np.repeat(values, 3).reshape(-1, 3)
 
 
 def shade(normal: np.ndarray, parts: np.ndarray, mask: np.ndarray, appearances: list[dict],
@@ -166,7 +180,7 @@ def shade(normal: np.ndarray, parts: np.ndarray, mask: np.ndarray, appearances: 
     albedo = np.stack([a["albedo"] for a in appearances]).astype(np.float32)[who, p]
     specular = np.stack([a["specular"] for a in appearances]).astype(np.float32)[who, p]
     if texture is not None:
-        albedo *= 1.0 + texture[box].reshape(-1, 1)
+        albedo *= _per_channel(texture[box].reshape(-1) + np.float32(1.0))
     lit = blinn_phong(normal[box].reshape(-1, 3), light, albedo, specular, ambient).reshape(h, w, 3)
     out[box] = cv2.copyTo(lit, mask8[box], out[box])
     return out
@@ -181,8 +195,8 @@ def render_shaded(layers: dict, part_names: list[str], appearance_rng: np.random
     count = max(1, int(instance.max())) if instance is not None else 1
     appearances = [draw_appearance(appearance_rng, part_names) for _ in range(count)]  # one per subject
     light, ambient = _light(appearance_rng), float(appearance_rng.uniform(0.25, 0.5))
-    texture = cv2.resize(_value_noise(appearance_rng, height // 2, width // 2, octaves=3) * np.float32(0.04),
-                         (width, height))
+    texture = _value_noise(appearance_rng, height, width, octaves=3)
+    texture *= np.float32(0.04)
     body = shade(layers["normal"], layers["parts"], mask, appearances, light, ambient, texture,
                  instance if count > 1 else None)
     if config.background == "folder":
@@ -193,7 +207,7 @@ def render_shaded(layers: dict, part_names: list[str], appearance_rng: np.random
     image = cv2.blendLinear(body, background.astype(np.float32, copy=False), alpha, 1.0 - alpha)
     gain = np.float32(appearance_rng.uniform(0.85, 1.15) * 255.0)
     image *= gain  # in place: image-sized temporaries cost a page fault per 4 KiB
-    image += sensor_noise(appearance_rng, height, width)[..., None]
+    image += sensor_noise(appearance_rng, height, width)
     labels = appearances[0]["summary"] | {"light_dir_cam": np.round(light, 4).tolist(),
                                           "ambient": round(ambient, 4)}
     if count > 1:  # the top-level colours are instance 1's

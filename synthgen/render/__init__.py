@@ -105,6 +105,7 @@ def derive_layers(normal: np.ndarray, depth: np.ndarray, parts: np.ndarray, tria
     dict documented in this module.
     """
     mask = triangle_id >= 0
+    flat_outside = edges_source == "shaded" or normal_background != "ground"  # one colour behind the subject
     normal_rgb = layers.encode_normal(normal, mask, normal_convention, normal_background, scene_normal)
     shaded = layers.shade(normal, mask) if with_shaded or edges_source == "shaded" else None
     out = {
@@ -115,7 +116,8 @@ def derive_layers(normal: np.ndarray, depth: np.ndarray, parts: np.ndarray, tria
         "depth_control": layers.depth_for_control(depth, mask),
         "mask": mask.astype(np.uint8) * 255,
         "parts": parts,
-        "edges": layers.canny_edges(shaded if edges_source == "shaded" else normal_rgb, *canny),
+        "edges": layers.canny_edges(shaded if edges_source == "shaded" else normal_rgb, *canny,
+                                    constant_outside=mask if flat_outside else None),
         "triangle_id": triangle_id,
     }
     if shaded is not None:

@@ -229,9 +229,26 @@ def detect_size(width: int, height: int, resolution: int | None) -> tuple[int, i
     return max(1, int(round(width * scale))), max(1, int(round(height * scale)))
 
 
-def canny_edges(image: np.ndarray, low: int, high: int) -> np.ndarray:
-    """(H, W, 3) or (H, W) uint8 -> (H, W) uint8 edges in {0, 255} (OpenCV Canny)."""
-    return cv2.Canny(image, low, high)
+_CANNY_MARGIN = 4  # px around a box that hold every pixel Canny reads for an edge inside it
+
+
+def canny_edges(image: np.ndarray, low: int, high: int, constant_outside: np.ndarray | None = None) -> np.ndarray:
+    """(H, W, 3) or (H, W) uint8 -> (H, W) uint8 edges in {0, 255} (OpenCV Canny).
+
+    constant_outside: optional (H, W) bool mask outside which ``image`` is one colour. A constant
+    region has no edges, so Canny then runs on the mask's box grown by a few pixels only: the
+    same edges (Sobel, non-maximum suppression and hysteresis never see past that margin).
+    """
+    if constant_outside is None:
+        return cv2.Canny(image, low, high)
+    out = np.zeros(image.shape[:2], dtype=np.uint8)
+    x, y, w, h = cv2.boundingRect(constant_outside.view(np.uint8))
+    if not (w and h):
+        return out
+    rows = slice(max(y - _CANNY_MARGIN, 0), min(y + h + _CANNY_MARGIN, out.shape[0]))
+    cols = slice(max(x - _CANNY_MARGIN, 0), min(x + w + _CANNY_MARGIN, out.shape[1]))
+    out[rows, cols] = cv2.Canny(np.ascontiguousarray(image[rows, cols]), low, high)
+    return out
 
 
 def openpose_keypoints(keypoints_2d: np.ndarray, names: list[str]) -> np.ndarray:

@@ -204,7 +204,9 @@ class GLRasterizer:
                   width: int, height: int, cull_back_faces: bool = False) -> dict:
         """Rasterise; arguments and outputs as :func:`rasterize`."""
         pos = np.ascontiguousarray(vertices, dtype=np.float32).reshape(-1, 3)
-        faces = np.asarray(faces).reshape(-1, 3)
+        faces = np.asarray(faces)
+        if faces.ndim != 2:
+            faces = faces.reshape(-1, 3)
         kept = _kept_faces(pos, faces)
         idx = np.ascontiguousarray(faces if kept is None else faces[kept], dtype=np.int32)
         with self._context():  # make current: several instances may coexist

@@ -77,13 +77,17 @@ def look_at(position: np.ndarray, target: np.ndarray, roll_deg: float = 0.0) -> 
 def amodal_bbox(camera: Camera, points_world: np.ndarray) -> list[float]:
     """[x, y, w, h] of the projection of the points (N, 3) in front of the camera, occluders and
     the image border ignored (it may reach outside the image: truncation); zeros if none is."""
-    cam = camera.to_camera(np.asarray(points_world, dtype=np.float64))
-    cam = cam[cam[:, 2] > 1e-6]
-    if not len(cam):
+    # coordinates as rows (3, N): reductions over contiguous rows, not strided (N, 2) columns
+    cam = camera.R @ np.asarray(points_world, dtype=np.float64).T + camera.t[:, None]
+    front = cam[2] > 1e-6
+    if not front.all():
+        cam = cam[:, front]
+    if not cam.shape[1]:
         return [0.0, 0.0, 0.0, 0.0]
-    uv = camera.project(cam)
-    lo, hi = uv.min(axis=0), uv.max(axis=0)
-    return [float(lo[0]), float(lo[1]), float(hi[0] - lo[0]), float(hi[1] - lo[1])]
+    p = camera.K @ cam
+    u, v = p[0] / p[2], p[1] / p[2]
+    x0, y0 = float(u.min()), float(v.min())
+    return [x0, y0, float(u.max()) - x0, float(v.max()) - y0]
 
 
 def hull_points(points: np.ndarray) -> np.ndarray:

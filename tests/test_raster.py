@@ -421,6 +421,18 @@ def test_culled_closed_surfaces_look_the_same(backend, anny_mesh):
         assert np.array_equal(layer, rasterize(*cube, K, W, H, cull_back_faces=True)[name]), name
 
 
+@pytest.mark.parametrize("rasterize", BACKENDS)
+def test_a_frame_keeps_nothing_of_the_previous_one(rasterize):
+    """GL clears only its id and depth buffers: normal and depth must still read 0 wherever
+    this frame drew nothing, after a frame that covered the whole image."""
+    big = _quad(np.array([[-9, -9, 2], [9, -9, 2], [9, 9, 2], [-9, 9, 2]]))
+    small = _quad(np.array([[0, 0, 3], [0.2, 0, 3], [0.2, 0.2, 3], [0, 0.2, 3]]))
+    assert rasterize(*big, K, W, H)["mask"].all()
+    out = rasterize(*small, K, W, H)
+    assert 0 < out["mask"].sum() < W * H / 4
+    _check_background(out)
+
+
 def test_open_meshes_stay_double_sided():
     """A plane seen from behind is drawn by the render stage (objects are often open shells)."""
     v, f = _quad(np.array([[-1, -1, 2], [1, -1, 2], [1, 1, 2], [-1, 1, 2]]), flip=True)

@@ -45,6 +45,11 @@ OPENPOSE_COLORS = [(255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170
 
 def _quantise_normals(normals: np.ndarray, convention: str) -> np.ndarray:
     """(..., 3) float OpenCV-axes normals -> (..., 3) uint8 in ``convention``, rint((n' + 1) 127.5)."""
+    if normals.ndim == 3 and normals.dtype == np.float32:  # an image: two OpenCV passes
+        affine = np.hstack([np.diag(NORMAL_CONVENTIONS[convention] * 127.5), np.full((3, 1), 127.5)])
+        # (n' + 1) 127.5 lies in [0, 255] for unit normals (|.| only folds -1e-5 rounding to 0);
+        # convertScaleAbs rounds to nearest and saturates
+        return cv2.convertScaleAbs(cv2.transform(normals, affine.astype(np.float32)))
     q = normals * NORMAL_CONVENTIONS[convention]
     q += 1.0  # in place: image-sized temporaries cost a page fault per 4 KiB
     q *= 127.5

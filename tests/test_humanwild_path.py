@@ -31,7 +31,7 @@ def _recipe(models, batch_size=3, **extra):
     # random-weight SAM masks are meaningless: thresholds at 0 keep every sample, scores still recorded
     flt = {"sam": {"model": str(sam), "min_iou": 0.0, "min_keypoints_in_mask": 0.0}}
     return small_recipe(num_samples=6, image={"width": 64, "height": 64}, backend=backend, filter=flt,
-                        output={"shard_size": 3}, **extra)
+                        output={"shard_size": batch_size}, **extra)  # whole batches per shard
 
 
 def test_controlnet_and_sam_write_images_prompts_and_scores(tmp_path, tiny_models):

@@ -16,7 +16,7 @@ from typing import Any
 
 from synthgen import write
 from synthgen.engine.contract import Factory
-from synthgen.engine.streams import finished_samples
+from synthgen.engine.streams import finished_samples, write_ahead
 from synthgen.errors import ErrorBudgetExceeded
 from synthgen.recipe import Recipe
 
@@ -27,16 +27,26 @@ def error_budget(recipe: Recipe) -> int:
     return int(limit * recipe.num_samples) if limit < 1 else int(limit)
 
 
+WRITE_AHEAD = 2  # batches the device stages may run ahead of the writer
+
+
 def write_shards(factory: Factory, out_dir: Path, tasks: list[write.ShardTask], loader_workers: int = 0,
                  on_sample: Callable[[], None] | None = None,
-                 errors_before: Callable[[], int] = lambda: 0) -> list[dict[str, Any]]:
+                 errors_before: Callable[[], int] = lambda: 0,
+                 ahead: int = WRITE_AHEAD) -> list[dict[str, Any]]:
     """Write ``tasks`` from one sample stream (so loader workers start once); returns the sidecars.
 
     ``errors_before()`` counts failures already recorded (other shards, other processes).
+    ``ahead``: the device stages run in a thread up to this many batches ahead of this one,
+    which encodes and writes (0: one after another; the bytes are the same).
     """
     indices = [i for t in tasks for i in range(t.start, t.stop)]
-    stream = finished_samples(factory, indices, loader_workers, keep_errors=True)
-    return [_write_one(factory, Path(out_dir), task, stream, on_sample, errors_before()) for task in tasks]
+    stream = write_ahead(finished_samples(factory, indices, loader_workers, keep_errors=True), ahead,
+                         factory.batch_size)
+    try:
+        return [_write_one(factory, Path(out_dir), task, stream, on_sample, errors_before()) for task in tasks]
+    finally:
+        getattr(stream, "close", lambda: None)()  # stops the device thread on an error
 
 
 def _write_one(factory: Factory, out_dir: Path, task: write.ShardTask, stream: Iterator[dict[str, Any]],
@@ -45,6 +55,7 @@ def _write_one(factory: Factory, out_dir: Path, task: write.ShardTask, stream: I
     rejected_records: list[dict[str, Any]] = []
     budget = error_budget(factory.recipe)
     start, timing_before = time.perf_counter(), dict(factory.timing)
+    writer = {"wait": 0.0, "encode": 0.0, "write": 0.0}
 
     def outcome(sample: dict[str, Any]) -> dict[str, Any] | None:
         """The record of an accepted sample; None (and an entry in the report) otherwise."""
@@ -57,7 +68,10 @@ def _write_one(factory: Factory, out_dir: Path, task: write.ShardTask, stream: I
         if "filter" in sample:  # every verdict with its scores, for re-thresholding later
             report["filter"].append({"index": sample["index"], "attempt": attempt, **verdict})
         if verdict["accepted"]:
-            return factory.encode(sample)
+            t0 = time.perf_counter()
+            record = factory.encode(sample)
+            writer["encode"] += time.perf_counter() - t0
+            return record
         report["rejected"].append({"index": sample["index"], "attempt": attempt, "reason": verdict.get("reason")})
         if factory.recipe.filter.write_rejected:
             record = factory.encode(sample)
@@ -68,12 +82,16 @@ def _write_one(factory: Factory, out_dir: Path, task: write.ShardTask, stream: I
     def records():
         rejected = []
         for _ in range(task.start, task.stop):
+            t0 = time.perf_counter()
             sample = next(stream)
+            writer["wait"] += time.perf_counter() - t0
             if on_sample is not None:
                 on_sample()
             record = outcome(sample)
             if record is not None:
-                yield record
+                t0 = time.perf_counter()
+                yield record  # the tar writer writes it before asking for the next
+                writer["write"] += time.perf_counter() - t0
             elif "error" not in sample:
                 rejected.append(sample["index"])
         # redraws, in index order after the first attempts: which ones depends on verdicts alone
@@ -89,6 +107,8 @@ def _write_one(factory: Factory, out_dir: Path, task: write.ShardTask, stream: I
         report["seconds"] = round(time.perf_counter() - start, 3)
         for key, total in factory.timing.items():
             report[f"{key}_seconds"] = round(total - timing_before.get(key, 0.0), 3)
+        for key, total in writer.items():  # the writer's own: waiting for samples, encode, tar write
+            report[f"writer_{key}_seconds"] = round(total, 3)
 
     return write.write_shard(out_dir, task, records(), report, rejected=lambda: rejected_records)
 

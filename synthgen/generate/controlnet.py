@@ -485,19 +485,36 @@ class ControlNetBackend:
             images[members] = self._run([batch[i] for i in members], embeds)
         return images
 
+    def _slots(self, batch: list[dict]) -> list[int]:
+        """Where each sample of ``batch`` sits in the padded call: slot ``index % batch_size``
+        (``index``: the sample's, else its position) when free, else the first free one. CPU
+        kernels may round a row differently by its position in the batch, so a sample keeps its
+        slot whichever samples fill the others (a short last batch, failed samples)."""
+        size, taken, slots = max(self.batch_size, len(batch)), set(), []
+        for k, sample in enumerate(batch):
+            slot = int(sample.get("index", k)) % size
+            if slot in taken:
+                slot = min(set(range(size)) - taken)
+            taken.add(slot)
+            slots.append(slot)
+        return slots
+
     def _run(self, batch: list[dict], embeds: dict[str, Any] | None):
-        """One pipeline call of exactly ``batch_size`` images: ``batch`` padded with copies of its
-        last sample (their images are dropped). ``embeds``: compel's prompt embeddings (one row
-        per sample of ``batch``), or None for the prompt strings. Returns (len(batch), H, W, 3)
-        uint8 on the device."""
+        """One pipeline call of exactly ``batch_size`` images: each sample in its slot (see
+        :meth:`_slots`), the free slots filled with copies of the first sample (their images are
+        dropped). ``embeds``: compel's prompt embeddings (one row per sample of ``batch``), or
+        None for the prompt strings. Returns (len(batch), H, W, 3) uint8 on the device."""
         torch, config, family = self._torch, self.config, self.family
         units = config.controlnets
         multi = len(units) > 1
-        real, pad = len(batch), max(0, self.batch_size - len(batch))
-        batch = batch + [batch[-1]] * pad
-        if embeds is not None and pad:
-            embeds = {key: torch.cat([value, value[-1:].expand(pad, *value.shape[1:])])
-                      for key, value in embeds.items()}
+        slots = self._slots(batch)
+        source = [0] * max(self.batch_size, len(batch))  # which sample of ``batch`` fills each slot
+        for k, slot in enumerate(slots):
+            source[slot] = k
+        batch = [batch[k] for k in source]
+        if embeds is not None:
+            rows = torch.tensor(source)
+            embeds = {key: value[rows.to(value.device)] for key, value in embeds.items()}
 
         # 1. control images and one generator per image, made on the CPU: the initial noise
         #    (and DDIM's eta noise) is then the same whatever the device type
@@ -528,7 +545,7 @@ class ControlNetBackend:
         # 3. denoise and decode, then to uint8 RGB on the device
         with self.clock.timing("diffusion"):
             out = self.pipe(**kwargs).images  # (B, 3, H, W) float in [0, 1]
-            pixels = to_uint8(out[:real])
+            pixels = to_uint8(out[slots])
         return pixels
 
 

@@ -19,10 +19,11 @@ but ``segment-anything`` imports ``torchvision``, which on our CPU machines exis
 torch, loads from a Hugging Face id or a local folder with ``from_pretrained``, and lets the
 image encoder run batched. Masks are the same up to resize interpolation details.
 
-Batching: images go through SAM's ViT image encoder in batches; the prompt encoder and mask
-decoder (a small fraction of the cost) then run once per image with exactly that image's
-prompts, so a sample's mask does not depend on which other samples share its batch (no point
-padding).
+Batching and device: SAM runs on the image backend's device (fp16 on CUDA, fp32 on CPU:
+``filter.sam.dtype``). Per batch, resizing/normalising, the ViT image encoder, the prompt
+encoder and mask decoder (one call per group of images with the same number of point prompts:
+never padded, so a sample's mask does not depend on its batch), mask upscaling and the IoU and
+keypoint scores all run there; only the scores come back to the host.
 
 Note: with ``point_prompts`` the keypoints that prompted SAM are usually inside its mask by
 construction, so ``keypoints_in_sam_mask`` then mostly checks the keypoints that were not used

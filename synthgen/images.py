@@ -127,7 +127,8 @@ class ImageFactory:
         from synthgen.filter import SampleFilter
 
         device = getattr(self.backend, "device", None) or device or "cpu"
-        return SampleFilter(self.recipe.filter, device, batch_size=self.batch_size)
+        batch = self.batch_size if self.recipe.backend.kind == "controlnet" else 4  # a CPU backend's 32: too big for SAM
+        return SampleFilter(self.recipe.filter, device, batch_size=batch)
 
     # 1. subjects ------------------------------------------------------------------------------
     def pose_subjects(self, indices: list[int], attempt: int = 0) -> list[list]:

@@ -204,7 +204,7 @@ def generate(factory_class: type, recipe: Recipe, out_dir: str | Path, workers: 
         if ranks.world > 1:  # on the shared output folder: rank 0 waits for these, not a collective
             mark_rank_done(out_dir, ranks.rank, stats, failure)
         if ranks.rank == 0 and ranks.world > 1 and failure is None:
-            wait_for_ranks(out_dir, ranks.world, on_poll=bar.refresh)
+            wait_for_ranks(out_dir, ranks.world)  # the bar keeps refreshing from the sidecars
         bar.close()
         logging.getLogger("synthgen").removeHandler(rank_log)
         rank_log.close()

@@ -21,8 +21,13 @@ Use it in two steps:
 
 Determinism: each image gets its own CPU ``torch.Generator`` seeded from its sample's seed, and
 diffusers draws each image's noise (initial latents, DDIM's eta noise) from it on the CPU, so the
-noise depends neither on the batch nor on the device type; pixels agree up to float rounding of
-batched kernels (see ``tests/test_controlnet.py``). Prompts over 77 CLIP tokens (sd15, sdxl) are
+noise depends neither on the batch nor on the device type. Every pipeline call has exactly
+``batch_size`` images (a short batch is padded with copies, each sample in slot
+``index % batch_size``), so compiled graphs keep one shape and a sample's pixels are the same
+bits whichever samples share its batch; across batch sizes they agree up to float rounding of
+batched kernels (see ``tests/test_controlnet.py``, ``tests/test_gpu_busy.py``). Images leave the
+device as uint8 (``output_type="pt"``, converted there). ``speed`` options: see
+:mod:`synthgen.generate.speed`. Prompts over 77 CLIP tokens (sd15, sdxl) are
 encoded whole by compel (:class:`LongPrompts`) and run in groups of equal embedding length.
 
 What a ControlNet sees is computed in the render stage from the unit's ``encoding``

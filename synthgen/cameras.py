@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import brentq
 from scipy.spatial.transform import Rotation
 
 from synthgen.recipe import CameraConfig
@@ -76,13 +77,17 @@ def look_at(position: np.ndarray, target: np.ndarray, roll_deg: float = 0.0) -> 
 def amodal_bbox(camera: Camera, points_world: np.ndarray) -> list[float]:
     """[x, y, w, h] of the projection of the points (N, 3) in front of the camera, occluders and
     the image border ignored (it may reach outside the image: truncation); zeros if none is."""
-    cam = camera.to_camera(np.asarray(points_world, dtype=np.float64))
-    cam = cam[cam[:, 2] > 1e-6]
-    if not len(cam):
+    # coordinates as rows (3, N): reductions over contiguous rows, not strided (N, 2) columns
+    cam = camera.R @ np.asarray(points_world, dtype=np.float64).T + camera.t[:, None]
+    front = cam[2] > 1e-6
+    if not front.all():
+        cam = cam[:, front]
+    if not cam.shape[1]:
         return [0.0, 0.0, 0.0, 0.0]
-    uv = camera.project(cam)
-    lo, hi = uv.min(axis=0), uv.max(axis=0)
-    return [float(lo[0]), float(lo[1]), float(hi[0] - lo[0]), float(hi[1] - lo[1])]
+    p = camera.K @ cam
+    u, v = p[0] / p[2], p[1] / p[2]
+    x0, y0 = float(u.min()), float(v.min())
+    return [x0, y0, float(u.max()) - x0, float(v.max()) - y0]
 
 
 def hull_points(points: np.ndarray) -> np.ndarray:
@@ -138,19 +143,44 @@ def sample_camera(rng: np.random.Generator, cfg: CameraConfig, points_world: np.
         uv_lo, uv_hi = _extent(cam, points_world)
         return cam, max((uv_hi[0] - uv_lo[0]) / width, (uv_hi[1] - uv_lo[1]) / height)
 
-    # the projected size shrinks monotonically with distance: bisect it (in log distance)
     pinhole = 2.0 * radius * K[1, 1] / (fraction * height)  # first guess, ignores perspective
-    near, far = np.log(max(closest, pinhole / 4.0)), np.log(max(closest, pinhole) * 4.0)
-    for _ in range(14):
-        mid = (near + far) / 2.0
-        near, far = (mid, far) if framed(float(np.exp(mid)))[1] > fraction else (near, mid)
-    distance = float(np.exp(far))
+    limits = (np.log(max(closest, pinhole / 4.0)), np.log(max(closest, pinhole) * 4.0))
+    distance = float(np.exp(_solve_log_distance(lambda x: np.log(framed(float(np.exp(x)))[1] / fraction),
+                                                np.log(max(closest, pinhole)), limits)))
     camera, achieved = framed(distance, steps=3)
     # a wide lens close up may not reach the fraction without entering the subject: record what was got
     drawn = {"fov_deg": fov, "azimuth_deg": azimuth, "elevation_deg": elevation, "roll_deg": roll,
              "distance": float(distance), "subject_fraction": float(achieved),
              "subject_fraction_target": fraction}
     return camera, drawn
+
+
+def _solve_log_distance(excess, start: float, limits: tuple[float, float], xtol: float = 1e-4) -> float:
+    """The log distance x in ``limits`` where ``excess(x)`` (log of projected size over the
+    wanted size, decreasing in x) is 0, or the limit it stays beyond.
+
+    A subject far from the lens shrinks as 1 / distance (excess has slope -1 in x), so the
+    step ``x + excess(x)`` from ``start`` usually brackets the root at once; Brent's method
+    (scipy) then needs a few more projections where bisection needed fourteen.
+    """
+    lo, hi = limits
+    seen: dict[float, float] = {}
+
+    def g(x: float) -> float:
+        if x not in seen:
+            seen[x] = float(excess(x))
+        return seen[x]
+
+    a = float(np.clip(start, lo, hi))
+    step = g(a) if np.isfinite(g(a)) else hi - a
+    while True:  # walk (doubling) until the sign changes or a limit is reached
+        b = float(np.clip(a + step, lo, hi))
+        if b == a or np.sign(g(b)) != np.sign(g(a)):
+            break
+        a, step = b, 2.0 * step
+    if b == a:  # the wanted size lies beyond a limit
+        return a
+    return float(brentq(g, min(a, b), max(a, b), xtol=xtol))
 
 
 def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:

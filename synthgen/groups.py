@@ -121,9 +121,13 @@ def combined_mesh(vertices: list[np.ndarray], meshes: list[tuple[np.ndarray, np.
     """One mesh of every member for one render pass.
 
     vertices: per member (V_k, 3); meshes: per member (faces (F_k, 3), face_parts (F_k,)).
-    Returns vertices (V, 3), faces (F, 3) int64 (offset per member), face_parts (F,) uint8 and
-    face_instance (F,) uint8: member k's faces carry id k + 1 (``instances[k].id``).
+    Returns vertices (V, 3), faces (F, 3) int (offset per member; a lone member's own array, so
+    per-topology caches downstream hit), face_parts (F,) uint8 and face_instance (F,) uint8:
+    member k's faces carry id k + 1 (``instances[k].id``).
     """
+    if len(meshes) == 1:
+        (faces, parts), = meshes
+        return vertices[0], faces, np.asarray(parts, dtype=np.uint8), np.ones(len(faces), np.uint8)
     starts = np.cumsum([0] + [len(v) for v in vertices[:-1]])
     faces = np.concatenate([np.asarray(f, dtype=np.int64) + s for (f, _), s in zip(meshes, starts)])
     parts = np.concatenate([np.asarray(p, dtype=np.uint8) for _, p in meshes])

@@ -233,3 +233,25 @@ def test_inputs_computed_at_an_annotator_detect_resolution():
     assert np.array_equal(_png(record, "control_1.png"), depth)
     with pytest.raises(RecipeError, match="resolution"):
         small_recipe(backend=_controlnet([{"model": "m", "layer": "edges", "encoding": {"resolution": 8}}]))
+
+
+def test_edges_computed_in_the_subject_box_are_full_image_canny():
+    """Canny runs on the subject's box only where the rest of the image is one colour; the
+    edges are those of cv2.Canny on the whole image, also where the box touches the border."""
+    from synthgen.render.layers import canny_edges
+
+    rng = np.random.default_rng(0)
+    for corner in ((10, 20), (0, 0), (40, 90)):
+        image = np.full((64, 128, 3), (127, 127, 255), np.uint8)
+        mask = np.zeros((64, 128), bool)
+        y, x = corner
+        mask[y:y + 24, x:x + 38] = True
+        image[mask] = rng.integers(0, 256, (int(mask.sum()), 3))
+        image[y + 5:y + 15, x + 5:x + 20] = (255, 0, 0)  # a strong block edge inside
+        assert np.array_equal(canny_edges(image, 100, 200, constant_outside=mask), cv2.Canny(image, 100, 200))
+    factory = ImageFactory(small_recipe(render={"backend": "torch", "canny_low": 50, "canny_high": 120},
+                                        num_samples=4))
+    for sample in factory.prepared([0, 1, 2, 3]):
+        layers = sample["layers"]
+        assert layers["edges"].any()
+        assert np.array_equal(layers["edges"], cv2.Canny(layers["normal_rgb"], 50, 120))

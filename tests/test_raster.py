@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from synthgen.render import raster_gl, raster_torch
+from synthgen.render import culling, raster_gl, raster_torch
+from synthgen.render import rasterize as render_rasterize
 
 GL_OK = raster_gl.gl_available()
 requires_gl = pytest.mark.skipif(
@@ -357,6 +358,75 @@ def test_torch_and_gl_agree_on_anny(anny_mesh, view):
         assert a["mask"].mean() > 0.5 and a["mask"][[0, -1]].any(1).all()
     if view == "inside_pelvis":  # seen from inside: back faces + near culling
         assert (vc[f][:, :, 2].min(1) <= raster_torch.NEAR).any() and a["mask"].all()
+
+
+# --------------------------------------------------------------------------
+# Back-face culling: only where it cannot change the image
+# --------------------------------------------------------------------------
+
+def _closed_cube(center, size: float):
+    """Cube with 8 shared vertices, faces wound outward ((v1-v0)x(v2-v0) points out)."""
+    c = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64)
+    faces = []
+    for axis in range(3):
+        for sign in (-1, 1):
+            quad = [i for i in range(8) if c[i, axis] == sign]  # 4 corners of that side
+            centre = c[quad].mean(0)
+            a, b = [j for j in range(3) if j != axis]
+            ring = sorted(quad, key=lambda i: np.arctan2(c[i, b] - centre[b], c[i, a] - centre[a]))
+            tri = [[ring[0], ring[1], ring[2]], [ring[0], ring[2], ring[3]]]
+            n = np.cross(c[tri[0][1]] - c[tri[0][0]], c[tri[0][2]] - c[tri[0][0]])
+            faces += tri if n[axis] * sign > 0 else [t[::-1] for t in tri]
+    v = c * size / 2 + np.asarray(center, dtype=np.float64)
+    return v.astype(np.float32), np.array(faces)
+
+
+def test_closed_outward_surfaces_are_recognised(anny_mesh):
+    v, f = _closed_cube([0, 0, 3], 1.0)
+    assert culling.is_closed_outward(v, f)
+    assert not culling.is_closed_outward(v, f[:, ::-1])      # wound inward
+    assert not culling.is_closed_outward(v, f[1:])            # a hole
+    flipped_one = f.copy()
+    flipped_one[0] = flipped_one[0, ::-1]
+    assert not culling.is_closed_outward(v, flipped_one)      # inconsistent winding
+    assert not culling.is_closed_outward(*_quad(np.array([[0, 0, 2], [1, 0, 2], [1, 1, 2], [0, 1, 2]])))
+    av, af = anny_mesh  # the real body: 27,420 faces, closed, wound outward
+    assert culling.is_closed_outward(av, af)
+    two = np.concatenate([af, af + len(av)])  # a group of two bodies is still closed
+    assert culling.is_closed_outward(np.concatenate([av, av + [1.0, 0, 0]]), two)
+
+
+def test_culling_only_where_the_camera_is_outside(anny_mesh):
+    v, f = anny_mesh
+    assert culling.can_cull_back_faces(_anny_camera(v, [0, -3.0, 0]), f, raster_torch.NEAR)
+    assert not culling.can_cull_back_faces(_anny_camera(v, np.zeros(3)), f, raster_torch.NEAR)  # inside
+    plane = _quad(np.array([[-1, -1, 2], [1, -1, 2], [1, 1, 2], [-1, 1, 2]]))
+    assert not culling.can_cull_back_faces(*plane, raster_torch.NEAR)  # an open shell: both sides drawn
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("gl", marks=requires_gl)])
+def test_culled_closed_surfaces_look_the_same(backend, anny_mesh):
+    """A closed, outward-wound body seen from outside: the culled raster is the double-sided one
+    (a skinning fold seen from its inside-out side is the only possible difference)."""
+    rasterize = {"torch": raster_torch.rasterize, "gl": raster_gl.rasterize}[backend]
+    v, f = anny_mesh
+    for eye in ([0, -3.0, 0], [1.5, -2.0, 0.5], _chest(v) - [0, 0.4, 0]):
+        vc = _anny_camera(v, eye)
+        both = rasterize(vc, f, K_BODY, 256, 256)
+        culled = rasterize(vc, f, K_BODY, 256, 256, cull_back_faces=True)
+        assert np.array_equal(both["mask"], culled["mask"])
+        assert np.mean(both["triangle_id"] != culled["triangle_id"]) < 1e-4
+    cube = _closed_cube([0.3, -0.2, 4.0], 1.0)
+    for name, layer in rasterize(*cube, K, W, H).items():
+        assert np.array_equal(layer, rasterize(*cube, K, W, H, cull_back_faces=True)[name]), name
+
+
+def test_open_meshes_stay_double_sided():
+    """A plane seen from behind is drawn by the render stage (objects are often open shells)."""
+    v, f = _quad(np.array([[-1, -1, 2], [1, -1, 2], [1, 1, 2], [-1, 1, 2]]), flip=True)
+    for flip in (False, True):
+        out = render_rasterize(v, f[:, ::-1] if flip else f, K, W, H, backend="torch")
+        assert out["mask"].sum() > 1000
 
 
 # --------------------------------------------------------------------------

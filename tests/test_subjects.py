@@ -80,3 +80,20 @@ def test_pose_files_drive_anny(tmp_path):
     knee, ankle = (subject.keypoints_3d[names.index(n)] for n in ("left_knee", "left_ankle"))
     # a 90-degree knee puts the left ankle behind the knee (+Y is behind: bodies face -Y) at knee height
     assert ankle[1] - knee[1] > 0.25 and abs(ankle[2] - knee[2]) < 0.15
+
+
+def test_phenotype_priors_are_anny_own_distributions(anny_model):
+    """The Beta parameters drawn per sample are those of Anny's age-conditional priors
+    (``get_distribution_params``), across ages from below to above its anchors."""
+    import torch
+
+    from synthgen.subjects.anny_body import _beta_params
+
+    prior = anny_model.shape_prior
+    for group in ("boys", "girls"):
+        for key in ("height", "weight", "muscle", "proportions"):
+            dist = getattr(prior, f"{group}_conditional_{key}_distribution")
+            for age in np.linspace(-0.5, 1.5, 41, dtype=np.float32):
+                alpha, beta = dist.get_distribution_params(torch.tensor([age]))
+                mine = _beta_params(dist, float(age))
+                assert mine == pytest.approx((float(alpha[0]), float(beta[0])), rel=1e-6)

@@ -30,7 +30,8 @@ from typing import Callable
 
 import numpy as np
 
-from synthgen.render import layers
+from synthgen.render import culling, layers
+from synthgen.render.raster_gl import NEAR  # (no GL import: moderngl loads on first use)
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,13 @@ def _rasterizer(backend: str) -> Callable:
 def rasterize(vertices_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, width: int, height: int,
               backend: str = "auto") -> dict:
     """The raw raster of one mesh: ``triangle_id``, ``depth``, ``normal``, ``mask`` (see
-    :mod:`synthgen.render.raster_gl`). vertices_cam (V, 3) camera frame; faces (F, 3); K (3, 3)."""
-    return _rasterizer(backend)(vertices_cam.astype(np.float32), faces, K, width, height)
+    :mod:`synthgen.render.raster_gl`). vertices_cam (V, 3) camera frame; faces (F, 3); K (3, 3).
+
+    Back faces are skipped where they cannot be seen (:func:`culling.can_cull_back_faces`).
+    """
+    vertices_cam = vertices_cam.astype(np.float32)
+    cull = culling.can_cull_back_faces(vertices_cam, faces, NEAR)
+    return _rasterizer(backend)(vertices_cam, faces, K, width, height, cull_back_faces=cull)
 
 
 def render_layers(vertices_cam: np.ndarray, faces: np.ndarray, face_parts: np.ndarray,
@@ -99,6 +105,7 @@ def derive_layers(normal: np.ndarray, depth: np.ndarray, parts: np.ndarray, tria
     dict documented in this module.
     """
     mask = triangle_id >= 0
+    flat_outside = edges_source == "shaded" or normal_background != "ground"  # one colour behind the subject
     normal_rgb = layers.encode_normal(normal, mask, normal_convention, normal_background, scene_normal)
     shaded = layers.shade(normal, mask) if with_shaded or edges_source == "shaded" else None
     out = {
@@ -109,7 +116,8 @@ def derive_layers(normal: np.ndarray, depth: np.ndarray, parts: np.ndarray, tria
         "depth_control": layers.depth_for_control(depth, mask),
         "mask": mask.astype(np.uint8) * 255,
         "parts": parts,
-        "edges": layers.canny_edges(shaded if edges_source == "shaded" else normal_rgb, *canny),
+        "edges": layers.canny_edges(shaded if edges_source == "shaded" else normal_rgb, *canny,
+                                    constant_outside=mask if flat_outside else None),
         "triangle_id": triangle_id,
     }
     if shaded is not None:

@@ -15,7 +15,9 @@ Same interface and conventions as :mod:`synthgen.render.raster_torch`:
 * Near plane: any triangle with a vertex at ``z <= NEAR`` (0.01 m) is culled
   entirely on the CPU (GL would otherwise clip it).  No far plane (infinite
   far projection).
-* Faces are double-sided (no back-face culling).
+* Faces are double-sided unless ``cull_back_faces``: then faces whose winding
+  turns away from the camera (``(v1-v0)x(v2-v0)`` pointing away) are skipped,
+  which only the caller can know is safe (:mod:`synthgen.render.culling`).
 * Outputs (numpy): ``triangle_id`` (H,W) int32, -1 background; ``depth`` (H,W)
   float32 metric camera z (perspective-correct varying), 0 background;
   ``normal`` (H,W,3) float32 unit camera-frame normal (smooth, interpolated
@@ -160,6 +162,7 @@ class GLRasterizer:
         self._prog = ctx.program(vertex_shader=_VERTEX_SHADER,
                                  fragment_shader=_FRAGMENT_SHADER)
         ctx.front_face = "cw"  # (u,v) clockwise == normal faces the camera
+        ctx.cull_face = "back"  # used only when enabled (cull_back_faces)
         self._ctx = ctx
         logger.debug("created EGL context: %s", ctx.info.get("GL_RENDERER"))
         return ctx
@@ -198,24 +201,26 @@ class GLRasterizer:
         return self._vao
 
     def rasterize(self, vertices: np.ndarray, faces: np.ndarray, K: np.ndarray,
-                  width: int, height: int) -> dict:
+                  width: int, height: int, cull_back_faces: bool = False) -> dict:
         """Rasterise; arguments and outputs as :func:`rasterize`."""
         pos = np.ascontiguousarray(vertices, dtype=np.float32).reshape(-1, 3)
-        faces = np.asarray(faces).reshape(-1, 3)
+        faces = np.asarray(faces)
+        if faces.ndim != 2:
+            faces = faces.reshape(-1, 3)
         kept = _kept_faces(pos, faces)
         idx = np.ascontiguousarray(faces if kept is None else faces[kept], dtype=np.int32)
         with self._context():  # make current: several instances may coexist
-            fbo = self._draw(pos, faces, idx, K, width, height)
+            fbo = self._draw(pos, faces, idx, K, width, height, cull_back_faces)
             return _read_back(fbo, kept, width, height)
 
-    def _draw(self, pos, faces, idx, K, width: int, height: int):
+    def _draw(self, pos, faces, idx, K, width: int, height: int, cull_back_faces: bool = False):
         """Render kept faces idx (F',3) int32 into the cached FBO; return it."""
         import moderngl
 
         fbo = self._framebuffer(width, height)
         fbo.use()
         fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
-        self._ctx.enable_only(moderngl.DEPTH_TEST)
+        self._ctx.enable_only(moderngl.DEPTH_TEST | (moderngl.CULL_FACE if cull_back_faces else 0))
         self._ctx.depth_func = "<"
         if len(idx):
             proj = projection_matrix(K, width, height)
@@ -289,7 +294,7 @@ def get_rasterizer() -> GLRasterizer:
 
 
 def rasterize(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray,
-              width: int, height: int) -> dict:
+              width: int, height: int, cull_back_faces: bool = False) -> dict:
     """Rasterise a triangle mesh given in the OpenCV camera frame.
 
     Args:
@@ -297,9 +302,10 @@ def rasterize(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray,
         faces: (F,3) int vertex indices.
         K: (3,3) float pinhole intrinsics (last row [0, 0, 1]).
         width, height: image size in pixels.
+        cull_back_faces: skip faces turned away from the camera (see module docstring).
 
     Returns:
         dict with ``triangle_id`` (H,W) int32, ``depth`` (H,W) float32,
         ``normal`` (H,W,3) float32, ``mask`` (H,W) bool (see module docstring).
     """
-    return get_rasterizer().rasterize(vertices, faces, K, width, height)
+    return get_rasterizer().rasterize(vertices, faces, K, width, height, cull_back_faces)

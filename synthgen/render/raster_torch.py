@@ -8,7 +8,8 @@ Conventions (shared with :mod:`synthgen.render.raster_gl`, same interface):
   ``(u, v) = (K @ X)[:2] / (K @ X)[2]`` exactly (no half-pixel offset).
 * Near plane: any triangle with a vertex at ``z <= NEAR`` (0.01 m) is culled
   entirely (not clipped).
-* Faces are double-sided (no back-face culling).
+* Faces are double-sided unless ``cull_back_faces``: then faces whose winding
+  turns away from the camera are skipped (as raster_gl does).
 * A pixel centre lying exactly on an edge shared by two triangles may go to
   either of them, but there are no cracks: coverage uses inclusive edge tests
   with a small tolerance.
@@ -51,7 +52,7 @@ _EMPTY = torch.iinfo(torch.int64).max
 
 
 def rasterize(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray,
-              width: int, height: int) -> dict:
+              width: int, height: int, cull_back_faces: bool = False) -> dict:
     """Rasterise a triangle mesh given in the OpenCV camera frame.
 
     Args:
@@ -59,6 +60,7 @@ def rasterize(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray,
         faces: (F,3) int vertex indices.
         K: (3,3) float pinhole intrinsics.
         width, height: image size in pixels.
+        cull_back_faces: skip faces turned away from the camera.
 
     Returns:
         dict with ``triangle_id`` (H,W) int32, ``depth`` (H,W) float32,
@@ -68,7 +70,7 @@ def rasterize(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray,
     f = torch.from_numpy(np.ascontiguousarray(faces, dtype=np.int64)).reshape(-1, 3)
     k = torch.from_numpy(np.ascontiguousarray(K, dtype=np.float64)).reshape(3, 3)
     with torch.no_grad():
-        setup = _setup_faces(*_project(v, k), f, width, height)
+        setup = _setup_faces(*_project(v, k), f, width, height, cull_back_faces)
         key = _zbuffer(setup, width, height)
         return _shade(key, setup, v, f, k, width, height)
 
@@ -90,7 +92,7 @@ def _max3(a, b, c):
 
 
 def _setup_faces(u: torch.Tensor, v: torch.Tensor, z: torch.Tensor,
-                 f: torch.Tensor, width: int, height: int) -> dict:
+                 f: torch.Tensor, width: int, height: int, cull_back_faces: bool = False) -> dict:
     """Cull faces and build the per-face raster setup.
 
     Args: u, v, z (V,) float64 projected vertices; f (F,3) int64.
@@ -112,6 +114,8 @@ def _setup_faces(u: torch.Tensor, v: torch.Tensor, z: torch.Tensor,
     bw, bh = (c1 - c0 + 1).clamp(min=0), (r1 - r0 + 1).clamp(min=0)
     area2 = (fu[1] - fu[0]) * (fv[2] - fv[0]) - (fv[1] - fv[0]) * (fu[2] - fu[0])
     keep = (_min3(*fz) > NEAR) & (area2.abs() > 1e-12) & (bw * bh > 0)
+    if cull_back_faces:
+        keep &= area2 < 0
     ids = keep.nonzero().squeeze(1)
     sel = [t.index_select(0, ids) for t in (*fu, *fv, *fz, area2, c0, r0, bw, bh)]
     fu, fv, iz = sel[0:3], sel[3:6], [1.0 / t for t in sel[6:9]]

@@ -19,10 +19,11 @@ but ``segment-anything`` imports ``torchvision``, which on our CPU machines exis
 torch, loads from a Hugging Face id or a local folder with ``from_pretrained``, and lets the
 image encoder run batched. Masks are the same up to resize interpolation details.
 
-Batching: images go through SAM's ViT image encoder in batches; the prompt encoder and mask
-decoder (a small fraction of the cost) then run once per image with exactly that image's
-prompts, so a sample's mask does not depend on which other samples share its batch (no point
-padding).
+Batching and device: SAM runs on the image backend's device (fp16 on CUDA, fp32 on CPU:
+``filter.sam.dtype``). Per batch, resizing/normalising, the ViT image encoder, the prompt
+encoder and mask decoder (one call per group of images with the same number of point prompts:
+never padded, so a sample's mask does not depend on its batch), mask upscaling and the IoU and
+keypoint scores all run there; only the scores come back to the host.
 
 Note: with ``point_prompts`` the keypoints that prompted SAM are usually inside its mask by
 construction, so ``keypoints_in_sam_mask`` then mostly checks the keypoints that were not used
@@ -40,6 +41,7 @@ import numpy as np
 
 from synthgen.generate.model_check import (check_sam_model, locate, missing_entry, missing_model_error,
                                            sam_model)
+from synthgen.generate.speed import DeviceClock
 from synthgen.labels import bbox_from_mask
 from synthgen.recipe import FilterConfig, SamConfig
 
@@ -193,14 +195,32 @@ def _load_sam(config: SamConfig, dtype: Any) -> tuple[Any, Any]:
     return processor, model
 
 
+def _sam_dtype(config: SamConfig, device: Any) -> Any:
+    """``config.dtype`` as a torch dtype; ``auto`` = fp16 on CUDA, fp32 elsewhere."""
+    import torch
+
+    name = config.dtype
+    if name == "auto":
+        name = "fp16" if device.type == "cuda" else "fp32"
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
 class SamAligner:
-    """Masks from a transformers ``SamModel``, prompted with boxes and optional points.
+    """Masks from a transformers ``SamModel``, prompted with boxes and optional points, computed
+    on ``device`` from end to end.
 
     ``config.model``: a Hugging Face id (e.g. ``facebook/sam-vit-base``) or a local folder
     holding ``config.json`` + weights + the ``SamProcessor`` config, as written by
     ``save_pretrained``. Missing weights raise :class:`~synthgen.errors.MissingModelError` here,
-    before any work.
-    ``batch_size`` images go through the image encoder at once.
+    before any work. ``config.dtype`` (auto: fp16 on CUDA, fp32 on CPU) is the model's precision.
+
+    Per batch of ``batch_size`` images: resizing (longest side to the processor's
+    ``longest_edge``, bilinear with antialiasing, rounded to 8-bit levels as the processor's PIL
+    resize does), normalising and padding run on the device; the ViT image encoder runs once on
+    the batch; the prompt encoder and mask decoder run once per group of images with the same
+    number of point prompts (no padding points: a padded prompt would change a mask, so a
+    sample's mask does not depend on its batch); masks are upscaled and thresholded on the
+    device. :attr:`timing` ``["sam"]`` holds the device seconds spent.
     """
 
     def __init__(self, config: SamConfig, device: str | Any = "cpu", batch_size: int = 4,
@@ -211,70 +231,140 @@ class SamAligner:
         self.device = _resolve_device(device)
         self.batch_size = max(1, int(batch_size))
         self.max_points = max_points
-        self.dtype = dtype or torch.float32
+        self.dtype = dtype or _sam_dtype(config, self.device)
         start = time.perf_counter()
         self.processor, self.model = _load_sam(config, self.dtype)
         self.model.to(self.device).eval()
-        self.target_size = int(self.processor.image_processor.size["longest_edge"])
-        log.info("SAM %s loaded on %s in %.2f s", config.model, self.device, time.perf_counter() - start)
+        images = self.processor.image_processor
+        self.target_size = int(images.size["longest_edge"])
+        self.pad_size = (int(images.pad_size["height"]), int(images.pad_size["width"]))
+        self.mean = torch.tensor(images.image_mean, dtype=torch.float32, device=self.device).view(3, 1, 1)
+        self.std = torch.tensor(images.image_std, dtype=torch.float32, device=self.device).view(3, 1, 1)
+        self.timing: dict[str, float] = {}
+        self.clock = DeviceClock(str(self.device), self.timing)
+        log.info("SAM %s loaded on %s (%s) in %.2f s", config.model, self.device,
+                 str(self.dtype).removeprefix("torch."), time.perf_counter() - start)
 
     def _scale(self, height: int, width: int) -> tuple[float, float]:
         """Pixel -> model-input coordinate factors (x, y), as SAM resizes the longest side."""
-        scale = self.target_size / max(height, width)
-        new_h, new_w = int(height * scale + 0.5), int(width * scale + 0.5)
+        new_h, new_w = self._resized(height, width)
         return new_w / width, new_h / height
+
+    def _resized(self, height: int, width: int) -> tuple[int, int]:
+        scale = self.target_size / max(height, width)
+        return int(height * scale + 0.5), int(width * scale + 0.5)
 
     def masks(self, images: Sequence[np.ndarray], boxes: Sequence[Sequence[float]],
               points: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
-        """One (H, W) bool mask per image.
+        """One (H, W) bool mask per image, as NumPy (see :meth:`device_masks`)."""
+        return [mask.cpu().numpy() for mask in self.device_masks(images, boxes, points)]
 
-        images: (H, W, 3) uint8 RGB (or float in [0, 1]; (H, W) gray is repeated to RGB).
-        boxes: [x0, y0, x1, y1] per image in pixels. points: per image an (N, 2) array of
-        positive points in pixels (None or empty = box only); at most ``max_points`` are used,
-        spread out. SAM returns a single mask (``multimask_output=False``): with a box prompt
-        the target is unambiguous, the case SAM's authors give for one output mask.
+    def device_masks(self, images: Sequence[Any], boxes: Sequence[Sequence[float]],
+                     points: Sequence[np.ndarray | None] | None = None) -> list[Any]:
+        """One (H, W) bool mask per image, a tensor on the device.
+
+        images: (H, W, 3) uint8 RGB, NumPy or a tensor on any device (or float in [0, 1];
+        (H, W) gray is repeated to RGB). boxes: [x0, y0, x1, y1] per image in pixels. points:
+        per image an (N, 2) array of positive points in pixels (None or empty = box only); at
+        most ``max_points`` are used, spread out. SAM returns a single mask
+        (``multimask_output=False``): with a box prompt the target is unambiguous, the case SAM's
+        authors give for one output mask.
         """
         import torch
 
         if len(boxes) != len(images) or (points is not None and len(points) != len(images)):
             raise ValueError(f"masks: {len(images)} images need as many boxes and points lists, "
                              f"got {len(boxes)} boxes and {None if points is None else len(points)}")
-        out: list[np.ndarray] = []
+        out: list[Any] = []
         for start in range(0, len(images), self.batch_size):
             stop = min(start + self.batch_size, len(images))
-            batch = [_as_rgb8(image) for image in images[start:stop]]
-            t0 = time.perf_counter()
-            encoded = self.processor(images=batch, return_tensors="pt")
-            pixel_values = encoded["pixel_values"].to(self.device, self.dtype)
-            with torch.inference_mode():
-                embeddings = self.model.get_image_embeddings(pixel_values)
-                for j, image in enumerate(batch):
-                    i = start + j
-                    pts = None if points is None else points[i]
-                    out.append(self._decode(embeddings[j:j + 1], image.shape[:2], boxes[i], pts,
-                                            encoded["original_sizes"][j:j + 1],
-                                            encoded["reshaped_input_sizes"][j:j + 1]))
-            log.debug("SAM: %d images in %.3f s", stop - start, time.perf_counter() - t0)
+            batch = [self._as_tensor(image) for image in images[start:stop]]
+            prompts = [self._prompt(image.shape[:2], boxes[i], None if points is None else points[i])
+                       for i, image in zip(range(start, stop), batch)]
+            with self.clock.timing("sam"), torch.inference_mode():
+                embeddings = self.model.get_image_embeddings(self._pixel_values(batch))
+                logits = self._decode(embeddings, prompts)
+                out += [m.clone() for m in self._upscale(logits, [image.shape[:2] for image in batch])]
+            log.debug("SAM: %d images", stop - start)
         return out
 
-    def _decode(self, embedding, size: tuple[int, int], box: Sequence[float], points,
-                original_sizes, reshaped_sizes) -> np.ndarray:
+    def _as_tensor(self, image: Any) -> Any:
+        """(H, W, 3) uint8 RGB on the device."""
         import torch
 
+        if isinstance(image, torch.Tensor):
+            if image.dtype == torch.uint8 and image.ndim == 3 and image.shape[-1] == 3:
+                return image.to(self.device, non_blocking=True)
+            image = image.cpu().numpy()
+        return torch.from_numpy(_as_rgb8(image)).to(self.device)
+
+    def _pixel_values(self, batch: list[Any]) -> Any:
+        """(B, 3, P, P) model input: each image resized (longest side ``target_size``), in
+        8-bit levels, normalised, zero-padded at the bottom and right to ``pad_size``."""
+        import torch
+        import torch.nn.functional as F
+
+        pixel_values = torch.zeros((len(batch), 3, *self.pad_size), dtype=torch.float32, device=self.device)
+        for k, image in enumerate(batch):
+            height, width = self._resized(*image.shape[:2])
+            chw = image.permute(2, 0, 1)[None].float()
+            if (height, width) != tuple(image.shape[:2]):
+                chw = F.interpolate(chw, (height, width), mode="bilinear", antialias=True,
+                                    align_corners=False).round_().clamp_(0, 255)
+            pixel_values[k, :, :height, :width] = (chw[0] * (1 / 255) - self.mean) / self.std
+        return pixel_values.to(self.dtype)
+
+    def _prompt(self, size: tuple[int, int], box: Sequence[float], points) -> tuple[list[float], np.ndarray | None]:
+        """The box and (at most ``max_points``) points of one image in model-input coordinates."""
         sx, sy = self._scale(*size)
         x0, y0, x1, y1 = (float(v) for v in box)
-        kwargs: dict[str, Any] = {"input_boxes": torch.tensor([[[x0 * sx, y0 * sy, x1 * sx, y1 * sy]]],
-                                                              dtype=self.dtype, device=self.device)}
+        chosen = None
         if points is not None and len(points):
             chosen = select_points(points, self.max_points) * np.array([sx, sy])
-            kwargs["input_points"] = torch.tensor(chosen[None, None], dtype=self.dtype, device=self.device)
-            kwargs["input_labels"] = torch.ones((1, 1, len(chosen)), dtype=torch.long, device=self.device)
-        # a box (with or without points) is not ambiguous: one mask, as SAM's authors advise
-        # (multimask_output=True is for a lone point, where whole/part/subpart are all plausible)
-        result = self.model(image_embeddings=embedding, multimask_output=False, **kwargs)
-        low_res = result.pred_masks[:, :1, :1].float().cpu()  # (1, 1, 1, h, w) logits
-        mask = self.processor.post_process_masks(low_res, original_sizes, reshaped_sizes)[0]
-        return mask[0, 0].numpy().astype(bool)
+        return [x0 * sx, y0 * sy, x1 * sx, y1 * sy], chosen
+
+    def _decode(self, embeddings, prompts: list[tuple[list[float], np.ndarray | None]]) -> Any:
+        """(B, h, w) low-resolution mask logits: one decoder call per group of images with the
+        same number of points (a box, with or without points, is not ambiguous: one mask, as
+        SAM's authors advise)."""
+        import torch
+
+        groups: dict[int, list[int]] = {}
+        for k, (_, pts) in enumerate(prompts):
+            groups.setdefault(0 if pts is None else len(pts), []).append(k)
+        logits = None
+        for count, members in groups.items():
+            kwargs: dict[str, Any] = {"input_boxes": torch.tensor(
+                [[prompts[k][0]] for k in members], dtype=self.dtype, device=self.device)}
+            if count:
+                kwargs["input_points"] = torch.tensor(np.stack([prompts[k][1] for k in members])[:, None],
+                                                      dtype=self.dtype, device=self.device)
+                kwargs["input_labels"] = torch.ones((len(members), 1, count), dtype=torch.long, device=self.device)
+            result = self.model(image_embeddings=embeddings[members], multimask_output=False, **kwargs)
+            low_res = result.pred_masks[:, 0, 0].float()  # (G, h, w)
+            if logits is None:
+                logits = low_res.new_empty((len(prompts), *low_res.shape[1:]))
+            logits[members] = low_res
+        return logits
+
+    def _upscale(self, logits, sizes: list[tuple[int, int]]) -> list[Any]:
+        """(H, W) bool masks: logits upscaled to the padded input, cropped to the resized image,
+        upscaled to the original size and thresholded at 0 (``SamProcessor.post_process_masks``),
+        one interpolation per group of equal image sizes."""
+        import torch.nn.functional as F
+
+        groups: dict[tuple[int, int], list[int]] = {}
+        for k, size in enumerate(sizes):
+            groups.setdefault(tuple(size), []).append(k)
+        out: list[Any] = [None] * len(sizes)
+        for (height, width), members in groups.items():
+            resized = self._resized(height, width)
+            masks = F.interpolate(logits[members][:, None], self.pad_size, mode="bilinear", align_corners=False)
+            masks = masks[..., :resized[0], :resized[1]]
+            masks = F.interpolate(masks, (height, width), mode="bilinear", align_corners=False)[:, 0] > 0
+            for k, mask in zip(members, masks):
+                out[k] = mask
+        return out
 
 
 def _as_rgb8(image: np.ndarray) -> np.ndarray:
@@ -307,6 +397,43 @@ def _people(sample: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"id": record["id"], "box": [x, y, x + w, y + h], "points": keypoints[keypoints[:, 2] == 2, :2],
                     "keypoints_2d": keypoints, "pixels": pixels})
     return out
+
+
+def _mask_scores(masks: Sequence[Any], people: Sequence[dict[str, Any]]) -> list[tuple[float, float]]:
+    """(IoU with the person's rendered pixels, fraction of its visible keypoints inside) per SAM
+    mask, computed where the masks are (the device, for SAM's own) and brought back together as
+    one (J, 2) float64 array: :func:`mask_iou` and :func:`keypoints_in_mask` on tensors, with the
+    same integer counts and float64 ratios."""
+    import torch
+
+    if not len(masks):
+        return []
+    rows = []
+    for mask, person in zip(masks, people):
+        mask = torch.as_tensor(mask)
+        pixels = torch.from_numpy(np.ascontiguousarray(person["pixels"])).to(mask.device, non_blocking=True)
+        if mask.shape != pixels.shape:
+            raise ValueError(f"mask_iou: masks differ in shape, {tuple(mask.shape)} vs {tuple(pixels.shape)}")
+        union = (mask | pixels).sum().double()
+        iou = torch.where(union > 0, (mask & pixels).sum().double() / union.clamp(min=1), 1.0)
+        rows.append(torch.stack([iou, _keypoints_inside(person["keypoints_2d"], mask)]))
+    return [(float(a), float(b)) for a, b in torch.stack(rows).cpu().numpy()]
+
+
+def _keypoints_inside(keypoints_2d: np.ndarray, mask: Any) -> Any:
+    """:func:`keypoints_in_mask` of an (H, W) bool tensor: a float64 scalar on its device."""
+    import torch
+
+    kp = np.asarray(keypoints_2d, dtype=np.float64).reshape(-1, 3)
+    visible = kp[kp[:, 2] == 2]
+    if len(visible) == 0:
+        return torch.tensor(1.0, dtype=torch.float64, device=mask.device)
+    cols, rows = np.rint(visible[:, 0]), np.rint(visible[:, 1])
+    height, width = mask.shape
+    inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height) & np.isfinite(cols + rows)
+    index = torch.from_numpy(rows[inside].astype(np.int64) * width + cols[inside].astype(np.int64))
+    hits = mask.reshape(-1)[index.to(mask.device)].sum().double()
+    return hits / len(visible)
 
 
 def _verdict(people: list[dict[str, Any]], policy: str) -> dict[str, Any]:
@@ -370,18 +497,16 @@ class SampleFilter:
                 else:
                     jobs += [(i, person) for person in _people(sample)]
         if sam_masks is not None:
-            masks = [sam_masks[i] for i, _ in jobs]
+            masks = [np.asarray(sam_masks[i]) != 0 for i, _ in jobs]
         elif jobs:
             assert self.aligner is not None
-            masks = self.aligner.masks([samples[i]["image"] for i, _ in jobs], [p["box"] for _, p in jobs],
-                                       [p["points"] for _, p in jobs] if sam.point_prompts else None)
+            images = [samples[i].get("image_device", samples[i]["image"]) for i, _ in jobs]
+            masks = self.aligner.device_masks(images, [p["box"] for _, p in jobs],
+                                              [p["points"] for _, p in jobs] if sam.point_prompts else None)
         else:
             masks = []
         scores: dict[int, list[dict[str, Any]]] = {}
-        for (i, person), sam_mask in zip(jobs, masks):
-            sam_mask = np.asarray(sam_mask) != 0
-            iou = mask_iou(sam_mask, person["pixels"])
-            inside = keypoints_in_mask(person["keypoints_2d"], sam_mask)
+        for (i, person), (iou, inside) in zip(jobs, _mask_scores(masks, [p for _, p in jobs])):
             reason = ("sam_iou" if iou < sam.min_iou else
                       "keypoints_outside_sam_mask" if inside < sam.min_keypoints_in_mask else None)
             scores.setdefault(i, []).append({"id": person["id"], "sam_iou": round(iou, 6),

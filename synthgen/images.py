@@ -120,11 +120,15 @@ class ImageFactory:
         return PromptBuilder(self.recipe.prompt, subject_kind=self.recipe.subject.kind)
 
     def _filter(self, device: str | None):
+        """The filter on the image backend's device (SAM beside the diffusion pipeline), SAM
+        batched like the backend."""
         if self.recipe.backend.kind == "none":
             return None
         from synthgen.filter import SampleFilter
 
-        return SampleFilter(self.recipe.filter, device or "cpu")
+        device = getattr(self.backend, "device", None) or device or "cpu"
+        batch = self.batch_size if self.recipe.backend.kind == "controlnet" else 4  # a CPU backend's 32: too big for SAM
+        return SampleFilter(self.recipe.filter, device, batch_size=batch)
 
     # 1. subjects ------------------------------------------------------------------------------
     def pose_subjects(self, indices: list[int], attempt: int = 0) -> list[list]:
@@ -282,6 +286,22 @@ class ImageFactory:
         ok = [s for s in batch if "error" not in s]
         if not ok:
             return
+        try:
+            self._generate_and_filter(ok)
+        finally:  # images leave the device as uint8 NumPy; nothing written holds device memory
+            for sample in ok:
+                sample.pop("image_device", None)
+        for key, seconds in self.device_timing.items():
+            self.timing[key] = seconds
+
+    @property
+    def device_timing(self) -> dict[str, float]:
+        """Device seconds so far: ``diffusion`` (and ``compile``) of the backend, ``sam`` of the filter."""
+        out = dict(getattr(self.backend, "timing", {}))
+        aligner = getattr(self.sample_filter, "aligner", None)
+        return out | ({"sam": aligner.timing.get("sam", 0.0)} if aligner is not None else {})
+
+    def _generate_and_filter(self, ok: list[dict[str, Any]]) -> None:
         self.backend.generate(ok)
         ok = [s for s in ok if "error" not in s]
         for sample in ok:

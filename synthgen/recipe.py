@@ -385,6 +385,36 @@ class ControlNetUnit(_Strict):
         return {"layer": self.layer} | at
 
 
+Auto = Literal["auto"]
+
+
+class SpeedConfig(_Strict):
+    """How the controlnet backend keeps a GPU busy. ``auto`` = on when running on CUDA (or, for the
+    VAE options, at 1024x1024 and above); every option leaves sample i's seeds and inputs alone
+    (fused/compiled kernels round differently from eager ones, so they are part of the recipe)."""
+
+    channels_last: bool | Auto = Field("auto", description="channels_last memory layout of the "
+                                       "denoiser, ControlNets and VAE (faster convolutions on GPUs)")
+    fuse_qkv: bool | Auto = Field("auto", description="fuse the attention query/key/value projections "
+                                  "of the denoiser, ControlNets and VAE into one matmul")
+    compile: bool = Field(False, description="torch.compile the denoiser, the ControlNets and the VAE "
+                          "decoder (fixed shapes: one warm-up call per process, minutes the first time, "
+                          "seconds once compile_cache holds the kernels)")
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = Field(
+        "default", description="torch.compile mode (CUDA graphs are not used: the device loop runs in "
+        "a worker thread)")
+    compile_cache: str | None = Field("~/.cache/synthgen/inductor", description="persistent "
+                                      "TORCHINDUCTOR_CACHE_DIR shared by runs and ranks; null = torch's "
+                                      "default (a temporary folder)")
+    vae_slicing: bool | Auto = Field("auto", description="decode the batch one image at a time (same "
+                                     "pixels, less memory); auto = at 1024x1024 and above")
+    vae_tiling: bool | Auto = Field("auto", description="decode in overlapping tiles when the image is "
+                                    "larger than the VAE's own sample size (less memory; tiles blend); "
+                                    "auto = at 1024x1024 and above")
+    oom_halving: bool = Field(True, description="a CUDA out-of-memory error halves the batch and "
+                              "retries (logged); false = the error stops the run")
+
+
 class ControlNetConfig(_Strict):
     """diffusers ControlNet pipelines. Models come from a Hugging Face id or a local folder."""
 
@@ -414,6 +444,7 @@ class ControlNetConfig(_Strict):
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto = cuda when available")
     local_files_only: bool = Field(False, description="never contact the hub (HF_HUB_OFFLINE=1 "
                                    "does the same)")
+    speed: SpeedConfig = Field(default_factory=SpeedConfig, description="GPU speed options")
 
     @model_validator(mode="after")
     def _windows(self) -> "ControlNetConfig":
@@ -472,6 +503,8 @@ class SamConfig(_Strict):
                                          "of visible keypoints inside SAM's mask is below this "
                                          "(limbs drawn elsewhere)")
     point_prompts: bool = Field(True, description="also prompt SAM with the visible keypoints")
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="SAM's weights and "
+                                                           "activations; auto = fp16 on CUDA, fp32 on CPU")
     group_policy: Literal["all", "drop"] = Field("all", description="several people per image "
                                                  "(scene.people): SAM checks each person (its box and "
                                                  "keypoints); all = reject the image when anyone fails; "
@@ -565,6 +598,18 @@ class Recipe(_Strict):
                     raise ValueError(f"image.{name}={value}: FLUX needs multiples of 16 (diffusers "
                                      f"would silently resize the image and the labels would no longer "
                                      f"match it); use {value // 16 * 16} or {value // 16 * 16 + 16}")
+        return self
+
+    @model_validator(mode="after")
+    def _whole_batches_per_shard(self) -> "Recipe":
+        if self.backend.kind == "controlnet":
+            batch, shard = self.backend.controlnet.batch_size, self.output.shard_size
+            if shard % batch:
+                low, high = max(batch, shard // batch * batch), (shard // batch + 1) * batch
+                fix = f"{low} or {high}" if low != high and shard > batch else f"{high}"
+                raise ValueError(f"output.shard_size={shard} is not a multiple of backend.controlnet.batch_size="
+                                 f"{batch} (every diffusion batch has one fixed shape inside one shard); "
+                                 f"set output.shard_size to {fix}")
         return self
 
     @model_validator(mode="after")

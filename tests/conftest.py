@@ -27,6 +27,12 @@ def small_recipe(**sections):
             data[key] = data[key] | value
         else:
             data[key] = value
+    backend = data.get("backend")
+    if isinstance(backend, dict) and backend.get("kind") == "controlnet":
+        # shard_size must be a multiple of the diffusion batch: small shards get a small batch
+        controlnet = backend.setdefault("controlnet", {})
+        if isinstance(controlnet, dict) and "batch_size" not in controlnet:
+            backend["controlnet"] = controlnet | {"batch_size": 2 if data["output"].get("shard_size", 64) % 2 == 0 else 1}
     return recipe_from_dict(data)
 
 

@@ -91,7 +91,8 @@ def test_generators_are_made_on_the_cpu(sd15, monkeypatch):
     pipe = backend.pipe
     monkeypatch.setattr(backend, "pipe", lambda **kw: calls.append(kw) or pipe(**kw))
     backend.generate([_sample(5)])
-    assert [g.device.type for g in calls[0]["generator"]] == ["cpu"]
+    # one generator per image of the padded call (batch_size of them), all on the CPU
+    assert [g.device.type for g in calls[0]["generator"]] == ["cpu"] * backend.batch_size
 
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])

@@ -19,7 +19,8 @@ from synthgen.run import generate
 from tests.conftest import ROOT
 
 RECIPES = sorted(p.name for p in (ROOT / "recipes").glob("*.yaml"))
-SMALL = ["num_samples=4", "image.width=64", "image.height=64", "output.shard_size=2"]
+SMALL = ["num_samples=4", "image.width=64", "image.height=64", "output.shard_size=2",
+         "backend.controlnet.batch_size=2"]  # shard_size must be a multiple of the diffusion batch
 # licensed or downloaded subjects swapped for the embedded ones
 EMBEDDED_SUBJECTS = {"genzoo.yaml": ["subject.model=quadruped", "subject.model_path=null",
                                      "subject.animal.cluster_file=null"],

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -198,7 +199,8 @@ def generate(factory_class: type, recipe: Recipe, out_dir: str | Path, workers: 
     if ranks.rank == 0:
         write.check_output_dir(out_dir, recipe)
         write.write_manifest(out_dir, recipe, tasks)
-    ranks.barrier()
+        clear_rank_markers(out_dir)
+    ranks.barrier()  # the only collective: every rank starts together (the end is polled on disk)
     rank_log = _log_to_file(out_dir / "logs" / f"rank-{ranks.rank}.log", ranks)
     mine = [t for t in tasks if t.index % ranks.world == ranks.rank and not write.is_complete(out_dir, t)]
     log.info("rank %d/%d: %d of %d shards to write into %s", ranks.rank, ranks.world, len(mine),
@@ -207,6 +209,7 @@ def generate(factory_class: type, recipe: Recipe, out_dir: str | Path, workers: 
     start = time.perf_counter()
     uses_gpu = recipe.backend.kind == "controlnet"
     workers = max(1, workers if uses_gpu else min(workers, len(mine)))
+    failure = None
     try:
         if not mine:
             pass
@@ -218,19 +221,75 @@ def generate(factory_class: type, recipe: Recipe, out_dir: str | Path, workers: 
                             loader_workers or 0)
         else:
             _run_in_pool(factory_class, recipe, out_dir, mine, tasks, workers, bar.tick)
+    except BaseException as exc:
+        failure = f"{type(exc).__name__}: {exc}"
+        raise
     finally:
+        elapsed = time.perf_counter() - start
+        made = sum(t.stop - t.start for t in mine)
+        stats = {"last_run_seconds": round(elapsed, 3), "last_run_samples": made,
+                 "last_run_samples_per_second": round(made / elapsed, 3) if elapsed > 0 else None,
+                 "workers": workers, "world_size": ranks.world}
+        if ranks.world > 1:  # on the shared output folder: rank 0 waits for these, not a collective
+            mark_rank_done(out_dir, ranks.rank, stats, failure)
+        if ranks.rank == 0 and ranks.world > 1 and failure is None:
+            wait_for_ranks(out_dir, ranks.world)  # the bar keeps refreshing from the sidecars
         bar.close()
-    elapsed = time.perf_counter() - start
-    ranks.barrier()
-    made = sum(t.stop - t.start for t in mine)
-    stats = {"last_run_seconds": round(elapsed, 3), "last_run_samples": made,
-             "last_run_samples_per_second": round(made / elapsed, 3) if elapsed > 0 else None,
-             "workers": workers, "world_size": ranks.world}
-    logging.getLogger("synthgen").removeHandler(rank_log)
-    rank_log.close()
+        logging.getLogger("synthgen").removeHandler(rank_log)
+        rank_log.close()
     if ranks.rank != 0:  # rank 0 alone writes the manifest
         return {"rank": ranks.rank, "stats": stats}
     return write.write_manifest(out_dir, recipe, tasks, stats)
+
+
+# --- the end of a run: polled on the shared output folder ---------------------------------------
+RANK_MARKERS = "logs/rank-{rank}.done"
+
+
+def _marker(out_dir: Path, rank: int) -> Path:
+    return Path(out_dir) / RANK_MARKERS.format(rank=rank)
+
+
+def clear_rank_markers(out_dir: Path) -> None:
+    """Rank 0, before the start barrier: remove the markers of an earlier run."""
+    for stale in (Path(out_dir) / "logs").glob("rank-*.done"):
+        stale.unlink(missing_ok=True)
+
+
+def mark_rank_done(out_dir: Path, rank: int, stats: dict[str, Any], failure: str | None = None) -> None:
+    """Write ``logs/rank-R.done`` (JSON: stats, the failure if any), atomically."""
+    path = _marker(out_dir, rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
+    tmp.write_text(json.dumps({"rank": rank, "stats": stats, "failure": failure}))
+    os.replace(tmp, path)
+
+
+def wait_for_ranks(out_dir: Path, world: int, poll_s: float = 5.0, report_s: float = 600.0,
+                   on_poll: Callable[[], None] | None = None) -> dict[int, dict[str, Any]]:
+    """Rank 0 waits, however long, until every rank has written its marker; returns them by rank.
+
+    Ranks may end hours apart (one SDXL shard is ~20 minutes): a collective would time out
+    (torch.distributed's default is 10 minutes), so rank 0 polls the shared output folder every
+    ``poll_s`` seconds and logs which ranks it is waiting for every ``report_s`` seconds. A rank
+    that dies without a marker is the launcher's to report (torchrun stops the group).
+    """
+    start = last_report = time.monotonic()
+    while True:
+        done = {r: _marker(out_dir, r) for r in range(world) if _marker(out_dir, r).is_file()}
+        if len(done) == world:
+            infos = {r: json.loads(path.read_text()) for r, path in done.items()}
+            for r, info in infos.items():
+                if info.get("failure"):
+                    log.error("rank %d failed: %s", r, info["failure"])
+            return infos
+        if on_poll is not None:
+            on_poll()
+        if time.monotonic() - last_report >= report_s:
+            last_report = time.monotonic()
+            log.info("waiting for ranks %s to finish (%.0f min so far)",
+                     sorted(set(range(world)) - set(done)), (last_report - start) / 60)
+        time.sleep(poll_s)
 
 
 def _log_to_file(path: Path, ranks: Ranks) -> logging.Handler:

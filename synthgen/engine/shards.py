@@ -9,6 +9,8 @@ sidecar's ``gave_up``); failed ones in the sidecar, counted against ``output.max
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,62 +29,189 @@ def error_budget(recipe: Recipe) -> int:
     return int(limit * recipe.num_samples) if limit < 1 else int(limit)
 
 
+WRITE_AHEAD = 2  # batches of accepted samples queued for a shard's writer thread
+
+
 def write_shards(factory: Factory, out_dir: Path, tasks: list[write.ShardTask], loader_workers: int = 0,
                  on_sample: Callable[[], None] | None = None,
-                 errors_before: Callable[[], int] = lambda: 0) -> list[dict[str, Any]]:
+                 errors_before: Callable[[], int] = lambda: 0,
+                 ahead: int = WRITE_AHEAD) -> list[dict[str, Any]]:
     """Write ``tasks`` from one sample stream (so loader workers start once); returns the sidecars.
 
     ``errors_before()`` counts failures already recorded (other shards, other processes).
+    The device stages run in this thread; each shard's accepted samples go through a queue of
+    ``ahead`` batches to a writer thread that encodes them and writes the tar while the next
+    batches diffuse (``ahead=0``: encoded and written here, one after another; the bytes are
+    the same either way).
     """
     indices = [i for t in tasks for i in range(t.start, t.stop)]
     stream = finished_samples(factory, indices, loader_workers, keep_errors=True)
-    return [_write_one(factory, Path(out_dir), task, stream, on_sample, errors_before()) for task in tasks]
+    out_dir, depth = Path(out_dir), ahead * factory.batch_size
+    writers: list[_Writer] = []
+    infos: list[dict[str, Any]] = []
+    try:
+        for task in tasks:
+            unwritten = sum(len(w.report["errors"]) for w in writers)  # failures not on disk yet
+            report, accepted = _shard_samples(factory, task, stream, on_sample, errors_before() + unwritten)
+            if depth <= 0:
+                infos.append(_write_now(factory, out_dir, task, accepted, report))
+                continue
+            writer = _Writer(factory, out_dir, task, report, depth)
+            writers.append(writer)
+            for sample in accepted:
+                writer.put(sample)
+            writer.close()
+            while len(writers) > 1:  # the previous shard's writer finishes while this one fills
+                infos.append(writers.pop(0).result())
+        infos += [w.result() for w in writers]
+        writers = []
+        return infos
+    finally:
+        for writer in writers:  # an error here: the partial files go, nothing is renamed
+            writer.abort()
 
 
-def _write_one(factory: Factory, out_dir: Path, task: write.ShardTask, stream: Iterator[dict[str, Any]],
-               on_sample: Callable[[], None] | None, errors_before: int) -> dict[str, Any]:
-    report: dict[str, Any] = {"rejected": [], "errors": [], "filter": []}
-    rejected_records: list[dict[str, Any]] = []
+def _write_now(factory: Factory, out_dir: Path, task: write.ShardTask, accepted: Iterator[dict[str, Any]],
+               report: dict[str, Any]) -> dict[str, Any]:
+    """Encode and write ``accepted`` in this thread (``ahead=0``)."""
+    times = {"encode": 0.0, "write": 0.0}
+    info = write.write_shard(out_dir, task, _encoded(factory, accepted, times, report), report,
+                             rejected=lambda: report.pop("_rejected_records"))
+    return info
+
+
+def _encoded(factory: Factory, samples: Iterator[dict[str, Any]], times: dict[str, float],
+             report: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Records of ``samples``; ``times`` adds up encoding and tar writing (between yields), put
+    in ``report`` as ``writer_encode_seconds`` / ``writer_write_seconds`` at the end."""
+    for sample in samples:
+        t0 = time.perf_counter()
+        record = factory.encode(sample)
+        t1 = time.perf_counter()
+        yield record  # the tar writer writes it before asking for the next
+        times["encode"] += t1 - t0
+        times["write"] += time.perf_counter() - t1
+    report.update({f"writer_{key}_seconds": round(value, 3) for key, value in times.items()})
+
+
+_END = object()
+
+
+class _Aborted(Exception):
+    """The device side failed: the writer drops its partial shard."""
+
+
+class _Writer(threading.Thread):
+    """Encodes and writes one shard from a bounded queue of accepted samples (its own thread).
+
+    The commit protocol is :func:`synthgen.write.write_shard`'s: the tar is renamed into place
+    only after every record and the sidecar are written, so an abort or a kill leaves no shard.
+    """
+
+    def __init__(self, factory: Factory, out_dir: Path, task: write.ShardTask, report: dict[str, Any],
+                 depth: int):
+        super().__init__(name=f"synthgen-writer-{task.name}", daemon=True)
+        self.factory, self.out_dir, self.task, self.report = factory, out_dir, task, report
+        self.queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self.stop = threading.Event()
+        self.info: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+        self.times = {"encode": 0.0, "write": 0.0}
+        self.start()
+
+    def _samples(self) -> Iterator[dict[str, Any]]:
+        while True:
+            try:
+                item = self.queue.get(timeout=0.1)
+            except queue.Empty:
+                if self.stop.is_set():
+                    raise _Aborted(self.task.name) from None
+                continue
+            if item is _END:
+                return
+            yield item
+
+    def run(self) -> None:
+        try:
+            self.info = write.write_shard(self.out_dir, self.task,
+                                          _encoded(self.factory, self._samples(), self.times, self.report),
+                                          self.report, rejected=lambda: self.report.pop("_rejected_records"))
+        except BaseException as exc:  # re-raised in the device thread
+            self.error = exc
+
+    def put(self, item) -> None:
+        """Queue ``item``, waiting while the queue is full; re-raises the writer's error."""
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                if not self.is_alive():
+                    raise RuntimeError(f"the writer of {self.task.name} stopped") from self.error
+
+    def close(self) -> None:
+        self.put(_END)
+
+    def result(self) -> dict[str, Any]:
+        """The shard's sidecar info, once written; the writer's error otherwise."""
+        self.join()
+        if self.error is not None:
+            raise self.error
+        assert self.info is not None
+        return self.info
+
+    def abort(self) -> None:
+        self.stop.set()
+        self.join()
+
+
+def _shard_samples(factory: Factory, task: write.ShardTask, stream: Iterator[dict[str, Any]],
+                   on_sample: Callable[[], None] | None,
+                   errors_before: int) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
+    """The shard's report (filled as it goes) and a generator of its accepted samples, in
+    order: the first draws of ``task``'s indices from ``stream``, then redraws of the rejected
+    ones. Runs the device stages (in the caller's thread)."""
+    report: dict[str, Any] = {"rejected": [], "errors": [], "filter": [], "_rejected_records": []}
     budget = error_budget(factory.recipe)
     start, timing_before = time.perf_counter(), dict(factory.timing)
 
-    def outcome(sample: dict[str, Any]) -> dict[str, Any] | None:
-        """The record of an accepted sample; None (and an entry in the report) otherwise."""
+    def accepted(sample: dict[str, Any]) -> bool:
+        """Whether to write ``sample``; otherwise it is entered in the report."""
         attempt = sample.get("attempt", 0)
         if "error" in sample:
             report["errors"].append({"index": sample["index"], "attempt": attempt, "error": sample["error"]})
             _check_budget(factory.recipe, errors_before + len(report["errors"]), budget)
-            return None
+            return False
         verdict = sample.get("filter") or {"accepted": True}
         if "filter" in sample:  # every verdict with its scores, for re-thresholding later
             report["filter"].append({"index": sample["index"], "attempt": attempt, **verdict})
         if verdict["accepted"]:
-            return factory.encode(sample)
+            return True
         report["rejected"].append({"index": sample["index"], "attempt": attempt, "reason": verdict.get("reason")})
         if factory.recipe.filter.write_rejected:
             record = factory.encode(sample)
             record["__key__"] = f"{record['__key__']}_attempt{attempt}"
-            rejected_records.append(record)
-        return None
+            report["_rejected_records"].append(record)
+        return False
 
-    def records():
+    def samples():
         rejected = []
         for _ in range(task.start, task.stop):
             sample = next(stream)
             if on_sample is not None:
                 on_sample()
-            record = outcome(sample)
-            if record is not None:
-                yield record
+            if accepted(sample):
+                yield sample
             elif "error" not in sample:
                 rejected.append(sample["index"])
         # redraws, in index order after the first attempts: which ones depends on verdicts alone
         for attempt in range(1, factory.recipe.filter.max_attempts):
             redraw, rejected = rejected, []
             for sample in finished_samples(factory, redraw, keep_errors=True, attempt=attempt) if redraw else ():
-                record = outcome(sample)
-                if record is not None:
-                    yield record
+                if accepted(sample):
+                    yield sample
                 elif "error" not in sample:
                     rejected.append(sample["index"])
         report["gave_up"] = rejected
@@ -90,7 +219,7 @@ def _write_one(factory: Factory, out_dir: Path, task: write.ShardTask, stream: I
         for key, total in factory.timing.items():
             report[f"{key}_seconds"] = round(total - timing_before.get(key, 0.0), 3)
 
-    return write.write_shard(out_dir, task, records(), report, rejected=lambda: rejected_records)
+    return report, samples()
 
 
 def _check_budget(recipe: Recipe, failed: int, budget: int) -> None:

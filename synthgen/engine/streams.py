@@ -42,6 +42,10 @@ def finished_samples(factory: Factory, indices: list[int], loader_workers: int =
     yield from _finish_batches(factory, _batched(prepared, factory.batch_size), keep_errors)
 
 
+# one device per process: batches of the main stream and of redraws never run at the same time
+DEVICE_LOCK = threading.Lock()
+
+
 def _finish_batches(factory: Factory, batches: Iterator[list], keep_errors: bool) -> Iterator[dict[str, Any]]:
     while True:
         t0 = time.perf_counter()
@@ -49,7 +53,8 @@ def _finish_batches(factory: Factory, batches: Iterator[list], keep_errors: bool
         t1 = time.perf_counter()
         if not batch:
             return
-        factory.finish(batch)
+        with DEVICE_LOCK:
+            factory.finish(batch)
         factory.timing["input_wait"] += t1 - t0
         factory.timing["generate"] += time.perf_counter() - t1
         for sample in batch:
@@ -57,24 +62,49 @@ def _finish_batches(factory: Factory, batches: Iterator[list], keep_errors: bool
                 yield sample
 
 
-def _prefetch(items: Iterator, depth: int) -> Iterator:
-    """Run an iterator in a background thread, ``depth`` items ahead (errors re-raised here)."""
+def _prefetch(items: Iterator, depth: int, name: str = "synthgen-cpu-stages") -> Iterator:
+    """Run an iterator in a background thread, ``depth`` items ahead (errors re-raised here).
+
+    Closing the returned generator (or dropping it) stops the thread at its next item.
+    """
     box: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    done = object()
+    done, stop = object(), threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def fill():
         try:
             for item in items:
-                box.put(item)
+                if not put(item):
+                    return
         except BaseException as exc:  # surfaced in the consumer
-            box.put(exc)
-        box.put(done)
+            put(exc)
+        put(done)
 
-    threading.Thread(target=fill, daemon=True, name="synthgen-cpu-stages").start()
-    while (item := box.get()) is not done:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+    threading.Thread(target=fill, daemon=True, name=name).start()
+    try:
+        while (item := box.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def write_ahead(samples: Iterator[dict[str, Any]], batches: int, batch_size: int) -> Iterator[dict[str, Any]]:
+    """The device stages of ``samples`` run in a thread up to ``batches`` batches ahead of the
+    consumer (the writer: encoding and tar writing), which then overlaps the next batches'
+    diffusion; ``batches == 0``: one after another in the consumer's thread."""
+    if batches <= 0:
+        return samples
+    return _prefetch(samples, batches * batch_size, name="synthgen-device-stages")
 
 
 def _batched(items: Iterator, size: int) -> Iterator[list]:

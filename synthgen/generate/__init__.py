@@ -70,11 +70,18 @@ class ControlNetImageBackend:
         self.pipeline = ControlNetBackend(config, recipe.image.width, recipe.image.height)
         self.batch_size = config.batch_size
         self.config = config
+        self.device = self.pipeline.device
+        self.timing = self.pipeline.timing  # "diffusion" device seconds, "compile" warm-up seconds
 
     def generate(self, samples: list[dict[str, Any]]) -> None:
-        images = self.pipeline.generate(samples)
-        for sample, image in zip(samples, images):
-            sample.update(image=image, appearance={"backend": "controlnet",
+        """Also sets ``image_device``: the (H, W, 3) uint8 image still on the device, for the
+        filter stage (whoever finishes the batch drops it before the sample is written)."""
+        from synthgen.generate.speed import to_host
+
+        on_device = self.pipeline.generate_tensor(samples)
+        images = to_host(on_device)
+        for sample, image, image_device in zip(samples, images, on_device):
+            sample.update(image=image, image_device=image_device, appearance={"backend": "controlnet",
                                                    "base_model": self.config.base_model,
                                                    "vae": self.config.vae,
                                                    "controlnets": [u.model_dump() for u in self.config.controlnets],

@@ -21,8 +21,13 @@ Use it in two steps:
 
 Determinism: each image gets its own CPU ``torch.Generator`` seeded from its sample's seed, and
 diffusers draws each image's noise (initial latents, DDIM's eta noise) from it on the CPU, so the
-noise depends neither on the batch nor on the device type; pixels agree up to float rounding of
-batched kernels (see ``tests/test_controlnet.py``). Prompts over 77 CLIP tokens (sd15, sdxl) are
+noise depends neither on the batch nor on the device type. Every pipeline call has exactly
+``batch_size`` images (a short batch is padded with copies, each sample in slot
+``index % batch_size``), so compiled graphs keep one shape and a sample's pixels are the same
+bits whichever samples share its batch; across batch sizes they agree up to float rounding of
+batched kernels (see ``tests/test_controlnet.py``, ``tests/test_gpu_busy.py``). Images leave the
+device as uint8 (``output_type="pt"``, converted there). ``speed`` options: see
+:mod:`synthgen.generate.speed`. Prompts over 77 CLIP tokens (sd15, sdxl) are
 encoded whole by compel (:class:`LongPrompts`) and run in groups of equal embedding length.
 
 What a ControlNet sees is computed in the render stage from the unit's ``encoding``
@@ -47,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +62,7 @@ import numpy as np
 from synthgen.errors import UserError
 from synthgen.generate.model_check import (OFFLINE_SWITCHES, WantedModel, hub_offline, locate,
                                            missing_model_error, missing_models, model_folder_problems)
+from synthgen.generate.speed import DeviceClock, apply_speed, fp16_variant, to_host, to_uint8
 from synthgen.recipe import ControlNetConfig
 
 log = logging.getLogger(__name__)
@@ -285,6 +292,16 @@ def _loading_bars_off():
                 module.enable_progress_bar()
 
 
+def _on_disk(name: str) -> Path | None:
+    """The folder model ``name`` loads from: itself when a local folder, else its cached snapshot."""
+    from synthgen.generate.model_check import cached_snapshot, is_hub_id
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    return cached_snapshot(name) if is_hub_id(name) else None
+
+
 def _set_scheduler(pipe, name: str) -> None:
     import diffusers
 
@@ -320,7 +337,11 @@ class ControlNetBackend:
         def load(model: WantedModel) -> dict:
             # a model already on disk loads from there: no hub round trip, no update check
             on_disk = offline or locate(model.name, model.problems, offline=True) is None
-            return {_dtype_kwarg(): self.dtype, "local_files_only": on_disk}
+            kwargs = {_dtype_kwarg(): self.dtype, "local_files_only": on_disk}
+            if self.dtype == torch.float16:  # half the download and host memory where it ships
+                variant = fp16_variant(_on_disk(model.name), model.name, on_disk)
+                kwargs.update({"variant": variant} if variant else {})
+            return kwargs
 
         with _loading_bars_off():
             # 2. the ControlNets, one per unit (several -> the family's multi-ControlNet wrapper)
@@ -337,15 +358,15 @@ class ControlNetBackend:
             pipe_class = getattr(diffusers, self.family.pipeline)
             self.pipe = pipe_class.from_pretrained(base.name, controlnet=controlnet, **load(base), **extra)
 
-        # 5. scheduler, device, memory layout, progress bars (synthgen shows its own)
+        # 5. scheduler, device, speed options (see synthgen.generate.speed), progress bars
         _set_scheduler(self.pipe, config.scheduler)
         _check_eta(self.pipe, config)
         self.pipe.to(self.device)
-        if self.device != "cpu":  # HumanWild's demo: channels_last convolutions on the GPU
-            for name in ("unet", "controlnet"):
-                if isinstance(getattr(self.pipe, name, None), torch.nn.Module):
-                    getattr(self.pipe, name).to(memory_format=torch.channels_last)
+        self.speed = apply_speed(self.pipe, config.speed, self.device, width * height)
         self.pipe.set_progress_bar_config(disable=True)
+        self.batch_size = config.batch_size  # every pipeline call has this many images (padded)
+        self.timing: dict[str, float] = {}   # "diffusion": device seconds, "compile": warm-up seconds
+        self.clock = DeviceClock(self.device, self.timing)
         self.long_prompts = LongPrompts(self.pipe, config) if config.family != "flux" else None
         if not self.family.negative_prompt:
             log.info("family=%s ignores negative prompts; guidance=%s is its embedded guidance",
@@ -355,6 +376,22 @@ class ControlNetBackend:
                  self.device, str(self.dtype).removeprefix("torch."), config.vae or "the base's",
                  type(self.pipe.scheduler).__name__, config.eta, config.steps, config.batch_size)
         self._torch = torch
+        if config.speed.compile:
+            self.warm_up()
+
+    def warm_up(self) -> float:
+        """One full batch of blank inputs through the pipeline: compiles every graph of the fixed
+        batch shape now (once per process) rather than in the first real batch. Returns seconds,
+        also kept in ``timing["compile"]``."""
+        blank = np.zeros((self.height, self.width, 3), np.uint8)
+        sample = {"layers": {"controls": [blank] * len(self.config.controlnets)}, "prompt": "",
+                  "negative_prompt": "", "seed": 0}
+        start = time.perf_counter()
+        self._run([sample], None)
+        seconds = time.perf_counter() - start
+        self.timing["compile"] = self.timing.get("compile", 0.0) + seconds
+        log.info("warm-up (torch.compile, batch %d): %.1f s", self.batch_size, seconds)
+        return seconds
 
     # -------------------------------------------------------------------------------------------
     def check_inputs(self, samples: list[dict]) -> None:
@@ -381,21 +418,47 @@ class ControlNetBackend:
                                      f"{self.width}x{self.height}")
 
     def generate(self, samples: list[dict]) -> list[np.ndarray]:
-        """One (H, W, 3) uint8 RGB image per sample, in order.
+        """One (H, W, 3) uint8 RGB image per sample, in order (NumPy, on the host)."""
+        return list(to_host(self.generate_tensor(samples)))
 
-        Samples are run ``config.batch_size`` at a time; each image's noise comes from its own
-        generator seeded with ``sample['seed']``.
+    def generate_tensor(self, samples: list[dict]):
+        """(N, H, W, 3) uint8 RGB images of ``samples`` in order, on the backend's device.
+
+        Samples are run ``batch_size`` at a time; each image's noise comes from its own
+        generator seeded with ``sample['seed']``, and every pipeline call has exactly
+        ``batch_size`` images (a short batch is padded), so compiled graphs keep one shape and a
+        sample's pixels do not depend on how full its batch was. A CUDA out-of-memory error
+        halves ``batch_size`` for the rest of the run (``speed.oom_halving``).
         """
         # 1. check inputs
         self.check_inputs(samples)
-        images: list[np.ndarray] = []
         # 2. run the batches
-        size = self.config.batch_size
-        for start in range(0, len(samples), size):
-            batch = samples[start:start + size]
+        images, start = [], 0
+        while start < len(samples):
+            batch = samples[start:start + self.batch_size]
             log.debug("controlnet batch %d-%d of %d", start, start + len(batch) - 1, len(samples))
-            images.extend(self._generate_batch(batch))
-        return images
+            images.append(self._batch_or_halve(batch))
+            start += len(batch)
+        return self._torch.cat(images)
+
+    def _batch_or_halve(self, batch: list[dict]):
+        """Images of ``batch`` (at most ``batch_size``); on CUDA out-of-memory, ``batch_size``
+        halves and the batch runs in halves (each padded to the new size)."""
+        torch = self._torch
+        try:
+            return self._generate_batch(batch)
+        except torch.cuda.OutOfMemoryError as exc:  # the except block drops exc and its frames
+            if not self.config.speed.oom_halving or self.batch_size == 1:
+                raise
+            message = str(exc).splitlines()[0] if str(exc) else "out of memory"
+        old, self.batch_size = self.batch_size, max(1, self.batch_size // 2)
+        log.warning("CUDA out of memory at batch %d (%s): batch_size halved to %d for the rest of this "
+                    "run; set backend.controlnet.batch_size=%d to start there", old, message,
+                    self.batch_size, self.batch_size)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return torch.cat([self._batch_or_halve(batch[i:i + self.batch_size])
+                          for i in range(0, len(batch), self.batch_size)])
 
     def _control_tensors(self, batch: list[dict]) -> list:
         """Per ControlNet, a (B, 3, H, W) float tensor in [0, 1] (what diffusers makes of RGB)."""
@@ -406,11 +469,12 @@ class ControlNetBackend:
             tensors.append(torch.from_numpy(stack).permute(0, 3, 1, 2).float() / 255.0)
         return tensors
 
-    def _generate_batch(self, batch: list[dict]) -> list[np.ndarray]:
-        """Images of one batch, in order. Samples whose prompts fit the text encoder go through
-        the pipeline's own prompt encoding; longer ones (sd15/sdxl) are encoded whole by compel
-        and run in groups of equal embedding length, so a sample's image never depends on the
-        prompts it was batched with."""
+    def _generate_batch(self, batch: list[dict]):
+        """(B, H, W, 3) uint8 images of one batch, in order, on the device. Samples whose prompts
+        fit the text encoder go through the pipeline's own prompt encoding; longer ones
+        (sd15/sdxl) are encoded whole by compel and run in groups of equal embedding length, so
+        a sample's image never depends on the prompts it was batched with."""
+        torch = self._torch
         groups: dict[int, list[int]] = {}
         encoded: dict[int, dict[str, Any]] = {}
         for i, sample in enumerate(batch):
@@ -418,23 +482,44 @@ class ControlNetBackend:
                 encoded[i] = self.long_prompts.encode(sample)
             length = encoded[i]["prompt_embeds"].shape[1] if i in encoded else 0
             groups.setdefault(length, []).append(i)
-        images: list[np.ndarray | None] = [None] * len(batch)
+        images = torch.empty((len(batch), self.height, self.width, 3), dtype=torch.uint8, device=self.device)
         for length, members in groups.items():
             embeds = None
             if length:
-                import torch
+                embeds = {key: torch.cat([encoded[i][key] for i in members]) for key in encoded[members[0]]}
+            images[members] = self._run([batch[i] for i in members], embeds)
+        return images
 
-                embeds = {key: torch.cat([encoded[i][key] for i in members]).to(self.device)
-                          for key in encoded[members[0]]}
-            for i, image in zip(members, self._run([batch[i] for i in members], embeds)):
-                images[i] = image
-        return images  # type: ignore[return-value]
+    def _slots(self, batch: list[dict]) -> list[int]:
+        """Where each sample of ``batch`` sits in the padded call: slot ``index % batch_size``
+        (``index``: the sample's, else its position) when free, else the first free one. CPU
+        kernels may round a row differently by its position in the batch, so a sample keeps its
+        slot whichever samples fill the others (a short last batch, failed samples)."""
+        size, taken, slots = max(self.batch_size, len(batch)), set(), []
+        for k, sample in enumerate(batch):
+            slot = int(sample.get("index", k)) % size
+            if slot in taken:
+                slot = min(set(range(size)) - taken)
+            taken.add(slot)
+            slots.append(slot)
+        return slots
 
-    def _run(self, batch: list[dict], embeds: dict[str, Any] | None) -> list[np.ndarray]:
-        """One pipeline call; ``embeds``: compel's prompt embeddings, or None for the prompt strings."""
+    def _run(self, batch: list[dict], embeds: dict[str, Any] | None):
+        """One pipeline call of exactly ``batch_size`` images: each sample in its slot (see
+        :meth:`_slots`), the free slots filled with copies of the first sample (their images are
+        dropped). ``embeds``: compel's prompt embeddings (one row per sample of ``batch``), or
+        None for the prompt strings. Returns (len(batch), H, W, 3) uint8 on the device."""
         torch, config, family = self._torch, self.config, self.family
         units = config.controlnets
         multi = len(units) > 1
+        slots = self._slots(batch)
+        source = [0] * max(self.batch_size, len(batch))  # which sample of ``batch`` fills each slot
+        for k, slot in enumerate(slots):
+            source[slot] = k
+        batch = [batch[k] for k in source]
+        if embeds is not None:
+            rows = torch.tensor(source)
+            embeds = {key: value[rows.to(value.device)] for key, value in embeds.items()}
 
         # 1. control images and one generator per image, made on the CPU: the initial noise
         #    (and DDIM's eta noise) is then the same whatever the device type
@@ -449,10 +534,10 @@ class ControlNetBackend:
             "controlnet_conditioning_scale": [u.scale for u in units] if multi else units[0].scale,
             "control_guidance_start": [u.start for u in units] if multi else units[0].start,
             "control_guidance_end": [u.end for u in units] if multi else units[0].end,
-            "generator": generators, "output_type": "np",
+            "generator": generators, "output_type": "pt",
         }
         if embeds is not None:
-            kwargs.update(embeds)
+            kwargs.update({key: value.to(self.device) for key, value in embeds.items()})
         else:
             kwargs["prompt"] = [s["prompt"] for s in batch]
             if family.negative_prompt:
@@ -462,16 +547,11 @@ class ControlNetBackend:
         if config.eta is not None:
             kwargs["eta"] = config.eta
 
-        # 3. denoise and decode
-        out = self.pipe(**kwargs).images  # (B, H, W, 3) float in [0, 1]
-
-        # 4. to uint8 RGB
-        if not np.isfinite(out).all():
-            log.warning("NaN/inf pixels in a diffusion batch (fp16 overflow?): they become black; "
-                        "try backend.controlnet.dtype=bf16 or fp32, or an fp16-safe backend.controlnet.vae")
-            out = np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0)
-        pixels = np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return [np.ascontiguousarray(p) for p in pixels]
+        # 3. denoise and decode, then to uint8 RGB on the device
+        with self.clock.timing("diffusion"):
+            out = self.pipe(**kwargs).images  # (B, 3, H, W) float in [0, 1]
+            pixels = to_uint8(out[slots])
+        return pixels
 
 
 FLUX_T5_TOKENS = 512  # FLUX.1-dev's T5 context: prompts are read whole up to this many tokens

@@ -1,0 +1,346 @@
+"""Issue 12, the parts a CPU can check: fixed batch shapes (padding, shard_size validation),
+CUDA out-of-memory halving, speed options, uint8 images, SAM batched on the device, the writer
+thread, and the polled end of a multi-rank run. Speed itself is measured by
+``benchmarks/diffusion.py``, not asserted here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from synthgen.recipe import FilterConfig, RecipeError, SamConfig, recipe_from_dict
+from tests.conftest import ROOT, small_recipe
+
+pytest.importorskip("diffusers")
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def sd15(tmp_path_factory):
+    from tests.tiny_diffusion import build_tiny_sd15
+
+    return build_tiny_sd15(tmp_path_factory.mktemp("models") / "sd15", num_controlnets=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_sam(tmp_path_factory):
+    from tests.tiny_sam import build_tiny_sam
+
+    return build_tiny_sam(tmp_path_factory.mktemp("sam") / "sam")
+
+
+def _backend(models, **kw):
+    from synthgen.generate.controlnet import ControlNetBackend
+    from tests.test_controlnet import config
+
+    return ControlNetBackend(config(models, **kw), SIZE, SIZE)
+
+
+def _samples(*seeds):
+    from tests.test_controlnet import sample
+
+    return [sample(seed) for seed in seeds]
+
+
+# --- 3. fixed batch shapes -----------------------------------------------------------------------
+def test_shard_size_must_be_a_multiple_of_the_diffusion_batch():
+    backend = {"kind": "controlnet", "controlnet": {"batch_size": 4}}
+    with pytest.raises(RecipeError) as err:
+        recipe_from_dict({"backend": backend, "output": {"shard_size": 6}})
+    message = str(err.value)
+    assert "\n" not in message
+    assert "output.shard_size=6" in message and "backend.controlnet.batch_size=4" in message
+    assert "set output.shard_size to 4 or 8" in message
+    recipe_from_dict({"backend": backend, "output": {"shard_size": 8}})
+    recipe_from_dict({"output": {"shard_size": 6}})  # weight-free backends have no diffusion batch
+
+
+def test_cli_refuses_the_shard_size_with_exit_2(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "synthgen", "validate", str(ROOT / "recipes" / "humanwild.yaml"),
+                             "output.shard_size=6"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert "output.shard_size=6" in result.stderr and "multiple of backend.controlnet.batch_size=4" in result.stderr
+
+
+def test_padding_keeps_a_sample_identical_whatever_fills_its_batch(sd15):
+    """Every pipeline call has batch_size images (short ones padded with copies), each sample in
+    slot index % batch_size: a sample comes out bit-identical alone, in a full batch, or listed
+    in another order."""
+    def indexed(*seeds):
+        return [s | {"index": seed} for s, seed in zip(_samples(*seeds), seeds)]
+
+    backend = _backend(sd15, batch_size=3)
+    full = backend.generate(indexed(30, 31, 32))
+    alone = backend.generate(indexed(31))
+    moved = backend.generate(indexed(32, 31))
+    assert np.array_equal(full[1], alone[0]) and np.array_equal(full[1], moved[1])
+    assert np.array_equal(full[2], moved[0])
+    assert alone[0].dtype == np.uint8 and alone[0].shape == (SIZE, SIZE, 3)
+    assert backend._slots(indexed(33, 36, 34)) == [0, 1, 2]  # 36 % 3 is taken: the first free slot
+
+
+def test_failures_do_not_change_the_batch_shape(sd15, monkeypatch):
+    from diffusers import StableDiffusionControlNetPipeline
+
+    sizes = []
+    call = StableDiffusionControlNetPipeline.__call__
+
+    def spy(self, *args, **kwargs):
+        sizes.append(len(kwargs["prompt"]))
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionControlNetPipeline, "__call__", spy)
+    backend = _backend(sd15, batch_size=4)
+    backend.generate(_samples(1, 2, 3, 4, 5))  # a full batch, then one of 1 padded to 4
+    backend.generate(_samples(6))
+    assert sizes == [4, 4, 4]
+
+
+# --- 5. out of memory halves the batch -----------------------------------------------------------
+def test_cuda_out_of_memory_halves_the_batch_and_retries(sd15, monkeypatch, caplog):
+    import torch
+    from diffusers import StableDiffusionControlNetPipeline
+
+    sizes = []
+    call = StableDiffusionControlNetPipeline.__call__
+
+    def small_device(self, *args, **kwargs):  # a device that holds at most 2 images at a time
+        sizes.append(len(kwargs["prompt"]))
+        if len(kwargs["prompt"]) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return call(self, *args, **kwargs)
+
+    reference = _backend(sd15, batch_size=2).generate(_samples(1, 2, 3))
+    monkeypatch.setattr(StableDiffusionControlNetPipeline, "__call__", small_device)
+    backend = _backend(sd15, batch_size=4)
+    with caplog.at_level(logging.WARNING, logger="synthgen"):
+        images = backend.generate(_samples(1, 2, 3))
+    assert backend.batch_size == 2 and sizes == [4, 2, 2]
+    assert all(np.array_equal(a, b) for a, b in zip(images, reference))  # the same shapes as batch 2
+    assert any("out of memory at batch 4" in r.message and "halved to 2" in r.message for r in caplog.records)
+    backend.generate(_samples(4))
+    assert sizes[-1] == 2  # for the rest of the run
+
+    off = _backend(sd15, batch_size=4, speed={"oom_halving": False})
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        off.generate(_samples(1))
+
+
+# --- 4. speed options, uint8 on the device ------------------------------------------------------
+def test_fused_qkv_and_channels_last_keep_the_images(sd15):
+    plain = _backend(sd15, batch_size=2)
+    fast = _backend(sd15, batch_size=2, speed={"fuse_qkv": True, "channels_last": True})
+    assert fast.speed["fuse_qkv"] and fast.speed["channels_last"] and not plain.speed["fuse_qkv"]
+    assert any(getattr(m, "fused_projections", False) for m in fast.pipe.unet.modules())
+    samples = _samples(5, 6)
+    for a, b in zip(plain.generate(samples), fast.generate(samples)):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # float rounding of fused kernels
+
+
+def test_vae_options_turn_on_at_1024(sd15):
+    from synthgen.generate.speed import apply_speed
+    from synthgen.recipe import SpeedConfig
+
+    backend = _backend(sd15)
+    assert apply_speed(backend.pipe, SpeedConfig(), "cpu", 512 * 512)["vae_slicing"] is False
+    done = apply_speed(backend.pipe, SpeedConfig(), "cpu", 1024 * 1024)
+    assert done["vae_slicing"] and done["vae_tiling"] and backend.pipe.vae.use_slicing and backend.pipe.vae.use_tiling
+
+
+def test_uint8_conversion_matches_the_numpy_rounding():
+    import torch
+
+    from synthgen.generate.speed import to_host, to_uint8
+
+    rng = np.random.default_rng(0)
+    floats = rng.random((2, 3, 8, 8), dtype=np.float32)
+    floats[0, 0, 0, :3] = [0.0, 1.0, 0.5 / 255]
+    expected = np.clip(floats.transpose(0, 2, 3, 1) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    assert np.array_equal(to_host(to_uint8(torch.from_numpy(floats))), expected)
+    floats[1, 0, 0, 0] = np.nan
+    assert to_host(to_uint8(torch.from_numpy(floats)))[1, 0, 0, 0] == 0
+
+
+def test_compile_option_warms_up_once(sd15, monkeypatch):
+    """``speed.compile`` compiles the nets and the VAE decoder and runs one warm-up batch at
+    load. torch.compile itself takes minutes on CPU (measured: 140 s for the tiny UNet), so
+    here it is replaced by a recorder of its calls: the calls and the warm-up are the product's."""
+    import torch
+
+    modes = []
+
+    def traced(model=None, **kwargs):  # nn.Module.compile calls torch.compile too
+        modes.append((kwargs.get("mode"), kwargs.get("dynamic")))
+        return model
+
+    monkeypatch.setattr(torch, "compile", traced)
+    backend = _backend(sd15, batch_size=2, speed={"compile": True, "compile_cache": None})
+    assert modes == [("default", False)] * 3  # UNet, ControlNet, VAE decode: fixed shapes
+    assert backend.timing["compile"] > 0
+    image = backend.generate(_samples(7))[0]
+    assert image.shape == (SIZE, SIZE, 3)
+
+
+# --- 1. SAM on the device, batched --------------------------------------------------------------
+def _reference_masks(aligner, images, boxes, points):
+    """What the filter did before: SamProcessor (PIL) per batch, the decoder per image, the
+    processor's post-processing, all masks back to NumPy."""
+    import torch
+
+    from synthgen.filter import select_points
+
+    out = []
+    for image, box, pts in zip(images, boxes, points):
+        encoded = aligner.processor(images=[image], return_tensors="pt")
+        with torch.inference_mode():
+            embedding = aligner.model.get_image_embeddings(encoded["pixel_values"])
+            sx, sy = aligner._scale(*image.shape[:2])
+            kwargs = {"input_boxes": torch.tensor([[[box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy]]])}
+            if pts is not None:
+                chosen = select_points(pts, aligner.max_points) * np.array([sx, sy])
+                kwargs["input_points"] = torch.tensor(chosen[None, None], dtype=torch.float32)
+                kwargs["input_labels"] = torch.ones((1, 1, len(chosen)), dtype=torch.long)
+            low = aligner.model(image_embeddings=embedding, multimask_output=False, **kwargs).pred_masks[:, :1, :1]
+        mask = aligner.processor.post_process_masks(low, encoded["original_sizes"], encoded["reshaped_input_sizes"])
+        out.append(mask[0][0, 0].numpy())
+    return out
+
+
+def test_batched_sam_on_the_device_matches_the_per_image_processor_path(tiny_sam):
+    from synthgen.filter import SamAligner, keypoints_in_mask, mask_iou
+    from tests.tiny_sam import IMAGE_SIZE
+
+    aligner = SamAligner(SamConfig(model=str(tiny_sam)), device="cpu", batch_size=3)
+    rng = np.random.default_rng(3)
+    size = IMAGE_SIZE  # the model's input size: no resize, so both paths see the same pixels
+    images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(5)]
+    boxes = [[20.0, 30.0, 200.0, 220.0], [0.0, 0.0, 255.0, 255.0], [50.0, 40.0, 120.0, 250.0],
+             [10.0, 10.0, 100.0, 100.0], [60.0, 20.0, 230.0, 140.0]]
+    points = [rng.uniform(30, 200, (n, 2)) for n in (12, 3, 3, 1)] + [None]  # groups of 8, 3, 1, 0 points
+    ours = aligner.masks(images, boxes, points)
+    reference = _reference_masks(aligner, images, boxes, points)
+    for a, b in zip(ours, reference):
+        assert a.dtype == np.bool_ and a.shape == b.shape
+        assert np.mean(a != b) < 1e-3  # float rounding of normalisation/batched kernels only
+    # and the verdict inputs computed on the device equal the NumPy functions on those masks
+    from synthgen.filter import _mask_scores
+
+    people = [{"pixels": m.copy(), "keypoints_2d": np.c_[pts if pts is not None else np.zeros((0, 2)),
+                                                          np.full(0 if pts is None else len(pts), 2.0)]}
+              for m, pts in zip(reference, points)]
+    import torch
+
+    scores = _mask_scores([torch.from_numpy(m) for m in ours], people)
+    for (iou, inside), mask, person in zip(scores, ours, people):
+        assert iou == mask_iou(mask, person["pixels"])
+        assert inside == keypoints_in_mask(person["keypoints_2d"], mask)
+
+
+def test_sam_resizes_on_the_device_like_the_processor(tiny_sam):
+    import torch
+
+    from synthgen.filter import SamAligner
+
+    aligner = SamAligner(SamConfig(model=str(tiny_sam)), device="cpu")
+    image = np.random.default_rng(1).integers(0, 256, (96, 64, 3), dtype=np.uint8)
+    ours = aligner._pixel_values([torch.from_numpy(image)])
+    theirs = aligner.processor(images=[image], return_tensors="pt")["pixel_values"]
+    assert ours.shape == theirs.shape
+    # PIL's and torch's bilinear upsampling differ by a level here and there
+    assert float((ours - theirs).abs().mean()) < 0.02
+
+
+def test_sample_filter_uses_the_device_image_and_sam_dtype(tiny_sam):
+    import torch
+
+    from synthgen.filter import SampleFilter
+    from tests.test_filter import person_sample
+
+    flt = SampleFilter(FilterConfig(sam=SamConfig(model=str(tiny_sam), min_iou=0.0, min_keypoints_in_mask=0.0)))
+    assert flt.aligner.dtype == torch.float32  # auto: fp32 on CPU (fp16 on CUDA)
+    samples = [person_sample(index=i) for i in range(3)]
+    plain = flt.score(samples)
+    for sample in samples:
+        sample["image_device"] = torch.from_numpy(sample["image"].copy())
+        sample["image"] = sample["image"][::-1].copy()  # cheap checks read the host copy, SAM the device one
+    assert [r["sam_iou"] for r in flt.score(samples)] == [r["sam_iou"] for r in plain]
+    assert flt.aligner.timing["sam"] > 0
+
+
+# --- 2. the writer thread ----------------------------------------------------------------------
+def test_writer_thread_writes_the_same_bytes_as_the_sequential_path(tmp_path):
+    from synthgen import write
+    from synthgen.engine.shards import write_shards
+    from synthgen.images import ImageFactory
+
+    recipe = small_recipe(num_samples=6, image={"width": 64, "height": 64}, output={"shard_size": 2})
+    factory = ImageFactory(recipe)
+    tasks = write.plan_shards(recipe.num_samples, recipe.output.shard_size)
+    sequential = write_shards(factory, tmp_path / "a", tasks, ahead=0)
+    overlapped = write_shards(factory, tmp_path / "b", tasks, ahead=2)
+    for task, x, y in zip(tasks, sequential, overlapped):
+        assert (tmp_path / "a" / "shards" / f"{task.name}.tar").read_bytes() == \
+            (tmp_path / "b" / "shards" / f"{task.name}.tar").read_bytes()
+        assert x["samples"] == y["samples"] == 2 and y["writer_encode_seconds"] >= 0
+
+
+def test_a_failing_writer_stops_the_run_and_leaves_no_shard(tmp_path, monkeypatch):
+    from synthgen import write
+    from synthgen.engine.shards import write_shards
+    from synthgen.images import ImageFactory
+
+    recipe = small_recipe(num_samples=4, image={"width": 64, "height": 64}, output={"shard_size": 2})
+    factory = ImageFactory(recipe)
+    encode = factory.encode
+
+    def full_disk(sample):
+        if sample["index"] == 3:
+            raise OSError(28, "No space left on device")
+        return encode(sample)
+
+    monkeypatch.setattr(factory, "encode", full_disk)
+    tasks = write.plan_shards(recipe.num_samples, recipe.output.shard_size)
+    with pytest.raises(OSError, match="No space left"):
+        write_shards(factory, tmp_path, tasks, ahead=2)
+    shards = tmp_path / "shards"
+    assert write.is_complete(tmp_path, tasks[0]) and not write.is_complete(tmp_path, tasks[1])
+    assert not list(shards.glob("*.partial-*"))
+
+
+# --- 5. the end of a multi-rank run is polled on disk --------------------------------------------
+def test_rank_zero_polls_the_markers_of_every_rank(tmp_path):
+    from synthgen.engine.launch import clear_rank_markers, mark_rank_done, wait_for_ranks
+
+    mark_rank_done(tmp_path, 1, {"old": True})  # an earlier run's marker
+    clear_rank_markers(tmp_path)
+    mark_rank_done(tmp_path, 0, {"samples": 4})
+    polls = []
+    late = threading.Thread(target=lambda: (time.sleep(0.3), mark_rank_done(tmp_path, 1, {"samples": 2},
+                                                                           "ErrorBudgetExceeded: 3 failed")))
+    late.start()
+    infos = wait_for_ranks(tmp_path, 2, poll_s=0.02, on_poll=lambda: polls.append(1))
+    late.join()
+    assert sorted(infos) == [0, 1] and infos[1]["stats"] == {"samples": 2}
+    assert infos[1]["failure"].startswith("ErrorBudgetExceeded") and polls  # it waited, by polling
+    assert json.loads((tmp_path / "logs" / "rank-0.done").read_text())["rank"] == 0
+
+
+# --- 6. the benchmark's smoke run ---------------------------------------------------------------
+@pytest.mark.slow
+def test_diffusion_benchmark_smoke_prints_its_json_line(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "diffusion.py"), "--smoke",
+                             "--configs", "sd15_1cn", "--out", str(tmp_path)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("reference_img_s", "end_to_end_img_s", "ratio", "gpu_busy", "sam_ms_per_img", "write_ms_per_img"):
+        assert key in line
+    assert line["end_to_end_img_s"] > 0 and 0 < line["gpu_busy"] <= 1

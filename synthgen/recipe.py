@@ -595,9 +595,10 @@ class Recipe(_Strict):
             for name in ("width", "height"):
                 value = getattr(self.image, name)
                 if value % 16:
+                    low, high = _multiples_around(value, 16)
                     raise ValueError(f"image.{name}={value}: FLUX needs multiples of 16 (diffusers "
                                      f"would silently resize the image and the labels would no longer "
-                                     f"match it); use {value // 16 * 16} or {value // 16 * 16 + 16}")
+                                     f"match it); use {low} or {high}")
         return self
 
     @model_validator(mode="after")
@@ -605,8 +606,8 @@ class Recipe(_Strict):
         if self.backend.kind == "controlnet":
             batch, shard = self.backend.controlnet.batch_size, self.output.shard_size
             if shard % batch:
-                low, high = max(batch, shard // batch * batch), (shard // batch + 1) * batch
-                fix = f"{low} or {high}" if low != high and shard > batch else f"{high}"
+                low, high = _multiples_around(shard, batch)
+                fix = f"{low} or {high}" if shard > batch else f"{high}"
                 raise ValueError(f"output.shard_size={shard} is not a multiple of backend.controlnet.batch_size="
                                  f"{batch} (every diffusion batch has one fixed shape inside one shard); "
                                  f"set output.shard_size to {fix}")
@@ -627,6 +628,12 @@ class Recipe(_Strict):
             raise ValueError(f"output.formats=hmr2: 4D-Humans' data.pyd holds people in single images, not "
                              f"{what}; drop hmr2 from output.formats (the json labels carry everything)")
         return self
+
+
+def _multiples_around(value: int, step: int) -> tuple[int, int]:
+    """The multiples of ``step`` just below and just above ``value`` (not a multiple itself)."""
+    low = value // step * step
+    return low, low + step
 
 
 def format_validation_error(err: ValidationError) -> str:

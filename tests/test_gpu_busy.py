@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 
+from synthgen.errors import ErrorBudgetExceeded
 from synthgen.recipe import FilterConfig, RecipeError, SamConfig, recipe_from_dict
 from tests.conftest import ROOT, small_recipe
 
@@ -313,6 +314,50 @@ def test_a_failing_writer_stops_the_run_and_leaves_no_shard(tmp_path, monkeypatc
     shards = tmp_path / "shards"
     assert write.is_complete(tmp_path, tasks[0]) and not write.is_complete(tmp_path, tasks[1])
     assert not list(shards.glob("*.partial-*"))
+
+
+def test_a_shard_is_counted_once_against_the_error_budget_when_its_writer_is_ahead(tmp_path, monkeypatch):
+    """The worst timing: each shard's writer has put its sidecar on disk before the next shard
+    starts (a fast disk, a slow device). Its failures must count once, not from disk and again
+    from the writer list: 3 failures under ``max_errors=3`` finish the run."""
+    from synthgen import write
+    from synthgen.engine.launch import _errors_elsewhere
+    from synthgen.engine.shards import write_shards
+    from synthgen.images import ImageFactory
+
+    recipe = small_recipe(num_samples=6, image={"width": 64, "height": 64},
+                          output={"shard_size": 2, "max_errors": 3})
+    factory = ImageFactory(recipe)
+    prepared = factory.prepared
+
+    def failing_evens(indices, attempt=0):
+        for sample in prepared(indices, attempt):
+            yield {"index": sample["index"], "error": "RuntimeError: injected"} if sample["index"] % 2 == 0 else sample
+
+    monkeypatch.setattr(factory, "prepared", failing_evens)
+    tasks = write.plan_shards(recipe.num_samples, recipe.output.shard_size)
+    calls = []
+
+    def after_earlier_writers(out):
+        def count():
+            earlier = tasks[:len(calls)]
+            calls.append(out)
+            deadline = time.monotonic() + 60
+            while not all(write.is_complete(out, t) for t in earlier) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return _errors_elsewhere(out, tasks, tasks)
+        return count
+
+    infos = write_shards(factory, tmp_path, tasks, errors_before=after_earlier_writers(tmp_path), ahead=2)
+    assert len(calls) == 3 and [len(i["errors"]) for i in infos] == [1, 1, 1]
+    assert [i["samples"] for i in infos] == [1, 1, 1]
+    # the budget still stops a run that goes over it, with the same timing
+    calls.clear()
+    factory.recipe = small_recipe(num_samples=6, image={"width": 64, "height": 64},
+                                  output={"shard_size": 2, "max_errors": 2})
+    with pytest.raises(ErrorBudgetExceeded, match="3 samples failed"):
+        write_shards(factory, tmp_path / "over", tasks, errors_before=after_earlier_writers(tmp_path / "over"),
+                     ahead=2)
 
 
 # --- 5. the end of a multi-rank run is polled on disk --------------------------------------------

@@ -85,17 +85,19 @@ def _run_shard(args: tuple[str, write.ShardTask, list]) -> dict[str, Any]:
     out_dir, task, all_tasks = args
     assert _FACTORY is not None
     return write_shards(_FACTORY, Path(out_dir), [task], 0, lambda: _PROGRESS.put(1),
-                        lambda: _errors_so_far(Path(out_dir), all_tasks))[0]
+                        lambda: _errors_elsewhere(Path(out_dir), all_tasks, [task]))[0]
 
 
-def _errors_so_far(out_dir: Path, tasks: list[write.ShardTask]) -> int:
-    return sum(len(info.get("errors", [])) for info in write.read_sidecars(out_dir, tasks).values())
+def _errors_elsewhere(out_dir: Path, all_tasks: list[write.ShardTask], own: list[write.ShardTask]) -> int:
+    """Failures in the complete shards of ``all_tasks`` that are not in ``own`` (the caller counts those)."""
+    others = [t for t in all_tasks if t not in own]
+    return sum(len(info.get("errors", [])) for info in write.read_sidecars(out_dir, others).values())
 
 
 def _run_in_process(factory_class: type, recipe: Recipe, out_dir: Path, tasks: list, all_tasks: list,
                     device, tick, loader_workers: int) -> None:
     factory = factory_class(recipe, device)
-    write_shards(factory, out_dir, tasks, loader_workers, tick, lambda: _errors_so_far(out_dir, all_tasks))
+    write_shards(factory, out_dir, tasks, loader_workers, tick, lambda: _errors_elsewhere(out_dir, all_tasks, tasks))
 
 
 # Thread pools that size themselves from the core count when a process starts. With a worker

@@ -38,7 +38,9 @@ def write_shards(factory: Factory, out_dir: Path, tasks: list[write.ShardTask], 
                  ahead: int = WRITE_AHEAD) -> list[dict[str, Any]]:
     """Write ``tasks`` from one sample stream (so loader workers start once); returns the sidecars.
 
-    ``errors_before()`` counts failures already recorded (other shards, other processes).
+    ``errors_before()`` counts failures recorded in shards other than ``tasks`` (earlier runs,
+    other processes); this call's own failures are counted here, from its reports, so a shard
+    whose writer has just put its sidecar on disk is never counted twice.
     The device stages run in this thread; each shard's accepted samples go through a queue of
     ``ahead`` batches to a writer thread that encodes them and writes the tar while the next
     batches diffuse (``ahead=0``: encoded and written here, one after another; the bytes are
@@ -51,8 +53,8 @@ def write_shards(factory: Factory, out_dir: Path, tasks: list[write.ShardTask], 
     infos: list[dict[str, Any]] = []
     try:
         for task in tasks:
-            unwritten = sum(len(w.report["errors"]) for w in writers)  # failures not on disk yet
-            report, accepted = _shard_samples(factory, task, stream, on_sample, errors_before() + unwritten)
+            own = sum(len(r["errors"]) for r in [*(w.report for w in writers), *infos])
+            report, accepted = _shard_samples(factory, task, stream, on_sample, errors_before() + own)
             if depth <= 0:
                 infos.append(_write_now(factory, out_dir, task, accepted, report))
                 continue

@@ -433,6 +433,31 @@ def test_a_frame_keeps_nothing_of_the_previous_one(rasterize):
     _check_background(out)
 
 
+@requires_gl
+def test_gl_reads_back_only_the_box_it_can_draw_in(anny_mesh, monkeypatch):
+    """The read-back covers the projected vertices' box: the layers equal a whole-frame read,
+    for a body inside the image, one overflowing it, one seen from inside (near culling) and
+    tiny triangles between pixel centres."""
+    v, f = anny_mesh
+    sliver = _quad(np.array([[0.001, 0.001, 2.0], [0.004, 0.001, 2.0], [0.004, 0.003, 2.0], [0.001, 0.003, 2.0]]))
+    scenes = [(_anny_camera(v, eye), f, K_BODY, 512, 512)
+              for eye in ([0, -3.0, 0], [1.5, -2.0, 0.5], _chest(v) - [0, 0.4, 0], np.zeros(3))]
+    scenes.append((*sliver, K, W, H))
+    boxes = [raster_gl.pixel_box(vc.astype(np.float32), k, w, h) for vc, _, k, w, h in scenes]
+    assert raster_gl.pixel_box(scenes[0][0] * [1, 1, -1], K_BODY, 512, 512) is None  # all behind the camera
+    boxed = [raster_gl.rasterize(*scene) for scene in scenes]
+    monkeypatch.setattr(raster_gl, "pixel_box", lambda pos, k, w, h: (0, 0, w, h))
+    for scene, box, out in zip(scenes, boxes, boxed):
+        whole = raster_gl.rasterize(*scene)
+        for name in whole:
+            assert np.array_equal(out[name], whole[name]), name
+        if whole["mask"].any():
+            rows, cols = np.nonzero(whole["mask"])
+            x0, y0, x1, y1 = box
+            assert x0 <= cols.min() and cols.max() < x1 and y0 <= rows.min() and rows.max() < y1
+    assert boxes[0][2] - boxes[0][0] < 256 and boxes[2] == (0, 0, 512, 512)  # a body far away; a close-up
+
+
 def test_open_meshes_stay_double_sided():
     """A plane seen from behind is drawn by the render stage (objects are often open shells)."""
     v, f = _quad(np.array([[-1, -1, 2], [1, -1, 2], [1, 1, 2], [-1, 1, 2]]), flip=True)

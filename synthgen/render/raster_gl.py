@@ -214,7 +214,7 @@ class GLRasterizer:
         idx = np.ascontiguousarray(faces if kept is None else faces[kept], dtype=np.int32)
         with self._context():  # make current: several instances may coexist
             fbo = self._draw(pos, faces, idx, K, width, height, cull_back_faces)
-            return _read_back(fbo, kept, width, height)
+            return _read_back(fbo, kept, width, height, pixel_box(pos, K, width, height) if len(idx) else None)
 
     def _draw(self, pos, faces, idx, K, width: int, height: int, cull_back_faces: bool = False):
         """Render kept faces idx (F',3) int32 into the cached FBO; return it."""
@@ -249,21 +249,47 @@ def _kept_faces(pos: np.ndarray, faces: np.ndarray) -> np.ndarray | None:
     return np.flatnonzero(ok[faces].all(1))
 
 
-def _read_back(fbo, kept: np.ndarray | None, width: int, height: int) -> dict:
-    """Read the attachments into the output dict (see module docstring)."""
-    normal = np.empty((height, width, 3), np.float32)
-    depth = np.empty((height, width), np.float32)
-    raw = np.empty((height, width), np.int32)
-    fbo.read_into(normal, components=3, attachment=0, dtype="f4")
-    fbo.read_into(depth, components=1, attachment=1, dtype="f4")
-    fbo.read_into(raw, components=1, attachment=2, dtype="i4")
-    drawn = (raw != 0).view(np.uint8)  # normal and depth hold an older frame elsewhere
-    np.multiply(depth, drawn, out=depth)
-    normal = cv2.copyTo(normal, drawn, np.zeros_like(normal))
-    if kept is None:
-        tid = raw - 1
-    else:
-        tid = np.concatenate([[-1], kept]).astype(np.int32)[raw]
+def pixel_box(pos: np.ndarray, K: np.ndarray, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """Half-open pixel box ``(x0, y0, x1, y1)`` holding every pixel whose centre a face of
+    ``pos`` (V, 3) beyond NEAR can cover, clipped to the image; None when it is empty.
+
+    A triangle covers only pixel centres inside its projected hull, so the box of the projected
+    vertices bounds the raster; one pixel of margin absorbs rounding in GL's setup.
+    """
+    front = pos[pos[:, 2] > NEAR]
+    if not len(front):
+        return None
+    uvw = front @ np.asarray(K, np.float32).T
+    uv = uvw[:, :2] / uvw[:, 2:]
+    lo = np.floor(uv.min(0)) - 1
+    hi = np.ceil(uv.max(0)) + 2
+    x0, y0 = int(max(lo[0], 0)), int(max(lo[1], 0))
+    x1, y1 = int(min(hi[0], width)), int(min(hi[1], height))
+    return (x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None
+
+
+def _read_back(fbo, kept: np.ndarray | None, width: int, height: int,
+               box: tuple[int, int, int, int] | None) -> dict:
+    """Read the attachments into the output dict (see module docstring), only inside ``box``
+    (:func:`pixel_box`): nothing is drawn outside it, and llvmpipe's read-back of float
+    buffers costs about 2.5 ms per full 512x512 attachment."""
+    normal = np.zeros((height, width, 3), np.float32)
+    depth = np.zeros((height, width), np.float32)
+    tid = np.full((height, width), -1, np.int32)
+    if box is not None:
+        x0, y0, x1, y1 = box
+        w, h = x1 - x0, y1 - y0
+        window = (slice(y0, y1), slice(x0, x1))
+        raw = np.empty((h, w), np.int32)
+        fbo.read_into(raw, viewport=(x0, y0, w, h), components=1, attachment=2, dtype="i4")
+        box_normal = np.empty((h, w, 3), np.float32)
+        box_depth = np.empty((h, w), np.float32)
+        fbo.read_into(box_normal, viewport=(x0, y0, w, h), components=3, attachment=0, dtype="f4")
+        fbo.read_into(box_depth, viewport=(x0, y0, w, h), components=1, attachment=1, dtype="f4")
+        drawn = (raw != 0).view(np.uint8)  # normal and depth hold an older frame elsewhere
+        np.multiply(box_depth, drawn, out=depth[window])
+        cv2.copyTo(box_normal, drawn, normal[window])
+        tid[window] = raw - 1 if kept is None else np.concatenate([[-1], kept]).astype(np.int32)[raw]
     return dict(triangle_id=tid, depth=depth, normal=normal, mask=tid >= 0)
 
 

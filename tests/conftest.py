@@ -52,3 +52,20 @@ def generated(tmp_path_factory):
     recipe = small_recipe(output={"shard_size": 2, "vertices": True})
     generate(recipe, out, workers=1, progress=False)
     return out, recipe
+
+
+@pytest.fixture
+def network_attempts(monkeypatch):
+    """Addresses that code under test tried to connect to (each attempt fails at once): "fails
+    at once" means no download is even tried, which a wall-clock bound cannot show on a busy machine."""
+    import socket
+
+    attempts = []
+
+    def refuse(sock, address, *args):
+        attempts.append(address)
+        raise OSError(f"tests: no network ({address})")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    return attempts

@@ -190,7 +190,7 @@ def test_multi_controlnet_depth_and_edges(sd15):
 
 
 # --- (d) missing models fail fast --------------------------------------------------------------
-def test_missing_models_fail_fast_with_one_message(tmp_path, monkeypatch):
+def test_missing_models_fail_fast_with_one_message(tmp_path, monkeypatch, network_attempts):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty_cache"))
@@ -204,7 +204,7 @@ def test_missing_models_fail_fast_with_one_message(tmp_path, monkeypatch):
         start = time.perf_counter()
         with pytest.raises(MissingModelError) as info:
             attempt()
-        assert time.perf_counter() - start < 2.0
+        assert time.perf_counter() - start < 30.0 and not network_attempts  # no download, no retry loop
         message = str(info.value)
         assert "\n" not in message and message.startswith("3 model(s)")
         assert str(tmp_path / "no_such_base") in message and "no such local folder" in message

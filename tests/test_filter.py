@@ -207,7 +207,7 @@ def test_sample_filter_end_to_end_with_tiny_sam(tiny_sam):
 
 
 @pytest.mark.parametrize("model", ["facebook/sam-vit-base", "/no/such/folder", "empty"])
-def test_missing_sam_model_fails_fast_with_the_fix(model, tmp_path):
+def test_missing_sam_model_fails_fast_with_the_fix(model, tmp_path, network_attempts):
     if model == "empty":
         model = str(tmp_path)  # a folder without model files
     import transformers  # noqa: F401  (import time is not the failure's time)
@@ -215,7 +215,7 @@ def test_missing_sam_model_fails_fast_with_the_fix(model, tmp_path):
     start = time.perf_counter()
     with pytest.raises(MissingModelError) as err:
         SampleFilter(FilterConfig(sam=SamConfig(model=model)))
-    assert time.perf_counter() - start < 5.0
+    assert time.perf_counter() - start < 30.0 and not network_attempts  # no download, no retry loop
     message = str(err.value)
     assert "filter.sam.model" in message and model in message
     assert "huggingface-cli download facebook/sam-vit-base" in message

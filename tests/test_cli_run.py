@@ -20,6 +20,7 @@ def test_generate_then_rerun_then_preview(tmp_path):
     first = _synthgen("generate", "recipes/quickstart.yaml", "--out", str(out), "--num-samples", "5",
                       "--workers", "1", "--no-progress", *SMALL)
     assert first.returncode == 0, first.stderr
+    assert "initialized" not in first.stdout + first.stderr  # no Warp banner (Anny's skinning kernels)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] and [s["samples"] for s in manifest["shards"]] == [3, 2]
     again = _synthgen("generate", "recipes/quickstart.yaml", "--out", str(out), "--num-samples", "5",

@@ -198,11 +198,22 @@ def _usable_cache_dir() -> Path:
     return folder
 
 
+def _quiet_warp() -> None:
+    """Keep NVIDIA Warp (Anny's skinning kernels) to warnings: at its default level every worker
+    prints a banner and a line per kernel module to stdout. A level the user set is kept."""
+    import warp
+
+    if warp.config.log_level == warp.LOG_INFO:
+        warp.config.log_level = warp.LOG_WARNING
+
+
 @functools.lru_cache(maxsize=1)
 def load_anny_model():
     """The float32 Anny model (process-wide singleton), building its cache once if needed."""
     import anny
     import anny.paths
+
+    _quiet_warp()
 
     folder = _usable_cache_dir()
     start = time.perf_counter()

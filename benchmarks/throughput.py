@@ -228,7 +228,7 @@ def stage_table(recipe, samples: int, warmup: int) -> tuple[list[tuple], list[st
                     record["jpg"] = write.encode_jpg(s["image"], out_cfg.jpeg_quality)
             for name in out_cfg.layers:
                 with clock(f"encode png {name}", index):
-                    record[f"{name}.png"] = write.encode_png(s["layers"][L.LAYER_KEYS[name]], drawing=name == "skeleton")
+                    record[f"{name}.png"] = write.encode_layer(name, s["layers"][L.LAYER_KEYS[name]])
             if out_cfg.vertices:
                 with clock("encode npz (vertices)", index):
                     arrays = {"vertices": vertices_cam.astype(np.float32), "faces": faces.astype(np.int32),

@@ -326,8 +326,7 @@ class ImageFactory:
         if sample["image"] is not None:
             record["jpg"] = write.encode_jpg(sample["image"], out.jpeg_quality)
         for name in out.layers:
-            record[f"{name}.png"] = write.encode_png(sample["layers"][layer_ops.LAYER_KEYS[name]],
-                                                     drawing=name == "skeleton")
+            record[f"{name}.png"] = write.encode_layer(name, sample["layers"][layer_ops.LAYER_KEYS[name]])
         for i, control in enumerate(self.controls):
             if control["stored_as"] == f"control_{i}.png":
                 record[f"control_{i}.png"] = write.encode_png(sample["layers"]["controls"][i])

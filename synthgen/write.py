@@ -105,6 +105,14 @@ def encode_png(array: np.ndarray, drawing: bool = False) -> bytes:
     return buf.tobytes()
 
 
+DRAWN_LAYERS = {"skeleton"}  # stored layers that are drawings (see the PNG settings above)
+
+
+def encode_layer(name: str, array: np.ndarray) -> bytes:
+    """A stored layer ``name`` (a key of ``output.layers``) as PNG bytes, with its kind's settings."""
+    return encode_png(array, drawing=name in DRAWN_LAYERS)
+
+
 def encode_jpg(rgb: np.ndarray, quality: int) -> bytes:
     """(H, W, 3) uint8 RGB -> JPEG bytes."""
     ok, buf = cv2.imencode(".jpg", _opencv_channel_order(rgb), [cv2.IMWRITE_JPEG_QUALITY, quality])

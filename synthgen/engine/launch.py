@@ -67,11 +67,9 @@ _PROGRESS = None
 
 def _init_worker(factory_class: type, recipe_json: dict, progress_queue, threads: int) -> None:
     global _FACTORY, _PROGRESS
-    import torch
-
     keep_freed_memory()
-
     import cv2
+    import torch
 
     # one worker per core: keep torch, OpenCV and Mesa's llvmpipe from each starting a thread
     # per core (BLAS reads its limit at start-up: see _worker_thread_limits)

@@ -481,8 +481,7 @@ class SequenceFactory:
             if view.get("image") is not None:
                 record[f"cam{m}.jpg"] = write.encode_jpg(view["image"], out.jpeg_quality)
             for name in out.layers:
-                record[f"cam{m}.{name}.png"] = write.encode_png(view["layers"][layer_ops.LAYER_KEYS[name]],
-                                                                drawing=name == "skeleton")
+                record[f"cam{m}.{name}.png"] = write.encode_layer(name, view["layers"][layer_ops.LAYER_KEYS[name]])
             if self.config.instance_layer and "instance" not in out.layers:
                 record[f"cam{m}.instance.png"] = write.encode_png(view["layers"]["instance"])
         if out.vertices:

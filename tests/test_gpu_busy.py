@@ -146,6 +146,39 @@ def test_fused_qkv_and_channels_last_keep_the_images(sd15):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # float rounding of fused kernels
 
 
+def test_fuse_qkv_fuses_every_attention_module_of_unet_each_controlnet_and_vae(tmp_path):
+    """diffusers' ``ControlNetModel.fuse_qkv_projections`` leaves its (older-class) attention
+    unfused; ``speed.fuse_qkv`` fuses every attention module of every model it names, and the
+    UNet's residuals and the images stay those of the unfused models up to float rounding."""
+    from diffusers.models.attention_processor import FusedAttnProcessor2_0
+
+    from synthgen.generate.speed import attention_modules, denoisers
+    from tests.test_controlnet import unet_residuals
+    from tests.tiny_diffusion import build_tiny_sd15
+
+    models = build_tiny_sd15(tmp_path / "sd15", num_controlnets=2)
+    two = {"layers": ("depth", "edges"), "scales": (0.8, 0.6), "batch_size": 2}
+    plain = _backend(models, **two)
+    fused = _backend(models, speed={"fuse_qkv": True}, **two)
+    models_fused = [*denoisers(fused.pipe), fused.pipe.vae]
+    assert [type(m).__name__ for m in models_fused] == ["UNet2DConditionModel", "ControlNetModel",
+                                                        "ControlNetModel", "AutoencoderKL"]
+    for model in models_fused:
+        modules = attention_modules(model)
+        assert modules, type(model).__name__
+        for name, module in modules.items():
+            assert module.fused_projections, f"{type(model).__name__}.{name} is not fused"
+            assert isinstance(module.processor, FusedAttnProcessor2_0), (name, type(module.processor))
+            assert hasattr(module, "to_kv" if module.is_cross_attention else "to_qkv")
+    for model in denoisers(plain.pipe):  # the unfused path is really unfused
+        assert not any(m.fused_projections for m in attention_modules(model).values())
+    samples = _samples(5, 6)
+    a, b = unet_residuals(plain, samples), unet_residuals(fused, samples)
+    assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+    for x, y in zip(plain.generate(samples), fused.generate(samples)):
+        assert np.abs(x.astype(int) - y.astype(int)).max() <= 1
+
+
 def test_vae_options_turn_on_at_1024(sd15):
     from synthgen.generate.speed import apply_speed
     from synthgen.recipe import SpeedConfig

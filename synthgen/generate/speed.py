@@ -30,7 +30,8 @@ from synthgen.recipe import SpeedConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DeviceClock", "apply_speed", "denoisers", "fp16_variant", "to_host", "to_uint8"]
+__all__ = ["DeviceClock", "apply_speed", "attention_modules", "denoisers", "fp16_variant", "fuse_qkv",
+           "to_host", "to_uint8"]
 
 BIG_IMAGE = 1024 * 1024  # pixels from which the VAE options' "auto" turns them on
 
@@ -48,6 +49,44 @@ def denoisers(pipe) -> list:
     return nets
 
 
+def attention_modules(model) -> dict[str, Any]:
+    """name -> attention module of ``model``: diffusers' older ``Attention`` class (SD UNets,
+    ControlNetModel, the VAE) and the newer ``AttentionModuleMixin`` ones (FLUX) that can fuse."""
+    from diffusers.models.attention import AttentionModuleMixin
+    from diffusers.models.attention_processor import Attention
+
+    return {name: module for name, module in model.named_modules()
+            if isinstance(module, Attention)
+            or (isinstance(module, AttentionModuleMixin) and module._supports_qkv_fusion)}
+
+
+def fuse_qkv(model) -> int:
+    """Fuse the query/key/value projections of every attention module of ``model`` (in place);
+    returns how many are fused.
+
+    ``model.fuse_qkv_projections()`` fuses the UNet, the VAE and FLUX's models, but in
+    diffusers 0.42 ``ControlNetModel`` inherits the generic ``AttentionMixin`` version, which
+    only knows the newer attention class and leaves the older ``Attention`` modules of a
+    ControlNet unfused: those are fused here the way the UNet's own method does it (one
+    ``to_qkv``/``to_kv`` projection, ``FusedAttnProcessor2_0``). A module whose processor is
+    not diffusers' plain one (an adapter's, say) is left as it is, with a warning.
+    """
+    from diffusers.models.attention_processor import (Attention, AttnProcessor, AttnProcessor2_0,
+                                                      FusedAttnProcessor2_0)
+
+    model.fuse_qkv_projections()
+    modules = attention_modules(model)
+    for name, module in modules.items():
+        if isinstance(module, Attention) and not module.fused_projections:
+            if type(module.processor) not in (AttnProcessor, AttnProcessor2_0):
+                log.warning("fuse_qkv: %s.%s keeps its %s unfused", type(model).__name__, name,
+                            type(module.processor).__name__)
+                continue
+            module.fuse_projections(fuse=True)
+            module.set_processor(FusedAttnProcessor2_0())
+    return sum(bool(module.fused_projections) for module in modules.values())
+
+
 def apply_speed(pipe, speed: SpeedConfig, device: str, pixels: int) -> dict[str, bool]:
     """Apply ``speed`` to ``pipe`` (already on ``device``), in place; returns what was turned on.
 
@@ -62,7 +101,7 @@ def apply_speed(pipe, speed: SpeedConfig, device: str, pixels: int) -> dict[str,
             "vae_tiling": _on(speed.vae_tiling, pixels >= BIG_IMAGE), "compile": speed.compile}
     if done["fuse_qkv"]:
         for module in [*nets, vae]:
-            module.fuse_qkv_projections()
+            fuse_qkv(module)
     if done["channels_last"]:
         for module in [*nets, vae]:
             module.to(memory_format=torch.channels_last)

@@ -224,10 +224,10 @@ class SamAligner:
     """
 
     def __init__(self, config: SamConfig, device: str | Any = "cpu", batch_size: int = 4,
-                 max_points: int | None = 8, dtype: Any = None):
+                 max_points: int | None = 8, dtype: Any = None, oom_halving: bool = True):
         import torch
 
-        self.config = config
+        self.config, self.oom_halving = config, oom_halving
         self.device = _resolve_device(device)
         self.batch_size = max(1, int(batch_size))
         self.max_points = max_points
@@ -276,17 +276,45 @@ class SamAligner:
             raise ValueError(f"masks: {len(images)} images need as many boxes and points lists, "
                              f"got {len(boxes)} boxes and {None if points is None else len(points)}")
         out: list[Any] = []
-        for start in range(0, len(images), self.batch_size):
+        start = 0
+        while start < len(images):
             stop = min(start + self.batch_size, len(images))
-            batch = [self._as_tensor(image) for image in images[start:stop]]
-            prompts = [self._prompt(image.shape[:2], boxes[i], None if points is None else points[i])
-                       for i, image in zip(range(start, stop), batch)]
-            with self.clock.timing("sam"), torch.inference_mode():
-                embeddings = self.model.get_image_embeddings(self._pixel_values(batch))
-                logits = self._decode(embeddings, prompts)
-                out += [m.clone() for m in self._upscale(logits, [image.shape[:2] for image in batch])]
+            try:
+                out += self._batch_masks(images[start:stop], boxes[start:stop],
+                                         None if points is None else points[start:stop])
+            except torch.cuda.OutOfMemoryError as exc:  # the except block drops exc and its frames
+                if not self.oom_halving or self.batch_size == 1:
+                    raise
+                message = str(exc).splitlines()[0] if str(exc) else "out of memory"
+                self._halve(message)
+                continue
             log.debug("SAM: %d images", stop - start)
+            start = stop
         return out
+
+    def _halve(self, message: str) -> None:
+        """Halve ``batch_size`` for the rest of the run after a CUDA out-of-memory error, logged."""
+        import torch
+
+        old, self.batch_size = self.batch_size, max(1, self.batch_size // 2)
+        log.warning("CUDA out of memory at SAM batch %d (%s): SAM's batch halved to %d for the rest of "
+                    "this run; set filter.sam.batch_size=%d to start there", old, message,
+                    self.batch_size, self.batch_size)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _batch_masks(self, images: Sequence[Any], boxes: Sequence[Sequence[float]],
+                     points: Sequence[np.ndarray | None] | None) -> list[Any]:
+        """(H, W) bool masks of one batch (at most ``batch_size`` images), on the device."""
+        import torch
+
+        batch = [self._as_tensor(image) for image in images]
+        prompts = [self._prompt(image.shape[:2], box, None if points is None else pts)
+                   for image, box, pts in zip(batch, boxes, points if points is not None else [None] * len(batch))]
+        with self.clock.timing("sam"), torch.inference_mode():
+            embeddings = self.model.get_image_embeddings(self._pixel_values(batch))
+            logits = self._decode(embeddings, prompts)
+            return [m.clone() for m in self._upscale(logits, [image.shape[:2] for image in batch])]
 
     def _as_tensor(self, image: Any) -> Any:
         """(H, W, 3) uint8 RGB on the device."""
@@ -456,9 +484,13 @@ class SampleFilter:
     With ``config.sam`` set, SAM is loaded here (a missing model fails now, before any work).
     """
 
-    def __init__(self, config: FilterConfig, device: str | Any = "cpu", batch_size: int = 4):
+    def __init__(self, config: FilterConfig, device: str | Any = "cpu", batch_size: int = 4,
+                 oom_halving: bool = True):
         self.config = config
-        self.aligner = SamAligner(config.sam, device, batch_size) if config.sam is not None else None
+        self.aligner = None
+        if config.sam is not None:  # filter.sam.batch_size, else the caller's (the image backend's)
+            self.aligner = SamAligner(config.sam, device, config.sam.batch_size or batch_size,
+                                      oom_halving=oom_halving)
 
     def score(self, samples: Sequence[dict[str, Any]],
               sam_masks: Sequence[np.ndarray | None] | None = None) -> list[dict[str, Any]]:

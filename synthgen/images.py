@@ -127,8 +127,10 @@ class ImageFactory:
         from synthgen.filter import SampleFilter
 
         device = getattr(self.backend, "device", None) or device or "cpu"
-        batch = self.batch_size if self.recipe.backend.kind == "controlnet" else 4  # a CPU backend's 32: too big for SAM
-        return SampleFilter(self.recipe.filter, device, batch_size=batch)
+        controlnet = self.recipe.backend.kind == "controlnet"
+        batch = self.batch_size if controlnet else 4  # a CPU backend's 32: too big for SAM
+        halving = self.recipe.backend.controlnet.speed.oom_halving if controlnet else True
+        return SampleFilter(self.recipe.filter, device, batch_size=batch, oom_halving=halving)
 
     # 1. subjects ------------------------------------------------------------------------------
     def pose_subjects(self, indices: list[int], attempt: int = 0) -> list[list]:

@@ -401,8 +401,10 @@ class SpeedConfig(_Strict):
                           "decoder (fixed shapes: one warm-up call per process, minutes the first time, "
                           "seconds once compile_cache holds the kernels)")
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = Field(
-        "default", description="torch.compile mode (CUDA graphs are not used: the device loop runs in "
-        "a worker thread)")
+        "default", description="torch.compile mode. The device stages run in the process's main "
+        "thread (CPU stages in a prefetch thread or loader processes); the CUDA-graph modes "
+        "(reduce-overhead, max-autotune) are not offered: not yet run on a GPU, and a graph replay "
+        "reuses its output buffers")
     compile_cache: str | None = Field("~/.cache/synthgen/inductor", description="persistent "
                                       "TORCHINDUCTOR_CACHE_DIR shared by runs and ranks; null = torch's "
                                       "default (a temporary folder)")
@@ -503,8 +505,13 @@ class SamConfig(_Strict):
                                          "of visible keypoints inside SAM's mask is below this "
                                          "(limbs drawn elsewhere)")
     point_prompts: bool = Field(True, description="also prompt SAM with the visible keypoints")
-    dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="SAM's weights and "
-                                                           "activations; auto = fp16 on CUDA, fp32 on CPU")
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="SAM's image encoder "
+                                                           "(its ViT, most of SAM's time); auto = fp16 on "
+                                                           "CUDA, fp32 on CPU. The prompt encoder and mask "
+                                                           "decoder always run in fp32")
+    batch_size: int | None = Field(None, ge=1, le=1024, description="images per SAM image-encoder call "
+                                   "(a CUDA out-of-memory error halves it, like the diffusion batch); "
+                                   "null = the image backend's batch_size (4 for CPU backends)")
     group_policy: Literal["all", "drop"] = Field("all", description="several people per image "
                                                  "(scene.people): SAM checks each person (its box and "
                                                  "keypoints); all = reject the image when anyone fails; "

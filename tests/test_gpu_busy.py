@@ -135,6 +135,100 @@ def test_cuda_out_of_memory_halves_the_batch_and_retries(sd15, monkeypatch, capl
         off.generate(_samples(1))
 
 
+def _small_device(monkeypatch, fits, sizes):
+    """The pipeline call raises CUDA out-of-memory when ``fits(prompts)`` is False (a device too
+    small for that batch), recording each call's batch size in ``sizes``. Test-only."""
+    import torch
+    from diffusers import StableDiffusionControlNetPipeline
+
+    call = StableDiffusionControlNetPipeline.__call__
+
+    def small(self, *args, **kwargs):
+        sizes.append(len(kwargs["prompt"]))
+        if not fits(kwargs["prompt"]):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionControlNetPipeline, "__call__", small)
+
+
+def _no_compile(monkeypatch):
+    """torch.compile takes minutes on this CPU: replaced by the identity (the warm-up is real)."""
+    import torch
+
+    monkeypatch.setattr(torch, "compile", lambda model=None, **kwargs: model)
+
+
+def test_out_of_memory_in_the_warm_up_halves_the_batch_before_any_sample(sd15, monkeypatch, caplog):
+    reference = _backend(sd15, batch_size=2).generate(_samples(1, 2, 3))
+    _no_compile(monkeypatch)
+    sizes: list[int] = []
+    _small_device(monkeypatch, lambda prompts: len(prompts) <= 2, sizes)
+    with caplog.at_level(logging.WARNING, logger="synthgen"):
+        backend = _backend(sd15, batch_size=4, speed={"compile": True, "compile_cache": None})
+    assert backend.batch_size == 2 and sizes == [4, 2]  # warm-up at 4 fails, at 2 it runs
+    assert any("at batch 4 during warm-up" in r.message and "halved to 2" in r.message for r in caplog.records)
+    images = backend.generate(_samples(1, 2, 3))
+    assert sizes[2:] == [2, 2]
+    assert all(np.array_equal(a, b) for a, b in zip(images, reference))
+
+
+def test_out_of_memory_in_a_compiled_run_warms_the_new_shape_up_once(sd15, monkeypatch, caplog):
+    """The blank warm-up fits, real prompts at batch 4 do not: the batch halves, the new shape
+    is warmed up once (logged), then the samples run at 2, identical to a batch-2 run."""
+    reference = _backend(sd15, batch_size=2).generate(_samples(1, 2, 3))
+    _no_compile(monkeypatch)
+    sizes: list[int] = []
+    _small_device(monkeypatch, lambda prompts: len(prompts) <= 2 or not any(prompts), sizes)
+    backend = _backend(sd15, batch_size=4, speed={"compile": True, "compile_cache": None})
+    with caplog.at_level(logging.INFO, logger="synthgen"):
+        images = backend.generate(_samples(1, 2, 3))
+    assert sizes == [4, 4, 2, 2, 2]  # warm-up 4, OOM at 4, warm-up 2, two batches of 2
+    warmups = [r.message for r in caplog.records if r.message.startswith("warm-up")]
+    assert len(warmups) == 1 and "batch 2" in warmups[0]
+    assert any("during diffusion" in r.message for r in caplog.records)
+    assert all(np.array_equal(a, b) for a, b in zip(images, reference))
+    backend.generate(_samples(4))
+    assert sizes[-1] == 2 and len(sizes) == 6  # no further warm-up
+
+
+def test_out_of_memory_in_sam_halves_its_batch_with_the_same_masks(tiny_sam, monkeypatch, caplog):
+    import torch
+
+    from synthgen.filter import SamAligner
+    from tests.tiny_sam import IMAGE_SIZE
+
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8) for _ in range(5)]
+    boxes = [[20.0 + 5 * k, 30.0, 200.0, 220.0 - 9 * k] for k in range(5)]
+    points = [rng.uniform(30, 200, (3, 2)) for _ in range(5)]
+    reference = SamAligner(SamConfig(model=str(tiny_sam)), batch_size=2).masks(images, boxes, points)
+
+    sizes: list[int] = []
+
+    def small_device(aligner):  # test-only: the image encoder of a device that holds 2 images
+        forward = aligner.model.vision_encoder.forward
+
+        def small(pixel_values, *args, **kwargs):
+            sizes.append(len(pixel_values))
+            if len(pixel_values) > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+            return forward(pixel_values, *args, **kwargs)
+
+        monkeypatch.setattr(aligner.model.vision_encoder, "forward", small)
+        return aligner
+
+    aligner = small_device(SamAligner(SamConfig(model=str(tiny_sam)), batch_size=4))
+    with caplog.at_level(logging.WARNING, logger="synthgen"):
+        masks = aligner.masks(images, boxes, points)
+    assert aligner.batch_size == 2 and sizes == [4, 2, 2, 1]
+    assert any("SAM batch 4" in r.message and "halved to 2" in r.message for r in caplog.records)
+    assert all(np.array_equal(a, b) for a, b in zip(masks, reference))
+    off = small_device(SamAligner(SamConfig(model=str(tiny_sam)), batch_size=4, oom_halving=False))
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        off.masks(images, boxes, points)
+
+
 # --- 4. speed options, uint8 on the device ------------------------------------------------------
 def test_fused_qkv_and_channels_last_keep_the_images(sd15):
     plain = _backend(sd15, batch_size=2)
@@ -422,3 +516,16 @@ def test_diffusion_benchmark_smoke_prints_its_json_line(tmp_path):
     for key in ("reference_img_s", "end_to_end_img_s", "ratio", "gpu_busy", "sam_ms_per_img", "write_ms_per_img"):
         assert key in line
     assert line["end_to_end_img_s"] > 0 and 0 < line["gpu_busy"] <= 1
+
+
+def test_sam_batch_size_is_its_own_validated_recipe_field(tiny_sam):
+    from synthgen.filter import SampleFilter
+
+    for bad in (0, -2, "many"):
+        with pytest.raises(RecipeError) as err:
+            recipe_from_dict({"filter": {"sam": {"batch_size": bad}}})
+        assert "filter.sam.batch_size" in str(err.value) and "\n" not in str(err.value)
+    assert recipe_from_dict({"filter": {"sam": {"batch_size": 6}}}).filter.sam.batch_size == 6
+    own = SampleFilter(FilterConfig(sam=SamConfig(model=str(tiny_sam), batch_size=3)), "cpu", batch_size=8)
+    backend_s = SampleFilter(FilterConfig(sam=SamConfig(model=str(tiny_sam))), "cpu", batch_size=8)
+    assert own.aligner.batch_size == 3 and backend_s.aligner.batch_size == 8

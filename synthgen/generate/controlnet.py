@@ -381,17 +381,40 @@ class ControlNetBackend:
 
     def warm_up(self) -> float:
         """One full batch of blank inputs through the pipeline: compiles every graph of the fixed
-        batch shape now (once per process) rather than in the first real batch. Returns seconds,
-        also kept in ``timing["compile"]``."""
+        batch shape now (once per process, and once more after an out-of-memory halving) rather
+        than in the first real batch. A CUDA out-of-memory error here halves ``batch_size`` too
+        (``speed.oom_halving``) and warms the new shape up. Returns seconds, also kept in
+        ``timing["compile"]``."""
         blank = np.zeros((self.height, self.width, 3), np.uint8)
         sample = {"layers": {"controls": [blank] * len(self.config.controlnets)}, "prompt": "",
                   "negative_prompt": "", "seed": 0}
         start = time.perf_counter()
-        self._run([sample], None)
+        while True:
+            try:
+                self._run([sample], None)
+                break
+            except self._torch.cuda.OutOfMemoryError as exc:
+                message = self._oom_message(exc)  # keeps no reference to exc or its frames
+            self._halve(message, "warm-up")
         seconds = time.perf_counter() - start
         self.timing["compile"] = self.timing.get("compile", 0.0) + seconds
         log.info("warm-up (torch.compile, batch %d): %.1f s", self.batch_size, seconds)
         return seconds
+
+    def _oom_message(self, exc: BaseException) -> str:
+        """The error's first line; re-raises it when halving is off or the batch is already 1."""
+        if not self.config.speed.oom_halving or self.batch_size == 1:
+            raise exc
+        return str(exc).splitlines()[0] if str(exc) else "out of memory"
+
+    def _halve(self, message: str, where: str) -> None:
+        """Halve ``batch_size`` for the rest of the run after an out-of-memory error, logged."""
+        old, self.batch_size = self.batch_size, max(1, self.batch_size // 2)
+        log.warning("CUDA out of memory at batch %d during %s (%s): batch_size halved to %d for the rest "
+                    "of this run; set backend.controlnet.batch_size=%d to start there", old, where, message,
+                    self.batch_size, self.batch_size)
+        if self._torch.cuda.is_available():
+            self._torch.cuda.empty_cache()
 
     # -------------------------------------------------------------------------------------------
     def check_inputs(self, samples: list[dict]) -> None:
@@ -443,20 +466,16 @@ class ControlNetBackend:
 
     def _batch_or_halve(self, batch: list[dict]):
         """Images of ``batch`` (at most ``batch_size``); on CUDA out-of-memory, ``batch_size``
-        halves and the batch runs in halves (each padded to the new size)."""
+        halves, the new shape is warmed up once when compiled (:meth:`warm_up`, logged), and the
+        batch runs in halves (each padded to the new size)."""
         torch = self._torch
         try:
             return self._generate_batch(batch)
         except torch.cuda.OutOfMemoryError as exc:  # the except block drops exc and its frames
-            if not self.config.speed.oom_halving or self.batch_size == 1:
-                raise
-            message = str(exc).splitlines()[0] if str(exc) else "out of memory"
-        old, self.batch_size = self.batch_size, max(1, self.batch_size // 2)
-        log.warning("CUDA out of memory at batch %d (%s): batch_size halved to %d for the rest of this "
-                    "run; set backend.controlnet.batch_size=%d to start there", old, message,
-                    self.batch_size, self.batch_size)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+            message = self._oom_message(exc)
+        self._halve(message, "diffusion")
+        if self.config.speed.compile:
+            self.warm_up()
         return torch.cat([self._batch_or_halve(batch[i:i + self.batch_size])
                           for i in range(0, len(batch), self.batch_size)])
 

@@ -113,6 +113,41 @@ def test_long_prompts_are_encoded_whole(family, sd15, sdxl):
         strict.generate([_sample(6, LONG)])
 
 
+def test_long_prompt_embeddings_come_in_few_lengths(sd15):
+    """Prompts that compel encodes in 2, 3, 4, 6 and 8 text-encoder windows reach the UNet (and
+    the ControlNet) padded to 2, 4 or 8 windows: three shapes where the unpadded lengths would
+    be five (each a recompile of a compiled denoiser)."""
+    backend = ControlNetBackend(_config(sd15), SIZE, SIZE)
+    seen: dict[str, set] = {"unet": set(), "controlnet": set()}
+
+    def spy(name):
+        def grab(_module, args, kwargs):
+            states = kwargs["encoder_hidden_states"] if "encoder_hidden_states" in kwargs else args[2]
+            seen[name].add(tuple(states.shape[1:]))
+        return grab
+
+    hooks = [backend.pipe.unet.register_forward_pre_hook(spy("unet"), with_kwargs=True),
+             backend.pipe.controlnet.register_forward_pre_hook(spy("controlnet"), with_kwargs=True)]
+    prompts = [(LONG * 5)[:n] for n in (100, 200, 300, 380, 550)]
+    unpadded = {backend.long_prompts._encode(p, "")["prompt_embeds"].shape[1] for p in prompts}
+    assert unpadded == {77 * w for w in (2, 3, 4, 6, 8)}
+    try:
+        for k, prompt in enumerate(prompts):
+            backend.generate([_sample(20 + k, prompt)])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    lengths_seen = {shape[0] for shape in seen["unet"]}
+    assert lengths_seen == {154, 308, 616} and len(seen["unet"]) == 3
+    assert seen["controlnet"] == seen["unet"]
+    # padding is with the empty prompt's windows: a prompt's image does not depend on its batch
+    alone = backend.generate([_sample(30, prompts[1])])[0]
+    mixed = backend.generate([_sample(31, prompts[3]), _sample(30, prompts[1])])[1]
+    assert max_diff(alone, mixed) <= 1
+    with pytest.raises(UserError, match="text-encoder windows"):
+        backend.generate([_sample(32, LONG * 9)])
+
+
 def test_missing_controlnet_and_sam_reported_together(tmp_path, monkeypatch):
     from synthgen.generate import check_backend_models
     from tests.conftest import small_recipe

@@ -85,6 +85,35 @@ def test_ddim_eta_is_stochastic_seeded_and_batch_invariant(sd15):
     assert all(max_diff(a, b) <= 1 for a, b in zip(first, single.generate(samples)))
 
 
+@pytest.mark.parametrize("scheduler,eta", [("ddim", 1.0), ("euler_a", None), ("unipc", None)])
+def test_noise_drawn_up_front_gives_the_images_of_diffusers_own_drawing(sd15, monkeypatch, scheduler, eta):
+    """The initial latents are drawn before the call (then moved once) and the per-step noise
+    (DDIM eta 1, Euler ancestral) comes from the same per-image generators: the pipeline's
+    output is bit for bit what diffusers gives when it draws everything itself (the old path)."""
+    backend = ControlNetBackend(_config(sd15, scheduler=scheduler, eta=eta, batch_size=3), SIZE, SIZE)
+    calls, outputs = [], []
+    pipe = backend.pipe
+
+    def call(**kw):
+        calls.append(dict(kw))
+        out = pipe(**kw)
+        outputs.append(out.images.clone())
+        return out
+
+    monkeypatch.setattr(backend, "pipe", call)
+    backend.generate([_sample(11), _sample(12), _sample(13)])
+    kw = calls[0]
+    assert kw["latents"].shape == (3, 4, SIZE // 8, SIZE // 8) and kw["latents"].device.type == "cpu"
+    old = {k: v for k, v in kw.items() if k != "latents"}
+    old["generator"] = [torch.Generator("cpu").manual_seed(seed) for seed in (11, 12, 13)]
+    assert torch.equal(pipe(**old).images, outputs[0])
+    # the per-step noise is really used: a different step-noise stream changes the image
+    if scheduler != "unipc":
+        other = dict(kw, latents=kw["latents"].clone(),
+                     generator=[torch.Generator("cpu").manual_seed(seed + 1) for seed in (11, 12, 13)])
+        assert not torch.equal(pipe(**other).images, outputs[0])
+
+
 def test_generators_are_made_on_the_cpu(sd15, monkeypatch):
     backend = ControlNetBackend(_config(sd15), SIZE, SIZE)
     calls = []

@@ -19,9 +19,11 @@ Use it in two steps:
 2. :class:`ControlNetBackend` loads the pipeline once per process; ``generate(samples)``
    returns one (H, W, 3) uint8 RGB image per sample.
 
-Determinism: each image gets its own CPU ``torch.Generator`` seeded from its sample's seed, and
-diffusers draws each image's noise (initial latents, DDIM's eta noise) from it on the CPU, so the
-noise depends neither on the batch nor on the device type. Every pipeline call has exactly
+Determinism: each image's initial noise is drawn up front on the CPU from its own generator
+seeded from its sample's seed and moved to the device once per call; noise drawn at each step
+(DDIM with eta > 0, ancestral samplers) comes from per-image generators too (on CUDA, device
+generators: no copy per step; see ``ControlNetBackend._noise``), so a sample's noise never depends
+on its batch. Every pipeline call has exactly
 ``batch_size`` images (a short batch is padded with copies, each sample in slot
 ``index % batch_size``), so compiled graphs keep one shape and a sample's pixels are the same
 bits whichever samples share its batch; across batch sizes they agree up to float rounding of
@@ -369,6 +371,9 @@ class ControlNetBackend:
         self.timing: dict[str, float] = {}   # "diffusion": device seconds, "compile": warm-up seconds
         self.clock = DeviceClock(self.device, self.timing)
         self.long_prompts = LongPrompts(self.pipe, config) if config.family != "flux" else None
+        scale = self.pipe.vae_scale_factor  # (C, h, w) of one image's initial latents (sd15, sdxl)
+        self.latent_shape = (None if config.family == "flux" else
+                             (self.pipe.unet.config.in_channels, height // scale, width // scale))
         if not self.family.negative_prompt:
             log.info("family=%s ignores negative prompts; guidance=%s is its embedded guidance",
                      config.family, config.guidance)
@@ -541,10 +546,9 @@ class ControlNetBackend:
             rows = torch.tensor(source)
             embeds = {key: value[rows.to(value.device)] for key, value in embeds.items()}
 
-        # 1. control images and one generator per image, made on the CPU: the initial noise
-        #    (and DDIM's eta noise) is then the same whatever the device type
+        # 1. control images, and each image's noise from its own generator (see _noise)
         controls = self._control_tensors(batch)
-        generators = [torch.Generator("cpu").manual_seed(int(s["seed"])) for s in batch]
+        latents, generators = self._noise(batch)
 
         # 2. the call's arguments (lists per ControlNet when there are several)
         kwargs: dict[str, Any] = {
@@ -556,6 +560,8 @@ class ControlNetBackend:
             "control_guidance_end": [u.end for u in units] if multi else units[0].end,
             "generator": generators, "output_type": "pt",
         }
+        if latents is not None:
+            kwargs["latents"] = latents
         if embeds is not None:
             kwargs.update({key: value.to(self.device) for key, value in embeds.items()})
         else:
@@ -572,6 +578,36 @@ class ControlNetBackend:
             out = self.pipe(**kwargs).images  # (B, 3, H, W) float in [0, 1]
             pixels = to_uint8(out[slots])
         return pixels
+
+
+    def _noise(self, batch: list[dict]):
+        """(initial latents on the device or None, generators for the pipeline) of one call.
+
+        Each image's initial noise is drawn up front on the CPU from its own generator seeded
+        with its sample's seed, exactly as diffusers' ``prepare_latents`` would draw it
+        (``randn_tensor`` with the list of generators, the pipeline's dtype), and moved to the
+        device once (pinned, non-blocking). Noise drawn inside the denoising loop (DDIM with
+        eta > 0, ancestral samplers) comes from the generators passed to the pipeline: on a CPU
+        those same generators, continuing (so the images are the bits diffusers' own drawing
+        gives); on CUDA one device generator per image seeded with its sample's seed, so each
+        step draws its noise on the device, with no host-to-device copy (and no wait) per step.
+        A sample's noise never depends on the samples sharing its call. FLUX draws its own
+        initial noise from the CPU generators (packed latents; one copy per call; its
+        flow-matching sampler draws no noise in the loop).
+        """
+        torch = self._torch
+        seeds = [int(s["seed"]) for s in batch]
+        cpu = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        if self.config.family == "flux":
+            return None, cpu
+        from diffusers.utils.torch_utils import randn_tensor
+
+        latents = randn_tensor((len(batch), *self.latent_shape), generator=cpu, device=torch.device("cpu"),
+                               dtype=self.dtype)
+        if self.device == "cpu":
+            return latents, cpu
+        latents = latents.pin_memory().to(self.device, non_blocking=True)
+        return latents, [torch.Generator(self.device).manual_seed(seed) for seed in seeds]
 
 
 FLUX_T5_TOKENS = 512  # FLUX.1-dev's T5 context: prompts are read whole up to this many tokens

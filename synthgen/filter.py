@@ -19,11 +19,14 @@ but ``segment-anything`` imports ``torchvision``, which on our CPU machines exis
 torch, loads from a Hugging Face id or a local folder with ``from_pretrained``, and lets the
 image encoder run batched. Masks are the same up to resize interpolation details.
 
-Batching and device: SAM runs on the image backend's device (fp16 on CUDA, fp32 on CPU:
-``filter.sam.dtype``). Per batch, resizing/normalising, the ViT image encoder, the prompt
-encoder and mask decoder (one call per group of images with the same number of point prompts:
-never padded, so a sample's mask does not depend on its batch), mask upscaling and the IoU and
-keypoint scores all run there; only the scores come back to the host.
+Batching and device: SAM runs on the image backend's device, ``filter.sam.batch_size`` images
+at a time (default: the backend's batch; a CUDA out-of-memory error halves it). Its ViT image
+encoder runs in ``filter.sam.dtype`` (fp16 on CUDA, fp32 on CPU), the prompt encoder and mask
+decoder in fp32. Per batch, resizing (one interpolation per image size) and normalising, the
+image encoder, the prompt encoder and mask decoder (one call per group of images with the same
+number of point prompts: never padded, so a sample's mask does not depend on its batch), mask
+upscaling and the IoU and keypoint scores (one vectorised pass) all run there; only the scores
+come back to the host, in one copy.
 
 Note: with ``point_prompts`` the keypoints that prompted SAM are usually inside its mask by
 construction, so ``keypoints_in_sam_mask`` then mostly checks the keypoints that were not used
@@ -212,11 +215,14 @@ class SamAligner:
     ``config.model``: a Hugging Face id (e.g. ``facebook/sam-vit-base``) or a local folder
     holding ``config.json`` + weights + the ``SamProcessor`` config, as written by
     ``save_pretrained``. Missing weights raise :class:`~synthgen.errors.MissingModelError` here,
-    before any work. ``config.dtype`` (auto: fp16 on CUDA, fp32 on CPU) is the model's precision.
+    before any work. ``config.dtype`` (auto: fp16 on CUDA, fp32 on CPU) is the ViT image
+    encoder's precision; the prompt encoder and mask decoder run in fp32.
 
-    Per batch of ``batch_size`` images: resizing (longest side to the processor's
+    Per batch of ``batch_size`` images (halved for the rest of the run by a CUDA out-of-memory
+    error, unless ``oom_halving`` is off): resizing (longest side to the processor's
     ``longest_edge``, bilinear with antialiasing, rounded to 8-bit levels as the processor's PIL
-    resize does), normalising and padding run on the device; the ViT image encoder runs once on
+    resize does; one interpolation per image size), normalising and padding run on the device;
+    the ViT image encoder runs once on
     the batch; the prompt encoder and mask decoder run once per group of images with the same
     number of point prompts (no padding points: a padded prompt would change a mask, so a
     sample's mask does not depend on its batch); masks are upscaled and thresholded on the
@@ -233,8 +239,11 @@ class SamAligner:
         self.max_points = max_points
         self.dtype = dtype or _sam_dtype(config, self.device)
         start = time.perf_counter()
-        self.processor, self.model = _load_sam(config, self.dtype)
+        # the ViT image encoder (nearly all of SAM's work) in ``dtype``; the prompt encoder and
+        # mask decoder (small, and where box/point coordinates and mask logits live) in fp32
+        self.processor, self.model = _load_sam(config, torch.float32)
         self.model.to(self.device).eval()
+        self.model.vision_encoder.to(self.dtype)
         images = self.processor.image_processor
         self.target_size = int(images.size["longest_edge"])
         self.pad_size = (int(images.pad_size["height"]), int(images.pad_size["width"]))
@@ -312,7 +321,7 @@ class SamAligner:
         prompts = [self._prompt(image.shape[:2], box, None if points is None else pts)
                    for image, box, pts in zip(batch, boxes, points if points is not None else [None] * len(batch))]
         with self.clock.timing("sam"), torch.inference_mode():
-            embeddings = self.model.get_image_embeddings(self._pixel_values(batch))
+            embeddings = self.model.get_image_embeddings(self._pixel_values(batch)).float()
             logits = self._decode(embeddings, prompts)
             return [m.clone() for m in self._upscale(logits, [image.shape[:2] for image in batch])]
 
@@ -328,18 +337,19 @@ class SamAligner:
 
     def _pixel_values(self, batch: list[Any]) -> Any:
         """(B, 3, P, P) model input: each image resized (longest side ``target_size``), in
-        8-bit levels, normalised, zero-padded at the bottom and right to ``pad_size``."""
+        8-bit levels, normalised, zero-padded at the bottom and right to ``pad_size``. Images of
+        one size (a recipe's, as a rule) are resized together in one interpolation."""
         import torch
         import torch.nn.functional as F
 
         pixel_values = torch.zeros((len(batch), 3, *self.pad_size), dtype=torch.float32, device=self.device)
-        for k, image in enumerate(batch):
-            height, width = self._resized(*image.shape[:2])
-            chw = image.permute(2, 0, 1)[None].float()
-            if (height, width) != tuple(image.shape[:2]):
+        for (size, members) in _groups([tuple(image.shape[:2]) for image in batch]).items():
+            height, width = self._resized(*size)
+            chw = torch.stack([batch[k] for k in members]).permute(0, 3, 1, 2).float()  # (G, 3, H, W)
+            if (height, width) != size:
                 chw = F.interpolate(chw, (height, width), mode="bilinear", antialias=True,
                                     align_corners=False).round_().clamp_(0, 255)
-            pixel_values[k, :, :height, :width] = (chw[0] * (1 / 255) - self.mean) / self.std
+            pixel_values[members, :, :height, :width] = (chw * (1 / 255) - self.mean) / self.std
         return pixel_values.to(self.dtype)
 
     def _prompt(self, size: tuple[int, int], box: Sequence[float], points) -> tuple[list[float], np.ndarray | None]:
@@ -363,10 +373,10 @@ class SamAligner:
         logits = None
         for count, members in groups.items():
             kwargs: dict[str, Any] = {"input_boxes": torch.tensor(
-                [[prompts[k][0]] for k in members], dtype=self.dtype, device=self.device)}
+                [[prompts[k][0]] for k in members], dtype=torch.float32, device=self.device)}
             if count:
                 kwargs["input_points"] = torch.tensor(np.stack([prompts[k][1] for k in members])[:, None],
-                                                      dtype=self.dtype, device=self.device)
+                                                      dtype=torch.float32, device=self.device)
                 kwargs["input_labels"] = torch.ones((len(members), 1, count), dtype=torch.long, device=self.device)
             result = self.model(image_embeddings=embeddings[members], multimask_output=False, **kwargs)
             low_res = result.pred_masks[:, 0, 0].float()  # (G, h, w)
@@ -381,11 +391,8 @@ class SamAligner:
         one interpolation per group of equal image sizes."""
         import torch.nn.functional as F
 
-        groups: dict[tuple[int, int], list[int]] = {}
-        for k, size in enumerate(sizes):
-            groups.setdefault(tuple(size), []).append(k)
         out: list[Any] = [None] * len(sizes)
-        for (height, width), members in groups.items():
+        for (height, width), members in _groups([tuple(size) for size in sizes]).items():
             resized = self._resized(height, width)
             masks = F.interpolate(logits[members][:, None], self.pad_size, mode="bilinear", align_corners=False)
             masks = masks[..., :resized[0], :resized[1]]
@@ -393,6 +400,14 @@ class SamAligner:
             for k, mask in zip(members, masks):
                 out[k] = mask
         return out
+
+
+def _groups(keys: Sequence[Any]) -> dict[Any, list[int]]:
+    """key -> the positions holding it, in first-seen order."""
+    groups: dict[Any, list[int]] = {}
+    for k, key in enumerate(keys):
+        groups.setdefault(key, []).append(k)
+    return groups
 
 
 def _as_rgb8(image: np.ndarray) -> np.ndarray:
@@ -429,39 +444,56 @@ def _people(sample: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _mask_scores(masks: Sequence[Any], people: Sequence[dict[str, Any]]) -> list[tuple[float, float]]:
     """(IoU with the person's rendered pixels, fraction of its visible keypoints inside) per SAM
-    mask, computed where the masks are (the device, for SAM's own) and brought back together as
-    one (J, 2) float64 array: :func:`mask_iou` and :func:`keypoints_in_mask` on tensors, with the
-    same integer counts and float64 ratios."""
+    mask: :func:`mask_iou` and :func:`keypoints_in_mask` for the whole batch at once, computed
+    where the masks are (the device, for SAM's own), with the same integer counts and float64
+    ratios, and brought back to the host in one copy (one sync) as a (J, 2) array.
+
+    masks: J (H, W) bool masks (tensors or arrays); people: J dicts with ``pixels`` (H, W) bool
+    and ``keypoints_2d`` (K, 3). Masks of one size are scored together (one rendered-pixel copy).
+    """
     import torch
 
     if not len(masks):
         return []
-    rows = []
-    for mask, person in zip(masks, people):
-        mask = torch.as_tensor(mask)
-        pixels = torch.from_numpy(np.ascontiguousarray(person["pixels"])).to(mask.device, non_blocking=True)
-        if mask.shape != pixels.shape:
-            raise ValueError(f"mask_iou: masks differ in shape, {tuple(mask.shape)} vs {tuple(pixels.shape)}")
-        union = (mask | pixels).sum().double()
-        iou = torch.where(union > 0, (mask & pixels).sum().double() / union.clamp(min=1), 1.0)
-        rows.append(torch.stack([iou, _keypoints_inside(person["keypoints_2d"], mask)]))
-    return [(float(a), float(b)) for a, b in torch.stack(rows).cpu().numpy()]
+    masks = [torch.as_tensor(mask) for mask in masks]
+    device = masks[0].device
+    scores = torch.empty((len(masks), 2), dtype=torch.float64, device=device)
+    for size, members in _groups([tuple(mask.shape) for mask in masks]).items():
+        stack = torch.stack([masks[k] for k in members]).to(device)  # (G, H, W) bool
+        pixels = np.stack([np.asarray(people[k]["pixels"], dtype=bool) for k in members])
+        if pixels.shape[1:] != size:
+            raise ValueError(f"mask_iou: masks differ in shape, {size} vs {pixels.shape[1:]}")
+        pixels = torch.from_numpy(pixels).to(device, non_blocking=True)
+        inter = (stack & pixels).flatten(1).sum(1).double()
+        union = (stack | pixels).flatten(1).sum(1).double()
+        rows = torch.tensor(members, device=device)
+        scores[rows, 0] = torch.where(union > 0, inter / union.clamp(min=1), 1.0)
+        scores[rows, 1] = _keypoints_inside(stack, [people[k]["keypoints_2d"] for k in members])
+    return [(float(a), float(b)) for a, b in scores.cpu().numpy()]
 
 
-def _keypoints_inside(keypoints_2d: np.ndarray, mask: Any) -> Any:
-    """:func:`keypoints_in_mask` of an (H, W) bool tensor: a float64 scalar on its device."""
+def _keypoints_inside(masks: Any, keypoints: Sequence[np.ndarray]) -> Any:
+    """:func:`keypoints_in_mask` of each (H, W) bool mask of ``masks`` (G, H, W) with its (K, 3)
+    keypoints: (G,) float64 on the masks' device, one gather for the group."""
     import torch
 
-    kp = np.asarray(keypoints_2d, dtype=np.float64).reshape(-1, 3)
-    visible = kp[kp[:, 2] == 2]
-    if len(visible) == 0:
-        return torch.tensor(1.0, dtype=torch.float64, device=mask.device)
-    cols, rows = np.rint(visible[:, 0]), np.rint(visible[:, 1])
-    height, width = mask.shape
-    inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height) & np.isfinite(cols + rows)
-    index = torch.from_numpy(rows[inside].astype(np.int64) * width + cols[inside].astype(np.int64))
-    hits = mask.reshape(-1)[index.to(mask.device)].sum().double()
-    return hits / len(visible)
+    count, height, width = masks.shape
+    flat_index, visible = [], np.zeros(count, dtype=np.float64)
+    for k, kp in enumerate(keypoints):
+        kp = np.asarray(kp, dtype=np.float64).reshape(-1, 3)
+        seen = kp[kp[:, 2] == 2]
+        cols, rows = np.rint(seen[:, 0]), np.rint(seen[:, 1])
+        inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height) & np.isfinite(cols + rows)
+        flat_index.append(rows[inside].astype(np.int64) * width + cols[inside].astype(np.int64))
+        visible[k] = len(seen)
+    longest = max((len(index) for index in flat_index), default=0)
+    index = np.full((count, max(longest, 1)), -1, dtype=np.int64)  # -1: no keypoint in this column
+    for k, row in enumerate(flat_index):
+        index[k, :len(row)] = row
+    index = torch.from_numpy(index).to(masks.device, non_blocking=True)
+    hits = (masks.reshape(count, -1).gather(1, index.clamp(min=0)) & (index >= 0)).sum(1).double()
+    visible = torch.from_numpy(visible).to(masks.device, non_blocking=True)
+    return torch.where(visible > 0, hits / visible.clamp(min=1), 1.0)
 
 
 def _verdict(people: list[dict[str, Any]], policy: str) -> dict[str, Any]:

@@ -45,6 +45,35 @@ def test_keypoints_in_mask_counts_visible_points_only():
     assert keypoints_in_mask(np.zeros((0, 3)), mask) == 1.0
 
 
+def test_batched_mask_scores_equal_the_per_image_scores_on_known_masks():
+    """The filter's scores, computed for a whole batch in one pass (two image sizes, empty
+    masks, hidden, off-image and NaN keypoints), equal mask_iou and keypoints_in_mask per image."""
+    import torch
+
+    from synthgen.filter import _mask_scores
+
+    rng = np.random.default_rng(4)
+    masks, people = [], []
+    for k, (h, w) in enumerate([(96, 80)] * 5 + [(64, 64)] * 3):
+        (x0, x1), (y0, y1) = sorted(rng.integers(0, w // 2, 2) + [0, w // 2]), sorted(rng.integers(0, h, 2))
+        sam = box_mask(h, w, x0, y0, x1, y1) > 0
+        rendered = box_mask(h, w, 10, 5, 30 + 3 * k, 50) > 0
+        kp = np.c_[rng.uniform(-10, w + 10, 9), rng.uniform(-10, h + 10, 9), rng.choice([1, 2, 2], 9)]
+        if k == 1:
+            sam[:] = rendered[:] = False  # both empty: IoU 1
+        if k == 2:
+            kp[:, 2] = 1  # no visible keypoint: 1.0
+        if k == 3:
+            kp[0] = [np.nan, 3.0, 2.0]
+        masks.append(sam)
+        people.append({"pixels": rendered, "keypoints_2d": kp})
+    expected = [(mask_iou(m, p["pixels"]), keypoints_in_mask(p["keypoints_2d"], m)) for m, p in zip(masks, people)]
+    assert _mask_scores([torch.from_numpy(m) for m in masks], people) == expected
+    assert _mask_scores(masks, people) == expected  # NumPy masks (the sam_masks seam) too
+    assert len({e for e in expected}) > 4 and expected[1][0] == 1.0 and expected[2][1] == 1.0
+    assert _mask_scores([], []) == []
+
+
 def test_cheap_checks_catch_nan_black_and_constant_images():
     cfg = FilterConfig()
     rng = np.random.default_rng(0)

@@ -529,3 +529,47 @@ def test_sam_batch_size_is_its_own_validated_recipe_field(tiny_sam):
     own = SampleFilter(FilterConfig(sam=SamConfig(model=str(tiny_sam), batch_size=3)), "cpu", batch_size=8)
     backend_s = SampleFilter(FilterConfig(sam=SamConfig(model=str(tiny_sam))), "cpu", batch_size=8)
     assert own.aligner.batch_size == 3 and backend_s.aligner.batch_size == 8
+
+
+def test_sam_runs_its_image_encoder_in_its_dtype_and_prompts_and_decoder_in_fp32(tiny_sam):
+    """fp16 on CUDA is the ViT's only; bf16 stands in for it on this CPU: the vision encoder
+    holds bf16 weights, the prompt encoder and mask decoder fp32, and the masks stay close to the
+    all-fp32 ones (random weights: a check on plumbing, not quality)."""
+    import torch
+
+    from synthgen.filter import SamAligner
+    from tests.tiny_sam import IMAGE_SIZE
+
+    half = SamAligner(SamConfig(model=str(tiny_sam), dtype="bf16"))
+    full = SamAligner(SamConfig(model=str(tiny_sam)))
+    assert {p.dtype for p in half.model.vision_encoder.parameters()} == {torch.bfloat16}
+    for part in (half.model.prompt_encoder, half.model.mask_decoder, half.model.shared_image_embedding):
+        assert {p.dtype for p in part.parameters()} == {torch.float32}
+    decoder_inputs = []
+    half.model.mask_decoder.register_forward_pre_hook(
+        lambda m, a, kw: decoder_inputs.append(kw.get("image_embeddings", a[0] if a else None).dtype),
+        with_kwargs=True)
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8) for _ in range(3)]
+    boxes = [[20.0, 30.0, 200.0, 220.0]] * 3
+    a, b = half.masks(images, boxes), full.masks(images, boxes)
+    assert decoder_inputs == [torch.float32]
+    assert all(x.dtype == np.bool_ and np.mean(x != y) < 0.05 for x, y in zip(a, b))
+
+
+def test_sam_resizes_a_batch_in_one_interpolation(tiny_sam, monkeypatch):
+    import torch
+    import torch.nn.functional as F
+
+    from synthgen.filter import SamAligner
+
+    aligner = SamAligner(SamConfig(model=str(tiny_sam)), device="cpu")
+    rng = np.random.default_rng(1)
+    images = [torch.from_numpy(rng.integers(0, 256, (96, 64, 3), dtype=np.uint8)) for _ in range(4)]
+    one_by_one = torch.cat([aligner._pixel_values([image]) for image in images])
+    calls = []
+    interpolate = F.interpolate
+    monkeypatch.setattr(F, "interpolate", lambda x, *a, **kw: calls.append(x.shape) or interpolate(x, *a, **kw))
+    batched = aligner._pixel_values(images + [torch.from_numpy(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))])
+    assert calls == [(4, 3, 96, 64), (1, 3, 48, 64)]  # one call per image size
+    assert torch.equal(batched[:4], one_by_one)

@@ -365,3 +365,24 @@ def test_recipe_through_the_pipeline(tmp_path):
     for s in samples:
         assert s["image"].shape == (128, 128, 3) and s["image"].dtype == np.uint8
         assert isinstance(s["prompt"], str) and s["prompt"]
+
+
+def test_control_images_travel_as_uint8_and_equal_diffusers_preprocessing(sd15):
+    """The control images reach the device as uint8 and become floats there; the tensor equals
+    what the pipeline's own ``prepare_image`` (its ``VaeImageProcessor``) makes of the same RGB
+    images given as PIL images, within 1/255 (in fact exactly)."""
+    from PIL import Image
+
+    backend = ControlNetBackend(config(sd15, layers=("depth", "edges"), scales=(1.0, 0.5)), SIZE, SIZE)
+    batch = [sample(1), sample(2), sample(3)]
+    raw = backend._control_uint8(batch)
+    assert [t.dtype for t in raw] == [torch.uint8, torch.uint8]
+    assert [t.shape for t in raw] == [(3, SIZE, SIZE, 3)] * 2
+    ours = backend._control_tensors(batch)
+    for index, unit in enumerate(backend.config.controlnets):
+        pil = [Image.fromarray(control_image(s["layers"], unit.layer, index)) for s in batch]
+        theirs = backend.pipe.prepare_image(pil, SIZE, SIZE, len(batch), 1, backend.device, torch.float32)
+        assert ours[index].device.type == backend.device and ours[index].dtype == torch.float32
+        assert ours[index].shape == theirs.shape == (3, 3, SIZE, SIZE)
+        assert float((ours[index] - theirs).abs().max()) <= 1 / 255
+        assert torch.equal(ours[index], theirs)

@@ -485,14 +485,23 @@ class ControlNetBackend:
         return torch.cat([self._batch_or_halve(batch[i:i + self.batch_size])
                           for i in range(0, len(batch), self.batch_size)])
 
-    def _control_tensors(self, batch: list[dict]) -> list:
-        """Per ControlNet, a (B, 3, H, W) float tensor in [0, 1] (what diffusers makes of RGB)."""
+    def _control_uint8(self, batch: list[dict]) -> list:
+        """Per ControlNet, the batch's (B, H, W, 3) uint8 control images on the device: they
+        cross to it as bytes (a quarter of float32), from pinned memory without blocking."""
         torch = self._torch
-        tensors = []
+        out = []
         for index, unit in enumerate(self.config.controlnets):
-            stack = np.stack([control_image(s["layers"], unit.layer, index) for s in batch])
-            tensors.append(torch.from_numpy(stack).permute(0, 3, 1, 2).float() / 255.0)
-        return tensors
+            stack = torch.from_numpy(np.stack([control_image(s["layers"], unit.layer, index) for s in batch]))
+            if self.device != "cpu":
+                stack = stack.pin_memory().to(self.device, non_blocking=True)
+            out.append(stack)
+        return out
+
+    def _control_tensors(self, batch: list[dict]) -> list:
+        """Per ControlNet, a (B, 3, H, W) float32 tensor in [0, 1] on the device, converted there
+        from the uint8 images: what diffusers' control-image processor makes of RGB images
+        (``/ 255`` in float32), so its own preprocessing then only checks shapes."""
+        return [images.permute(0, 3, 1, 2).float() / 255.0 for images in self._control_uint8(batch)]
 
     def _generate_batch(self, batch: list[dict]):
         """(B, H, W, 3) uint8 images of one batch, in order, on the device. Samples whose prompts

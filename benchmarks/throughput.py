@@ -10,7 +10,10 @@ Prints, in order:
    layer derivation, labels, shaded backend, filter, encoders, tar write); every sample's encoded
    record is then compared byte for byte with what the factory itself makes
    (``pose_subjects`` + ``prepare`` + ``finish`` + ``encode``), timed on the same samples;
-3. throughput: the naive per-sample loop (one process, Anny at batch 1, a second render pass,
+3. bytes per sample crossing from a loader process to the device process: the whole prepared
+   sample (before) and what ``ImageFactory.transferable`` sends (after), pickled, for the
+   quickstart (shaded) and humanwild_sd15 (ControlNet) recipes (``--bytes-only``: just this);
+4. throughput: the naive per-sample loop (one process, Anny at batch 1, a second render pass,
    PIL's default PNG/JPEG encoders and webdataset's default encoder) and
    :func:`synthgen.run.generate` with workers=1 and 2, each run in a fresh process as the CLI
    would: wall samples/s for N and 2N samples, the marginal rate N / (t(2N) - t(N)), which
@@ -18,7 +21,7 @@ Prints, in order:
    times that each vary by seconds, and the steady rate from the 2N run's shard sidecars
    (``workers x shard size / median shard time``, each worker's first shard left out), which
    cancels the start-up without that noise;
-4. Anny model start (cold in an empty cache, skipped with --quick/--skip-cold; warm) and peak
+5. Anny model start (cold in an empty cache, skipped with --quick/--skip-cold; warm) and peak
    resident memory.
 
     python benchmarks/throughput.py [--quick] [--samples 64] [--gen-samples 256] [--skip-cold]
@@ -361,6 +364,37 @@ def generate_rates(base: list[str], workers: int, n: int) -> dict:
 
 
 # --- main --------------------------------------------------------------------------------------
+def transfer_bytes(recipe_name: str, n: int = 4) -> tuple[str, float, float]:
+    """(recipe line, median pickled bytes of a prepared sample as a loader worker made it before
+    (the whole sample), and as it sends it now (``ImageFactory.transferable``)) over ``n`` samples."""
+    import pickle
+
+    from synthgen.images import ImageFactory
+    from synthgen.recipe import load_recipe
+
+    recipe = load_recipe(ROOT / "recipes" / recipe_name, [])
+    factory = ImageFactory(recipe, cpu_only=True)
+    before, after = [], []
+    for sample in factory.prepared(list(range(n))):
+        before.append(len(pickle.dumps(sample, protocol=pickle.HIGHEST_PROTOCOL)))
+        after.append(len(pickle.dumps(factory.transferable(sample), protocol=pickle.HIGHEST_PROTOCOL)))
+    what = (f"{recipe_name} ({recipe.image.width}x{recipe.image.height}, {recipe.backend.kind}, "
+            f"vertices {recipe.output.vertices})")
+    return what, float(np.median(before)), float(np.median(after))
+
+
+def print_transfer_bytes(recipes: list[str]) -> None:
+    print("## Bytes per sample from a loader process to the device process (pickled, median of 4)")
+    print("# before: the whole prepared sample; after: ImageFactory.transferable (what the device "
+          "stages and the writer read)")
+    rows = [transfer_bytes(name) for name in recipes]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'recipe':<{width}} | before MB | after MB | after/before")
+    for what, before, after in rows:
+        print(f"{what:<{width}} | {before / 1e6:9.2f} | {after / 1e6:8.2f} | {after / before:.2f}")
+    print(flush=True)
+
+
 def _nproc() -> str:
     try:
         return subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
@@ -378,6 +412,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--skip-cold", action="store_true", help="skip the ~50 s Anny cold start")
     parser.add_argument("--skip-generate", action="store_true")
+    parser.add_argument("--bytes-only", action="store_true",
+                        help="only the bytes-per-sample table (loader process -> device process)")
     args = parser.parse_args()
     samples = args.samples or (32 if args.quick else 64)
     naive_n = args.naive_samples or (16 if args.quick else 64)
@@ -405,6 +441,9 @@ def main() -> None:
           "workers keep freed memory mapped (synthgen.engine.memory)")
     print("# NOISE: the cores are shared with other work; rows differ run to run by ~10-30%, "
           "trust medians and ratios, not single digits.\n")
+    print_transfer_bytes(["quickstart.yaml", "humanwild_sd15.yaml"])
+    if args.bytes_only:
+        return
 
     print(f"## Per-stage, one process, torch threads {torch.get_num_threads()}, LP_NUM_THREADS "
           f"{os.environ['LP_NUM_THREADS']}; {samples} samples after {args.warmup} warm-up "

@@ -3,7 +3,10 @@
 ``loader_workers == 0``: the CPU stages run in a background thread of this process.
 ``loader_workers > 0``: in that many spawned DataLoader processes, each with its own factory
 (models, GL context); worker ``w`` prepares chunks ``w, w + n, ...`` of ``factory.cpu_chunk``
-consecutive samples and the DataLoader's round robin gives the chunks back in order.
+consecutive samples and the DataLoader's round robin gives the chunks back in order. A worker
+sends each sample through ``factory.transferable`` when the factory has one (only what the
+device stages and the writer read crosses the process boundary), and a prefetch thread of this
+process receives them, so the device stages never wait on unpickling.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ def finished_samples(factory: Factory, indices: list[int], loader_workers: int =
     if loader_workers > 0:
         log.info("CPU stages of %d samples in %d loader workers, chunks of %d", len(indices), loader_workers,
                  factory.cpu_chunk)
-        prepared = _loader_stream(type(factory), factory.recipe, indices, factory.cpu_chunk,
-                                  loader_workers, depth, attempt)
+        # read by a thread: unpickling the workers' samples does not hold up the device stages
+        prepared = _prefetch(_loader_stream(type(factory), factory.recipe, indices, factory.cpu_chunk,
+                                            loader_workers, depth, attempt), depth, name="synthgen-loader")
     else:
         prepared = _prefetch(factory.prepared(indices, attempt), depth)
     yield from _finish_batches(factory, _batched(prepared, factory.batch_size), keep_errors)
@@ -86,6 +90,10 @@ def _prefetch(items: Iterator, depth: int, name: str = "synthgen-cpu-stages") ->
                     return
         except BaseException as exc:  # surfaced in the consumer
             put(exc)
+        finally:  # a generator (e.g. the loader stream) shuts its workers down here, in its thread
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
         put(done)
 
     threading.Thread(target=fill, daemon=True, name=name).start()
@@ -146,8 +154,9 @@ class _PreparedChunks(tud.IterableDataset):
             recipe = Recipe.model_validate(self.recipe_json)
             _WORKER_FACTORY["factory"] = self.factory_class(recipe, cpu_only=True)
         factory = _WORKER_FACTORY["factory"]
+        slim = getattr(factory, "transferable", None) or _as_is  # only what the device process reads
         for chunk in self.chunks[worker::count]:
-            yield list(factory.prepared(chunk, self.attempt))
+            yield [slim(sample) for sample in factory.prepared(chunk, self.attempt)]
 
 
 def _as_is(item):

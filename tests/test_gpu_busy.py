@@ -273,6 +273,22 @@ def test_fuse_qkv_fuses_every_attention_module_of_unet_each_controlnet_and_vae(t
         assert np.abs(x.astype(int) - y.astype(int)).max() <= 1
 
 
+def test_fuse_qkv_fuses_every_attention_module_of_flux_and_its_controlnet(tmp_path):
+    import diffusers
+
+    from synthgen.generate.speed import attention_modules, fuse_qkv
+    from tests.tiny_diffusion import build_tiny_flux
+
+    models = build_tiny_flux(tmp_path / "flux", num_controlnets=1)
+    for cls, folder in [(diffusers.FluxTransformer2DModel, f"{models['base']}/transformer"),
+                        (diffusers.FluxControlNetModel, models["controlnets"][0])]:
+        model = cls.from_pretrained(folder)
+        modules = attention_modules(model)
+        assert modules and not any(m.fused_projections for m in modules.values())
+        assert fuse_qkv(model) == len(modules)
+        assert all(m.fused_projections and hasattr(m, "to_qkv") for m in modules.values())
+
+
 def test_vae_options_turn_on_at_1024(sd15):
     from synthgen.generate.speed import apply_speed
     from synthgen.recipe import SpeedConfig

@@ -99,3 +99,26 @@ def test_transferable_keeps_what_the_device_stages_and_writer_read():
             ra, rb = factory.encode(a), factory.encode(b)
             assert set(ra) == set(rb) and all(ra[k] == rb[k] for k in ra)
             assert np.array_equal(a["image"], b["image"])
+
+
+def test_the_loader_stream_is_read_by_a_prefetch_thread(monkeypatch):
+    """Samples from loader processes are received (unpickled) by a thread of their own, not by
+    the thread that runs the device stages."""
+    import threading
+
+    from synthgen.engine import finished_samples, streams
+    from synthgen.images import ImageFactory
+
+    readers, real = [], streams._loader_stream
+
+    def recorded(*args, **kwargs):
+        for sample in real(*args, **kwargs):
+            readers.append(threading.current_thread().name)
+            assert sorted(sample["layers"]) == sorted(factory.device_layers & set(sample["layers"]))
+            yield sample
+
+    monkeypatch.setattr(streams, "_loader_stream", recorded)
+    factory = ImageFactory(small_recipe(num_samples=2))
+    samples = list(finished_samples(factory, [0, 1], loader_workers=1))
+    assert [s["index"] for s in samples] == [0, 1] and all(s["image"] is not None for s in samples)
+    assert readers == ["synthgen-loader"] * 2 and threading.current_thread().name != "synthgen-loader"

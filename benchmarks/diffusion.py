@@ -9,7 +9,8 @@ prompts whole) and SAM thresholds:
 config      recipe                       models
 ==========  ===========================  ===============================================
 sd15_1cn    recipes/humanwild_sd15.yaml  SD1.5 + its first ControlNet (normal), 512², 20 UniPC
-sd15_2cn    recipes/humanwild_sd15.yaml  SD1.5 + 2 ControlNets (normal, skeleton)
+sd15_2cn    recipes/humanwild_sd15.yaml  SD1.5 + 2 ControlNets (normal, skeleton): the recipe as
+                                         shipped, SAM thresholds included (redraws)
 sdxl_1cn    recipes/humanwild.yaml       SDXL + 1 ControlNet, 1024², 50 steps, compel prompts
 flux_2cn    recipes/genzoo.yaml          FLUX.1-dev + 2 ControlNets, 1024², 28 steps (the
                                          embedded quadruped instead of the SMAL files)
@@ -37,8 +38,13 @@ between them, the recompiles of each counted from dynamo's compilation metrics):
     the pipeline and SAM calls (``"cpu-wall"``: says nothing about a GPU).
 
 Random weights: SAM's masks mean nothing, so how many samples are rejected and redrawn is not a
-property of synthgen; redraws are reported in their own fields (``redraws``, ``gave_up``) and
-``end_to_end_img_s`` counts every diffused image, so the ratio compares the device's work.
+property of synthgen. ``sd15_2cn`` keeps the recipe's SAM thresholds and reports its redraws in
+their own fields (``redraws``, ``rejected``, ``gave_up``; redraw batches are padded to the fixed
+batch shape); the other configurations set them to 0 so that every image is written and the
+writer is measured. ``end_to_end_img_s`` counts every diffused image, so the ratio compares the
+device's work either way. Tokenizers: byte-level with merges learnt from synthgen's prompt words
+(see :func:`synthgen.testing.tiny_models.word_merges`): prompts are about as many tokens as with
+CLIP's vocabulary, so compel runs where it would with the real models.
 
     python benchmarks/diffusion.py --smoke                     # CPU, tiny models, minutes
     python benchmarks/diffusion.py --configs sd15_1cn          # a GPU (or benchmarks/gpu_check.sh)
@@ -74,19 +80,22 @@ log = logging.getLogger("benchmarks.diffusion")
 
 @dataclass(frozen=True)
 class Setting:
-    """One configuration: its recipe, family and how many of the recipe's ControlNets it keeps."""
+    """One configuration: its recipe, family, how many of the recipe's ControlNets it keeps, and
+    whether SAM keeps the recipe's thresholds (``"recipe"``: rejected samples are redrawn) or
+    keeps every sample (``"zero"``: every image is written, so the writer is measured too)."""
 
     recipe: str
     family: str
     controlnets: int
+    sam_thresholds: str = "zero"
     overrides: dict = field(default_factory=dict)  # dotted key -> value, applied to the recipe
 
 
 QUADRUPED = {"subject.model": "quadruped", "subject.model_path": None, "subject.animal.cluster_file": None}
 CONFIGS = {"sd15_1cn": Setting("recipes/humanwild_sd15.yaml", "sd15", 1),
-           "sd15_2cn": Setting("recipes/humanwild_sd15.yaml", "sd15", 2),
+           "sd15_2cn": Setting("recipes/humanwild_sd15.yaml", "sd15", 2, "recipe"),
            "sdxl_1cn": Setting("recipes/humanwild.yaml", "sdxl", 1),
-           "flux_2cn": Setting("recipes/genzoo.yaml", "flux", 2, QUADRUPED)}
+           "flux_2cn": Setting("recipes/genzoo.yaml", "flux", 2, overrides=QUADRUPED)}
 SMOKE = {"size": 64, "steps": 2}
 REQUIRED = ("config", "reference_img_s", "end_to_end_img_s", "ratio", "gpu_busy", "busy_source",
             "sam_ms_per_img", "write_ms_per_img", "recompiles")
@@ -105,7 +114,9 @@ def models_for(name: str, root: Path, smoke: bool, device: str) -> dict:
             from synthgen.testing import tiny_models
 
             builder = getattr(tiny_models, f"build_tiny_{setting.family}")
-            models = builder(folder, num_controlnets=setting.controlnets)
+            from benchmarks.full_size import words
+
+            models = builder(folder, num_controlnets=setting.controlnets, words=words())
         else:
             from benchmarks.full_size import build_full_size
 
@@ -153,6 +164,8 @@ def bench_recipe(name: str, models: dict, opts) -> dict:
     sam = (data.get("filter") or {}).get("sam")
     if sam is not None:
         sam["model"] = models["sam"]
+        if setting.sam_thresholds == "zero":
+            sam.update(min_iou=0.0, min_keypoints_in_mask=0.0)
     data["num_samples"] = (opts.warmup + opts.shards) * opts.batch
     data.setdefault("output", {})["shard_size"] = opts.batch
     return data
@@ -446,6 +459,7 @@ def measure(name: str, opts) -> dict:
             "encode_ms_per_img": round(e2e["encode_ms_per_img"], 2),
             "write_ms_per_img": round(e2e["write_ms_per_img"], 2),
             "sam_min_iou": recipe.filter.sam.min_iou if recipe.filter.sam else None,
+            "sam_thresholds": CONFIGS[name].sam_thresholds if recipe.filter.sam else None,
             "redraws": e2e["redraws"], "rejected": e2e["rejected"], "gave_up": e2e["gave_up"],
             "failed": e2e["failed"], "steady_images": e2e["diffused"], "steady_window_s": round(e2e["window_s"], 2),
             "peak_memory_gib": round(e2e["peak_memory_gib"], 2), "compile_s": round(e2e["compile_s"], 1),

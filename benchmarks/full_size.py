@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 
-from synthgen.testing.tiny_models import t5_tokenizer, write_clip_tokenizer
+from synthgen.testing.tiny_models import prompt_words, t5_tokenizer, write_clip_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("benchmarks.full_size")
 
@@ -68,12 +70,19 @@ FLUX_T5 = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=2
                feed_forward_proj="gated-gelu", decoder_start_token_id=0)
 
 
+def words() -> list[str]:
+    """The words of synthgen's prompt templates and the recipes: one token each (see
+    :func:`synthgen.testing.tiny_models.word_merges`), so prompts are about as long in tokens as with
+    CLIP's real vocabulary and go through compel exactly when they would."""
+    return prompt_words(ROOT / "synthgen" / "assets" / "prompts", ROOT / "recipes")
+
+
 def _text(config: dict, tokenizer, projection: bool = False):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     cls = CLIPTextModelWithProjection if projection else CLIPTextModel
-    return cls(CLIPTextConfig(**config, bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1,
-                              pad_token_id=len(tokenizer) - 1))
+    return cls(CLIPTextConfig(**config, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                              pad_token_id=tokenizer.eos_token_id))
 
 
 def _scheduler():
@@ -89,7 +98,7 @@ def build_full_size(family: str, count: int, root: Path, device: str) -> dict:
     import diffusers
     from transformers import T5Config, T5EncoderModel
 
-    tokenizer = write_clip_tokenizer(root / "_tokenizer")
+    tokenizer = write_clip_tokenizer(root / "_tokenizer", words())
     torch.manual_seed(0)
     start = time.perf_counter()
     with torch.device(device):

@@ -61,21 +61,55 @@ def byte_level_vocab() -> dict[str, int]:
     return {token: i for i, token in enumerate(tokens)}
 
 
-def write_clip_tokenizer(folder: Path):
-    """Write vocab.json + merges.txt into ``folder`` and return the loaded ``CLIPTokenizer``."""
+def word_merges(words) -> list[tuple[str, str]]:
+    """BPE merges, learnt from ``words`` (lower-case letters) until each is one token: with them a
+    prompt costs about one token per word and punctuation mark, as with CLIP's real vocabulary,
+    instead of one per character. Learnt by the ``tokenizers`` library's BPE trainer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    words = sorted({w.lower() for w in words if w.isascii() and w.isalpha()})
+    if not words:
+        return []
+    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    bpe.train_from_iterator(words, trainers.BpeTrainer(vocab_size=1_000_000, end_of_word_suffix="</w>",
+                                                      min_frequency=0, show_progress=False))
+    return [tuple(pair) for pair in json.loads(bpe.to_str())["model"]["merges"]]
+
+
+def prompt_words(*folders: Path) -> list[str]:
+    """The words of every YAML file in ``folders`` (prompt templates, recipes' negative prompts)."""
+    import re
+
+    words: set[str] = set()
+    for folder in folders:
+        for path in sorted(Path(folder).glob("*.yaml")):
+            words.update(re.findall(r"[a-z]+", path.read_text().lower()))
+    return sorted(words)
+
+
+def write_clip_tokenizer(folder: Path, words=()):
+    """Write vocab.json + merges.txt into ``folder`` and return the loaded ``CLIPTokenizer``.
+
+    Byte-level: every character is a token; ``words``: also one token per listed word (see
+    :func:`word_merges`), appended after the two special tokens (whose ids stay 512 and 513)."""
     from transformers import CLIPTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(byte_level_vocab(), ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
+    vocab = byte_level_vocab()
+    merges = word_merges(words)
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
     return CLIPTokenizer.from_pretrained(str(folder), model_max_length=TOKENIZER_LENGTH)
 
 
-def _text_config(hidden: int = 32, projection: int | None = None):
+def _text_config(hidden: int = 32, projection: int | None = None, vocab: int = TINY_VOCAB_SIZE):
     from transformers import CLIPTextConfig
 
     extra = {"projection_dim": projection} if projection else {}
-    return CLIPTextConfig(vocab_size=TINY_VOCAB_SIZE, hidden_size=hidden, intermediate_size=37,
+    return CLIPTextConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=37,
                           num_hidden_layers=2, num_attention_heads=4,
                           max_position_embeddings=TOKENIZER_LENGTH, bos_token_id=TINY_VOCAB_SIZE - 2,
                           eos_token_id=TINY_VOCAB_SIZE - 1, pad_token_id=TINY_VOCAB_SIZE - 1,
@@ -155,7 +189,7 @@ def _scheduler():
                          clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 
 
-def build_tiny_sd15(root: str | Path, num_controlnets: int = 2, seed: int = 0) -> dict:
+def build_tiny_sd15(root: str | Path, num_controlnets: int = 2, seed: int = 0, words=()) -> dict:
     """Write a tiny SD1.5 base + ``num_controlnets`` ControlNets under ``root``.
 
     Returns ``{"base": folder, "controlnets": [folder, ...]}``.
@@ -173,8 +207,8 @@ def build_tiny_sd15(root: str | Path, num_controlnets: int = 2, seed: int = 0) -
     torch.manual_seed(seed + 1)
     vae = _vae()
     torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(_text_config())
-    tokenizer = write_clip_tokenizer(root / "_tokenizer")
+    tokenizer = write_clip_tokenizer(root / "_tokenizer", words)
+    text_encoder = CLIPTextModel(_text_config(vocab=len(tokenizer)))
     controlnets = _controlnets(unet, num_controlnets)
     # saved as the plain text-to-image pipeline, like the real base checkpoints
     pipe = StableDiffusionPipeline(
@@ -184,7 +218,7 @@ def build_tiny_sd15(root: str | Path, num_controlnets: int = 2, seed: int = 0) -
     return _save(root, pipe, controlnets)
 
 
-def build_tiny_sdxl(root: str | Path, num_controlnets: int = 1, seed: int = 0) -> dict:
+def build_tiny_sdxl(root: str | Path, num_controlnets: int = 1, seed: int = 0, words=()) -> dict:
     """Write a tiny SDXL base (two text encoders, the second with a projection) + ControlNets."""
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
@@ -205,10 +239,10 @@ def build_tiny_sdxl(root: str | Path, num_controlnets: int = 1, seed: int = 0) -
     torch.manual_seed(seed + 1)
     vae = _vae()
     torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(_text_config(hidden))
+    tokenizer = write_clip_tokenizer(root / "_tokenizer", words)
+    text_encoder = CLIPTextModel(_text_config(hidden, vocab=len(tokenizer)))
     torch.manual_seed(seed + 3)
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config(hidden, projection))
-    tokenizer = write_clip_tokenizer(root / "_tokenizer")
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(hidden, projection, vocab=len(tokenizer)))
     controlnets = _controlnets(unet, num_controlnets)
     pipe = StableDiffusionXLPipeline(
         vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
@@ -227,7 +261,7 @@ def t5_tokenizer(folder: Path):
     return T5Tokenizer.from_pretrained(str(folder))
 
 
-def build_tiny_flux(root: str | Path, num_controlnets: int = 1, seed: int = 0) -> dict:
+def build_tiny_flux(root: str | Path, num_controlnets: int = 1, seed: int = 0, words=()) -> dict:
     """Write a tiny FLUX.1-dev-like base (CLIP + T5 text encoders, a 1+1-block transformer with
     guidance embedding, a 4-channel VAE with FLUX's shift/scale) + InstantX-style ControlNets."""
     from diffusers import (FlowMatchEulerDiscreteScheduler, FluxControlNetModel,
@@ -246,13 +280,13 @@ def build_tiny_flux(root: str | Path, num_controlnets: int = 1, seed: int = 0) -
     torch.manual_seed(seed + 1)
     vae = _flux_vae()
     torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(_text_config())
+    tokenizer = write_clip_tokenizer(root / "_tokenizer", words)
+    text_encoder = CLIPTextModel(_text_config(vocab=len(tokenizer)))
     torch.manual_seed(seed + 3)
     tokenizer_2 = t5_tokenizer(root / "_t5")
     text_encoder_2 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=32, d_kv=8,
                                              d_ff=37, num_layers=2, num_heads=4,
                                              decoder_start_token_id=0))
-    tokenizer = write_clip_tokenizer(root / "_tokenizer")
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True,
                                                 base_shift=0.5, max_shift=1.15,
                                                 base_image_seq_len=256, max_image_seq_len=4096)

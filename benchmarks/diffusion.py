@@ -348,7 +348,9 @@ def end_to_end(recipe, out: Path, opts) -> dict:
            "compile_s": sum(s.get("compile_seconds", 0.0) for s in infos),
            "peak_memory_gib": (torch.cuda.max_memory_allocated() / 2**30 if cuda
                                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)}
-    events_busy = (total("diffusion_seconds") + total("sam_seconds")) / seconds
+    # per-shard timings cannot be cut at the window's start (the first steady shard's batches may
+    # start while the writer still finishes the warm-up shard): at most the whole window
+    events_busy = min(1.0, (total("diffusion_seconds") + total("sam_seconds")) / seconds)
     if cuda and kernels is not None:
         row.update(gpu_busy=busy_fraction(kernels, *window), busy_source="profiler",
                    cuda_events_busy=events_busy)

@@ -35,9 +35,10 @@ install() {
     pins=$(mktemp)
     torch_version=$("$PYTHON" -c "import torch; print(torch.__version__)" 2>/dev/null) \
         && echo "torch==$torch_version" > "$pins"
-    [ -n "$WHEELS" ] && extra=(--no-index --find-links "$WHEELS")
+    # no package index (wheels only): build with the setuptools already installed
+    [ -n "$WHEELS" ] && extra=(--no-index --find-links "$WHEELS" --no-build-isolation)
     echo "installing synthgen[test,diffusion] (torch ${torch_version:-not found: pip picks one})" >&2
-    "$PYTHON" -m pip install -q --disable-pip-version-check -c "$pins" "${extra[@]}" -e ".[test,diffusion]" >&2
+    PIP_NO_INPUT=1 "$PYTHON" -m pip install -q --disable-pip-version-check --retries 1 --timeout 15 -c "$pins" "${extra[@]}" -e ".[test,diffusion]" >&2
     local rc=$?
     rm -f "$pins"
     return $rc

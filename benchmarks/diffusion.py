@@ -122,9 +122,37 @@ def models_for(name: str, root: Path, smoke: bool, device: str) -> dict:
             from benchmarks.full_size import build_full_size
 
             models = build_full_size(setting.family, setting.controlnets, folder, device)
+        ship_scheduler(Path(models["base"]), setting.family)
         done.write_text(json.dumps(models))
     models["sam"] = str(sam_for(root, smoke))
     return models
+
+
+# the schedulers the real base checkpoints ship (their scheduler_config.json), which a recipe's
+# ``scheduler: default`` keeps: SD1.5's PNDM, SDXL base's Euler (FLUX's flow matching is built in)
+SHIPPED_SCHEDULERS = {
+    "sd15": ("PNDMScheduler", dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                   num_train_timesteps=1000, set_alpha_to_one=False, skip_prk_steps=True,
+                                   steps_offset=1)),
+    "sdxl": ("EulerDiscreteScheduler", dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                            num_train_timesteps=1000, interpolation_type="linear",
+                                            prediction_type="epsilon", steps_offset=1, timestep_spacing="leading",
+                                            use_karras_sigmas=False)),
+}
+
+
+def ship_scheduler(base: Path, family: str) -> None:
+    """Give a built base folder the scheduler its real checkpoint ships (the builders save DDIM)."""
+    import diffusers
+
+    if family not in SHIPPED_SCHEDULERS:
+        return
+    name, config = SHIPPED_SCHEDULERS[family]
+    shutil.rmtree(base / "scheduler", ignore_errors=True)
+    getattr(diffusers, name)(**config).save_pretrained(str(base / "scheduler"))
+    index = json.loads((base / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", name]
+    (base / "model_index.json").write_text(json.dumps(index, indent=2))
 
 
 def sam_for(root: Path, smoke: bool) -> Path:

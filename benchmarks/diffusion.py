@@ -24,7 +24,8 @@ between them, the recompiles of each counted from dynamo's compilation metrics):
     recipe's ``backend.controlnet.speed``: the same fused projections, channels_last and
     compile, or all off), the recipe's scheduler, steps, guidance and scales, batch ``--batch``,
     ``output_type="pt"``, the prompts synthgen made for the same samples (compel-encoded as one
-    batch where the recipe uses compel), control images already on the device: the ceiling.
+    batch where the recipe uses compel), control images already on the device, noise drawn on
+    the device (no per-image CPU generators): the ceiling.
     One warm-up call, then ``--batches`` timed calls: images / their total wall time.
 (b) ``end_to_end``: ``synthgen generate`` of the recipe (Anny humans or the quadruped, the
     recipe's rasteriser, SAM on the device with the recipe's thresholds, the writer thread), one
@@ -245,26 +246,15 @@ def recompiles() -> dict:
 # --- (a) the reference ----------------------------------------------------------------------------
 def reference(recipe, samples: list[dict], opts) -> dict:
     """A plain diffusers pipeline with synthgen's speed options; see the module docstring."""
-    import diffusers
     import torch
 
-    from synthgen.generate.controlnet import FAMILIES, SCHEDULERS
+    from synthgen.generate.controlnet import FAMILIES
     from synthgen.generate.speed import apply_speed
 
-    cfg = recipe.backend.controlnet
-    family = FAMILIES[cfg.family]
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.dtype]
-    nets = [getattr(diffusers, family.controlnet).from_pretrained(u.model, dtype=dtype) for u in cfg.controlnets]
-    controlnet = nets[0] if len(nets) == 1 else getattr(diffusers, family.multi)(nets)
-    pipe = getattr(diffusers, family.pipeline).from_pretrained(cfg.base_model, controlnet=controlnet, dtype=dtype,
-                                                               **dict(family.load_kwargs))
-    if cfg.scheduler != "default" and not (cfg.scheduler == "euler" and "FlowMatch" in type(pipe.scheduler).__name__):
-        pipe.scheduler = getattr(diffusers, SCHEDULERS[cfg.scheduler]).from_config(pipe.scheduler.config)
-    pipe.to(opts.device)
-    speed = apply_speed(pipe, cfg.speed, opts.device, recipe.image.width * recipe.image.height)
-    pipe.set_progress_bar_config(disable=True)
-    batch = samples[:opts.batch]
-    kwargs, prompts = _reference_kwargs(pipe, recipe, family, batch, opts.device)
+    family = FAMILIES[recipe.backend.controlnet.family]
+    pipe = reference_pipeline(recipe, family, opts.device)
+    speed = apply_speed(pipe, recipe.backend.controlnet.speed, opts.device, recipe.image.width * recipe.image.height)
+    kwargs, prompts = _reference_kwargs(pipe, recipe, family, samples[:opts.batch], opts.device)
     t0 = time.perf_counter()
     with torch.inference_mode():
         pipe(**kwargs)  # warm-up (compiles when speed.compile)
@@ -278,9 +268,35 @@ def reference(recipe, samples: list[dict], opts) -> dict:
     out = {"img_s": opts.batch * opts.batches / seconds, "warmup_s": warm, "seconds": seconds,
            "speed": {k: v for k, v in speed.items() if v}, "scheduler": type(pipe.scheduler).__name__,
            "prompts": prompts}
-    del pipe, nets, controlnet, kwargs
+    del pipe, kwargs
     _free(opts.device)
     return out
+
+
+def reference_pipeline(recipe, family, device: str):
+    """The recipe's diffusers ControlNet pipeline, as a user would load it, with the recipe's
+    scheduler, on ``device`` (speed options not yet applied)."""
+    import diffusers
+    import torch
+    from packaging.version import Version
+
+    from synthgen.generate.controlnet import SCHEDULERS
+
+    cfg = recipe.backend.controlnet
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.dtype]
+    # diffusers 0.42 renamed torch_dtype to dtype; an unknown keyword would load fp32 silently
+    typed = {"dtype" if Version(diffusers.__version__).release >= (0, 42) else "torch_dtype": dtype}
+    nets = [getattr(diffusers, family.controlnet).from_pretrained(u.model, **typed) for u in cfg.controlnets]
+    controlnet = nets[0] if len(nets) == 1 else getattr(diffusers, family.multi)(nets)
+    pipe = getattr(diffusers, family.pipeline).from_pretrained(cfg.base_model, controlnet=controlnet, **typed,
+                                                               **dict(family.load_kwargs))
+    denoiser = pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
+    if denoiser.dtype != dtype:
+        raise RuntimeError(f"the reference loaded in {denoiser.dtype}, not {dtype}")
+    if cfg.scheduler != "default" and not (cfg.scheduler == "euler" and "FlowMatch" in type(pipe.scheduler).__name__):
+        pipe.scheduler = getattr(diffusers, SCHEDULERS[cfg.scheduler]).from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
 
 
 def _reference_kwargs(pipe, recipe, family, batch: list[dict], device: str) -> tuple[dict, str]:

@@ -263,7 +263,7 @@ def tiny_generate(opts, device: str) -> dict:
                   "device": device, "dtype": "fp16" if device == "cuda" else "fp32", "local_files_only": True}},
               "filter": {"sam": {"model": str(sam), "min_iou": 0.0, "min_keypoints_in_mask": 0.0}},
               "output": {"shard_size": 4}}
-    work = Path(opts.out) / "sanity-run"
+    work = root / "run"  # beside the models: --out keeps only the results, the log and env.txt
     (work / "recipe.yaml").parent.mkdir(parents=True, exist_ok=True)
     (work / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     data = work / "dataset"
@@ -290,7 +290,7 @@ def step_config(name: str, opts) -> None:
     """Reference and end to end of one configuration (``benchmarks/diffusion.py``)."""
     from benchmarks import diffusion
 
-    argv = ["--configs", name, "--models", opts.models, "--work", str(Path(opts.out) / "work")]
+    argv = ["--configs", name, "--models", opts.models, "--work", str(Path(opts.models) / "work")]
     if opts.smoke:
         argv += ["--smoke", "--batches", "2", "--shards", "2"]
     emit(diffusion.measure(name, diffusion.options(argv)))

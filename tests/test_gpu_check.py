@@ -113,3 +113,21 @@ def test_profiler_kernel_clock_is_the_wall_clock_of_the_sidecars():
     after = time.time_ns()
     starts = [e.start_ns() for e in prof.profiler.kineto_results.events()]
     assert starts and all(before <= s <= after for s in starts)
+
+
+def test_word_merges_make_known_words_one_token_and_keep_the_byte_level_ids(tmp_path):
+    """The benchmark's random-weight tokenizers: prompts about as long in tokens as with CLIP's
+    vocabulary (a byte-level one would send every prompt through compel), special ids unchanged."""
+    from synthgen.testing.tiny_models import TINY_VOCAB_SIZE, write_clip_tokenizer
+
+    plain = write_clip_tokenizer(tmp_path / "plain")
+    words = write_clip_tokenizer(tmp_path / "words", ["standing", "photo", "elderly", "man"])
+    text = "a photo of an elderly man, standing"
+    assert len(plain) == TINY_VOCAB_SIZE and len(words) > TINY_VOCAB_SIZE
+    assert words.bos_token_id == plain.bos_token_id == TINY_VOCAB_SIZE - 2
+    assert words.eos_token_id == plain.eos_token_id == TINY_VOCAB_SIZE - 1
+    ids = words(text)["input_ids"]
+    assert len(ids) < len(plain(text)["input_ids"]) // 2
+    assert len(words("standing")["input_ids"]) == 3  # <start> standing <end>
+    same = plain.decode(plain(text)["input_ids"], skip_special_tokens=True)
+    assert words.decode(ids, skip_special_tokens=True) == same  # the same text comes back

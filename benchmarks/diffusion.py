@@ -1,34 +1,57 @@
-"""How far synthgen's whole loop is from the plain diffusers ceiling, per model configuration.
+"""How far synthgen's whole loop is from a plain diffusers pipeline, per model configuration.
 
-For each configuration the same nets, steps, image size and batch are timed three ways:
+Each configuration is one of the shipped recipes, run on architecture-accurate random weights
+(built here from the public configs, saved in the ``from_pretrained`` layout; nothing is
+downloaded), with the recipe's own scheduler, prompts (compel where the recipe reads long
+prompts whole) and SAM thresholds:
 
-(a) ``reference``: a plain diffusers ControlNet pipeline (``from_pretrained``, fp16 on a GPU,
-    channels_last, ``torch.compile`` of the denoiser, ControlNets and VAE decoder when
-    ``--compile``), batch ``--batch``, ``output_type="pt"``, the same prompts every call: the
-    ceiling the hardware allows for these nets;
-(b) ``backend``: synthgen's :class:`~synthgen.generate.controlnet.ControlNetBackend` alone
-    (``generate_tensor``: padded fixed-shape batches, uint8 on the device, per-image seeds);
-(c) ``end_to_end``: ``synthgen generate`` of a recipe with these nets (Anny humans, the torch
-    rasteriser, the SAM filter on the device, shards written by the writer thread), one shard
-    per batch; the first ``--warmup`` shards are dropped, the next ``--batches`` are measured
-    from their sidecars: images/s, device-busy fraction (CUDA-event time of the pipeline and
-    SAM over wall time; NVML's utilisation alongside when ``pynvml`` is installed), input
-    wait, SAM / encode / write ms per image, peak device memory, compile (warm-up) seconds.
+==========  ===========================  ===============================================
+config      recipe                       models
+==========  ===========================  ===============================================
+sd15_1cn    recipes/humanwild_sd15.yaml  SD1.5 + its first ControlNet (normal), 512², 20 UniPC
+sd15_2cn    recipes/humanwild_sd15.yaml  SD1.5 + 2 ControlNets (normal, skeleton): the recipe as
+                                         shipped, SAM thresholds included (redraws)
+sdxl_1cn    recipes/humanwild.yaml       SDXL + 1 ControlNet, 1024², 50 steps, compel prompts
+flux_2cn    recipes/genzoo.yaml          FLUX.1-dev + 2 ControlNets, 1024², 28 steps (the
+                                         embedded quadruped instead of the SMAL files)
+==========  ===========================  ===============================================
 
-Configurations (architecture-accurate random weights from the public configs, built here and
-saved in the ``from_pretrained`` layout; nothing is downloaded): ``sd15_1cn`` SD1.5 + 1
-ControlNet 512^2/20 steps; ``sd15_2cn`` SD1.5 + 2 ControlNets 512^2/20; ``sdxl_1cn`` SDXL + 1
-ControlNet 1024^2/50; ``flux_2cn`` FLUX.1-dev + 2 ControlNets 1024^2/28 (its T5-XXL and 12 B
-transformer need ~40 GB of disk and GPU memory). ``--smoke`` runs the same three measurements on
-the tiny models of ``tests/`` on the CPU (64^2, 2 steps, batch 2): minutes, for CI and to check
-the script; its numbers say nothing about a GPU.
+Two measurements per configuration, each in a fresh ``torch._dynamo`` state (``reset()``
+between them, the recompiles of each counted from dynamo's compilation metrics):
 
-The last stdout line is JSON: per configuration, and at the top level the first
-configuration's ``reference_img_s``, ``end_to_end_img_s``, ``ratio``, ``gpu_busy``,
-``sam_ms_per_img``, ``write_ms_per_img``::
+(a) ``reference``: the plain diffusers ControlNet pipeline on the same weights, with exactly
+    the speed options synthgen applies (:func:`synthgen.generate.speed.apply_speed` with the
+    recipe's ``backend.controlnet.speed``: the same fused projections, channels_last and
+    compile, or all off), the recipe's scheduler, steps, guidance and scales, batch ``--batch``,
+    ``output_type="pt"``, the prompts synthgen made for the same samples (compel-encoded as one
+    batch where the recipe uses compel), control images already on the device, noise drawn on
+    the device (no per-image CPU generators): the ceiling.
+    One warm-up call, then ``--batches`` timed calls: images / their total wall time.
+(b) ``end_to_end``: ``synthgen generate`` of the recipe (Anny humans or the quadruped, the
+    recipe's rasteriser, SAM on the device with the recipe's thresholds, the writer thread), one
+    batch per shard. The steady window runs from the moment the last warm-up shard's sidecar
+    was written to the moment the last shard's was (the sidecar is written when its shard is
+    complete): ``end_to_end_img_s`` is every image diffused in that window (first draws and
+    redraws of rejected samples) over its wall time, ``accepted_img_s`` the images written.
+    Device busy: the union of the CUDA kernels' intervals (``torch.profiler``) inside the window
+    over its length (``busy_source: "profiler"``); if the profiler fails, the CUDA-event time of
+    the pipeline and SAM calls from the sidecars (``"cuda-events"``); on a CPU, that wall time of
+    the pipeline and SAM calls (``"cpu-wall"``: says nothing about a GPU).
 
-    python benchmarks/diffusion.py --smoke                         # CPU, tiny models
-    python benchmarks/diffusion.py --configs sd15_1cn,sdxl_1cn     # a GPU (benchmarks/gpu_check.sh)
+Random weights: SAM's masks mean nothing, so how many samples are rejected and redrawn is not a
+property of synthgen. ``sd15_2cn`` keeps the recipe's SAM thresholds and reports its redraws in
+their own fields (``redraws``, ``rejected``, ``gave_up``; redraw batches are padded to the fixed
+batch shape); the other configurations set them to 0 so that every image is written and the
+writer is measured. ``end_to_end_img_s`` counts every diffused image, so the ratio compares the
+device's work either way. Tokenizers: byte-level with merges learnt from synthgen's prompt words
+(see :func:`synthgen.testing.tiny_models.word_merges`): prompts are about as many tokens as with
+CLIP's vocabulary, so compel runs where it would with the real models.
+
+    python benchmarks/diffusion.py --smoke                     # CPU, tiny models, minutes
+    python benchmarks/diffusion.py --configs sd15_1cn          # a GPU (or benchmarks/gpu_check.sh)
+
+Each configuration's row is printed as one JSON line when it finishes (stdout); a table at the
+end (stderr).
 """
 
 from __future__ import annotations
@@ -39,451 +62,538 @@ import json
 import logging
 import os
 import resource
+import shutil
 import sys
-import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from synthgen.generate.controlnet import ControlNetBackend  # noqa: E402
-from synthgen.recipe import ControlNetConfig, recipe_from_dict  # noqa: E402
-from tiny_diffusion import write_clip_tokenizer  # noqa: E402
-
 log = logging.getLogger("benchmarks.diffusion")
-
-# Stable Diffusion 1.5 (stable-diffusion-v1-5/stable-diffusion-v1-5), component configs
-SD15_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
-                      "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, norm_eps=1e-5,
-    act_fn="silu", flip_sin_to_cos=True, freq_shift=0, downsample_padding=1,
-    mid_block_scale_factor=1, center_input_sample=False)
-SD15_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
-    block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    norm_num_groups=32, act_fn="silu", sample_size=512, scaling_factor=0.18215)
-SD15_TEXT = dict(  # CLIP ViT-L/14 text tower
-    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-    num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-    projection_dim=768)
-SD15_SCHEDULER = dict(  # the base model's PNDM training schedule; the run switches to UniPC
-    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-    set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)
-
-# SDXL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0), component configs
-SDXL_UNET = dict(
-    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
-    block_out_channels=(320, 640, 1280),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
-    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816, norm_num_groups=32, act_fn="silu")
-SDXL_VAE = SD15_VAE | dict(sample_size=1024, scaling_factor=0.13025, force_upcast=False)
-SDXL_TEXT_2 = dict(  # OpenCLIP ViT-bigG/14 text tower
-    vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
-    num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280)
-# FLUX.1-dev, component configs; ControlNets shaped like InstantX/FLUX.1-dev-Controlnet-Canny
-FLUX_TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
-                        attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
-                        pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
-FLUX_CONTROLNET = dict(num_layers=5, num_single_layers=10)
-FLUX_VAE = dict(in_channels=3, out_channels=3, latent_channels=16, layers_per_block=2,
-                block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, act_fn="silu",
-                sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
-                use_post_quant_conv=False)
-FLUX_T5 = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-               feed_forward_proj="gated-gelu", decoder_start_token_id=0)
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One configuration: family, ControlNets (their layers), image side, steps, guidance."""
+    """One configuration: its recipe, family, how many of the recipe's ControlNets it keeps, and
+    whether SAM keeps the recipe's thresholds (``"recipe"``: rejected samples are redrawn) or
+    keeps every sample (``"zero"``: every image is written, so the writer is measured too)."""
 
+    recipe: str
     family: str
-    layers: tuple[str, ...]
-    size: int
-    steps: int
-    guidance: float
+    controlnets: int
+    sam_thresholds: str = "zero"
+    overrides: dict = field(default_factory=dict)  # dotted key -> value, applied to the recipe
 
 
-CONFIGS = {"sd15_1cn": Setting("sd15", ("normal",), 512, 20, 7.5),
-           "sd15_2cn": Setting("sd15", ("normal", "skeleton"), 512, 20, 7.5),
-           "sdxl_1cn": Setting("sdxl", ("normal",), 1024, 50, 5.0),
-           "flux_2cn": Setting("flux", ("edges", "depth"), 1024, 28, 3.5)}
-SMOKE = dict(size=64, steps=2)
-PROMPTS = ["a person in a park", "a person on a beach", "a person in a kitchen", "a person in the snow",
-           "a person on a street", "a person in a forest", "a person in an office", "a person at a lake"]
+QUADRUPED = {"subject.model": "quadruped", "subject.model_path": None, "subject.animal.cluster_file": None}
+CONFIGS = {"sd15_1cn": Setting("recipes/humanwild_sd15.yaml", "sd15", 1),
+           "sd15_2cn": Setting("recipes/humanwild_sd15.yaml", "sd15", 2, "recipe"),
+           "sdxl_1cn": Setting("recipes/humanwild.yaml", "sdxl", 1),
+           "flux_2cn": Setting("recipes/genzoo.yaml", "flux", 2, overrides=QUADRUPED)}
+SMOKE = {"size": 64, "steps": 2}
+REQUIRED = ("config", "reference_img_s", "end_to_end_img_s", "ratio", "gpu_busy", "busy_source",
+            "sam_ms_per_img", "write_ms_per_img", "recompiles")
 
 
-# --- models ----------------------------------------------------------------------------------------
-def _text(config: dict, tokenizer, projection: bool = False):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    cls = CLIPTextModelWithProjection if projection else CLIPTextModel
-    return cls(CLIPTextConfig(**config, bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1,
-                              pad_token_id=len(tokenizer) - 1))
-
-
-def _scheduler():
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler(**{k: v for k, v in SD15_SCHEDULER.items() if k != "skip_prk_steps"})
-
-
-def build_full_size(family: str, count: int, root: Path, device: str) -> dict:
-    """Random-weight full-size ``family`` base + ``count`` ControlNets saved under ``root``.
-
-    Built on ``device`` in fp16 (a GPU initialises billions of weights in seconds)."""
-    import diffusers
-    from transformers import T5Config, T5EncoderModel
-
-    tokenizer = write_clip_tokenizer(root / "_tokenizer")
-    torch.manual_seed(0)
-    start = time.perf_counter()
-    with torch.device(device):
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float16 if device != "cpu" else torch.float32)
-        try:
-            if family == "flux":
-                transformer = diffusers.FluxTransformer2DModel(**FLUX_TRANSFORMER)
-                nets = [diffusers.FluxControlNetModel.from_transformer(transformer, **FLUX_CONTROLNET)
-                        for _ in range(count)]
-                from tiny_diffusion import _t5_tokenizer
-
-                t5_tokenizer = _t5_tokenizer(root / "_t5")
-                pipe = diffusers.FluxPipeline(
-                    scheduler=diffusers.FlowMatchEulerDiscreteScheduler(
-                        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-                        base_image_seq_len=256, max_image_seq_len=4096),
-                    vae=diffusers.AutoencoderKL(**FLUX_VAE), text_encoder=_text(SD15_TEXT, tokenizer),
-                    tokenizer=tokenizer, text_encoder_2=T5EncoderModel(T5Config(**FLUX_T5)),
-                    tokenizer_2=t5_tokenizer, transformer=transformer)
-            elif family == "sdxl":
-                unet = diffusers.UNet2DConditionModel(**SDXL_UNET)
-                nets = [diffusers.ControlNetModel.from_unet(unet) for _ in range(count)]
-                pipe = diffusers.StableDiffusionXLPipeline(
-                    vae=diffusers.AutoencoderKL(**SDXL_VAE),
-                    text_encoder=_text(SD15_TEXT | {"projection_dim": 768}, tokenizer),
-                    text_encoder_2=_text(SDXL_TEXT_2, tokenizer, projection=True), tokenizer=tokenizer,
-                    tokenizer_2=tokenizer, unet=unet, scheduler=_scheduler(), add_watermarker=False)
-            else:
-                unet = diffusers.UNet2DConditionModel(**SD15_UNET)
-                nets = [diffusers.ControlNetModel.from_unet(unet) for _ in range(count)]
-                pipe = diffusers.StableDiffusionPipeline(
-                    vae=diffusers.AutoencoderKL(**SD15_VAE), text_encoder=_text(SD15_TEXT, tokenizer),
-                    tokenizer=tokenizer, unet=unet, scheduler=_scheduler(), safety_checker=None,
-                    feature_extractor=None, requires_safety_checker=False)
-        finally:
-            torch.set_default_dtype(default)
-    log.info("built random-weight %s + %d ControlNets in %.0f s", family, count, time.perf_counter() - start)
-    pipe.save_pretrained(str(root / "base"))
-    folders = []
-    for i, net in enumerate(nets):
-        net.save_pretrained(str(root / f"controlnet-{i}"))
-        folders.append(str(root / f"controlnet-{i}"))
-    del pipe, nets
-    gc.collect()
-    return {"base": str(root / "base"), "controlnets": folders}
-
-
-def build_full_size_sam(folder: Path) -> Path:
-    """A random-weight SAM ViT-B (facebook/sam-vit-base's architecture, 1024^2 input)."""
-    from transformers import SamConfig, SamModel, SamProcessor
-    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
-
-    torch.manual_seed(0)
-    SamModel(SamConfig()).save_pretrained(folder)
-    SamProcessor(SamImageProcessorPil()).save_pretrained(folder)
-    return folder
-
-
-def models_for(name: str, setting: Setting, root: Path, smoke: bool, device: str) -> dict:
+# --- models ---------------------------------------------------------------------------------------
+def models_for(name: str, root: Path, smoke: bool, device: str) -> dict:
     """The configuration's model folders under ``root`` (built once, reused by later runs)."""
-    folder = root / (("tiny-" if smoke else "") + name)
+    setting = CONFIGS[name]
+    folder = root / (("tiny-" if smoke else "") + f"{setting.family}-{setting.controlnets}cn")
     done = folder / "models.json"
     if done.is_file():
-        return json.loads(done.read_text())
-    if smoke:
-        import tiny_diffusion
-
-        builder = getattr(tiny_diffusion, f"build_tiny_{setting.family}")
-        models = builder(folder, num_controlnets=len(setting.layers))
+        models = json.loads(done.read_text())
     else:
-        models = build_full_size(setting.family, len(setting.layers), folder, device)
-    sam = root / ("tiny-sam" if smoke else "sam-vit-base")
-    if not (sam / "config.json").is_file():
         if smoke:
-            from tiny_sam import build_tiny_sam
+            from synthgen.testing import tiny_models
 
-            build_tiny_sam(sam)
+            builder = getattr(tiny_models, f"build_tiny_{setting.family}")
+            from benchmarks.full_size import words
+
+            models = builder(folder, num_controlnets=setting.controlnets, words=words())
         else:
-            build_full_size_sam(sam)
-    models["sam"] = str(sam)
-    done.write_text(json.dumps(models))
+            from benchmarks.full_size import build_full_size
+
+            models = build_full_size(setting.family, setting.controlnets, folder, device)
+        ship_scheduler(Path(models["base"]), setting.family)
+        done.write_text(json.dumps(models))
+    models["sam"] = str(sam_for(root, smoke))
     return models
 
 
-# --- samples --------------------------------------------------------------------------------------
-def make_samples(count: int, size: int, layers: tuple[str, ...]) -> list[dict]:
-    """Samples whose ControlNet inputs are a shaded ellipsoid 'body' (one per ControlNet)."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    samples = []
-    for i in range(count):
-        nx, ny = (xx - 0.5 - 0.01 * i) / 0.18, (yy - 0.5) / 0.4
-        inside = nx ** 2 + ny ** 2 < 1
-        nz = np.sqrt(np.clip(1 - nx ** 2 - ny ** 2, 0, 1))
-        rgb = np.where(inside[..., None], (np.stack([nx, -ny, nz], -1) + 1) * 127.5, 0).astype(np.uint8)
-        samples.append({"layers": {"controls": [rgb] * len(layers)}, "prompt": PROMPTS[i % len(PROMPTS)],
-                        "negative_prompt": "blurry", "seed": 1000 + i})
+# the schedulers the real base checkpoints ship (their scheduler_config.json), which a recipe's
+# ``scheduler: default`` keeps: SD1.5's PNDM, SDXL base's Euler (FLUX's flow matching is built in)
+SHIPPED_SCHEDULERS = {
+    "sd15": ("PNDMScheduler", dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                   num_train_timesteps=1000, set_alpha_to_one=False, skip_prk_steps=True,
+                                   steps_offset=1)),
+    "sdxl": ("EulerDiscreteScheduler", dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                            num_train_timesteps=1000, interpolation_type="linear",
+                                            prediction_type="epsilon", steps_offset=1, timestep_spacing="leading",
+                                            use_karras_sigmas=False)),
+}
+
+
+def ship_scheduler(base: Path, family: str) -> None:
+    """Give a built base folder the scheduler its real checkpoint ships (the builders save DDIM)."""
+    import diffusers
+
+    if family not in SHIPPED_SCHEDULERS:
+        return
+    name, config = SHIPPED_SCHEDULERS[family]
+    shutil.rmtree(base / "scheduler", ignore_errors=True)
+    getattr(diffusers, name)(**config).save_pretrained(str(base / "scheduler"))
+    index = json.loads((base / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", name]
+    (base / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+def sam_for(root: Path, smoke: bool) -> Path:
+    """A random-weight SAM: tiny with ``smoke``, else ViT-B (facebook/sam-vit-base's architecture)."""
+    folder = root / ("tiny-sam" if smoke else "sam-vit-base")
+    if not (folder / "config.json").is_file():
+        if smoke:
+            from synthgen.testing.tiny_models import build_tiny_sam
+
+            build_tiny_sam(folder)
+        else:
+            from benchmarks.full_size import build_full_size_sam
+
+            build_full_size_sam(folder)
+    return folder
+
+
+# --- the recipe -----------------------------------------------------------------------------------
+def bench_recipe(name: str, models: dict, opts) -> dict:
+    """The configuration's recipe dict: the shipped recipe with the models replaced by the random
+    ones, ``opts.warmup + opts.shards`` one-batch shards, the device and compile set; everything
+    else (scheduler, steps, guidance, scales, prompts, SAM thresholds, layers) as shipped.
+    ``opts.smoke``: 64², 2 steps, fp32 (the tiny models on a CPU)."""
+    setting = CONFIGS[name]
+    data = yaml.safe_load((ROOT / setting.recipe).read_text())
+    for key, value in setting.overrides.items():
+        _set(data, key, value)
+    cn = data["backend"]["controlnet"]
+    cn["base_model"] = models["base"]
+    cn["controlnets"] = [dict(unit, model=path) for unit, path in
+                         zip(cn["controlnets"][:setting.controlnets], models["controlnets"])]
+    cn.pop("vae", None)  # SDXL's fp16-fix VAE: the random base VAE has its architecture
+    cn.update(batch_size=opts.batch, device=opts.device, local_files_only=True)
+    cn.setdefault("speed", {})["compile"] = opts.compile
+    if opts.smoke:
+        data["image"] = {"width": SMOKE["size"], "height": SMOKE["size"]}
+        cn.update(steps=SMOKE["steps"], dtype="fp32")
+    sam = (data.get("filter") or {}).get("sam")
+    if sam is not None:
+        sam["model"] = models["sam"]
+        if setting.sam_thresholds == "zero":
+            sam.update(min_iou=0.0, min_keypoints_in_mask=0.0)
+    data["num_samples"] = (opts.warmup + opts.shards) * opts.batch
+    data.setdefault("output", {})["shard_size"] = opts.batch
+    return data
+
+
+def _set(data: dict, dotted: str, value) -> None:
+    *path, last = dotted.split(".")
+    for key in path:
+        data = data.setdefault(key, {})
+    if value is None:
+        data.pop(last, None)
+    else:
+        data[last] = value
+
+
+def prepared_samples(recipe, count: int) -> list[dict]:
+    """The first ``count`` samples' CPU stages (render, prompts) as synthgen makes them."""
+    from synthgen.run import factory_class
+
+    factory = factory_class(recipe)(recipe, cpu_only=True)
+    samples = [s for s in factory.prepared(list(range(count))) if "error" not in s]
+    if len(samples) < count:
+        raise RuntimeError(f"{count - len(samples)} of {count} samples failed in the CPU stages")
     return samples
 
 
-# --- (a) the reference ----------------------------------------------------------------------------
-def reference(models: dict, setting: Setting, args, samples: list[dict]) -> dict:
-    """A plain diffusers pipeline, batch ``args.batch``, ``output_type="pt"``, compiled.
+# --- dynamo ---------------------------------------------------------------------------------------
+def fresh_dynamo() -> None:
+    """Forget every compiled graph and dynamo's compilation metrics (a phase starts clean)."""
+    import torch
 
-    Images/s of (a), (b) and (c) are from the median batch (shard) time: on a shared or paused
-    machine one slow batch does not decide the figure; the fractions are over all steady batches."""
-    import diffusers
+    torch._dynamo.reset()
+    from torch._dynamo import utils
+
+    utils.clear_compilation_metrics()
+    utils.counters.clear()
+
+
+def recompiles() -> dict:
+    """Recompilations since :func:`fresh_dynamo`: count and the first reasons (dynamo's metrics)."""
+    from torch._dynamo import utils
+
+    metrics = utils.get_compilation_metrics()
+    reasons = [m.recompile_reason for m in metrics if getattr(m, "recompile_reason", None)]
+    return {"compiles": len(metrics), "recompiles": len(reasons), "reasons": [r[:200] for r in reasons[:3]]}
+
+
+# --- (a) the reference ----------------------------------------------------------------------------
+def reference(recipe, samples: list[dict], opts) -> dict:
+    """A plain diffusers pipeline with synthgen's speed options; see the module docstring."""
+    import torch
 
     from synthgen.generate.controlnet import FAMILIES
+    from synthgen.generate.speed import apply_speed
 
-    family = FAMILIES[setting.family]
-    dtype = torch.float16 if args.device == "cuda" else torch.float32
-    nets = [getattr(diffusers, family.controlnet).from_pretrained(p, dtype=dtype) for p in models["controlnets"]]
+    family = FAMILIES[recipe.backend.controlnet.family]
+    pipe = reference_pipeline(recipe, family, opts.device)
+    speed = apply_speed(pipe, recipe.backend.controlnet.speed, opts.device, recipe.image.width * recipe.image.height)
+    kwargs, prompts = _reference_kwargs(pipe, recipe, family, samples[:opts.batch], opts.device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        pipe(**kwargs)  # warm-up (compiles when speed.compile)
+        _sync(opts.device)
+        warm = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(opts.batches):
+            pipe(**kwargs)
+        _sync(opts.device)
+    seconds = time.perf_counter() - t0
+    out = {"img_s": opts.batch * opts.batches / seconds, "warmup_s": warm, "seconds": seconds,
+           "speed": {k: v for k, v in speed.items() if v}, "scheduler": type(pipe.scheduler).__name__,
+           "prompts": prompts}
+    del pipe, kwargs
+    _free(opts.device)
+    return out
+
+
+def reference_pipeline(recipe, family, device: str):
+    """The recipe's diffusers ControlNet pipeline, as a user would load it, with the recipe's
+    scheduler, on ``device`` (speed options not yet applied)."""
+    import diffusers
+    import torch
+    from packaging.version import Version
+
+    from synthgen.generate.controlnet import SCHEDULERS
+
+    cfg = recipe.backend.controlnet
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.dtype]
+    # diffusers 0.42 renamed torch_dtype to dtype; an unknown keyword would load fp32 silently
+    typed = {"dtype" if Version(diffusers.__version__).release >= (0, 42) else "torch_dtype": dtype}
+    nets = [getattr(diffusers, family.controlnet).from_pretrained(u.model, **typed) for u in cfg.controlnets]
     controlnet = nets[0] if len(nets) == 1 else getattr(diffusers, family.multi)(nets)
-    pipe = getattr(diffusers, family.pipeline).from_pretrained(models["base"], controlnet=controlnet, dtype=dtype,
-                                                               **dict(family.load_kwargs)).to(args.device)
+    pipe = getattr(diffusers, family.pipeline).from_pretrained(cfg.base_model, controlnet=controlnet, **typed,
+                                                               **dict(family.load_kwargs))
+    denoiser = pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
+    if denoiser.dtype != dtype:
+        raise RuntimeError(f"the reference loaded in {denoiser.dtype}, not {dtype}")
+    if cfg.scheduler != "default" and not (cfg.scheduler == "euler" and "FlowMatch" in type(pipe.scheduler).__name__):
+        pipe.scheduler = getattr(diffusers, SCHEDULERS[cfg.scheduler]).from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    if args.device == "cuda":
-        for module in (getattr(pipe, "unet", None) or pipe.transformer, *nets, pipe.vae):
-            module.to(memory_format=torch.channels_last)
-    if args.compile:
-        for module in (getattr(pipe, "unet", None) or pipe.transformer, *nets):
-            module.compile(dynamic=False)
-        pipe.vae.decode = torch.compile(pipe.vae.decode, dynamic=False)
-    batch = samples[:args.batch]
-    controls = [torch.from_numpy(np.stack([s["layers"]["controls"][k] for s in batch])).permute(0, 3, 1, 2)
-                .float().div(255) for k in range(len(setting.layers))]
-    kwargs = dict(prompt=[s["prompt"] for s in batch], height=setting.size, width=setting.size,
-                  num_inference_steps=setting.steps, guidance_scale=setting.guidance, output_type="pt")
-    scales = [unit["scale"] for unit in controlnet_config(models, setting, args)["controlnets"]]
-    kwargs[family.image_arg] = controls if len(controls) > 1 else controls[0]
-    kwargs["controlnet_conditioning_scale"] = scales if len(scales) > 1 else scales[0]
-    if family.negative_prompt:
-        kwargs["negative_prompt"] = [s["negative_prompt"] for s in batch]
-    t0 = time.perf_counter()
-    pipe(**kwargs)  # warm-up (compiles)
-    _sync(args.device)
-    warm = time.perf_counter() - t0
-    seconds = []
-    for _ in range(args.batches):
-        t0 = time.perf_counter()
-        pipe(**kwargs)
-        _sync(args.device)
-        seconds.append(time.perf_counter() - t0)
-    del pipe, nets, controlnet
-    _free(args.device)
-    return {"img_s": args.batch / float(np.median(seconds)), "warmup_s": warm}
+    return pipe.to(device)
 
 
-# --- (b) synthgen's backend alone -----------------------------------------------------------------
-def controlnet_config(models: dict, setting: Setting, args) -> dict:
-    units = [{"model": path, "layer": layer, "scale": 1.0 if setting.family != "flux" else [0.2, 0.65][k]}
-             for k, (path, layer) in enumerate(zip(models["controlnets"], setting.layers))]
-    return {"family": setting.family, "base_model": models["base"], "controlnets": units,
-            "scheduler": "default", "steps": setting.steps, "guidance": setting.guidance,
-            "dtype": "fp16" if args.device == "cuda" else "fp32", "batch_size": args.batch,
-            "device": args.device, "local_files_only": True, "speed": {"compile": args.compile}}
+def _reference_kwargs(pipe, recipe, family, batch: list[dict], device: str) -> tuple[dict, str]:
+    """The pipeline call for ``batch`` and how its prompts go in (``"pipeline"`` or ``"compel"``):
+    control images on the device as (B, 3, H, W) floats in
+    [0, 1], the recipe's steps, guidance and scales, prompts (compel embeddings where synthgen
+    would use compel)."""
+    import torch
+
+    cfg = recipe.backend.controlnet
+    units = cfg.controlnets
+    controls = [torch.from_numpy(np.stack([s["layers"]["controls"][k] for s in batch])).to(device)
+                .permute(0, 3, 1, 2).float().div(255) for k in range(len(units))]
+    multi = len(units) > 1
+    kwargs: dict[str, Any] = {
+        family.image_arg: controls if multi else controls[0],
+        "height": recipe.image.height, "width": recipe.image.width,
+        "num_inference_steps": cfg.steps, "guidance_scale": cfg.guidance, "output_type": "pt",
+        "controlnet_conditioning_scale": [u.scale for u in units] if multi else units[0].scale,
+        "control_guidance_start": [u.start for u in units] if multi else units[0].start,
+        "control_guidance_end": [u.end for u in units] if multi else units[0].end}
+    prompts = [s["prompt"] for s in batch]
+    negatives = [s.get("negative_prompt") or "" for s in batch]
+    how = "pipeline"
+    if cfg.family != "flux" and cfg.long_prompts == "compel" and _too_long(pipe, prompts + negatives):
+        from compel import CompelForSD, CompelForSDXL
+
+        wrapper = (CompelForSDXL if cfg.family == "sdxl" else CompelForSD)(pipe)
+        with torch.inference_mode():
+            out = wrapper(prompts, negative_prompt=negatives)
+        named = {"prompt_embeds": out.embeds, "negative_prompt_embeds": out.negative_embeds,
+                 "pooled_prompt_embeds": getattr(out, "pooled_embeds", None),
+                 "negative_pooled_prompt_embeds": getattr(out, "negative_pooled_embeds", None)}
+        kwargs.update({k: v for k, v in named.items() if v is not None})
+        how = "compel"
+    else:
+        kwargs["prompt"] = prompts
+        if family.negative_prompt:
+            kwargs["negative_prompt"] = negatives
+    if cfg.family == "flux":
+        from synthgen.generate.controlnet import FLUX_T5_TOKENS
+
+        kwargs["max_sequence_length"] = FLUX_T5_TOKENS
+    if cfg.eta is not None:
+        kwargs["eta"] = cfg.eta
+    return kwargs, how
 
 
-def backend_alone(models: dict, setting: Setting, args, samples: list[dict]) -> dict:
-    t0 = time.perf_counter()
-    backend = ControlNetBackend(ControlNetConfig(**controlnet_config(models, setting, args)),
-                                setting.size, setting.size)
-    load = time.perf_counter() - t0
-    if not args.compile:
-        backend.generate_tensor(samples[:args.batch])  # warm-up
-    seconds = []
-    for k in range(args.batches):
-        _sync(args.device)
-        t0 = time.perf_counter()
-        backend.generate_tensor(samples[k * args.batch:(k + 1) * args.batch])
-        _sync(args.device)
-        seconds.append(time.perf_counter() - t0)
-    del backend
-    _free(args.device)
-    return {"img_s": args.batch / float(np.median(seconds)), "load_s": load}
+def _too_long(pipe, texts: list[str]) -> bool:
+    limit = int(pipe.tokenizer.model_max_length)
+    return any(len(pipe.tokenizer(t, truncation=False)["input_ids"]) > limit for t in texts)
 
 
-# --- (c) synthgen generate, end to end ------------------------------------------------------------
-def end_to_end(models: dict, setting: Setting, args, out: Path) -> dict:
-    """``synthgen generate`` of ``warmup + batches`` one-batch shards; the steady ones measured."""
+# --- (b) synthgen generate, end to end ------------------------------------------------------------
+def end_to_end(recipe, out: Path, opts) -> dict:
+    """``synthgen generate`` of ``opts.warmup + opts.shards`` one-batch shards; the steady window
+    measured (see the module docstring)."""
+    import torch
+
     from synthgen.run import generate
 
-    prompts = out / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS) + "\n")
-    controlnet = controlnet_config(models, setting, args)
-    recipe = recipe_from_dict({
-        "name": "bench", "seed": 0, "num_samples": (args.warmup + args.batches) * args.batch,
-        "image": {"width": setting.size, "height": setting.size}, "render": {"backend": "torch"},
-        "backend": {"kind": "controlnet", "controlnet": controlnet},
-        "prompt": {"prompts_file": str(prompts), "negative": "blurry", "describe_pose": False},
-        # random-weight SAM: thresholds at 0 keep every sample (no redraws), the work is the same
-        "filter": {"sam": {"model": models["sam"], "min_iou": 0.0, "min_keypoints_in_mask": 0.0}},
-        "output": {"shard_size": args.batch}})
     data = out / "dataset"
-    if args.device == "cuda":
+    cuda = opts.device == "cuda"
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
-    nvml = _NvmlSampler() if args.device == "cuda" else None
-    generate(recipe, data, workers=1, progress=False, loader_workers=args.loader_workers)
-    nvml_util = nvml.stop() if nvml else None
-    sidecars = [json.loads(p.read_text()) for p in sorted((data / "shards").glob("shard-*.json"))]
-    steady = sidecars[args.warmup:]
+    profiler, profiler_error = (_start_profiler() if cuda else (None, None))
+    t0 = time.time_ns()
+    try:
+        generate(recipe, data, workers=1, progress=False, loader_workers=opts.loader_workers)
+    finally:
+        kernels, profiler_error = _stop_profiler(profiler, profiler_error)
+    sidecars = sorted((data / "shards").glob("shard-*.json"))
+    infos = [json.loads(p.read_text()) for p in sidecars]
+    ends = [p.stat().st_mtime_ns for p in sidecars]  # each sidecar is written when its shard is complete
+    if len(infos) <= opts.warmup:
+        raise RuntimeError(f"{len(infos)} shards written, need more than --warmup {opts.warmup}")
+    window = (ends[opts.warmup - 1] if opts.warmup else t0, ends[-1])
+    steady = infos[opts.warmup:]
     total = lambda key: sum(s.get(key, 0.0) for s in steady)  # noqa: E731
-    images, seconds = sum(s["samples"] for s in steady), total("seconds")
-    median = float(np.median([s["seconds"] for s in steady]))  # a paused or shared machine: the typical shard
-    peak = (torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-    return {"img_s": args.batch / median, "gpu_busy": (total("diffusion_seconds") + total("sam_seconds")) / seconds,
-            "input_wait": total("input_wait_seconds") / seconds,
-            "sam_ms_per_img": 1000 * total("sam_seconds") / images,
-            "encode_ms_per_img": 1000 * total("writer_encode_seconds") / images,
-            "write_ms_per_img": 1000 * total("writer_write_seconds") / images,
-            "peak_memory_gib": peak, "compile_s": sum(s.get("compile_seconds", 0.0) for s in sidecars),
-            "nvml_util": nvml_util, "images": images}
+    accepted = sum(s["samples"] for s in steady)
+    rejected = sum(len(s.get("rejected", [])) for s in steady)
+    failed = sum(len(s.get("errors", [])) for s in steady)
+    diffused = accepted + rejected + failed
+    seconds = (window[1] - window[0]) / 1e9
+    row = {"img_s": diffused / seconds, "accepted_img_s": accepted / seconds, "window_s": seconds,
+           "diffused": diffused, "accepted": accepted, "redraws": sum(1 for s in steady for f in s.get("filter", [])
+                                                                     if f.get("attempt", 0) > 0),
+           "rejected": rejected, "gave_up": sum(len(s.get("gave_up", [])) for s in steady), "failed": failed,
+           "input_wait": total("input_wait_seconds") / seconds,
+           "sam_ms_per_img": 1000 * total("sam_seconds") / max(diffused, 1),
+           "diffusion_ms_per_img": 1000 * total("diffusion_seconds") / max(diffused, 1),
+           "encode_ms_per_img": 1000 * total("writer_encode_seconds") / max(accepted, 1),
+           "write_ms_per_img": 1000 * total("writer_write_seconds") / max(accepted, 1),
+           "compile_s": sum(s.get("compile_seconds", 0.0) for s in infos),
+           "peak_memory_gib": (torch.cuda.max_memory_allocated() / 2**30 if cuda
+                               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)}
+    # per-shard timings cannot be cut at the window's start (the first steady shard's batches may
+    # start while the writer still finishes the warm-up shard): at most the whole window
+    events_busy = min(1.0, (total("diffusion_seconds") + total("sam_seconds")) / seconds)
+    if kernels is not None and not (kernels[:, 0].min() < window[1] and kernels[:, 1].max() > window[0]):
+        # kernel times are taken to be on the wall clock of the sidecars' file times (true of
+        # torch's CPU events, checked in tests/test_gpu_check.py); if not, no kernel overlaps
+        # the window at all: fall back, labelled
+        kernels, profiler_error = None, "no kernel inside the steady window: profiler clock != wall clock?"
+    if cuda and kernels is not None:
+        row.update(gpu_busy=busy_fraction(kernels, *window), busy_source="profiler",
+                   cuda_events_busy=events_busy)
+    else:
+        row.update(gpu_busy=events_busy, busy_source="cuda-events" if cuda else "cpu-wall")
+        if profiler_error:
+            row["profiler_error"] = profiler_error
+    return row
 
 
-class _NvmlSampler:
-    """GPU utilisation from NVML every 100 ms while the run goes (None without pynvml)."""
+def _start_profiler():
+    """A running ``torch.profiler`` recording CUDA kernels only, or (None, the reason)."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
 
-    def __init__(self):
-        try:
-            import pynvml
+        profiler = profile(activities=[ProfilerActivity.CUDA], record_shapes=False, with_stack=False)
+        profiler.__enter__()
+        return profiler, None
+    except Exception as exc:  # CUPTI missing or busy: the CUDA-event figure, labelled
+        return None, f"{type(exc).__name__}: {exc}"
 
-            pynvml.nvmlInit()
-            self.handle, self.nvml = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device()), pynvml
-        except Exception:  # not installed, or no NVML: the CUDA-event figure stands alone
-            self.handle = None
-        self.samples: list[int] = []
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
 
-    def _run(self) -> None:
-        while self.handle is not None and not self.done.wait(0.1):
-            self.samples.append(self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu)
+def _stop_profiler(profiler, error):
+    """(kernel intervals as an (N, 2) int64 array of absolute ns, error)."""
+    if profiler is None:
+        return None, error
+    try:
+        profiler.__exit__(None, None, None)
+        events = profiler.profiler.kineto_results.events()
+        spans = [(e.start_ns(), e.start_ns() + e.duration_ns()) for e in events
+                 if e.device_type().name == "CUDA" and e.duration_ns() > 0
+                 and not e.name().startswith(("Memcpy", "Memset"))]  # kernels, not copies
+        if not spans:
+            return None, "the profiler recorded no CUDA kernels"
+        return np.asarray(spans, dtype=np.int64), None
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {exc}"
 
-    def stop(self) -> float | None:
-        self.done.set()
-        self.thread.join()
-        return float(np.mean(self.samples)) / 100 if self.samples else None
+
+def busy_fraction(spans: np.ndarray, start_ns: int, stop_ns: int) -> float:
+    """Share of [start_ns, stop_ns] covered by at least one of ``spans`` ((N, 2) ns intervals):
+    overlapping kernels (several streams) count once."""
+    if stop_ns <= start_ns or len(spans) == 0:
+        return 0.0
+    clipped = np.clip(spans, start_ns, stop_ns)
+    clipped = clipped[clipped[:, 1] > clipped[:, 0]]
+    if len(clipped) == 0:
+        return 0.0
+    clipped = clipped[np.argsort(clipped[:, 0])]
+    covered, (cur_start, cur_stop) = 0, clipped[0]
+    for a, b in clipped[1:]:
+        if a > cur_stop:
+            covered += cur_stop - cur_start
+            cur_start, cur_stop = a, b
+        else:
+            cur_stop = max(cur_stop, b)
+    covered += cur_stop - cur_start
+    return float(covered) / (stop_ns - start_ns)
 
 
 def _sync(device: str) -> None:
+    import torch
+
     if device == "cuda":
         torch.cuda.synchronize()
 
 
 def _free(device: str) -> None:
+    import torch
+
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
 
 
-# --- the run ----------------------------------------------------------------------------------------
-def run_config(name: str, args, root: Path) -> dict:
-    setting = CONFIGS[name]
-    if args.smoke:
-        setting = Setting(setting.family, setting.layers, SMOKE["size"], SMOKE["steps"], setting.guidance)
-    models = models_for(name, setting, root, args.smoke, args.device)
-    samples = make_samples(args.batches * args.batch, setting.size, setting.layers)
-    ref = reference(models, setting, args, samples)
+# --- one configuration ------------------------------------------------------------------------------
+def measure(name: str, opts) -> dict:
+    """Reference then end to end for configuration ``name``; one row (see :data:`REQUIRED`)."""
+    from synthgen.recipe import recipe_from_dict
+
+    root = Path(opts.models).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    models = models_for(name, root, opts.smoke, opts.device)
+    recipe = recipe_from_dict(bench_recipe(name, models, opts))
+    samples = prepared_samples(recipe, opts.batch)
+    fresh_dynamo()
+    ref = reference(recipe, samples, opts)
+    ref_compiles = recompiles()
     log.info("%s reference: %.3f img/s", name, ref["img_s"])
-    ours = backend_alone(models, setting, args, samples)
-    log.info("%s backend: %.3f img/s", name, ours["img_s"])
-    out = root / f"run-{name}"
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
+    out = Path(opts.work) / f"run-{name}"
+    shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    e2e = end_to_end(models, setting, args, out)
+    fresh_dynamo()
+    e2e = end_to_end(recipe, out, opts)
+    e2e_compiles = recompiles()
     log.info("%s end to end: %.3f img/s", name, e2e["img_s"])
-    return {"config": name, "family": setting.family, "controlnets": len(setting.layers), "size": setting.size,
-            "steps": setting.steps, "batch": args.batch, "reference_img_s": round(ref["img_s"], 4),
-            "backend_img_s": round(ours["img_s"], 4), "end_to_end_img_s": round(e2e["img_s"], 4),
+    cfg = recipe.backend.controlnet
+    return {"config": name, "recipe": CONFIGS[name].recipe, "device": device_name(opts.device),
+            "smoke": opts.smoke, "family": cfg.family, "controlnets": len(cfg.controlnets),
+            "size": recipe.image.width, "steps": cfg.steps, "batch": opts.batch, "dtype": cfg.dtype,
+            "scheduler": ref["scheduler"], "prompts": ref["prompts"], "speed": ref["speed"],
+            "reference_img_s": round(ref["img_s"], 4), "reference_warmup_s": round(ref["warmup_s"], 1),
+            "end_to_end_img_s": round(e2e["img_s"], 4), "accepted_img_s": round(e2e["accepted_img_s"], 4),
             "ratio": round(e2e["img_s"] / ref["img_s"], 3), "gpu_busy": round(e2e["gpu_busy"], 3),
-            "nvml_util": e2e["nvml_util"], "input_wait": round(e2e["input_wait"], 3),
-            "sam_ms_per_img": round(e2e["sam_ms_per_img"], 2), "encode_ms_per_img": round(e2e["encode_ms_per_img"], 2),
-            "write_ms_per_img": round(e2e["write_ms_per_img"], 2), "peak_memory_gib": round(e2e["peak_memory_gib"], 2),
-            "compile_s": round(e2e["compile_s"], 1), "steady_images": e2e["images"]}
+            "busy_source": e2e["busy_source"], "cuda_events_busy": _round(e2e.get("cuda_events_busy"), 3),
+            "input_wait": round(e2e["input_wait"], 3), "sam_ms_per_img": round(e2e["sam_ms_per_img"], 2),
+            "sam_source": "cuda-events" if opts.device == "cuda" else "cpu-wall",
+            "diffusion_ms_per_img": round(e2e["diffusion_ms_per_img"], 2),
+            "encode_ms_per_img": round(e2e["encode_ms_per_img"], 2),
+            "write_ms_per_img": round(e2e["write_ms_per_img"], 2),
+            "sam_min_iou": recipe.filter.sam.min_iou if recipe.filter.sam else None,
+            "sam_thresholds": CONFIGS[name].sam_thresholds if recipe.filter.sam else None,
+            "redraws": e2e["redraws"], "rejected": e2e["rejected"], "gave_up": e2e["gave_up"],
+            "failed": e2e["failed"], "steady_images": e2e["diffused"], "steady_window_s": round(e2e["window_s"], 2),
+            "peak_memory_gib": round(e2e["peak_memory_gib"], 2), "compile_s": round(e2e["compile_s"], 1),
+            "recompiles": ref_compiles["recompiles"] + e2e_compiles["recompiles"],
+            "compiles": {"reference": ref_compiles, "end_to_end": e2e_compiles},
+            **({"profiler_error": e2e["profiler_error"]} if "profiler_error" in e2e else {})}
 
 
-def print_table(rows: list[dict], device: str) -> None:
+def _round(value, digits):
+    return None if value is None else round(value, digits)
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"CPU, {os.cpu_count()} cores"
+
+
+def print_table(rows: list[dict], file=sys.stderr) -> None:
+    """The rows as a Markdown table (on stderr: stdout holds only the JSON lines)."""
     columns = [("config", "config", "{}"), ("ref img/s", "reference_img_s", "{:.3f}"),
-               ("backend img/s", "backend_img_s", "{:.3f}"), ("e2e img/s", "end_to_end_img_s", "{:.3f}"),
-               ("e2e/ref", "ratio", "{:.2f}"), ("busy", "gpu_busy", "{:.2f}"), ("wait", "input_wait", "{:.2f}"),
-               ("SAM ms", "sam_ms_per_img", "{:.1f}"), ("enc ms", "encode_ms_per_img", "{:.1f}"),
-               ("write ms", "write_ms_per_img", "{:.1f}"), ("peak GiB", "peak_memory_gib", "{:.2f}"),
-               ("compile s", "compile_s", "{:.0f}")]
-    print(f"\n{device}, torch {torch.__version__}")
-    print(" | ".join(title for title, _, _ in columns))
-    print(" | ".join("---" for _ in columns))
+               ("e2e img/s", "end_to_end_img_s", "{:.3f}"), ("e2e/ref", "ratio", "{:.2f}"),
+               ("busy", "gpu_busy", "{:.2f}"), ("busy from", "busy_source", "{}"),
+               ("wait", "input_wait", "{:.2f}"), ("SAM ms", "sam_ms_per_img", "{:.1f}"),
+               ("write ms", "write_ms_per_img", "{:.1f}"), ("redraws", "redraws", "{}"),
+               ("recompiles", "recompiles", "{}")]
+    print(" | ".join(title for title, _, _ in columns), file=file)
+    print(" | ".join("---" for _ in columns), file=file)
     for row in rows:
-        print(" | ".join(fmt.format(row[key]) for _, key, fmt in columns))
+        print(" | ".join(fmt.format(row[key]) for _, key, fmt in columns), file=file)
 
 
-def main() -> None:
-    cuda = torch.cuda.is_available()
+def options(argv: list[str] | None = None) -> argparse.Namespace:
+    import torch
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU (minutes)")
-    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {list(CONFIGS)}")
+    parser.add_argument("--configs", default="sd15_1cn", help=f"comma-separated, of {list(CONFIGS)}")
     parser.add_argument("--batch", type=int, help="images per batch (default 16 on a GPU, 2 with --smoke)")
-    parser.add_argument("--batches", type=int, default=8, help="steady batches measured (default 8)")
-    parser.add_argument("--warmup", type=int, default=1, help="end-to-end shards dropped first (default 1)")
+    parser.add_argument("--batches", type=int, default=3, help="timed reference calls (default 3)")
+    parser.add_argument("--shards", type=int, default=3, help="steady end-to-end shards of one batch (default 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="end-to-end shards before the window (default 1)")
     parser.add_argument("--loader-workers", type=int, default=None,
                         help="CPU-stage processes of the end-to-end run (default 4 on a GPU, 0 = a thread)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="torch.compile (default: on with CUDA, off with --smoke: inductor takes "
-                             "minutes per graph on a CPU)")
-    parser.add_argument("--out", default=str(Path.home() / ".cache" / "synthgen" / "bench-diffusion"),
-                        help="models (kept, reused) and run folders")
-    args = parser.parse_args()
-    args.device = "cuda" if cuda and not args.smoke else "cpu"
-    args.batch = args.batch or (2 if args.smoke else 16)
-    args.compile = (args.device == "cuda") if args.compile is None else args.compile
-    args.loader_workers = (0 if args.smoke else 4) if args.loader_workers is None else args.loader_workers
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for name in ("diffusers", "transformers", "synthgen"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    names = [n.strip() for n in args.configs.split(",") if n.strip()]
+                        help="torch.compile in both measurements (default: on with CUDA, off with --smoke)")
+    parser.add_argument("--models", "--out", default=None, help="where models are built and kept "
+                        "(default ~/.cache/synthgen/bench-diffusion)")
+    parser.add_argument("--work", default=None, help="run folders (default: under --models)")
+    opts = parser.parse_args(argv)
+    opts.device = "cuda" if torch.cuda.is_available() and not opts.smoke else "cpu"
+    opts.batch = opts.batch or (2 if opts.smoke else 16)
+    opts.compile = (opts.device == "cuda") if opts.compile is None else opts.compile
+    opts.loader_workers = (0 if opts.smoke else 4) if opts.loader_workers is None else opts.loader_workers
+    opts.models = opts.models or str(Path.home() / ".cache" / "synthgen" / "bench-diffusion")
+    opts.work = opts.work or opts.models
+    names = [n.strip() for n in opts.configs.split(",") if n.strip()]
     unknown = sorted(set(names) - set(CONFIGS))
     if unknown:
         parser.error(f"--configs: unknown {unknown}; choose from {list(CONFIGS)}")
-    root = Path(args.out).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
-    rows = [run_config(name, args, root) for name in names]
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {os.cpu_count()} cores (smoke)"
-    print_table(rows, device)
-    first = rows[0]
-    keys = ("reference_img_s", "end_to_end_img_s", "ratio", "gpu_busy", "sam_ms_per_img", "write_ms_per_img")
-    print(json.dumps({"device": device, "smoke": args.smoke, "compile": args.compile,
-                      **{k: first[k] for k in keys}, "configs": rows}))
+    opts.names = names
+    return opts
+
+
+def quiet_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    for name in ("diffusers", "transformers", "synthgen"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main() -> None:
+    opts = options()
+    quiet_logging()
+    rows = []
+    for name in opts.names:
+        row = measure(name, opts)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    print_table(rows)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Helpers for tests and benchmarks (tiny seeded random-weight models); no run imports this package."""

@@ -61,6 +61,15 @@ def make(args, folder: Path, seed: int, n: int, overrides: list[str] = ()) -> Pa
     return folder
 
 
+def load_keypointnet(checkpoint: str) -> TorchKeypointRegressor:
+    """``synthgen adapt --regressor examples/adapt_regressor.py:load_keypointnet --checkpoint R0.pt``: the
+    KeypointNet weights written here (and their keypoint names, ``R0.names.json`` beside them)."""
+    names = json.loads(Path(checkpoint).with_suffix(".names.json").read_text())
+    model = KeypointNet(len(names), 16)
+    model.load_state_dict(torch.load(checkpoint))
+    return TorchKeypointRegressor(model, names, SIZE, feature_layer="down16")
+
+
 def fit(model: KeypointNet, data: dict, epochs: int, lr: float, seed: int) -> KeypointNet:
     """Train on every row of ``data`` (train_regressor's crops, augmentation and loss)."""
     torch.manual_seed(seed)
@@ -111,6 +120,7 @@ def one_seed(args, seed: int, shift: list[str]) -> dict:
     init = load_crops(str(make(args, root / "base-init", 100 * seed + 1, args.init)), None)
     names = init["names"]
     weights = root / "r0.pt"
+    weights.with_suffix(".names.json").write_text(json.dumps(names))
     r0 = KeypointNet(len(names), 16)
     if weights.is_file():
         r0.load_state_dict(torch.load(weights))

@@ -9,8 +9,8 @@ exact and can be audited from its manifest. One :func:`adapt` call runs ``rounds
    measure per sample the miss rate ``1 - PCK@threshold`` (a keypoint misses when it lies further than
    ``threshold`` x the box side from its label), then per attribute bin (each sample's labels record
    its bins: ``labels["bins"]``; the pose class is ``pose_name``);
-3. **target** (with target images): a logistic regression tells the regressor's features of the probe
-   crops from those of the target images; ``w = p / (1 - p) * n_probe / n_target`` (cross-fitted) is
+3. **target** (with target images): a logistic regression tells the probe crops from the target images
+   by what the regressor makes of them (its features and the keypoint layout it predicts); ``w = p / (1 - p) * n_probe / n_target`` (cross-fitted) is
    the standard covariate-shift importance weight of a probe sample, and the ``w``-weighted share of
    the probe samples in each bin estimates how the target is distributed over that attribute's bins;
 4. **next recipe**: per attribute, ``floor + (1 - K floor) * (mix * base + (1 - mix) * focus)`` with
@@ -461,7 +461,7 @@ def adapt(recipe: Recipe, regressor: Regressor, out_dir: str | Path, config: Ada
                             "estimate needs one (see synthgen.adapt.Regressor)")
         target_images = target if isinstance(target, np.ndarray) else load_target_images(target, regressor.input_size)
         with label_threads():
-            target_features = np.asarray(regressor.features(target_images), dtype=np.float64)
+            target_features = describe(regressor, target_images)
     manifest: dict[str, Any] = {
         "base_recipe": recipe.model_dump(mode="json"), "base_recipe_hash": recipe_hash(recipe),
         "config": asdict(config), "regressor": type(regressor).__name__,
@@ -470,13 +470,14 @@ def adapt(recipe: Recipe, regressor: Regressor, out_dir: str | Path, config: Ada
         "bins": {n: {k: (v if k == "names" else _round6(v)) for k, v in b.items()} for n, b in bins.items()},
         "rounds": []}
     weights = dict(base)
+    seen: dict[str, list] = {"errors": [], "features": [], "labels": []}  # every round's probes so far
     for r in range(config.rounds):
         probe_recipe = recipe_with_weights(recipe, bins, weights, round_seed(config.seed, r), config.probe)
         folder = out / f"round-{r}"
         folder.mkdir(exist_ok=True)
         (folder / "recipe.yaml").write_text(yaml.safe_dump(probe_recipe.model_dump(mode="json"), sort_keys=False))
         generate(probe_recipe, folder / "probe", workers=workers, progress=False)
-        record, weights = _round(r, probe_recipe, folder, regressor, config, bins, base, weights,
+        record, weights = _round(r, probe_recipe, folder, regressor, config, bins, base, weights, seen,
                                  None if target_images is None else target_features)
         manifest["rounds"].append(record)
         log.info("round %d: probe PCK@%.2f %.3f; next weights %s", r, config.threshold, record["probe_pck"],
@@ -489,31 +490,81 @@ def adapt(recipe: Recipe, regressor: Regressor, out_dir: str | Path, config: Ada
     return manifest
 
 
+def describe(regressor: Regressor, images: np.ndarray) -> np.ndarray:
+    """(N, D + 2K) what the probe-vs-target classifier sees of images: the regressor's features and
+    the keypoint layout it predicts (crop units), which carries body proportions and viewpoint."""
+    layout = np.asarray(regressor.predict(images), dtype=np.float64) / regressor.input_size - 0.5
+    return np.concatenate([np.asarray(regressor.features(images), dtype=np.float64),
+                           layout.reshape(len(images), -1)], axis=1)
+
+
 def _round(r: int, probe_recipe: Recipe, folder: Path, regressor: Regressor, config: AdaptConfig,
-           bins: dict, base: dict, weights: dict, target_features: np.ndarray | None) -> tuple[dict, dict]:
-    """Steps 2-4 of round ``r`` on its written probe set: the round's record and the next weights."""
+           bins: dict, base: dict, weights: dict, seen: dict, target_features: np.ndarray | None
+           ) -> tuple[dict, dict]:
+    """Steps 2-4 of round ``r`` on its written probe set: the round's record and the next weights.
+
+    Errors and the target estimate pool the probes of every round so far (``seen``, extended here):
+    the regressor is the same, and importance weights against the pooled probes (drawn from the
+    rounds' mixture) still estimate the target's share of each bin.
+    """
     probe = read_probe(folder / "probe", regressor.input_size, config.pad, regressor.keypoint_names)
     with label_threads():
         predicted = np.asarray(regressor.predict(probe["crops"]), dtype=np.float64)
-        iw, classifier = (None, {}) if target_features is None else importance_weights(
-            np.asarray(regressor.features(probe["crops"]), dtype=np.float64), target_features)
+        if target_features is not None:
+            seen["features"].append(describe(regressor, probe["crops"]))
     errors = sample_errors(predicted, probe, config.threshold)
+    seen["errors"].append(errors)
+    seen["labels"] += probe["labels"]
+    errors_all = np.concatenate(seen["errors"])
+    iw, classifier = (None, {}) if target_features is None else importance_weights(
+        np.concatenate(seen["features"]), target_features)
     record = {"round": r, "recipe_hash": recipe_hash(probe_recipe), "seed": probe_recipe.seed,
               "probe_samples": len(errors), "probe_pck": round(pck(predicted, probe, config.threshold), 6),
-              "probe_weights": {n: _round6(w) for n, w in weights.items()}, **classifier, "attributes": {}}
-    mean_error = float(errors.mean())
+              "pooled_samples": len(errors_all), "probe_weights": {n: _round6(w) for n, w in weights.items()},
+              **classifier, "attributes": {}}
+    mean_error = float(errors_all.mean())
     new = {}
     for name in config.attributes:
         k = len(base[name])
-        members = np.array([sample_bin(lab, name, bins[name]) for lab in probe["labels"]])
-        count, total = per_bin(errors, members, k)
+        members = np.array([sample_bin(lab, name, bins[name]) for lab in seen["labels"]])
+        count, total = per_bin(errors_all, members, k)
         error = (total + config.shrink * mean_error) / (count + config.shrink)  # shrunk toward the mean
         tgt = None
-        if iw is not None:  # E_probe[w 1{bin}] = P_target(bin); `shrink` samples' worth of the probe's own mass smooth it
+        if iw is not None:  # E_probe[w 1{bin}] = P_target(bin); `shrink` samples' worth of base smooth it
             wsum = np.bincount(members, weights=iw, minlength=k)
-            tgt = (wsum + config.shrink * weights[name]) / (wsum.sum() + config.shrink)
+            tgt = (wsum + config.shrink * base[name]) / (wsum.sum() + config.shrink)
         new[name] = next_weights(base[name], error, tgt, config.mix, config.floor)
         record["attributes"][name] = {"count": _round6(count), "error": _round6(error),
                                       "target": None if tgt is None else _round6(tgt),
                                       "next_weights": _round6(new[name])}
     return record, new
+
+def load_regressor(spec: str, checkpoint: str | None = None) -> Regressor:
+    """The regressor a ``FILE.py:FUNCTION`` or ``module:FUNCTION`` factory returns (called with the
+    checkpoint path when one is given), checked against :class:`Regressor`."""
+    import importlib
+    import importlib.util
+
+    where, _, name = spec.rpartition(":")
+    if not where or not name:
+        raise UserError(f"--regressor {spec!r}: write FILE.py:FUNCTION or module:FUNCTION, e.g. "
+                        "examples/adapt_regressor.py:load_keypointnet")
+    try:
+        if where.endswith(".py"):
+            if not Path(where).is_file():
+                raise UserError(f"--regressor {spec!r}: {where} does not exist")
+            module_spec = importlib.util.spec_from_file_location(Path(where).stem, where)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except ImportError as exc:
+        raise UserError(f"--regressor {spec!r}: cannot import {where} ({exc}); check the module name") from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise UserError(f"--regressor {spec!r}: {where} has no function {name}")
+    regressor = factory(checkpoint) if checkpoint else factory()
+    if not isinstance(regressor, Regressor):
+        raise UserError(f"--regressor {spec!r}: {name} returned a {type(regressor).__name__}, which lacks "
+                        "keypoint_names, input_size or predict(images) (see synthgen.adapt.Regressor)")
+    return regressor

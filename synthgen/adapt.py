@@ -121,17 +121,21 @@ class HMR2Regressor:
     It reads ``{"img": (B, 3, 256, 192)}`` ImageNet-normalised crops (a 256 square crop with 32 columns
     cut from each side, as 4D-Humans' ``ViTDetDataset`` does) and returns ``pred_keypoints_2d``
     (B, 44, 2) in crop units [-0.5, 0.5] of the 256 square; features are the spatial mean of
-    ``model.backbone``'s output. Keypoint names are 4D-Humans' 44 slots
-    (:data:`synthgen.formats.hmr2.SLOT_NAMES`), scored on the slots synthgen labels have.
+    ``model.backbone``'s output. Its 44 slots are scored against the synthgen keypoints they are
+    written from (:data:`synthgen.formats.hmr2.SLOT_SOURCES`; a slot the body model lacks is skipped).
+
+    >>> from hmr2.models import load_hmr2                      # 4D-Humans, with its checkpoint
+    >>> model, _ = load_hmr2("logs/train/runs/hmr2/checkpoints/epoch=35-step=1000000.ckpt")
+    >>> adapt(recipe, HMR2Regressor(model, "cuda"), "out/adapt", target="my_crops/")
     """
 
     MEAN, STD = np.array([0.485, 0.456, 0.406]) * 255, np.array([0.229, 0.224, 0.225]) * 255
 
     def __init__(self, model: torch.nn.Module, device: str = "cpu", batch_size: int = 16):
-        from synthgen.formats.hmr2 import SLOT_NAMES
+        from synthgen.formats.hmr2 import SLOT_SOURCES
 
         self.model, self.device, self.batch_size = model.eval().to(device), device, batch_size
-        self.keypoint_names, self.input_size = list(SLOT_NAMES), 256
+        self.keypoint_names, self.input_size = list(SLOT_SOURCES), 256
 
     def _batch(self, images: np.ndarray) -> torch.Tensor:
         x = (images.astype(np.float32) - self.MEAN) / self.STD

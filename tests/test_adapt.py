@@ -237,3 +237,28 @@ def test_cli_adapt_errors_are_one_line(tmp_path, capsys):
     assert main(["adapt", recipe, "--out", str(tmp_path), "--regressor", "x:y", "--floor", "0.5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "nowhere.py" in err[0] and "--floor=0.5" in err[1]
+
+
+def test_hmr2_adapter_feeds_4d_humans_crops_and_reads_its_outputs():
+    """HMR2's I/O contract (no weights here): (B, 3, 256, 192) ImageNet-normalised input; 44 keypoints
+    in [-0.5, 0.5] of the 256 crop; features from ``backbone``."""
+    import torch
+
+    from synthgen.adapt import HMR2Regressor
+
+    class FourDHumansShaped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = torch.nn.Conv2d(3, 5, 16, 16)
+
+        def forward(self, batch):
+            x = batch["img"]
+            assert x.shape[1:] == (3, 256, 192)
+            centre = x.mean(dim=(1, 2, 3))[:, None, None].expand(-1, 44, 2)
+            return {"pred_keypoints_2d": torch.zeros(len(x), 44, 2) + 0.0 * centre}
+
+    reg = HMR2Regressor(FourDHumansShaped(), batch_size=2)
+    images = np.random.default_rng(0).integers(0, 255, (3, 256, 256, 3), dtype=np.uint8)
+    points = reg.predict(images)
+    assert points.shape == (3, 44, 2) and np.allclose(points, 127.5)  # crop centre in pixel-centre units
+    assert reg.features(images).shape == (3, 5) and len(reg.keypoint_names) == 44

@@ -39,7 +39,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_regressor import KeypointNet, batch, flip_permutation, load_crops  # noqa: E402
 
-from synthgen.adapt import AdaptConfig, TorchKeypointRegressor, adapt, pck, read_probe  # noqa: E402
+from synthgen.adapt import (AdaptConfig, TorchKeypointRegressor, adapt, attribute_bins, pck,  # noqa: E402
+                            read_probe)
 from synthgen.errors import UserError  # noqa: E402
 from synthgen.recipe import load_recipe  # noqa: E402
 from synthgen.run import generate  # noqa: E402
@@ -113,6 +114,30 @@ def write_target_crops(run: Path, folder: Path) -> Path:
     return folder
 
 
+def oracle_bins(args, run: Path, config: AdaptConfig) -> dict[str, np.ndarray]:
+    """ABLATION ONLY (``--oracle``): the target pool's true share of each bin, read from its labels,
+    to show what the loop would do with a perfect target estimate. The method never does this."""
+    from synthgen.data import load_shards
+
+    recipe = base_recipe(args, 0, 1)
+    values = {"subject.shape.age_years": lambda lab: lab["instances"][0]["params"]["age_years"],
+              "camera.elevation_deg": lambda lab: lab["camera"]["elevation_deg"],
+              "camera.fov_deg": lambda lab: lab["camera"]["fov_deg"],
+              "camera.subject_fraction": lambda lab: lab["camera"]["subject_fraction_target"]}
+    labels = [item["labels"] for item in load_shards(run, split_by_node=False)]
+    out = {}
+    for name in config.attributes:
+        bins = attribute_bins(recipe, name, config.bins)
+        if "names" in bins:
+            idx = [bins["names"].index(lab["instances"][0]["params"]["pose_name"]) for lab in labels]
+        else:
+            edges = np.asarray(bins["edges"])
+            idx = np.clip(np.searchsorted(edges, [values[name](lab) for lab in labels], side="right") - 1,
+                          0, len(edges) - 2)
+        out[name] = np.bincount(idx, minlength=len(bins["base"])) / len(labels)
+    return out
+
+
 def one_seed(args, seed: int, shift: list[str]) -> dict:
     torch.set_num_threads(1)
     root = Path(args.out) / f"seed-{seed}"
@@ -137,9 +162,11 @@ def one_seed(args, seed: int, shift: list[str]) -> dict:
     config = AdaptConfig(rounds=args.rounds, probe=args.budget // args.rounds, seed=seed, mix=args.mix,
                          floor=args.floor, bins=args.bins)
     reg = TorchKeypointRegressor(r0, names, SIZE, feature_layer="down16")
-    manifest = adapt(base_recipe(args, 100 * seed + 6, args.budget), reg, shift_dir / "adapt", config,
-                     target=target_images, workers=args.workers)
-    adapted = concat(*[load_crops(str(shift_dir / "adapt" / f"round-{r}" / "probe"), None)
+    name = "adapt-oracle" if args.oracle else "adapt"
+    manifest = adapt(base_recipe(args, 100 * seed + 6, args.budget), reg, shift_dir / name, config,
+                     target=target_images, workers=args.workers,
+                     target_bins=oracle_bins(args, pool, config) if args.oracle else None)
+    adapted = concat(*[load_crops(str(shift_dir / name / f"round-{r}" / "probe"), None)
                        for r in range(args.rounds)])
     out = {"seed": seed, "r0_target_pck": score(r0, names, target_test), "r0_base_pck": score(r0, names, base_test)}
     for arm, extra in (("uniform", uniform), ("adapted", adapted)):
@@ -149,7 +176,7 @@ def one_seed(args, seed: int, shift: list[str]) -> dict:
         out[f"{arm}_pck"] = score(model, names, target_test)
         out[f"base_{arm}_pck"] = score(model, names, base_test)
         out[f"{arm}_samples"] = int(len(extra["crops"]))
-    out["manifest"] = str(shift_dir / "adapt" / "adapt.json")
+    out["manifest"] = str(shift_dir / name / "adapt.json")
     out["last_round_weights"] = manifest["final_weights"]
     log.info("seed %d: %s", seed, {k: v for k, v in out.items() if k != "last_round_weights"})
     return out
@@ -195,9 +222,11 @@ def parse(argv):
     p.add_argument("--mix", type=float, default=0.5)
     p.add_argument("--floor", type=float, default=0.02)
     p.add_argument("--epochs", type=int, default=20, help="R0 training epochs")
-    p.add_argument("--finetune-epochs", type=int, default=10)
+    p.add_argument("--finetune-epochs", type=int, default=8)
     p.add_argument("--image", type=int, default=192, help="image side (pixels)")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--oracle", action="store_true", help="ABLATION: give the loop the target pool's true bin "
+                   "shares (from its labels) instead of its image estimate, to measure the estimate's cost")
     args = p.parse_args(argv)
     args.base_overrides = shlex.split(args.base_overrides)
     args.shift = shlex.split(args.target_overrides)
@@ -217,7 +246,7 @@ def main(argv=None) -> int:
     except UserError as exc:
         sys.stderr.write(f"adapt_regressor: error: {exc}\n")
         return 2
-    summary = {"target_overrides": " ".join(args.shift), "seeds": args.seeds, "rounds": args.rounds,
+    summary = {"target_overrides": " ".join(args.shift), "oracle": args.oracle, "seeds": args.seeds, "rounds": args.rounds,
                "budget": args.budget, "init": args.init}
     for key in ("uniform_pck", "adapted_pck", "base_uniform_pck", "base_adapted_pck", "r0_target_pck", "r0_base_pck"):
         values = [r[key] for r in runs]
@@ -230,7 +259,7 @@ def main(argv=None) -> int:
                 "base_loss": round(float(np.mean(loss)), 4), "base_loss_sd": round(float(np.std(loss)), 4),
                 "last_round_weights": runs[-1]["last_round_weights"], "manifest": runs[-1]["manifest"],
                 "seconds": round(time.perf_counter() - start, 1)}
-    plot = Path(args.out) / "weights_across_rounds.png"
+    plot = Path(args.out) / f"weights_across_rounds{'_oracle' if args.oracle else ''}.png"
     plot_weights(json.loads(Path(runs[-1]["manifest"]).read_text()), plot)
     summary["plot"] = str(plot)
     log.info("target PCK@0.1 uniform %.3f +- %.3f, adapted %.3f +- %.3f (gain %.3f +- %.3f); base uniform %.3f, "

@@ -444,11 +444,15 @@ def round_seed(seed: int, r: int) -> int:
 
 
 def adapt(recipe: Recipe, regressor: Regressor, out_dir: str | Path, config: AdaptConfig | None = None,
-          target: str | Path | np.ndarray | None = None, workers: int = 1) -> dict[str, Any]:
+          target: str | Path | np.ndarray | None = None, workers: int = 1,
+          target_bins: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the loop (see the module docstring); returns the manifest written to ``OUT/adapt.json``.
 
     target: a folder / tar shard(s) of person-crop images, or an array (N, S, S, 3) uint8 of them;
     None = adapt to the regressor's errors on the base distribution alone.
+    target_bins: attribute -> the target's known probability of each of its bins (``manifest["bins"]``
+    order), used in place of the image estimate for those attributes (when the target's camera heights
+    or ages are known from elsewhere; the example uses it as an oracle ablation).
     """
     from synthgen.run import generate
 
@@ -471,6 +475,7 @@ def adapt(recipe: Recipe, regressor: Regressor, out_dir: str | Path, config: Ada
         "config": asdict(config), "regressor": type(regressor).__name__,
         "target": None if target_images is None else {  # what was read: the images' pixels, not where from
             "images": int(len(target_images)), "sha256": hashlib.sha256(target_images.tobytes()).hexdigest()},
+        "target_bins_given": {n: _round6(w) for n, w in (target_bins or {}).items()},
         "bins": {n: {k: (v if k == "names" else _round6(v)) for k, v in b.items()} for n, b in bins.items()},
         "rounds": []}
     weights = dict(base)
@@ -482,7 +487,7 @@ def adapt(recipe: Recipe, regressor: Regressor, out_dir: str | Path, config: Ada
         (folder / "recipe.yaml").write_text(yaml.safe_dump(probe_recipe.model_dump(mode="json"), sort_keys=False))
         generate(probe_recipe, folder / "probe", workers=workers, progress=False)
         record, weights = _round(r, probe_recipe, folder, regressor, config, bins, base, weights, seen,
-                                 None if target_images is None else target_features)
+                                 None if target_images is None else target_features, target_bins or {})
         manifest["rounds"].append(record)
         log.info("round %d: probe PCK@%.2f %.3f; next weights %s", r, config.threshold, record["probe_pck"],
                  {n: _round6(w)[:4] for n, w in weights.items()})
@@ -503,7 +508,8 @@ def describe(regressor: Regressor, images: np.ndarray) -> np.ndarray:
 
 
 def _round(r: int, probe_recipe: Recipe, folder: Path, regressor: Regressor, config: AdaptConfig,
-           bins: dict, base: dict, weights: dict, seen: dict, target_features: np.ndarray | None
+           bins: dict, base: dict, weights: dict, seen: dict, target_features: np.ndarray | None,
+           given: dict[str, Any]
            ) -> tuple[dict, dict]:
     """Steps 2-4 of round ``r`` on its written probe set: the round's record and the next weights.
 
@@ -537,6 +543,8 @@ def _round(r: int, probe_recipe: Recipe, folder: Path, regressor: Regressor, con
         if iw is not None:  # E_probe[w 1{bin}] = P_target(bin); `shrink` samples' worth of base smooth it
             wsum = np.bincount(members, weights=iw, minlength=k)
             tgt = (wsum + config.shrink * base[name]) / (wsum.sum() + config.shrink)
+        if name in given:
+            tgt = np.asarray(given[name], dtype=np.float64) / float(np.sum(given[name]))
         new[name] = next_weights(base[name], error, tgt, config.mix, config.floor)
         record["attributes"][name] = {"count": _round6(count), "error": _round6(error),
                                       "target": None if tgt is None else _round6(tgt),

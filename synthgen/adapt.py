@@ -10,9 +10,11 @@ exact and can be audited from its manifest. One :func:`adapt` call runs ``rounds
    ``threshold`` x the box side from its label), then per attribute bin (each sample's labels record
    its bins: ``labels["bins"]``; the pose class is ``pose_name``);
 3. **target** (with target images): a logistic regression tells the probe crops from the target images
-   by what the regressor makes of them (its features and the keypoint layout it predicts); ``w = p / (1 - p) * n_probe / n_target`` (cross-fitted) is
-   the standard covariate-shift importance weight of a probe sample, and the ``w``-weighted share of
-   the probe samples in each bin estimates how the target is distributed over that attribute's bins;
+   by what the regressor makes of them (its features and the keypoint layout it predicts);
+   ``w = p / (1 - p) * n_probe / n_target`` (cross-fitted) is the standard covariate-shift importance
+   weight of a probe sample, and the ``w``-weighted share of the probe samples in each bin estimates how
+   the target is distributed over that attribute's bins (errors and this estimate pool every round's
+   probes: the regressor does not change during the loop);
 4. **next recipe**: per attribute, ``floor + (1 - K floor) * (mix * base + (1 - mix) * focus)`` with
    ``focus ∝ target x error`` (the bins where target mass meets regressor error), so no bin vanishes;
 5. **record**: inputs, per-bin counts, errors, target estimates and the resulting weights go into

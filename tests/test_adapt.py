@@ -262,3 +262,20 @@ def test_hmr2_adapter_feeds_4d_humans_crops_and_reads_its_outputs():
     points = reg.predict(images)
     assert points.shape == (3, 44, 2) and np.allclose(points, 127.5)  # crop centre in pixel-centre units
     assert reg.features(images).shape == (3, 5) and len(reg.keypoint_names) == 44
+
+
+def test_the_example_prints_its_json_line(tmp_path):
+    """examples/adapt_regressor.py at a CI size (the figures in the README come from its defaults)."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "adapt_regressor.py"), "--out", str(out),
+                           "--seeds", "0", "--init", "24", "--budget", "16", "--test", "8", "--rounds", "2",
+                           "--epochs", "1", "--finetune-epochs", "1", "--image", "128"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("uniform_pck", "adapted_pck", "base_uniform_pck", "base_adapted_pck", "rounds", "seeds",
+                "last_round_weights"):
+        assert key in summary, key
+    assert summary["rounds"] == 2 and summary["seeds"] == [0] and (out / "weights_across_rounds.png").is_file()
+    for weights in summary["last_round_weights"].values():
+        assert abs(sum(weights) - 1.0) < 1e-5

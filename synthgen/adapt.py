@@ -540,7 +540,8 @@ def _round(r: int, probe_recipe: Recipe, folder: Path, regressor: Regressor, con
         k = len(base[name])
         members = np.array([sample_bin(lab, name, bins[name]) for lab in seen["labels"]])
         count, total = per_bin(errors_all, members, k)
-        error = (total + config.shrink * mean_error) / (count + config.shrink)  # shrunk toward the mean
+        error = np.full(k, mean_error)  # shrunk toward the mean; a bin no probe fell in gets the mean
+        np.divide(total + config.shrink * mean_error, count + config.shrink, out=error, where=count + config.shrink > 0)
         tgt = None
         if iw is not None:  # E_probe[w 1{bin}] = P_target(bin); `shrink` samples' worth of base smooth it
             wsum = np.bincount(members, weights=iw, minlength=k)

@@ -279,3 +279,18 @@ def test_the_example_prints_its_json_line(tmp_path):
     assert summary["rounds"] == 2 and summary["seeds"] == [0] and (out / "weights_across_rounds.png").is_file()
     for weights in summary["last_round_weights"].values():
         assert abs(sum(weights) - 1.0) < 1e-5
+
+
+def test_without_a_target_the_rounds_follow_the_errors(tmp_path):
+    from synthgen.adapt import AdaptConfig, adapt, load_regressor
+
+    factory = tmp_path / "tiny_regressor.py"
+    factory.write_text(FACTORY.format(names=NAMES))
+    config = AdaptConfig(rounds=1, probe=8, bins=3, attributes=["camera.fov_deg"], mix=0.0, floor=0.05, shrink=0.0)
+    manifest = adapt(small_recipe(output={"shard_size": 8, "layers": []}), load_regressor(f"{factory}:make"),
+                     tmp_path / "out", config)
+    attr = manifest["rounds"][0]["attributes"]["camera.fov_deg"]
+    assert manifest["target"] is None and attr["target"] is None
+    base = np.array(manifest["bins"]["camera.fov_deg"]["base"])
+    expected = 0.05 + (1 - 3 * 0.05) * base * np.array(attr["error"]) / (base * np.array(attr["error"])).sum()
+    assert np.allclose(attr["next_weights"], expected, atol=1e-6)

@@ -17,7 +17,7 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.spatial.transform import Rotation
 
-from synthgen.recipe import CameraConfig
+from synthgen.recipe import CameraConfig, draw_weighted
 
 
 @dataclass
@@ -101,13 +101,21 @@ def hull_points(points: np.ndarray) -> np.ndarray:
         return points
 
 
-def _elevation(rng: np.random.Generator, cfg: CameraConfig) -> float:
+def _elevation(rng: np.random.Generator, cfg: CameraConfig, bins: dict[str, int]) -> float:
     u = rng.random()
     if u < cfg.high_view_prob:
         return float(rng.uniform(*cfg.high_elevation_deg))
     if u < cfg.high_view_prob + cfg.ground_view_prob:
         return float(rng.uniform(*cfg.ground_elevation_deg))
-    return float(rng.uniform(*cfg.elevation_deg))
+    return _weighted(rng, cfg, "elevation_deg", bins)
+
+
+def _weighted(rng: np.random.Generator, cfg: CameraConfig, name: str, bins: dict[str, int]) -> float:
+    """One draw of the weighted attribute ``camera.<name>``; its bin goes into ``bins`` when weighted."""
+    value, k = draw_weighted(rng, getattr(cfg, name))
+    if k is not None:
+        bins[f"camera.{name}"] = k
+    return value
 
 
 def _extent(camera: Camera, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -119,13 +127,15 @@ def sample_camera(rng: np.random.Generator, cfg: CameraConfig, points_world: np.
                   width: int, height: int) -> tuple[Camera, dict[str, float]]:
     """Draw a camera that frames ``points_world`` (N, 3) to a sampled fraction of the image.
 
-    Returns the camera and the drawn values (fov, azimuth, elevation, roll, distance, fraction).
+    Returns the camera and the drawn values (fov, azimuth, elevation, roll, distance, fraction;
+    ``bins``: attribute -> bin index of the weighted ones, see :func:`synthgen.recipe.draw_weighted`).
     """
-    fov = float(rng.uniform(*cfg.fov_deg))
-    azimuth = float(rng.uniform(*cfg.azimuth_deg))
-    elevation = _elevation(rng, cfg)
+    bins: dict[str, int] = {}
+    fov = _weighted(rng, cfg, "fov_deg", bins)
+    azimuth = _weighted(rng, cfg, "azimuth_deg", bins)
+    elevation = _elevation(rng, cfg, bins)
     roll = float(rng.normal(0.0, cfg.roll_sd_deg))
-    fraction = float(rng.uniform(*cfg.subject_fraction))
+    fraction = _weighted(rng, cfg, "subject_fraction", bins)
     jitter = rng.uniform(-cfg.center_jitter, cfg.center_jitter, size=2)
 
     K = intrinsics_from_fov(fov, width, height)
@@ -152,6 +162,8 @@ def sample_camera(rng: np.random.Generator, cfg: CameraConfig, points_world: np.
     drawn = {"fov_deg": fov, "azimuth_deg": azimuth, "elevation_deg": elevation, "roll_deg": roll,
              "distance": float(distance), "subject_fraction": float(achieved),
              "subject_fraction_target": fraction}
+    if bins:  # the bins of weighted attributes (labels["bins"])
+        drawn["bins"] = bins
     return camera, drawn
 
 
@@ -264,7 +276,7 @@ def sample_viewpoint_camera(rng: np.random.Generator, cfg: CameraConfig, points_
     if vp.focal_mm is not None:
         focal = vp.focal_mm / vp.sensor_mm * max(width, height)  # sensor fit "auto": the larger side
     else:
-        focal = (height / 2.0) / np.tan(np.radians(float(rng.uniform(*cfg.fov_deg))) / 2.0)
+        focal = (height / 2.0) / np.tan(np.radians(draw_weighted(rng, cfg.fov_deg)[0]) / 2.0)
     jitter = rng.uniform(-vp.principal_jitter, vp.principal_jitter, size=2) * np.array([width, height])
     px, py = (width - 1) / 2.0 + jitter[0], (height - 1) / 2.0 + jitter[1]
     K = np.array([[focal, 0.0, px], [0.0, focal, py], [0.0, 0.0, 1.0]])

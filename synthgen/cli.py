@@ -1,4 +1,4 @@
-"""``synthgen`` command line: generate, validate, preview, status, report, export.
+"""``synthgen`` command line: generate, validate, preview, status, report, export, adapt.
 
 User mistakes (bad recipe, bad override, missing model files) print one line and exit 2.
 """
@@ -55,6 +55,26 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("out", help="the --out folder of a run")
     rep.add_argument("--html", help="report file (default OUT/report.html)")
     rep.add_argument("--max-samples", type=int, default=500, help="samples read for the histograms")
+
+    ada = sub.add_parser("adapt", help="closed loop: probe a regressor, weight the recipe where it fails "
+                         "(and where unlabelled target images lie), write the next recipe")
+    ada.add_argument("recipe", help="base recipe YAML")
+    ada.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the base recipe")
+    ada.add_argument("--out", required=True, help="folder: round-R/ (recipe, probe shards), adapt.json, recipe.yaml")
+    ada.add_argument("--regressor", required=True, help="FILE.py:FUNCTION or module:FUNCTION returning a "
+                     "regressor (synthgen.adapt.Regressor), e.g. examples/adapt_regressor.py:load_keypointnet")
+    ada.add_argument("--checkpoint", help="passed to the regressor factory")
+    ada.add_argument("--target", help="unlabelled target person crops: a folder of images or tar shards "
+                     "(only image members are read)")
+    ada.add_argument("--rounds", type=int, default=3)
+    ada.add_argument("--probe", type=int, default=96, help="probe samples per round")
+    ada.add_argument("--bins", type=int, default=8, help="bins per continuous attribute")
+    ada.add_argument("--mix", type=float, default=0.5, help="weight of the base distribution in the next recipe")
+    ada.add_argument("--floor", type=float, default=0.02, help="least probability of any bin")
+    ada.add_argument("--attributes", nargs="+", help="attributes to adapt (default: age, elevation, fov, "
+                     "subject fraction, pose class)")
+    ada.add_argument("--seed", type=int, default=0, help="seed of the rounds' probe recipes")
+    ada.add_argument("--workers", type=int, default=1)
 
     exp = sub.add_parser("export", help="write a run as COCO person keypoints or BEDLAM labels")
     exp.add_argument("format", choices=["coco", "bedlam"], help="coco: images + person_keypoints.json; "
@@ -164,6 +184,26 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_adapt(args) -> int:
+    import json
+
+    from synthgen.adapt import ATTRIBUTES, AdaptConfig, adapt, load_regressor
+
+    recipe = _load(args)
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    config = AdaptConfig(attributes=list(args.attributes or ATTRIBUTES), bins=args.bins, rounds=args.rounds,
+                         probe=args.probe, mix=args.mix, floor=args.floor, seed=args.seed)
+    config.check(recipe)  # before the regressor is loaded
+    manifest = adapt(recipe, load_regressor(args.regressor, args.checkpoint), args.out, config,
+                     target=args.target, workers=args.workers)
+    log.info("%d rounds; probe PCK %s; next recipe %s/recipe.yaml, record %s/adapt.json", len(manifest["rounds"]),
+             [r["probe_pck"] for r in manifest["rounds"]], args.out, args.out)
+    sys.stdout.write(json.dumps({"final_weights": manifest["final_weights"],
+                                 "recipe": str(Path(args.out) / "recipe.yaml")}) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -174,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     commands = {"generate": _cmd_generate, "validate": _cmd_validate, "preview": _cmd_preview,
-                "status": _cmd_status, "report": _cmd_report, "export": _cmd_export}
+                "status": _cmd_status, "report": _cmd_report, "export": _cmd_export,
+                "adapt": _cmd_adapt}
     try:
         return commands[args.command](args)
     except UserError as exc:

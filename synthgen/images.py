@@ -21,7 +21,7 @@ from synthgen.cameras import Camera, amodal_bbox, sample_camera, sample_viewpoin
 from synthgen.formats import hmr2
 from synthgen.generate import build_image_backend
 from synthgen.labels import instance_record, view_record
-from synthgen.recipe import Recipe, recipe_hash
+from synthgen.recipe import Histogram, Recipe, draw_count, recipe_hash
 from synthgen.render import layers as layer_ops
 from synthgen.render import rasterize, render_layers
 from synthgen.groups import combined_mesh, place_members
@@ -137,8 +137,8 @@ class ImageFactory:
         """Per index, its group's posed members (one unless ``scene.people`` asks for more),
         every member posed in the same fixed-size body-model batches."""
         seed = attempt_seed(self.recipe.seed, attempt)
-        low, high = self.recipe.scene.people
-        sizes = [1 if high == 1 else int(sample_rng(seed, i, "group").integers(low, high + 1)) for i in indices]
+        people = self.recipe.scene.people
+        sizes = [1 if people == (1, 1) else draw_count(sample_rng(seed, i, "group"), people)[0] for i in indices]
         draws = [self.subject_model.draw(member_seed(seed, k), i) for i, n in zip(indices, sizes) for k in range(n)]
         posed = iter(self.subject_model.pose(draws))
         return [[next(posed) for _ in range(n)] for n in sizes]
@@ -232,10 +232,20 @@ class ImageFactory:
             "index": sample["index"], "attempt": sample["attempt"], "seed": sample["seed"],
             "recipe_hash": self.hash,
             **view_record(camera.width, camera.height, camera.K, camera.cam_ext, instances),
-            "camera": {k: float(np.float32(v)) for k, v in sample["camera_draw"].items()},
+            "camera": {k: float(np.float32(v)) for k, v in sample["camera_draw"].items() if k != "bins"},
             "part_names": model.part_names,
             "conventions": self.conventions,
-        }
+        } | self._bins(sample)
+
+    def _bins(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """``{"bins": {attribute: bin}}`` of the recipe's weighted attributes (none: nothing), from the
+        camera's draw, the first member's body draw and the group size."""
+        bins = dict(sample["camera_draw"].get("bins", {})) | sample["subjects"][0].params.get("bins", {})
+        people = self.recipe.scene.people
+        if isinstance(people, Histogram):  # the same draw as pose_subjects made
+            seed = attempt_seed(self.recipe.seed, sample["attempt"])
+            bins["scene.people"] = draw_count(sample_rng(seed, sample["index"], "group"), people)[1]
+        return {"bins": bins} if bins else {}
 
     @functools.cached_property
     def conventions(self) -> dict[str, Any]:

@@ -12,10 +12,11 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from synthgen.errors import UserError
 from synthgen.sequences.config import SequenceConfig
@@ -42,6 +43,135 @@ def _check_range(name: str, value: tuple[float, float] | None, lo: float, hi: fl
         raise ValueError(f"{name} must satisfy {lo} <= low <= high <= {hi}, got {list(value)}")
 
 
+# --- weighted distributions (issue 24) ---------------------------------------------------------------
+# A difficulty attribute takes, besides its plain [low, high] range (drawn uniformly, exactly as
+# before), a weighted histogram ``{bins: [e0, e1, ...], weights: [w0, ...]}`` (bin k = [e_k, e_k+1),
+# uniform inside) or a mixture ``{mixture: [{range: [a, b], weight: w}, {bins: ..., weights: ...,
+# weight: w}, ...]}``, which is resolved to the one histogram over the union of its components' edges
+# (a mixture of piecewise-uniform densities is one). Either is drawn with ONE uniform number from the
+# attribute's usual stream (inverse CDF), so a weighted attribute shifts no other draw. Samples record
+# the bin each weighted attribute was drawn from (``labels["bins"]``).
+
+
+class Histogram(_Strict):
+    """A piecewise-uniform distribution: bin k = [bins[k], bins[k+1]) with probability weights[k]."""
+
+    bins: list[float] = Field(..., description="bin edges, strictly increasing, at least 2")
+    weights: list[float] = Field(..., description="one non-negative weight per bin (normalised when "
+                                 "drawn), not all zero")
+
+    @model_validator(mode="after")
+    def _shape(self) -> "Histogram":
+        edges, weights = self.bins, self.weights
+        if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
+            raise ValueError(f"bins={edges}: needs at least 2 strictly increasing edges, e.g. [0, 10, 20]")
+        if len(weights) != len(edges) - 1:
+            raise ValueError(f"weights={weights}: needs one weight per bin ({len(edges) - 1} for bins={edges})")
+        if any(w < 0 for w in weights) or not sum(weights) > 0:
+            raise ValueError(f"weights={weights}: must be >= 0 and not all zero")
+        return self
+
+    @property
+    def probabilities(self) -> list[float]:
+        total = float(sum(self.weights))
+        return [w / total for w in self.weights]
+
+
+def _mixture_to_histogram(components: Any) -> dict[str, list[float]]:
+    """A mixture's components (ranges or histograms, each with a ``weight``) -> one histogram dict."""
+    if not isinstance(components, list) or not components:
+        raise ValueError(f"mixture={components!r}: needs a non-empty list of components such as "
+                         "{range: [0, 10], weight: 1}")
+    parts = []
+    for i, comp in enumerate(components):
+        if not isinstance(comp, dict) or set(comp) - {"range", "bins", "weights", "weight"} or                 ("range" in comp) == ("bins" in comp):
+            raise ValueError(f"mixture[{i}]={comp!r}: write {{range: [low, high], weight: w}} or "
+                             "{bins: [...], weights: [...], weight: w}")
+        weight = comp.get("weight", 1.0)
+        if not isinstance(weight, (int, float)) or not weight > 0:
+            raise ValueError(f"mixture[{i}].weight={weight!r}: must be a number > 0")
+        if "range" in comp:
+            r = comp["range"]
+            if not (isinstance(r, (list, tuple)) and len(r) == 2 and r[0] < r[1]):
+                raise ValueError(f"mixture[{i}].range={r!r}: write [low, high] with low < high")
+            hist = Histogram(bins=list(r), weights=[1.0])
+        else:
+            hist = Histogram(bins=comp["bins"], weights=comp.get("weights", []))
+        parts.append((float(weight), hist))
+    edges = sorted({float(e) for _, h in parts for e in h.bins})
+    density = np.zeros(len(edges) - 1)
+    mids = (np.asarray(edges[:-1]) + np.asarray(edges[1:])) / 2.0
+    for weight, h in parts:
+        e, p = np.asarray(h.bins), np.asarray(h.probabilities)
+        k = np.searchsorted(e, mids, side="right") - 1
+        inside = (k >= 0) & (k < len(p))
+        density[inside] += weight * p[k[inside]] / np.diff(e)[k[inside]]
+    return {"bins": edges, "weights": (density * np.diff(edges)).tolist()}
+
+
+def _weighted(value: Any) -> Any:
+    """Before-validator of a weighted attribute: a range stays a range; a mixture becomes a histogram."""
+    if isinstance(value, dict):
+        if set(value) == {"mixture"}:
+            return Histogram(**_mixture_to_histogram(value["mixture"]))
+        if set(value) != {"bins", "weights"}:
+            raise ValueError(f"got {value!r}; write [low, high], {{bins: [edges...], weights: [...]}} "
+                             "or {mixture: [{range: [low, high], weight: w}, ...]}")
+        return Histogram(**value)
+    return value
+
+
+WeightedRange = Annotated[Range | Histogram, BeforeValidator(_weighted),
+                          Field(description="[low, high] (uniform), a histogram or a mixture")]
+WeightedCount = Annotated[tuple[int, int] | Histogram, BeforeValidator(_weighted),
+                          Field(description="[low, high] (uniform integers), or a histogram over "
+                                "integer edges (bin [a, b) gives a..b-1 uniformly)")]
+
+
+def dist_bounds(spec: tuple[float, float] | Histogram) -> tuple[float, float]:
+    """(low, high) support of a range or histogram."""
+    return (spec.bins[0], spec.bins[-1]) if isinstance(spec, Histogram) else (spec[0], spec[1])
+
+
+def draw_weighted(rng: np.random.Generator, spec: tuple[float, float] | Histogram) -> tuple[float, int | None]:
+    """One value of a weighted attribute and its bin (None for a plain range).
+
+    A range is ``rng.uniform(low, high)`` (the draw every recipe made before weights existed); a
+    histogram takes one ``rng.random()`` through its inverse CDF.
+    """
+    if not isinstance(spec, Histogram):
+        return float(rng.uniform(*spec)), None
+    u = float(rng.random())
+    cdf = np.cumsum(spec.probabilities)
+    k = int(min(np.searchsorted(cdf, u, side="right"), len(cdf) - 1))
+    while spec.weights[k] <= 0:  # u at the top edge of the last non-empty bin
+        k -= 1
+    below = cdf[k - 1] if k else 0.0
+    frac = min(max((u - below) / (cdf[k] - below), 0.0), 1.0)
+    low, high = spec.bins[k], spec.bins[k + 1]
+    return float(min(low + frac * (high - low), np.nextafter(high, low))), k
+
+
+def draw_count(rng: np.random.Generator, spec: tuple[int, int] | Histogram) -> tuple[int, int | None]:
+    """An integer attribute (people per image): ``integers(low, high + 1)`` for a range, else the
+    floor of a histogram draw over integer edges."""
+    if not isinstance(spec, Histogram):
+        return int(rng.integers(spec[0], spec[1] + 1)), None
+    value, k = draw_weighted(rng, spec)
+    return int(np.floor(value)), k
+
+
+def _check_weighted(name: str, spec: Any, lo: float, hi: float, integer: bool = False) -> None:
+    if isinstance(spec, Histogram):
+        low, high = dist_bounds(spec)
+        if not (lo <= low and high <= hi + (1 if integer else 0)):
+            raise ValueError(f"{name}: histogram edges {spec.bins} must lie in [{lo}, {hi + (1 if integer else 0)}]")
+        if integer and any(float(e) != int(e) for e in spec.bins):
+            raise ValueError(f"{name}: histogram edges {spec.bins} must be whole numbers (bin [a, b) = a..b-1)")
+        return
+    _check_range(name, spec, lo, hi)
+
+
 class ImageConfig(_Strict):
     width: int = Field(512, ge=64, le=4096, description="image width in pixels")
     height: int = Field(512, ge=64, le=4096, description="image height in pixels")
@@ -58,22 +188,22 @@ class ImageConfig(_Strict):
 class ShapeConfig(_Strict):
     """Body shape. Anny phenotypes are in [0, 1]; age is in years."""
 
-    age_years: Range = Field((1.0, 90.0), description="uniform range of (morphological) age, years")
-    gender: Range = Field((0.0, 1.0), description="Anny gender phenotype range: 0 male, 1 female")
-    height: Range | None = Field(None, description="Anny height phenotype range in [0,1]; "
+    age_years: WeightedRange = Field((1.0, 90.0), description="uniform range of (morphological) age, years")
+    gender: WeightedRange = Field((0.0, 1.0), description="Anny gender phenotype range: 0 male, 1 female")
+    height: WeightedRange | None = Field(None, description="Anny height phenotype range in [0,1]; "
                                  "null = WHO-calibrated distribution given age and gender")
-    weight: Range | None = Field(None, description="Anny weight phenotype range; null = calibrated")
-    muscle: Range | None = Field(None, description="Anny muscle phenotype range; null = calibrated")
-    proportions: Range | None = Field(None, description="Anny proportions range; null = calibrated")
+    weight: WeightedRange | None = Field(None, description="Anny weight phenotype range; null = calibrated")
+    muscle: WeightedRange | None = Field(None, description="Anny muscle phenotype range; null = calibrated")
+    proportions: WeightedRange | None = Field(None, description="Anny proportions range; null = calibrated")
     betas_mean: float = Field(0.0, description="SMPL family: mean of each beta")
     betas_sd: float = Field(1.0, ge=0.0, description="SMPL family: standard deviation of each beta")
     num_betas: int = Field(10, ge=1, le=300, description="SMPL family: number of shape coefficients")
 
     @model_validator(mode="after")
     def _ranges(self) -> "ShapeConfig":
-        _check_range("age_years", self.age_years, 0.0, 120.0)
+        _check_weighted("age_years", self.age_years, 0.0, 120.0)
         for name in ("gender", "height", "weight", "muscle", "proportions"):
-            _check_range(name, getattr(self, name), 0.0, 1.0)
+            _check_weighted(name, getattr(self, name), 0.0, 1.0)
         return self
 
 
@@ -265,25 +395,27 @@ class CameraConfig(_Strict):
                                                 "= 3D-DST azimuth/polar/distance/theta (camera.viewpoint)")
     viewpoint: ViewpointConfig = Field(default_factory=ViewpointConfig)
 
-    fov_deg: Range = Field((30.0, 75.0), description="vertical field of view range, degrees "
+    fov_deg: WeightedRange = Field((30.0, 75.0), description="vertical field of view range, degrees "
                            "(wide = close range with strong perspective)")
-    subject_fraction: Range = Field((0.55, 0.9), description="subject's projected height / image height")
-    elevation_deg: Range = Field((-10.0, 30.0), description="camera elevation above the subject centre")
+    subject_fraction: WeightedRange = Field((0.55, 0.9), description="subject's projected height / image height")
+    elevation_deg: WeightedRange = Field((-10.0, 30.0), description="camera elevation above the subject centre")
     high_view_prob: float = Field(0.1, ge=0.0, le=1.0, description="probability of a high view")
     high_elevation_deg: Range = Field((35.0, 70.0), description="elevation range of high views")
     ground_view_prob: float = Field(0.1, ge=0.0, le=1.0, description="probability of a ground-level view")
     ground_elevation_deg: Range = Field((-25.0, -10.0), description="elevation range of ground views")
-    azimuth_deg: Range = Field((-180.0, 180.0), description="camera azimuth around the subject")
+    azimuth_deg: WeightedRange = Field((-180.0, 180.0), description="camera azimuth around the subject")
     roll_sd_deg: float = Field(3.0, ge=0.0, le=45.0, description="sd of camera roll, degrees")
     center_jitter: float = Field(0.1, ge=0.0, le=0.5, description="max offset of the subject centre "
                                  "from the image centre, as a fraction of image size")
 
     @model_validator(mode="after")
     def _ranges(self) -> "CameraConfig":
-        _check_range("fov_deg", self.fov_deg, 5.0, 150.0)
-        _check_range("subject_fraction", self.subject_fraction, 0.05, 1.5)
+        _check_weighted("fov_deg", self.fov_deg, 5.0, 150.0)
+        _check_weighted("subject_fraction", self.subject_fraction, 0.05, 1.5)
+        if isinstance(self.azimuth_deg, Histogram):  # a plain range stays unchecked, as before
+            _check_weighted("azimuth_deg", self.azimuth_deg, -360.0, 360.0)
         for name in ("elevation_deg", "high_elevation_deg", "ground_elevation_deg"):
-            _check_range(name, getattr(self, name), -89.0, 89.0)
+            _check_weighted(name, getattr(self, name), -89.0, 89.0)
         return self
 
 
@@ -539,7 +671,7 @@ class SceneConfig(_Strict):
     """Several subjects in one image (crowds): each drawn as a single subject would be, then
     placed on the ground so that no two surfaces come closer than ``clearance_m``."""
 
-    people: tuple[int, int] = Field((1, 1), description="[low, high] subjects per image, uniform "
+    people: WeightedCount = Field((1, 1), description="[low, high] subjects per image, uniform "
                                     "(people, or animals/objects of subject.kind)")
     spread_m: Range = Field((0.5, 1.0), description="distance of member k from the first, metres, "
                             "times sqrt(k): small = a tight group, people occluding one another")
@@ -549,7 +681,7 @@ class SceneConfig(_Strict):
 
     @model_validator(mode="after")
     def _ranges(self) -> "SceneConfig":
-        _check_range("scene.people", self.people, 1, 16)
+        _check_weighted("scene.people", self.people, 1, 16, integer=True)
         _check_range("scene.spread_m", self.spread_m, 0.0, 100.0)
         return self
 
@@ -622,9 +754,9 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _groups_are_built_for(self) -> "Recipe":
-        if self.scene.people[1] > 1:
+        if dist_bounds(self.scene.people)[1] > (2 if isinstance(self.scene.people, Histogram) else 1):
             if self.sequence is not None:
-                raise ValueError(f"scene.people={list(self.scene.people)}: a body-worn sequence has one "
+                raise ValueError(f"scene.people={self.scene.people}: a body-worn sequence has one "
                                  f"wearer; use scene.people=[1,1] with a sequence section")
         return self
 
@@ -669,8 +801,9 @@ def recipe_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...
     try:
         merged = OmegaConf.merge(OmegaConf.create(data), OmegaConf.from_dotlist(list(overrides)))
         plain = OmegaConf.to_container(merged, resolve=True)
-    except OmegaConfBaseException as exc:
-        raise RecipeError(f"overrides {list(overrides)}: {str(exc).splitlines()[0]}") from None
+    except (OmegaConfBaseException, yaml.YAMLError) as exc:  # e.g. "{a:1}": YAML flow needs "{a: 1}"
+        raise RecipeError(f"overrides {list(overrides)}: {str(exc).splitlines()[0]} (a mapping value "
+                          "needs a space after each colon: key={a: 1, b: [2, 3]})") from None
     try:
         return Recipe.model_validate(plain)
     except ValidationError as exc:

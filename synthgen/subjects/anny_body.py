@@ -28,7 +28,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from synthgen.errors import UserError
-from synthgen.recipe import SubjectConfig
+from synthgen.recipe import SubjectConfig, draw_weighted
 from synthgen.seeding import sample_rng
 from synthgen.subjects.base import (BODY_JOINTS, KEYPOINT_NAMES, PART_NAMES, PosedSubject, human_keypoints,
                                     ground_offset, parts_from_skinning, pose_in_fixed_batches)
@@ -303,10 +303,19 @@ class AnnyBody:
         return parts_from_skinning(dense, _bone_part_ids(self.bone_labels), self.faces)
 
     # --- draws -------------------------------------------------------------------------------
-    def _draw_phenotype(self, rng: np.random.Generator) -> tuple[dict[str, float], float]:
-        shape = self.config.shape
-        age_years = float(rng.uniform(*shape.age_years))
-        gender = float(rng.uniform(*shape.gender))
+    def _draw_phenotype(self, rng: np.random.Generator,
+                        bins: dict[str, int] | None = None) -> tuple[dict[str, float], float]:
+        """Phenotypes and age in years; the bins of weighted shape attributes go into ``bins``."""
+        shape, bins = self.config.shape, {} if bins is None else bins
+
+        def weighted(name: str) -> float:
+            value, k = draw_weighted(rng, getattr(shape, name))
+            if k is not None:
+                bins[f"subject.shape.{name}"] = k
+            return value
+
+        age_years = weighted("age_years")
+        gender = weighted("gender")
         prior = self.shape_prior
         anny_age = prior.morphological_age_mapping.morphological_to_anny_age(
             torch.tensor([age_years], dtype=torch.float32))
@@ -315,7 +324,7 @@ class AnnyBody:
         for key in ("height", "weight", "muscle", "proportions"):
             fixed = getattr(shape, key)
             if fixed is not None:
-                pheno[key] = float(rng.uniform(*fixed))
+                pheno[key] = weighted(key)
                 continue
             alpha, beta = _beta_params(getattr(prior, f"{group}_conditional_{key}_distribution"), pheno["age"])
             pheno[key] = float(rng.beta(alpha, beta))
@@ -323,10 +332,11 @@ class AnnyBody:
 
     def draw(self, recipe_seed: int, index: int) -> dict[str, Any]:
         """Phenotype, pose (SMPL terms) and heading of sample ``index``."""
-        pheno, age_years = self._draw_phenotype(sample_rng(recipe_seed, index, "shape"))
+        bins: dict[str, int] = {}
+        pheno, age_years = self._draw_phenotype(sample_rng(recipe_seed, index, "shape"), bins)
         pose_name, rotations, yaw = draw_body_pose(self.config.pose, self.pose_files, recipe_seed, index)
         return {"phenotype": pheno, "age_years": age_years, "pose_name": pose_name,
-                "smpl_rotations": rotations, "yaw_deg": yaw}
+                "smpl_rotations": rotations, "yaw_deg": yaw} | ({"bins": bins} if bins else {})
 
     # --- posing ------------------------------------------------------------------------------
     def mesh(self, subject: PosedSubject) -> tuple[np.ndarray, np.ndarray]:
@@ -381,6 +391,7 @@ class AnnyBody:
             "phenotype": {k: float(np.float32(v)) for k, v in draw["phenotype"].items()},
             "age_years": float(np.float32(draw["age_years"])),
             "pose_name": draw["pose_name"],
+            **({"bins": draw["bins"]} if "bins" in draw else {}),  # weighted shape attributes' bins
             "root_transform": np.float32(root).tolist(),
             "bone_rotvec": np.float32(matrices_to_axis_angle(pose[1:, :3, :3].astype(np.float64))).tolist(),
             "has_body_pose": True,

@@ -231,7 +231,8 @@ class ImageFactory:
         layers["skeleton"] = functools.reduce(np.maximum, (
             layer_ops.draw_skeleton(kp2d, model.keypoint_names, camera.width, camera.height, model.skeleton_edges)
             for kp2d in keypoints_2d))
-        alone = len(members) > 1 or (scene is not None and scene.kind not in ("none", "ground"))
+        ground = len(model.part_names) + SCENE_PART_NAMES.index("ground")  # a ground hides no one standing on it
+        alone = len(members) > 1 or (scene is not None and bool(np.any(scene.face_part != ground)))
         sample["unoccluded_pixels"] = [int(np.count_nonzero(layers["instance"] == 1))] if not alone else [
             int(np.count_nonzero(rasterize(v, f, camera.K, camera.width, camera.height, r.render.backend)["mask"]))
             for v, (f, _) in zip(per_member, meshes)]

@@ -209,6 +209,7 @@ class ImageFactory:
             subject = (tri >= 0) & (tri < len(faces))
             layers["instance"] = subject.astype(np.uint8) if len(members) == 1 else \
                 np.where(subject, face_instance[np.clip(tri, 0, len(faces) - 1)], 0).astype(np.uint8)
+            layers["scene_in"] = tuple(r.render.scene_in)  # what the ControlNet inputs show too
             layers["scene_instance"] = np.where(layers["scene"], scene.face_instance[
                 np.clip(tri - len(faces), 0, len(scene.faces) - 1)], 0).astype(np.uint8)
             if r.backend.kind == "shaded":  # one sun for scene and people; the people's shadows
@@ -240,6 +241,7 @@ class ImageFactory:
             layers["controls"] = [self._control(layers, control) for control in self.controls]
         layers.pop("scene_normal", None)
         layers.pop("scene", None)
+        layers.pop("scene_in", None)
         sample.update(layers=layers, keypoints_3d=keypoints_3d[0], keypoints_2d=keypoints_2d[0],
                       member_keypoints=list(zip(keypoints_2d, keypoints_3d)), vertices_cam=vertices_cam,
                       faces=faces, face_instance=face_instance)

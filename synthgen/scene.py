@@ -251,7 +251,7 @@ def build_scene(config, rng: np.random.Generator, path_xy: np.ndarray, part_offs
         size = np.array([rng.uniform(*config.room_size_m), rng.uniform(*config.room_size_m)])
         margin = config.clearance_m + 0.8
         size = np.maximum(size, extent + 2 * margin)
-        slack = (size - extent) / 2 - margin
+        slack = np.maximum((size - extent) / 2 - margin, 0.0)  # >= 0 up to rounding
         centre = centre + rng.uniform(-slack, slack)
         lo, hi = centre - size / 2, centre + size / 2
         height = float(rng.uniform(*config.room_height_m))

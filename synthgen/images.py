@@ -232,8 +232,8 @@ class ImageFactory:
         layers["skeleton"] = functools.reduce(np.maximum, (
             layer_ops.draw_skeleton(kp2d, model.keypoint_names, camera.width, camera.height, model.skeleton_edges)
             for kp2d in keypoints_2d))
-        ground = len(model.part_names) + SCENE_PART_NAMES.index("ground")  # a ground hides no one standing on it
-        alone = len(members) > 1 or (scene is not None and bool(np.any(scene.face_part != ground)))
+        alone = len(members) > 1 or (scene is not None and self._scene_may_hide(layers, scene, faces, vertices_cam,
+                                                                                       camera.K))
         sample["unoccluded_pixels"] = [int(np.count_nonzero(layers["instance"] == 1))] if not alone else [
             int(np.count_nonzero(rasterize(v, f, camera.K, camera.width, camera.height, r.render.backend)["mask"]))
             for v, (f, _) in zip(per_member, meshes)]
@@ -246,6 +246,28 @@ class ImageFactory:
                       member_keypoints=list(zip(keypoints_2d, keypoints_3d)), vertices_cam=vertices_cam,
                       faces=faces, face_instance=face_instance)
 
+    def _scene_may_hide(self, layers: dict[str, Any], scene: SceneMesh, faces: np.ndarray,
+                        vertices_cam: np.ndarray, K: np.ndarray) -> bool:
+        """Whether scene geometry other than the ground (a wall, a table) shows inside the subject's
+        projected box nearer than its farthest point: only then can it hide part of the subject (a
+        ground hides no one standing on it), and its unoccluded pixels need a render of it alone."""
+        ground = len(self.subject_model.part_names) + SCENE_PART_NAMES.index("ground")
+        if not np.any(scene.face_part != ground):
+            return False
+        tri = layers["triangle_id"]
+        height, width = tri.shape
+        camera_points = vertices_cam[vertices_cam[:, 2] > 0.01]
+        if not len(camera_points):
+            return False
+        projected = camera_points.astype(np.float64) @ np.asarray(K, dtype=np.float64).T
+        uv = projected[:, :2] / projected[:, 2:3]
+        x0, y0 = np.clip(np.floor(uv.min(axis=0)).astype(int), 0, [width, height])
+        x1, y1 = np.clip(np.ceil(uv.max(axis=0)).astype(int) + 1, 0, [width, height])
+        box = (slice(y0, y1), slice(x0, x1))
+        scene_face = tri[box] - len(faces)
+        occluder = (scene_face >= 0) & (scene.face_part[np.clip(scene_face, 0, len(scene.faces) - 1)] != ground)
+        return bool(np.any(occluder & (layers["depth"][box] < float(camera_points[:, 2].max()))))
+
     def _sunlight(self, sample: dict[str, Any], layers: dict[str, Any], vertices_cam: np.ndarray,
                   faces: np.ndarray) -> None:
         """The shaded backend's world light: a sun drawn from the sample's ``light`` stream and
@@ -257,7 +279,7 @@ class ImageFactory:
         sun_cam = camera.R @ sun_world
         pixels = layers["scene"]
         layers["sunlit"] = sun_visibility(vertices_cam, faces, layers["depth"], pixels, camera.K, sun_cam,
-                                          self.recipe.render.backend)
+                                          camera.R[:, 2], float(camera.position[2]), self.recipe.render.backend)
         sample["world"] = {"kind": scene.kind, "sun_cam": sun_cam, "sun_world": sun_world, "ambient": ambient,
                            "sky": scene.sky, "up_cam": camera.R[:, 2].copy(), "K": camera.K, "R": camera.R,
                            "t": camera.t, "instance_names": list(scene.instance_names),

@@ -279,7 +279,8 @@ class ImageFactory:
         sun_cam = camera.R @ sun_world
         pixels = layers["scene"]
         layers["sunlit"] = sun_visibility(vertices_cam, faces, layers["depth"], pixels, camera.K, sun_cam,
-                                          camera.R[:, 2], float(camera.position[2]), self.recipe.render.backend)
+                                          camera.R[:, 2], float(camera.position[2]), self.recipe.render.backend,
+                                          step=2)  # the shaded backend lights every other pixel
         sample["world"] = {"kind": scene.kind, "sun_cam": sun_cam, "sun_world": sun_world, "ambient": ambient,
                            "sky": scene.sky, "up_cam": camera.R[:, 2].copy(), "K": camera.K, "R": camera.R,
                            "t": camera.t, "instance_names": list(scene.instance_names),

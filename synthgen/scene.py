@@ -9,7 +9,7 @@ A :class:`SceneMesh` is one triangle soup in the world frame (metres, Z up, floo
 per-face part ids (``SCENE_PART_NAMES``, numbered after the subject's parts) and per-face instance
 ids (0 = nothing, 1 = :data:`BODY_INSTANCE` in a sequence, 2+ = scene objects, named in
 ``instance_names``). The caller concatenates the camera-frame subject and scene meshes (the scene
-near-clipped, :func:`synthgen.render.clip.clip_near`) and the layers' triangle ids tell subjects
+near-clipped, :func:`clip_near`) and the layers' triangle ids tell subjects
 from scene.
 
 Every flat face has its own vertices (no sharing across planes) so the rasteriser's smooth
@@ -25,13 +25,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from synthgen.render.clip import NEAR_CLIP, clip_near
 
 __all__ = ["BODY_INSTANCE", "NEAR_CLIP", "SCENE_PART_NAMES", "SceneMesh", "WorldParams", "build_scene",
            "clip_near", "ground_contact", "scene_record"]
 
 SCENE_PART_NAMES = ["ground", "wall", "ceiling", "furniture"]
 BODY_INSTANCE = 1
+NEAR_CLIP = 0.02  # metres: scene triangles are clipped here (the rasterisers cull at 0.01 m)
 GROUND_HALF_M = 5000.0  # half side of an image's ground plane: its far edge lies within ~0.1 deg of the horizon
 
 
@@ -354,3 +354,47 @@ def ground_contact(vertices_world: np.ndarray, faces: np.ndarray, face_parts: np
     parts = sorted({part_names[p] for p in np.unique(face_parts[touching])}) if touching.any() else []
     return {"ground_contact": bool(abs(lowest) <= tolerance), "lowest_point_m": round(lowest, 4),
             "contact_parts": parts}
+
+
+# --- rendering help ------------------------------------------------------------------------------
+def clip_near(vertices: np.ndarray, faces: np.ndarray, near: float = NEAR_CLIP) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clip triangles against the plane z = ``near`` of the camera frame.
+
+    vertices: (V, 3) camera frame; faces: (F, 3). Returns (V', 3) vertices (the input ones
+    first, then the new cut points), (F', 3) faces and (F',) index of each output face's source
+    face. A triangle with one vertex behind becomes two, with two behind one, with three none.
+    """
+    z = vertices[faces, 2]  # (F, 3)
+    behind = z <= near
+    count = behind.sum(axis=1)
+    keep = faces[count == 0]
+    out_faces, sources, new_verts = [keep], [np.flatnonzero(count == 0)], []
+    base = len(vertices)
+    for n_behind in (1, 2):
+        sel = np.flatnonzero(count == n_behind)
+        if not len(sel):
+            continue
+        f, bh = faces[sel], behind[sel]
+        odd = np.argmax(bh if n_behind == 1 else ~bh, axis=1)  # the vertex alone on its side
+        order = (odd[:, None] + np.arange(3)) % 3
+        tri = np.take_along_axis(f, order, axis=1)  # rolled: odd vertex first, winding kept
+        a, b, c = (vertices[tri[:, i]] for i in range(3))
+
+        def cut(p, q):
+            t = (near - p[:, 2]) / (q[:, 2] - p[:, 2])
+            return p + t[:, None] * (q - p)
+
+        ab, ac = cut(a, b), cut(a, c)
+        m = len(sel)
+        i_ab = base + np.arange(m)
+        i_ac = base + m + np.arange(m)
+        base += 2 * m
+        new_verts += [ab, ac]
+        if n_behind == 1:  # a behind: keep the quad ab, b, c, ac
+            out_faces += [np.stack([i_ab, tri[:, 1], tri[:, 2]], 1), np.stack([i_ab, tri[:, 2], i_ac], 1)]
+            sources += [sel, sel]
+        else:  # only a in front
+            out_faces.append(np.stack([tri[:, 0], i_ab, i_ac], 1))
+            sources.append(sel)
+    verts = np.concatenate([vertices] + new_verts) if new_verts else vertices
+    return verts, np.concatenate(out_faces).astype(np.int64), np.concatenate(sources)

@@ -82,11 +82,11 @@ def rasterize_with_scene(vertices_cam: np.ndarray, faces: np.ndarray, scene_vert
 
     vertices_cam (V, 3), faces (F, 3): the subjects (closed surfaces); scene_vertices_cam (S, 3),
     scene_faces (G, 3): open scene geometry, camera frame. The scene is clipped at the near plane
-    (:func:`clip.clip_near`) and drawn double-sided; the subjects' back faces are dropped here
+    (:func:`synthgen.scene.clip_near`) and drawn double-sided; the subjects' back faces are dropped here
     when that is safe for them alone (:func:`culling.can_cull_back_faces`), as :func:`rasterize`
     would. ``triangle_id`` indexes the concatenation: [0, F) subjects, F + g scene face g.
     """
-    from synthgen.render.clip import clip_near
+    from synthgen.scene import clip_near  # the scene stage comes before this one
 
     vertices_cam = np.asarray(vertices_cam, dtype=np.float32)
     faces = np.asarray(faces, dtype=np.int64)

@@ -82,25 +82,27 @@ def rasterize_with_scene(vertices_cam: np.ndarray, faces: np.ndarray, scene_vert
 
     vertices_cam (V, 3), faces (F, 3): the subjects (closed surfaces); scene_vertices_cam (S, 3),
     scene_faces (G, 3): open scene geometry, camera frame. The scene is clipped at the near plane
-    (:func:`synthgen.scene.clip_near`) and drawn double-sided; the subjects' back faces are dropped here
-    when that is safe for them alone (:func:`culling.can_cull_back_faces`), as :func:`rasterize`
-    would. ``triangle_id`` indexes the concatenation: [0, F) subjects, F + g scene face g.
+    (:func:`synthgen.scene.clip_near`) and every scene triangle is wound to face the camera, so it
+    shows from either side (double-sided) while the subjects' back faces are skipped when that is
+    safe for them alone (:func:`culling.can_cull_back_faces`), exactly as :func:`rasterize` would
+    draw them (their vertex normals are unchanged: the scene shares no vertex with them).
+    ``triangle_id`` indexes the concatenation: [0, F) subjects, F + g scene face g.
     """
     from synthgen.scene import clip_near  # the scene stage comes before this one
 
     vertices_cam = np.asarray(vertices_cam, dtype=np.float32)
     faces = np.asarray(faces, dtype=np.int64)
-    kept = np.arange(len(faces))
-    if culling.can_cull_back_faces(vertices_cam, faces, NEAR):
-        a, b, c = (vertices_cam[faces[:, i]].astype(np.float64) for i in range(3))
-        facing = np.einsum("ij,ij->i", np.cross(b - a, c - a), a) < 0  # the front side turned to the camera
-        kept = np.flatnonzero(facing)
     sv, sf, source = clip_near(np.asarray(scene_vertices_cam, dtype=np.float64), np.asarray(scene_faces, np.int64))
-    verts = np.concatenate([vertices_cam, sv.astype(np.float32)])
-    raw = _rasterizer(backend)(verts, np.concatenate([faces[kept], sf + len(vertices_cam)]), K, width, height,
-                               cull_back_faces=False)
-    lookup = np.concatenate([kept, len(faces) + source, [-1]]).astype(np.int32)  # -1: background
-    raw["triangle_id"] = lookup[raw["triangle_id"]]
+    a, b, c = (sv[sf[:, i]] for i in range(3))
+    away = np.einsum("ij,ij->i", np.cross(b - a, c - a), a) > 0  # the winding turned from the camera
+    sf = np.where(away[:, None], sf[:, [0, 2, 1]], sf)
+    cull = culling.can_cull_back_faces(vertices_cam, faces, NEAR)
+    raw = _rasterizer(backend)(np.concatenate([vertices_cam, sv.astype(np.float32)]),
+                               np.concatenate([faces, sf + len(vertices_cam)]), K, width, height,
+                               cull_back_faces=cull)
+    if len(sf):
+        lookup = np.concatenate([np.arange(len(faces)), len(faces) + source, [-1]]).astype(np.int32)
+        raw["triangle_id"] = lookup[raw["triangle_id"]]  # -1 (background) stays -1
     return raw
 
 

@@ -284,7 +284,7 @@ class ImageFactory:
         sample["world"] = {"kind": scene.kind, "sun_cam": sun_cam, "sun_world": sun_world, "ambient": ambient,
                            "sky": scene.sky, "up_cam": camera.R[:, 2].copy(), "K": camera.K, "R": camera.R,
                            "t": camera.t, "instance_names": list(scene.instance_names),
-                           "instance_albedo": scene.instance_albedo, "checker": dict(scene.checker)}
+                           "instance_albedo": scene.instance_albedo}
 
     def labels(self, sample: dict[str, Any]) -> dict[str, Any]:
         """The sample's view record (an instance per member) with the sample-level fields."""

@@ -194,7 +194,7 @@ def render_shaded(layers: dict, part_names: list[str], appearance_rng: np.random
     world: None = the subjects over a backdrop (procedural or a folder's image), lit by a light
     drawn here; else the scene geometry's light and materials (``sample["world"]`` of
     :class:`synthgen.images.ImageFactory`: ``sun_cam``, ``ambient``, ``sky``, ``up_cam``, ``K``,
-    ``R``, ``t``, ``instance_names``, ``instance_albedo``, ``checker``) with the layers
+    ``R``, ``t``, ``instance_names``, ``instance_albedo``) with the layers
     ``scene_instance`` and ``sunlit``: scene and subjects lit by one sun and the sky, the scene
     textured (:mod:`synthgen.generate.materials`) with the subjects' shadows on it.
     """

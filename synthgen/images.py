@@ -210,9 +210,9 @@ class ImageFactory:
             layers["instance"] = subject.astype(np.uint8) if len(members) == 1 else \
                 np.where(subject, face_instance[np.clip(tri, 0, len(faces) - 1)], 0).astype(np.uint8)
             layers["scene_in"] = tuple(r.render.scene_in)  # what the ControlNet inputs show too
-            layers["scene_instance"] = np.where(layers["scene"], scene.face_instance[
-                np.clip(tri - len(faces), 0, len(scene.faces) - 1)], 0).astype(np.uint8)
-            if r.backend.kind == "shaded":  # one sun for scene and people; the people's shadows
+            if r.backend.kind == "shaded":  # scene materials per pixel; one sun, the people's shadows
+                layers["scene_instance"] = np.where(layers["scene"], scene.face_instance[
+                    np.clip(tri - len(faces), 0, len(scene.faces) - 1)], 0).astype(np.uint8)
                 self._sunlight(sample, layers, vertices_cam, faces)
         else:
             layers = render_layers(vertices_cam, faces, face_parts, camera.K, camera.width, camera.height,

@@ -131,7 +131,7 @@ def stage_table(recipe, samples: int, warmup: int) -> tuple[list[tuple], list[st
     from synthgen import write
     from synthgen.cameras import sample_camera, sample_viewpoint_camera
     from synthgen.filter import cheap_checks
-    from synthgen.images import SUBJECT_ID, ImageFactory
+    from synthgen.images import CAMERA_MIN_HEIGHT_M, SUBJECT_ID, ImageFactory
     from synthgen.render import rasterize, resolve_backend
     from synthgen.render import layers as L
     from synthgen.seeding import label_threads, sample_rng, sample_seed
@@ -166,47 +166,56 @@ def stage_table(recipe, samples: int, warmup: int) -> tuple[list[tuple], list[st
                                                                 r.image.height)
                     else:
                         points = subject.vertices if r.subject.kind == "object" else subject.vertices[::7]
-                        camera, drawn = sample_camera(rng, r.camera, points, r.image.width, r.image.height)
+                        camera, drawn = sample_camera(rng, r.camera, points, r.image.width, r.image.height,
+                                                      CAMERA_MIN_HEIGHT_M if r.scene.has_geometry else None)
                 s.update(camera=camera, camera_draw=drawn)
-                # 3. raster and 4. layer derivation, as _render and render_layers
-                with clock(f"raster ({resolve_backend(r.render.backend)}: to_camera + rasterize)", index):
-                    vertices_cam = camera.to_camera(subject.vertices)
-                    faces, face_parts = model.mesh(subject)
-                    raw = rasterize(vertices_cam.astype(np.float32), faces, camera.K, camera.width,
-                                    camera.height, r.render.backend)
-                tri, mask = raw["triangle_id"], raw["mask"]
-                with clock("layers: parts (face -> part id)", index):
-                    parts = np.zeros(tri.shape, dtype=np.uint8)
-                    parts[mask] = face_parts[tri[mask]]
-                with clock("layers: encode normal (normal_rgb)", index):
-                    normal_rgb = L.encode_normal(raw["normal"], mask, r.render.normal_convention)
-                with clock("layers: depth mm", index):
-                    depth_mm = L.depth_to_millimetres(raw["depth"])
-                with clock("layers: depth control (unused by shaded)", index):
-                    depth_control = L.depth_for_control(raw["depth"], mask)
-                with clock("layers: mask + instance", index):
-                    mask_u8 = mask.astype(np.uint8) * 255
-                    instance = np.where(mask_u8 > 0, SUBJECT_ID, 0).astype(np.uint8)
-                with clock("layers: canny edges", index):
-                    edges = L.canny_edges(normal_rgb, r.render.canny_low, r.render.canny_high)
-                with clock("layers: keypoints (project + visibility)", index):
-                    kp3d = camera.to_camera(subject.keypoints_3d.astype(np.float64)).astype(np.float32)
-                    uv = camera.project(kp3d)
-                    vis = L.keypoint_visibility(uv, kp3d[:, 2], parts, raw["depth"], model.keypoint_parts)
-                    kp2d = np.concatenate([uv, vis[:, None]], axis=1)
-                with clock("layers: skeleton draw", index):
-                    skeleton = L.draw_skeleton(kp2d, model.keypoint_names, camera.width, camera.height,
-                                               model.skeleton_edges)
-                s.update(layers={"normal": raw["normal"], "normal_rgb": normal_rgb, "depth": raw["depth"],
-                                 "depth_mm": depth_mm, "depth_control": depth_control, "mask": mask_u8,
-                                 "parts": parts, "edges": edges, "triangle_id": tri, "instance": instance,
-                                 "skeleton": skeleton},
-                         keypoints_3d=kp3d, keypoints_2d=kp2d, vertices_cam=vertices_cam,
-                         member_keypoints=[(kp2d, kp3d)], unoccluded_pixels=[int(np.count_nonzero(mask))],
-                         faces=faces, face_instance=np.ones(len(faces), np.uint8))
-                # labels (and the prompt, when the recipe builds one)
-                with clock("labels (view record)", index):
-                    s["labels"] = factory.labels(s)
+                if r.scene.has_geometry:  # 2b. scene geometry, then one render of subject + scene, as _render
+                    with clock("scene: build (room/yard/ground mesh)", index):
+                        s["scene"] = factory.scene(sample_rng(r.seed, index, "scene"), [np.zeros(3)], camera)
+                    with clock("render with scene (raster, layers, keypoints, shadow map)", index):
+                        factory._render(s)
+                    with clock("labels (view record)", index):
+                        s["labels"] = factory.labels(s)
+                else:
+                    # 3. raster and 4. layer derivation, as _render and render_layers
+                    with clock(f"raster ({resolve_backend(r.render.backend)}: to_camera + rasterize)", index):
+                        vertices_cam = camera.to_camera(subject.vertices)
+                        faces, face_parts = model.mesh(subject)
+                        raw = rasterize(vertices_cam.astype(np.float32), faces, camera.K, camera.width,
+                                        camera.height, r.render.backend)
+                    tri, mask = raw["triangle_id"], raw["mask"]
+                    with clock("layers: parts (face -> part id)", index):
+                        parts = np.zeros(tri.shape, dtype=np.uint8)
+                        parts[mask] = face_parts[tri[mask]]
+                    with clock("layers: encode normal (normal_rgb)", index):
+                        normal_rgb = L.encode_normal(raw["normal"], mask, r.render.normal_convention)
+                    with clock("layers: depth mm", index):
+                        depth_mm = L.depth_to_millimetres(raw["depth"])
+                    with clock("layers: depth control (unused by shaded)", index):
+                        depth_control = L.depth_for_control(raw["depth"], mask)
+                    with clock("layers: mask + instance", index):
+                        mask_u8 = mask.astype(np.uint8) * 255
+                        instance = np.where(mask_u8 > 0, SUBJECT_ID, 0).astype(np.uint8)
+                    with clock("layers: canny edges", index):
+                        edges = L.canny_edges(normal_rgb, r.render.canny_low, r.render.canny_high)
+                    with clock("layers: keypoints (project + visibility)", index):
+                        kp3d = camera.to_camera(subject.keypoints_3d.astype(np.float64)).astype(np.float32)
+                        uv = camera.project(kp3d)
+                        vis = L.keypoint_visibility(uv, kp3d[:, 2], parts, raw["depth"], model.keypoint_parts)
+                        kp2d = np.concatenate([uv, vis[:, None]], axis=1)
+                    with clock("layers: skeleton draw", index):
+                        skeleton = L.draw_skeleton(kp2d, model.keypoint_names, camera.width, camera.height,
+                                                   model.skeleton_edges)
+                    s.update(layers={"normal": raw["normal"], "normal_rgb": normal_rgb, "depth": raw["depth"],
+                                     "depth_mm": depth_mm, "depth_control": depth_control, "mask": mask_u8,
+                                     "parts": parts, "edges": edges, "triangle_id": tri, "instance": instance,
+                                     "skeleton": skeleton},
+                             keypoints_3d=kp3d, keypoints_2d=kp2d, vertices_cam=vertices_cam,
+                             member_keypoints=[(kp2d, kp3d)], unoccluded_pixels=[int(np.count_nonzero(mask))],
+                             faces=faces, face_instance=np.ones(len(faces), np.uint8))
+                    # labels (and the prompt, when the recipe builds one)
+                    with clock("labels (view record)", index):
+                        s["labels"] = factory.labels(s)
                 if factory.prompter is not None:
                     with clock("prompt", index):
                         prompt, negative = factory.prompter.build(s, sample_rng(r.seed, index, "prompt"))
@@ -234,8 +243,8 @@ def stage_table(recipe, samples: int, warmup: int) -> tuple[list[tuple], list[st
                     record[f"{name}.png"] = write.encode_layer(name, s["layers"][L.LAYER_KEYS[name]])
             if out_cfg.vertices:
                 with clock("encode npz (vertices)", index):
-                    arrays = {"vertices": vertices_cam.astype(np.float32), "faces": faces.astype(np.int32),
-                              "face_instance": np.ones(len(faces), np.uint8)} | subject.arrays
+                    arrays = {"vertices": s["vertices_cam"].astype(np.float32), "faces": s["faces"].astype(np.int32),
+                              "face_instance": np.ones(len(s["faces"]), np.uint8)} | subject.arrays
                     record["npz"] = write.encode_npz(arrays)
             records[index] = record
 

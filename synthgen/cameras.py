@@ -124,9 +124,11 @@ def _extent(camera: Camera, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def sample_camera(rng: np.random.Generator, cfg: CameraConfig, points_world: np.ndarray,
-                  width: int, height: int) -> tuple[Camera, dict[str, float]]:
+                  width: int, height: int, min_height: float | None = None) -> tuple[Camera, dict[str, float]]:
     """Draw a camera that frames ``points_world`` (N, 3) to a sampled fraction of the image.
 
+    min_height: with a ground drawn in the image, the camera stays this high above z = 0 (a low
+    view whose camera would sink below the ground is raised: its elevation grows, the draws stay).
     Returns the camera and the drawn values (fov, azimuth, elevation, roll, distance, fraction;
     ``bins``: attribute -> bin index of the weighted ones, see :func:`synthgen.recipe.draw_weighted`).
     """
@@ -158,6 +160,17 @@ def sample_camera(rng: np.random.Generator, cfg: CameraConfig, points_world: np.
     distance = float(np.exp(_solve_log_distance(lambda x: np.log(framed(float(np.exp(x)))[1] / fraction),
                                                 np.log(max(closest, pinhole)), limits)))
     camera, achieved = framed(distance, steps=3)
+    for _ in range(4 if min_height is not None else 0):  # raise a camera that sank below the ground
+        if camera.position[2] >= min_height - 1e-6:
+            break
+        el = np.arcsin(np.clip((min_height - target[2]) / distance, -1.0, 1.0)) + np.radians(0.5)
+        elevation = float(np.degrees(el))
+        direction = np.array([np.cos(el) * np.sin(az), -np.cos(el) * np.cos(az), np.sin(el)])
+        closest = float(((points_world - target) @ direction).max()) + 0.1
+        limits = (np.log(max(closest, pinhole / 4.0)), np.log(max(closest, pinhole) * 4.0))
+        distance = float(np.exp(_solve_log_distance(lambda x: np.log(framed(float(np.exp(x)))[1] / fraction),
+                                                    np.log(max(closest, distance)), limits)))
+        camera, achieved = framed(distance, steps=3)
     # a wide lens close up may not reach the fraction without entering the subject: record what was got
     drawn = {"fov_deg": fov, "azimuth_deg": azimuth, "elevation_deg": elevation, "roll_deg": roll,
              "distance": float(distance), "subject_fraction": float(achieved),

@@ -23,14 +23,18 @@ from synthgen.generate import build_image_backend
 from synthgen.labels import instance_record, view_record
 from synthgen.recipe import Histogram, Recipe, draw_count, recipe_hash
 from synthgen.render import layers as layer_ops
-from synthgen.render import rasterize, render_layers
+from synthgen.render import layers_from_raster, rasterize, rasterize_with_scene, render_layers
+from synthgen.render.shadow import draw_sun, sun_visibility
 from synthgen.groups import combined_mesh, place_members
+from synthgen.scene import (GROUND_HALF_M, SCENE_PART_NAMES, SceneMesh, WorldParams, build_scene, ground_contact,
+                            scene_record)
 from synthgen.seeding import attempt_seed, label_threads, member_seed, sample_rng, sample_seed
 from synthgen.subjects.base import PosedSubject
 from synthgen.subjects import build_subject_model, subject_part_names
 
 log = logging.getLogger(__name__)
 
+CAMERA_MIN_HEIGHT_M = 0.3  # with scene geometry, cameras stay this far above the ground
 CHUNK = 16  # samples posed together (one fixed body-model batch), handed to a loader worker together
 SUBJECT_ID = 1  # the first (or only) subject's id in ``instances`` and the instance layer
 
@@ -160,8 +164,11 @@ class ImageFactory:
             camera, drawn = sample_viewpoint_camera(rng, r.camera, vertices, r.image.width, r.image.height)
         else:  # low-poly CAD objects need every vertex to be framed right
             points = vertices if r.subject.kind == "object" else vertices[::7]
-            camera, drawn = sample_camera(rng, r.camera, points, r.image.width, r.image.height)
+            camera, drawn = sample_camera(rng, r.camera, points, r.image.width, r.image.height,
+                                          CAMERA_MIN_HEIGHT_M if r.scene.has_geometry else None)
         sample.update(camera=camera, camera_draw=drawn)
+        if r.scene.has_geometry:
+            sample["scene"] = self.scene(sample_rng(seed, index, "scene"), offsets, camera)
         self._render(sample)
         sample["labels"] = self.labels(sample)
         if self.prompter is not None:
@@ -170,9 +177,20 @@ class ImageFactory:
             sample["labels"].update(prompt=prompt, negative_prompt=negative)
         return sample
 
+    def scene(self, rng: np.random.Generator, offsets: list[np.ndarray], camera: Camera) -> SceneMesh:
+        """The scene geometry of a sample (``scene.geometry``), drawn from ``rng`` around the
+        subjects' ground positions ``offsets`` and the camera (which stays inside a room and
+        clear of objects)."""
+        s = self.recipe.scene
+        params = WorldParams(s.geometry_weights, s.room_size_m, s.room_height_m, s.objects, s.object_clearance_m,
+                             s.tile_m)
+        path = np.array([np.asarray(o, dtype=np.float64)[:2] for o in offsets] + [camera.position[:2]])
+        return build_scene(params, rng, path, len(self.subject_model.part_names), ground_half_m=GROUND_HALF_M,
+                           camera_height=float(camera.position[2]))
+
     def _render(self, sample: dict[str, Any]) -> None:
-        """One render pass of every member; per member keypoints and, in a group, its unoccluded
-        pixel count (a render of it alone)."""
+        """One render pass of every member (and the scene geometry); per member keypoints and,
+        where something may hide it, its unoccluded pixel count (a render of it alone)."""
         r, model, camera, members = self.recipe, self.subject_model, sample["camera"], sample["subjects"]
         meshes = [model.mesh(m) for m in members]
         per_member = [camera.to_camera(m.vertices) for m in members]
@@ -180,14 +198,31 @@ class ImageFactory:
         scene_normal = None
         if self.wants_ground:  # HumanWild's scene normals behind the person: the ground plane
             scene_normal = layer_ops.ground_plane_normals(camera.K, camera.cam_ext, camera.width, camera.height)
-        layers = render_layers(vertices_cam, faces, face_parts, camera.K, camera.width, camera.height,
-                               r.render.backend, (r.render.canny_low, r.render.canny_high),
-                               r.render.normal_convention, normal_background=r.render.normal_background,
-                               edges_source=r.render.edges_source, scene_normal=scene_normal,
-                               with_shaded=self.wants_shaded)
-        tri = layers["triangle_id"]
-        layers["instance"] = (tri >= 0).astype(np.uint8) if len(members) == 1 else \
-            np.where(tri >= 0, face_instance[np.maximum(tri, 0)], 0).astype(np.uint8)  # the lookup costs 1.4 ms
+        scene = sample.get("scene")
+        encoding = dict(normal_background=r.render.normal_background, edges_source=r.render.edges_source,
+                        scene_normal=scene_normal, with_shaded=self.wants_shaded)
+        if scene is not None and len(scene.faces):
+            raw = rasterize_with_scene(vertices_cam, faces, camera.to_camera(scene.vertices), scene.faces, camera.K,
+                                       camera.width, camera.height, r.render.backend)
+            layers = layers_from_raster(raw, np.concatenate([face_parts, scene.face_part]),
+                                        (r.render.canny_low, r.render.canny_high), r.render.normal_convention,
+                                        subject_faces=len(faces), scene_in=tuple(r.render.scene_in), **encoding)
+            tri = layers["triangle_id"]
+            subject = (tri >= 0) & (tri < len(faces))
+            layers["instance"] = subject.astype(np.uint8) if len(members) == 1 else \
+                np.where(subject, face_instance[np.clip(tri, 0, len(faces) - 1)], 0).astype(np.uint8)
+            layers["scene_in"] = tuple(r.render.scene_in)  # what the ControlNet inputs show too
+            if r.backend.kind == "shaded":  # scene materials per pixel; one sun, the people's shadows
+                layers["scene_instance"] = np.where(layers["scene"], scene.face_instance[
+                    np.clip(tri - len(faces), 0, len(scene.faces) - 1)], 0).astype(np.uint8)
+                self._sunlight(sample, layers, vertices_cam, faces)
+        else:
+            layers = render_layers(vertices_cam, faces, face_parts, camera.K, camera.width, camera.height,
+                                   r.render.backend, (r.render.canny_low, r.render.canny_high),
+                                   r.render.normal_convention, **encoding)
+            tri = layers["triangle_id"]
+            layers["instance"] = (tri >= 0).astype(np.uint8) if len(members) == 1 else \
+                np.where(tri >= 0, face_instance[np.maximum(tri, 0)], 0).astype(np.uint8)  # the lookup costs 1.4 ms
         keypoints_3d, keypoints_2d = [], []
         for k, member in enumerate(members):
             kp3d = camera.to_camera(member.keypoints_3d.astype(np.float64)).astype(np.float32)
@@ -199,15 +234,59 @@ class ImageFactory:
         layers["skeleton"] = functools.reduce(np.maximum, (
             layer_ops.draw_skeleton(kp2d, model.keypoint_names, camera.width, camera.height, model.skeleton_edges)
             for kp2d in keypoints_2d))
-        sample["unoccluded_pixels"] = [int(np.count_nonzero(layers["instance"] == 1))] if len(members) == 1 else [
+        alone = len(members) > 1 or (scene is not None and self._scene_may_hide(layers, scene, faces, vertices_cam,
+                                                                                       camera.K))
+        sample["unoccluded_pixels"] = [int(np.count_nonzero(layers["instance"] == 1))] if not alone else [
             int(np.count_nonzero(rasterize(v, f, camera.K, camera.width, camera.height, r.render.backend)["mask"]))
             for v, (f, _) in zip(per_member, meshes)]
         if self.controls:  # exactly what each ControlNet receives
             layers["controls"] = [self._control(layers, control) for control in self.controls]
         layers.pop("scene_normal", None)
+        layers.pop("scene", None)
+        layers.pop("scene_in", None)
         sample.update(layers=layers, keypoints_3d=keypoints_3d[0], keypoints_2d=keypoints_2d[0],
                       member_keypoints=list(zip(keypoints_2d, keypoints_3d)), vertices_cam=vertices_cam,
                       faces=faces, face_instance=face_instance)
+
+    def _scene_may_hide(self, layers: dict[str, Any], scene: SceneMesh, faces: np.ndarray,
+                        vertices_cam: np.ndarray, K: np.ndarray) -> bool:
+        """Whether scene geometry other than the ground (a wall, a table) shows inside the subject's
+        projected box nearer than its farthest point: only then can it hide part of the subject (a
+        ground hides no one standing on it), and its unoccluded pixels need a render of it alone."""
+        ground = len(self.subject_model.part_names) + SCENE_PART_NAMES.index("ground")
+        if not np.any(scene.face_part != ground):
+            return False
+        tri = layers["triangle_id"]
+        height, width = tri.shape
+        camera_points = vertices_cam[vertices_cam[:, 2] > 0.01]
+        if not len(camera_points):
+            return False
+        projected = camera_points.astype(np.float64) @ np.asarray(K, dtype=np.float64).T
+        uv = projected[:, :2] / projected[:, 2:3]
+        x0, y0 = np.clip(np.floor(uv.min(axis=0)).astype(int), 0, [width, height])
+        x1, y1 = np.clip(np.ceil(uv.max(axis=0)).astype(int) + 1, 0, [width, height])
+        box = (slice(y0, y1), slice(x0, x1))
+        scene_face = tri[box] - len(faces)
+        occluder = (scene_face >= 0) & (scene.face_part[np.clip(scene_face, 0, len(scene.faces) - 1)] != ground)
+        return bool(np.any(occluder & (layers["depth"][box] < float(camera_points[:, 2].max()))))
+
+    def _sunlight(self, sample: dict[str, Any], layers: dict[str, Any], vertices_cam: np.ndarray,
+                  faces: np.ndarray) -> None:
+        """The shaded backend's world light: a sun drawn from the sample's ``light`` stream and
+        ``layers["sunlit"]`` (H, W) uint8, 255 where a scene pixel sees the sun past the people
+        (a shadow-map pass, :func:`synthgen.render.shadow.sun_visibility`), 0 in their shadows."""
+        camera, scene = sample["camera"], sample["scene"]
+        seed = attempt_seed(self.recipe.seed, sample["attempt"])
+        sun_world, ambient = draw_sun(sample_rng(seed, sample["index"], "light"))
+        sun_cam = camera.R @ sun_world
+        pixels = layers["scene"]
+        layers["sunlit"] = sun_visibility(vertices_cam, faces, layers["depth"], pixels, camera.K, sun_cam,
+                                          camera.R[:, 2], float(camera.position[2]), self.recipe.render.backend,
+                                          step=2)  # the shaded backend lights every other pixel
+        sample["world"] = {"kind": scene.kind, "sun_cam": sun_cam, "sun_world": sun_world, "ambient": ambient,
+                           "sky": scene.sky, "up_cam": camera.R[:, 2].copy(), "K": camera.K, "R": camera.R,
+                           "t": camera.t, "instance_names": list(scene.instance_names),
+                           "instance_albedo": scene.instance_albedo}
 
     def labels(self, sample: dict[str, Any]) -> dict[str, Any]:
         """The sample's view record (an instance per member) with the sample-level fields."""
@@ -227,8 +306,11 @@ class ImageFactory:
             record.update(bbox_amodal=amodal_bbox(camera, member.vertices),
                           visible_fraction=round(seen / whole, 6) if whole else 0.0,
                           placement_world=np.float32(offset).tolist())
+            if "scene" in sample:
+                faces, parts = model.mesh(member)
+                record.update(ground_contact(member.vertices, faces, parts, model.part_names))
             instances.append(record)
-        return {
+        out = {
             "index": sample["index"], "attempt": sample["attempt"], "seed": sample["seed"],
             "recipe_hash": self.hash,
             **view_record(camera.width, camera.height, camera.K, camera.cam_ext, instances),
@@ -236,6 +318,10 @@ class ImageFactory:
             "part_names": model.part_names,
             "conventions": self.conventions,
         } | self._bins(sample)
+        if "scene" in sample:  # its parts follow the subject's in the parts layer
+            out["part_names"] = list(model.part_names) + SCENE_PART_NAMES
+            out["scene"] = scene_record(sample["scene"], camera.R, camera.t)
+        return out
 
     def _bins(self, sample: dict[str, Any]) -> dict[str, Any]:
         """``{"bins": {attribute: bin}}`` of the recipe's weighted attributes (none: nothing), from the
@@ -256,6 +342,9 @@ class ImageFactory:
                "edges": {"source": render.edges_source, "canny": [render.canny_low, render.canny_high]},
                "pixel_centre": "integer", "visibility": "coco_0_1_2",
                "instance": "0 background, else instances[].id"}
+        if self.recipe.scene.has_geometry:
+            out["instance"] = "0 background or scene geometry, else instances[].id"
+            out["scene_in"] = list(render.scene_in)
         if self.controls:
             out["controls"] = self.controls
         return out
@@ -304,9 +393,13 @@ class ImageFactory:
             keys |= {"normal", "parts"}
         return frozenset(keys)
 
+    # what the shaded backend reads to light and texture a scene (generate.materials.shade_scene)
+    SCENE_SHADING_LAYERS = frozenset({"depth", "scene_instance", "sunlit"})
+
     def transferable(self, sample: dict[str, Any]) -> dict[str, Any]:
         """``sample`` without what only the CPU stages used (float depth, triangle ids, the float
-        normals unless the shaded backend shades them, other unstored layers, and the meshes
+        normals unless the shaded backend shades them, the float depth unless it shades a scene,
+        other unstored layers, and the meshes
         unless ``output.vertices``): what a loader worker sends to the device process (about a
         third of the pickled bytes of a 512x512 sample). The records written are the same."""
         if "error" in sample:
@@ -314,7 +407,8 @@ class ImageFactory:
         drop = set() if self.recipe.output.vertices else {"vertices_cam", "faces", "face_instance", "subjects",
                                                            "subject"}
         out = {key: value for key, value in sample.items() if key not in drop}
-        out["layers"] = {key: value for key, value in sample["layers"].items() if key in self.device_layers}
+        keep = self.device_layers | (self.SCENE_SHADING_LAYERS if "world" in sample else frozenset())
+        out["layers"] = {key: value for key, value in sample["layers"].items() if key in keep}
         return out
 
     # 5. generate, 6. filter: batched on the device ---------------------------------------------

@@ -17,9 +17,10 @@ COLUMNS = ("image", "overlay", "normal", "depth", "parts", "edges", "skeleton")
 def _colour_depth(depth_mm: np.ndarray) -> np.ndarray:
     fg = depth_mm > 0
     out = np.zeros(depth_mm.shape + (3,), dtype=np.uint8)
-    if fg.any():
-        z = depth_mm[fg].astype(np.float32)
-        scaled = 255 - (z - z.min()) / max(float(z.max() - z.min()), 1.0) * 205
+    if fg.any():  # inverse depth (near bright): a ground reaching the horizon leaves the near range visible
+        inverse = 1.0 / depth_mm[fg].astype(np.float32)
+        low, high = float(inverse.min()), float(inverse.max())
+        scaled = 50 + (inverse - low) / max(high - low, 1e-9) * 205
         coloured = cv2.applyColorMap(scaled.astype(np.uint8)[:, None], cv2.COLORMAP_TURBO)[:, 0, ::-1]
         out[fg] = coloured
     return out

@@ -424,6 +424,7 @@ LayerName = Literal["normal", "depth", "mask", "parts", "edges", "skeleton", "in
 NormalConvention = Literal["opengl", "bae", "opencv", "omnidata"]
 NormalBackground = Literal["black", "grey", "facing", "ground"]
 EdgesSource = Literal["normals", "shaded"]
+SceneLayer = Literal["normal", "depth", "parts", "edges", "shaded"]
 DepthForm = Literal["minmax", "minmax_25", "inverse", "metric"]
 
 
@@ -444,6 +445,11 @@ class RenderConfig(_Strict):
         "for a wall behind the subject (Normal-BAE: (127, 127, 255)); ground = the ground plane "
         "z = 0 seen by the camera behind the subject (HumanWild's scene-normal input), grey where "
         "no ground is seen")
+    scene_in: list[SceneLayer] = Field(
+        default_factory=lambda: ["normal", "depth", "parts", "edges", "shaded"],
+        description="the layers that show the scene geometry (scene.geometry); the others show the "
+        "subjects only, as with no scene (e.g. [depth] with normal_background: ground keeps "
+        "HumanWild's normal input while depth sees the room)")
     edges_source: EdgesSource = Field(
         "normals", description="what the edges layer is Canny of: normals = the encoded normal "
         "layer; shaded = a shaded render (the shaded layer: faces coloured by their normal, lit "
@@ -667,9 +673,14 @@ class FilterConfig(_Strict):
                               "1 = never redraw")
 
 
+GeometryKind = Literal["none", "ground", "room", "yard"]
+SCENE_FIELDS = ("geometry", "room_size_m", "room_height_m", "objects", "object_clearance_m", "tile_m")
+
+
 class SceneConfig(_Strict):
-    """Several subjects in one image (crowds): each drawn as a single subject would be, then
-    placed on the ground so that no two surfaces come closer than ``clearance_m``."""
+    """The world of an image: several subjects (crowds), each drawn as a single subject would be,
+    then placed on the ground so that no two surfaces come closer than ``clearance_m``; and the
+    scene geometry they stand in (:mod:`synthgen.scene`), rendered in the same pass."""
 
     people: WeightedCount = Field((1, 1), description="[low, high] subjects per image, uniform "
                                     "(people, or animals/objects of subject.kind)")
@@ -678,12 +689,43 @@ class SceneConfig(_Strict):
     clearance_m: float = Field(0.02, ge=0.005, le=1.0, description="closest approach of two "
                                "subjects' surfaces (the test is on the posed meshes)")
     tries: int = Field(50, ge=1, le=1000, description="spots tried per member before it is left out")
+    geometry: GeometryKind | dict[GeometryKind, float] = Field(
+        "none", description="scene geometry drawn with the subjects (in every layer, occluding them): "
+        "none = subjects only (the shaded backend paints a backdrop); ground = a ground plane to the "
+        "horizon; room = floor, walls, furniture (a ceiling unless the camera is above it); yard = "
+        "ground, fences and blocks under a sky; or a mapping kind -> relative weight, e.g. "
+        "{ground: 2, room: 1, yard: 1}")
+    room_size_m: Range = Field((6.0, 11.0), description="room side lengths range, metres (enlarged "
+                               "to hold the subjects and the camera)")
+    room_height_m: Range = Field((2.5, 3.2), description="room height range, metres")
+    objects: tuple[int, int] = Field((2, 6), description="[min, max] furniture/blocks in a room or yard")
+    object_clearance_m: float = Field(0.5, ge=0.0, le=5.0, description="objects keep this far from "
+                                      "the subjects' and the camera's ground positions, metres")
+    tile_m: Range = Field((0.4, 1.0), description="floor tile size range, metres")
 
     @model_validator(mode="after")
     def _ranges(self) -> "SceneConfig":
         _check_weighted("scene.people", self.people, 1, 16, integer=True)
         _check_range("scene.spread_m", self.spread_m, 0.0, 100.0)
+        _check_range("scene.room_size_m", self.room_size_m, 2.0, 100.0)
+        _check_range("scene.room_height_m", self.room_height_m, 2.0, 20.0)
+        _check_range("scene.tile_m", self.tile_m, 0.05, 10.0)
+        if not 0 <= self.objects[0] <= self.objects[1] <= 64:
+            raise ValueError(f"scene.objects must satisfy 0 <= min <= max <= 64, got {list(self.objects)}")
+        if isinstance(self.geometry, dict) and (not self.geometry or sum(self.geometry.values()) <= 0
+                                                or any(w < 0 for w in self.geometry.values())):
+            raise ValueError(f"scene.geometry={self.geometry}: weights must be >= 0 and not all 0, "
+                             f"e.g. {{ground: 2, room: 1}}")
         return self
+
+    @property
+    def geometry_weights(self) -> dict[str, float]:
+        """kind -> weight (a single kind: weight 1)."""
+        return dict(self.geometry) if isinstance(self.geometry, dict) else {self.geometry: 1.0}
+
+    @property
+    def has_geometry(self) -> bool:
+        return any(w > 0 and k != "none" for k, w in self.geometry_weights.items())
 
 
 class OutputConfig(_Strict):
@@ -835,6 +877,11 @@ def recipe_hash(recipe: Recipe) -> str:
 
     num_samples is excluded because it decides how many samples exist, not what sample i is.
     """
-    exclude = {"num_samples"} | ({"sequence"} if recipe.sequence is None else set())  # an absent section is not hashed
+    exclude: dict[str, Any] = {"num_samples": True}
+    if recipe.sequence is None:  # an absent section is not hashed
+        exclude["sequence"] = True
+    if not recipe.scene.has_geometry:  # no scene: its settings change nothing (and old hashes hold)
+        exclude["scene"] = set(SCENE_FIELDS)
+        exclude["render"] = {"scene_in"}
     payload = recipe.model_dump(mode="json", exclude=exclude)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

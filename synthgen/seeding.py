@@ -37,6 +37,8 @@ STREAMS = {
     "generate": 8,
     "group": 9,
     "group_placement": 10,
+    "scene": 11,
+    "light": 12,
 }
 
 

@@ -85,13 +85,14 @@ def test_transferable_keeps_what_the_device_stages_and_writer_read():
 
     from synthgen.images import ImageFactory
 
-    for vertices in (False, True):
-        factory = ImageFactory(small_recipe(output={"vertices": vertices}))
+    for vertices, geometry in ((False, "none"), (True, "none"), (False, "room")):
+        factory = ImageFactory(small_recipe(output={"vertices": vertices}, scene={"geometry": geometry}))
         whole = list(factory.prepared([0, 1]))
         slim = [factory.transferable(s) for s in factory.prepared([0, 1])]
         sizes = [len(pickle.dumps(s, protocol=pickle.HIGHEST_PROTOCOL)) for s in (whole[0], slim[0])]
-        assert sizes[1] < (0.9 if vertices else 0.5) * sizes[0]  # meshes kept when written
-        assert "triangle_id" not in slim[0]["layers"] and "depth" not in slim[0]["layers"]
+        assert sizes[1] < (0.9 if vertices or geometry != "none" else 0.5) * sizes[0]  # meshes kept when written
+        assert "triangle_id" not in slim[0]["layers"]
+        assert ("depth" in slim[0]["layers"]) == (geometry != "none")  # a scene's shading reads it
         assert ("faces" in slim[0]) == vertices
         factory.finish(whole)
         factory.finish(slim)

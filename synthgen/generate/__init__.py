@@ -49,7 +49,7 @@ class ShadedBackend:
                 image, appearance = render_shaded(sample["layers"], self.part_names,
                                                   sample_rng(seed, sample["index"], "appearance"),
                                                   sample_rng(seed, sample["index"], "background"),
-                                                  self.recipe.backend.shaded)
+                                                  self.recipe.backend.shaded, sample.get("world"))
             except (OSError, ValueError) as exc:  # e.g. an unreadable background image
                 sample["error"] = f"{type(exc).__name__}: {exc}"
                 continue

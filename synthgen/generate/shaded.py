@@ -187,8 +187,17 @@ def shade(normal: np.ndarray, parts: np.ndarray, mask: np.ndarray, appearances: 
 
 
 def render_shaded(layers: dict, part_names: list[str], appearance_rng: np.random.Generator,
-                  background_rng: np.random.Generator, config: ShadedConfig) -> tuple[np.ndarray, dict]:
-    """Shaded image (H, W, 3) uint8 RGB from render layers, and the drawn appearance labels."""
+                  background_rng: np.random.Generator, config: ShadedConfig,
+                  world: dict | None = None) -> tuple[np.ndarray, dict]:
+    """Shaded image (H, W, 3) uint8 RGB from render layers, and the drawn appearance labels.
+
+    world: None = the subjects over a backdrop (procedural or a folder's image), lit by a light
+    drawn here; else the scene geometry's light and materials (``sample["world"]`` of
+    :class:`synthgen.images.ImageFactory`: ``sun_cam``, ``ambient``, ``sky``, ``up_cam``, ``K``,
+    ``R``, ``t``, ``instance_names``, ``instance_albedo``) with the layers
+    ``scene_instance`` and ``sunlit``: scene and subjects lit by one sun and the sky, the scene
+    textured (:mod:`synthgen.generate.materials`) with the subjects' shadows on it.
+    """
     mask = layers["mask"] > 0
     height, width = mask.shape
     instance = layers.get("instance")
@@ -197,9 +206,17 @@ def render_shaded(layers: dict, part_names: list[str], appearance_rng: np.random
     light, ambient = _light(appearance_rng), float(appearance_rng.uniform(0.25, 0.5))
     texture = _value_noise(appearance_rng, height, width, octaves=3)
     texture *= np.float32(0.04)
-    body = shade(layers["normal"], layers["parts"], mask, appearances, light, ambient, texture,
+    parts = layers["parts"]
+    if world is not None:  # the world's sun and sky light the people too
+        from synthgen.generate.materials import shade_scene
+
+        light, ambient = np.asarray(world["sun_cam"], dtype=np.float64), float(world["ambient"])
+        parts = np.where(mask, parts, np.uint8(0))  # scene part ids lie past the subject's
+    body = shade(layers["normal"], parts, mask, appearances, light, ambient, texture,
                  instance if count > 1 else None)
-    if config.background == "folder":
+    if world is not None:
+        background, scene_labels = shade_scene(layers, world, background_rng)
+    elif config.background == "folder":
         background = folder_background(background_rng, config.background_dir, width, height)
     else:
         background = procedural_background(background_rng, width, height)
@@ -212,4 +229,6 @@ def render_shaded(layers: dict, part_names: list[str], appearance_rng: np.random
                                           "ambient": round(ambient, 4)}
     if count > 1:  # the top-level colours are instance 1's
         labels["instances"] = [a["summary"] for a in appearances]
+    if world is not None:
+        labels["scene"] = scene_labels
     return np.clip(image, 0, 255, out=image).astype(np.uint8), labels

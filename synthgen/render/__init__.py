@@ -35,7 +35,7 @@ from synthgen.render.raster_gl import NEAR  # (no GL import: moderngl loads on f
 
 log = logging.getLogger(__name__)
 
-__all__ = ["derive_layers", "rasterize", "render_layers", "resolve_backend", "layers"]
+__all__ = ["derive_layers", "rasterize", "rasterize_with_scene", "render_layers", "resolve_backend", "layers"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -75,6 +75,37 @@ def rasterize(vertices_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, width:
     return _rasterizer(backend)(vertices_cam, faces, K, width, height, cull_back_faces=cull)
 
 
+def rasterize_with_scene(vertices_cam: np.ndarray, faces: np.ndarray, scene_vertices_cam: np.ndarray,
+                         scene_faces: np.ndarray, K: np.ndarray, width: int, height: int,
+                         backend: str = "auto") -> dict:
+    """One raster of subjects and scene together (see :func:`rasterize`).
+
+    vertices_cam (V, 3), faces (F, 3): the subjects (closed surfaces); scene_vertices_cam (S, 3),
+    scene_faces (G, 3): open scene geometry, camera frame. The scene is clipped at the near plane
+    (:func:`synthgen.scene.clip_near`) and every scene triangle is wound to face the camera, so it
+    shows from either side (double-sided) while the subjects' back faces are skipped when that is
+    safe for them alone (:func:`culling.can_cull_back_faces`), exactly as :func:`rasterize` would
+    draw them (their vertex normals are unchanged: the scene shares no vertex with them).
+    ``triangle_id`` indexes the concatenation: [0, F) subjects, F + g scene face g.
+    """
+    from synthgen.scene import clip_near  # the scene stage comes before this one
+
+    vertices_cam = np.asarray(vertices_cam, dtype=np.float32)
+    faces = np.asarray(faces, dtype=np.int64)
+    sv, sf, source = clip_near(np.asarray(scene_vertices_cam, dtype=np.float64), np.asarray(scene_faces, np.int64))
+    a, b, c = (sv[sf[:, i]] for i in range(3))
+    away = np.einsum("ij,ij->i", np.cross(b - a, c - a), a) > 0  # the winding turned from the camera
+    sf = np.where(away[:, None], sf[:, [0, 2, 1]], sf)
+    cull = culling.can_cull_back_faces(vertices_cam, faces, NEAR)
+    raw = _rasterizer(backend)(np.concatenate([vertices_cam, sv.astype(np.float32)]),
+                               np.concatenate([faces, sf + len(vertices_cam)]), K, width, height,
+                               cull_back_faces=cull)
+    if len(sf):
+        lookup = np.concatenate([np.arange(len(faces)), len(faces) + source, [-1]]).astype(np.int32)
+        raw["triangle_id"] = lookup[raw["triangle_id"]]  # -1 (background) stays -1
+    return raw
+
+
 def render_layers(vertices_cam: np.ndarray, faces: np.ndarray, face_parts: np.ndarray,
                   K: np.ndarray, width: int, height: int, backend: str = "auto",
                   canny: tuple[int, int] = (100, 200), normal_convention: str = "opengl",
@@ -86,6 +117,13 @@ def render_layers(vertices_cam: np.ndarray, faces: np.ndarray, face_parts: np.nd
     :func:`derive_layers`. Returns the dict documented in this module.
     """
     raw = rasterize(vertices_cam, faces, K, width, height, backend)
+    return layers_from_raster(raw, face_parts, canny, normal_convention, **encoding)
+
+
+def layers_from_raster(raw: dict, face_parts: np.ndarray, canny: tuple[int, int] = (100, 200),
+                       normal_convention: str = "opengl", **encoding) -> dict:
+    """The layers of a raw raster (:func:`rasterize` or :func:`rasterize_with_scene`);
+    face_parts (F,) uint8 part id per face of the raster's index space."""
     tri, mask = raw["triangle_id"], raw["mask"]
     parts = np.zeros(tri.shape, dtype=np.uint8)
     parts[mask] = face_parts[tri[mask]]
@@ -95,31 +133,56 @@ def render_layers(vertices_cam: np.ndarray, faces: np.ndarray, face_parts: np.nd
 def derive_layers(normal: np.ndarray, depth: np.ndarray, parts: np.ndarray, triangle_id: np.ndarray,
                   canny: tuple[int, int] = (100, 200), normal_convention: str = "opengl",
                   normal_background: str = "black", edges_source: str = "normals",
-                  scene_normal: np.ndarray | None = None, with_shaded: bool = False) -> dict:
+                  scene_normal: np.ndarray | None = None, with_shaded: bool = False,
+                  subject_faces: int | None = None, scene_in: tuple[str, ...] = ()) -> dict:
     """Every conditioning layer from the raw ones (also after a lens remap of the raw layers).
 
     normal (H, W, 3) float32 camera frame; depth (H, W) float32 metres; parts (H, W) uint8;
     triangle_id (H, W) int32, -1 = background; scene_normal: (H, W, 3) float32 normals drawn
     behind the subject when ``normal_background="ground"`` (0 = none). ``shaded`` is made only
-    when the edges or ``with_shaded`` (a stored layer, a ControlNet input) need it. Returns the
-    dict documented in this module.
+    when the edges or ``with_shaded`` (a stored layer, a ControlNet input) need it.
+    subject_faces: with scene geometry in the raster, triangle ids >= this are the scene's (the
+    ``mask`` is the subjects'); scene_in: the layers (normal, depth, parts, edges, shaded) that show
+    the scene, the others are drawn as if it were absent (its pixels background). Returns the dict
+    documented in this module (plus ``scene`` (H, W) bool, the scene's pixels, with a scene;
+    ``depth`` and ``normal`` then keep the scene whatever ``scene_in`` says, the stored forms follow it).
     """
-    mask = triangle_id >= 0
+    covered = triangle_id >= 0
+    mask = covered if subject_faces is None else covered & (triangle_id < subject_faces)
+    with_scene = subject_faces is not None
+
+    def shown(layer: str) -> np.ndarray:
+        return covered if with_scene and layer in scene_in else mask
+
     flat_outside = edges_source == "shaded" or normal_background != "ground"  # one colour behind the subject
-    normal_rgb = layers.encode_normal(normal, mask, normal_convention, normal_background, scene_normal)
-    shaded = layers.shade(normal, mask) if with_shaded or edges_source == "shaded" else None
+    normal_rgb = layers.encode_normal(normal, shown("normal"), normal_convention, normal_background, scene_normal)
+    edge_pixels = shown("edges")
+    shaded = None
+    if with_shaded or edges_source == "shaded":
+        shaded = layers.shade(normal, shown("shaded"))
+    if edges_source == "shaded":
+        edge_image = shaded if edge_pixels is shown("shaded") else layers.shade(normal, edge_pixels)
+    else:
+        edge_image = normal_rgb if edge_pixels is shown("normal") else layers.encode_normal(
+            normal, edge_pixels, normal_convention, normal_background, scene_normal)
+    depth_shown = shown("depth")
+    stored_depth = depth if depth_shown is covered else np.where(depth_shown, depth, np.float32(0.0))
+    if with_scene and "parts" not in scene_in:
+        parts = np.where(mask, parts, np.uint8(0))
     out = {
         "normal": normal,
         "normal_rgb": normal_rgb,
         "depth": depth,
-        "depth_mm": layers.depth_to_millimetres(depth),
-        "depth_control": layers.depth_for_control(depth, mask),
+        "depth_mm": layers.depth_to_millimetres(stored_depth),
+        "depth_control": layers.depth_for_control(stored_depth, depth_shown),
         "mask": mask.astype(np.uint8) * 255,
         "parts": parts,
-        "edges": layers.canny_edges(shaded if edges_source == "shaded" else normal_rgb, *canny,
-                                    constant_outside=mask if flat_outside else None),
+        "edges": layers.canny_edges(edge_image, *canny,
+                                    constant_outside=edge_pixels if flat_outside and edge_pixels is mask else None),
         "triangle_id": triangle_id,
     }
+    if with_scene:
+        out["scene"] = covered & ~mask
     if shaded is not None:
         out["shaded"] = shaded
     if scene_normal is not None:

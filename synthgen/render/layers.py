@@ -192,7 +192,8 @@ def control_from_layers(layers: dict, encoding: dict) -> np.ndarray:
     """The (H, W, 3) uint8 RGB image a ControlNet receives, from a sample's render dict.
 
     layers: the render dict (``normal`` float, ``mask``, ``depth_mm``, ``skeleton``, and
-    ``scene_normal`` when a ground is wanted); encoding: a resolved encoding
+    ``scene_normal`` when a ground is wanted; with scene geometry ``scene``, its (H, W) bool
+    pixels, and ``scene_in``, the layers that show it); encoding: a resolved encoding
     (:meth:`synthgen.recipe.ControlNetUnit.resolved_encoding`). Depth forms read the stored
     16-bit millimetres, so anyone can recompute them from ``depth.png``.
     """
@@ -200,6 +201,8 @@ def control_from_layers(layers: dict, encoding: dict) -> np.ndarray:
     layer = encoding["layer"]
     height, width = mask.shape
     detect = detect_size(width, height, encoding.get("resolution"))
+    if layers.get("scene") is not None and layer in layers.get("scene_in", ()):  # scene geometry drawn too
+        mask = mask | layers["scene"]
     if layer == "normal":
         image = encode_normal(layers["normal"], mask, encoding["normal"], encoding["background"],
                               layers.get("scene_normal"))

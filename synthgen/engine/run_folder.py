@@ -167,13 +167,15 @@ class RunFolder:
 
     # --- small files -----------------------------------------------------------------------------
     def read_text(self, rel: str) -> str | None:
-        """The text of ``rel``; None when it does not exist."""
+        """The text of ``rel`` (bytes that are not UTF-8 replaced); None when it does not exist."""
         try:
             if self.remote:
-                return self._retry(lambda: self.fs.cat_file(self._full(rel)), rel).decode()
-            return Path(self._full(rel)).read_text()
+                data = self._retry(lambda: self.fs.cat_file(self._full(rel)), rel)
+            else:
+                data = Path(self._full(rel)).read_bytes()
         except FileNotFoundError:
             return None
+        return data.decode(errors="replace")
 
     def write_text(self, rel: str, text: str) -> None:
         """Write ``rel`` whole: a reader sees the old text or the new, never a part."""

@@ -33,6 +33,7 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -203,7 +204,10 @@ def _worker_thread_limits(threads: int):
 def _run_in_pool(factory_class: type, recipe: Recipe, folder: RunFolder, tasks: list, all_tasks: list,
                  workers: int, tick, stop: _Stop) -> None:
     """Whole shards over ``workers`` processes, at most one in flight per worker, so that a stop
-    starts nothing new; a shard the storage refuses counts against the error budget."""
+    starts nothing new; a shard the storage refuses counts against the error budget.
+
+    A ``ProcessPoolExecutor``, not a ``multiprocessing.Pool``: a Pool replaces killed workers and
+    its ``terminate`` can then wait forever on a queue lock a dead worker held."""
     ctx = mp.get_context("spawn")
     progress = ctx.Queue()
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -216,37 +220,34 @@ def _run_in_pool(factory_class: type, recipe: Recipe, folder: RunFolder, tasks: 
     listener.start()
     before = set(mp.active_children())
     pending, running, lost = list(tasks), {}, []
-    changed = threading.Event()
     try:
         with _worker_thread_limits(threads):
-            pool = ctx.Pool(workers, initializer=_init_worker,
-                            initargs=(factory_class, recipe.model_dump(mode="json"), progress, threads, os.getpid()))
-        try:
-            while pending or running:
-                while pending and len(running) < workers and not stop.is_set():
-                    task = pending.pop(0)
-                    running[task] = pool.apply_async(_run_shard, ((folder, task, all_tasks),),
-                                                     callback=lambda _: changed.set(),
-                                                     error_callback=lambda _: changed.set())
-                if not running:
-                    break
-                changed.wait(1.0)
-                changed.clear()
-                for task in [t for t, r in running.items() if r.ready()]:
-                    try:
-                        running.pop(task).get()
-                    except StorageError as exc:  # logged by the worker; the others go on
-                        lost.append(exc)
-                        failed = _errors_elsewhere(folder, all_tasks, []) + (recipe.output.shard_size * len(lost))
-                        _check_budget(recipe, failed, error_budget(recipe))
-        except BaseException:
-            _kill_children(before)  # they ignore SIGTERM: pool.terminate() alone would wait
-            for task in running:
-                folder.drop_partials(task)
-            pool.terminate()
-            raise
-        pool.close()
-        pool.join()
+            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                       initargs=(factory_class, recipe.model_dump(mode="json"), progress,
+                                                 threads, os.getpid()))
+            try:
+                while pending or running:
+                    while pending and len(running) < workers and not stop.is_set():
+                        task = pending.pop(0)
+                        running[pool.submit(_run_shard, (folder, task, all_tasks))] = task
+                    if not running:
+                        break
+                    done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        running.pop(future)
+                        try:
+                            future.result()
+                        except StorageError as exc:  # logged by the worker; the others go on
+                            lost.append(exc)
+                            failed = _errors_elsewhere(folder, all_tasks, []) + recipe.output.shard_size * len(lost)
+                            _check_budget(recipe, failed, error_budget(recipe))
+            except BaseException:
+                _kill_children(before)  # they ignore SIGTERM and SIGINT: the main process decides
+                for task in running.values():
+                    folder.drop_partials(task)
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True)
     finally:
         progress.put(None)
         listener.join(timeout=5)

@@ -277,7 +277,7 @@ class _Progress:
                  peers: str | None = None, publish: bool = False):
         self.folder, self.shown, self.name, self.peers, self.publish = folder, shown, name, peers, publish
         self.local = 0
-        self.base = self._on_disk()[0]
+        self.base = self.n = self._on_disk()[0]  # n: samples done, what the bar shows
         self.disk = (self.base, 0, 0)
         self.bar = tqdm(total=sum(t.stop - t.start for t in shown), initial=self.base, unit="sample",
                         desc="generate", disable=not enabled, smoothing=0.1, mininterval=1.0)
@@ -315,9 +315,9 @@ class _Progress:
             self._others = others
         others = getattr(self, "_others", 0)
         done, kept, rejected = self.disk
-        n = min(self.bar.total, max(done, self.base + self.local + others))
-        if n > self.bar.n:
-            self.bar.update(n - self.bar.n)
+        self.n = min(self.bar.total, max(self.n, done, self.base + self.local + others))
+        if self.n > self.bar.n and not self.bar.disable:
+            self.bar.update(self.n - self.bar.n)
         if kept + rejected:
             self.bar.set_postfix(accepted=f"{100 * kept / (kept + rejected):.0f}%", refresh=False)
 

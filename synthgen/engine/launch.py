@@ -43,7 +43,7 @@ from synthgen.engine.contract import Factory
 from synthgen.engine.memory import keep_freed_memory
 from synthgen.engine.run_folder import LOG_DIR, RunFolder, ShardTask, plan_shards, shards_of
 from synthgen.engine.shards import _check_budget, error_budget, write_shards
-from synthgen.errors import Interrupted, StorageError
+from synthgen.errors import Interrupted, StorageError, UserError
 from synthgen.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -285,7 +285,8 @@ class _Progress:
         # an object store is listed every 10 s, a local folder every second
         self.every = 10 if folder.remote else 1
         self.thread = threading.Thread(target=self._watch, daemon=True)
-        self.thread.start()
+        if enabled or publish:  # nobody to show or tell: no polling of the run folder
+            self.thread.start()
 
     def _on_disk(self) -> tuple[int, int, int]:
         sidecars = self.folder.read_sidecars(self.shown).values()
@@ -323,9 +324,10 @@ class _Progress:
 
     def close(self) -> None:
         self.stop.set()
-        self.thread.join()
-        with contextlib.suppress(Exception):
-            self.refresh()
+        if self.thread.is_alive():
+            self.thread.join()
+            with contextlib.suppress(Exception):
+                self.refresh()
         self.bar.close()
 
 
@@ -342,6 +344,10 @@ def generate(factory_class: type, recipe: Recipe, out: str | RunFolder, workers:
     ``loader_workers`` DataLoader processes (default: ``workers``).
     """
     folder = out if isinstance(out, RunFolder) else RunFolder(out, recipe.output.storage_options)
+    if task and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError(f"--task {task[0]}/{task[1]} under a launcher with WORLD_SIZE={os.environ['WORLD_SIZE']}: "
+                        f"every rank would make the same task; use ranks (torchrun / accelerate launch) or "
+                        f"independent --task processes, not both")
     ranks = Ranks(task[0], task[1], task=True) if task else ranks_from_launcher()
     tasks = plan_shards(recipe.num_samples, recipe.output.shard_size)
     own = shards_of(tasks, ranks.rank, ranks.world)

@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 import yaml
@@ -195,6 +196,18 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _end_now(code: int) -> int:
+    """End a stopped run at once. A background thread may still be inside native code (the CPU
+    stages' prefetch thread rendering a sample nobody will take): letting it meet interpreter
+    shutdown aborts the process (C++ ``std::terminate``, exit -6) instead of ``code``."""
+    if threading.active_count() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -215,10 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (ErrorBudgetExceeded, StorageError) as exc:
         sys.stderr.write(f"synthgen: stopped: {exc}\n")
-        return 1
+        return _end_now(1)
     except Interrupted as exc:
         sys.stderr.write(f"synthgen: {exc}\n")
-        return 128 + exc.signum
+        return _end_now(128 + exc.signum)
     except KeyboardInterrupt:
         sys.stderr.write("synthgen: interrupted; complete shards are kept, rerun the same command to resume\n")
         return 130

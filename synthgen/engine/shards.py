@@ -84,11 +84,11 @@ def write_shards(factory: Factory, folder: RunFolder, tasks: list[ShardTask], lo
                 writer.put(sample)
             writer.close()
             while len(writers) > 1:  # the previous shard's writer finishes while this one fills
-                done = writers.pop(0)
-                collect(done.task, done.result)
+                collect(writers[0].task, writers[0].result)
+                writers.pop(0)  # after: an interruption while waiting still aborts it below
         while writers:
-            done = writers.pop(0)
-            collect(done.task, done.result)
+            collect(writers[0].task, writers[0].result)
+            writers.pop(0)
     finally:
         for writer in writers:  # an error here: the partial files go, nothing is renamed
             writer.abort()

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 import yaml
@@ -196,11 +197,16 @@ def _cmd_export(args) -> int:
     return 0
 
 
-def _end_now(code: int) -> int:
-    """End a stopped run at once. A background thread may still be inside native code (the CPU
-    stages' prefetch thread rendering a sample nobody will take): letting it meet interpreter
-    shutdown aborts the process (C++ ``std::terminate``, exit -6) instead of ``code``."""
-    if threading.active_count() > 1:
+def _end_now(code: int, wait_s: float = 10.0) -> int:
+    """The exit status of a stopped run, once the CPU stages' prefetch thread (told to stop at its
+    next sample) has ended. One still inside native code after ``wait_s`` would abort the process
+    at interpreter shutdown (C++ ``std::terminate``, exit -6) instead of ``code``: end at once then."""
+    deadline = time.monotonic() + wait_s
+    ahead = [t for t in threading.enumerate()
+             if t.name.startswith(("synthgen-cpu-stages", "synthgen-device-stages"))]
+    for thread in ahead:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() for t in ahead):
         sys.stdout.flush()
         sys.stderr.flush()
         logging.shutdown()

@@ -90,6 +90,7 @@ def write_shards(factory: Factory, folder: RunFolder, tasks: list[ShardTask], lo
             collect(writers[0].task, writers[0].result)
             writers.pop(0)
     finally:
+        stream.close()  # stops the CPU stages running ahead (at their next sample)
         for writer in writers:  # an error here: the partial files go, nothing is renamed
             writer.abort()
     if lost:

@@ -128,7 +128,8 @@ class Clock:
 
 def stage_table(recipe, samples: int, warmup: int) -> tuple[list[tuple], list[str]]:
     """Rows (label, median ms, p25, p75, cpu median ms, leaf) and notes."""
-    from synthgen import write
+    from synthgen import encode
+    from synthgen.engine.run_folder import RunFolder, ShardTask
     from synthgen.cameras import sample_camera, sample_viewpoint_camera
     from synthgen.filter import cheap_checks
     from synthgen.images import CAMERA_MIN_HEIGHT_M, SUBJECT_ID, ImageFactory
@@ -234,18 +235,18 @@ def stage_table(recipe, samples: int, warmup: int) -> tuple[list[tuple], list[st
             # 7. encoders, as encode
             record = {"__key__": f"{index:09d}"}
             with clock("encode json", index):
-                record["json"] = write.encode_json(s["labels"])
+                record["json"] = encode.encode_json(s["labels"])
             if s.get("image") is not None:
                 with clock("encode jpg (image)", index):
-                    record["jpg"] = write.encode_jpg(s["image"], out_cfg.jpeg_quality)
+                    record["jpg"] = encode.encode_jpg(s["image"], out_cfg.jpeg_quality)
             for name in out_cfg.layers:
                 with clock(f"encode png {name}", index):
-                    record[f"{name}.png"] = write.encode_layer(name, s["layers"][L.LAYER_KEYS[name]])
+                    record[f"{name}.png"] = encode.encode_layer(name, s["layers"][L.LAYER_KEYS[name]])
             if out_cfg.vertices:
                 with clock("encode npz (vertices)", index):
                     arrays = {"vertices": s["vertices_cam"].astype(np.float32), "faces": s["faces"].astype(np.int32),
                               "face_instance": np.ones(len(s["faces"]), np.uint8)} | subject.arrays
-                    record["npz"] = write.encode_npz(arrays)
+                    record["npz"] = encode.encode_npz(arrays)
             records[index] = record
 
         # the same samples through the factory's own methods: the check on the table's coverage
@@ -260,13 +261,13 @@ def stage_table(recipe, samples: int, warmup: int) -> tuple[list[tuple], list[st
             if encoded != records[index]:
                 mismatched.add(index)
 
-    # 8. tar write, as write_shard (fsync included), in shards of ``batch`` records
+    # 8. tar write, as RunFolder.commit_shard (fsync included), in shards of ``batch`` records
     with tempfile.TemporaryDirectory() as out:
         for k, start in enumerate(range(0, len(indices), batch)):
             chunk = indices[start:start + batch]
-            task = write.ShardTask(k, chunk[0], chunk[-1] + 1)
-            with clock(f"tar write (write_shard, {batch}/shard, fsync)", chunk, len(chunk)):
-                write.write_shard(Path(out), task, (records[i] for i in chunk))
+            task = ShardTask(k, chunk[0], chunk[-1] + 1)
+            with clock(f"tar write (commit_shard, {batch}/shard, fsync)", chunk, len(chunk)):
+                RunFolder(out).commit_shard(task, (records[i] for i in chunk))
 
     def row(label, stages, leaf):
         wall = clock.ms(stages, keep)

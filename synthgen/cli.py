@@ -1,6 +1,8 @@
-"""``synthgen`` command line: generate, validate, preview, status, report, export, adapt.
+"""``synthgen`` command line: generate, finalize, validate, preview, status, report, export, adapt.
 
-User mistakes (bad recipe, bad override, missing model files) print one line and exit 2.
+User mistakes (bad recipe, bad override, missing model files, a bad --out) print one line and exit
+2; a run that stops (error budget, storage, incomplete finalize) one line and exit 1; an
+interrupted run one line and exit 128 + the signal (130 SIGINT, 143 SIGTERM).
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ import argparse
 import logging
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 import yaml
 
 from synthgen import __version__
-from synthgen.errors import ErrorBudgetExceeded, UserError
+from synthgen.errors import ErrorBudgetExceeded, Interrupted, StorageError, UserError
 
 log = logging.getLogger("synthgen")
 
@@ -28,7 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate a dataset into --out")
     gen.add_argument("recipe", help="recipe YAML")
     gen.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
-    gen.add_argument("--out", required=True, help="output folder (shards/ + manifest.json)")
+    gen.add_argument("--out", required=True, help="output folder or fsspec URL such as s3://bucket/run "
+                     "(shards/ + manifest.json)")
+    gen.add_argument("--task", metavar="K/N", help="make only independent task K of N (shards k with "
+                     "k %% N == K; no rendezvous), e.g. a SLURM array or Kubernetes Indexed Job index; "
+                     "then `synthgen finalize OUT`")
     gen.add_argument("--num-samples", type=int, help="override num_samples")
     gen.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8),
                      help="worker processes (default: CPU count, max 8)")
@@ -36,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="controlnet backend: processes running the CPU stages ahead of the GPU "
                           "(default: --workers)")
     gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    fin = sub.add_parser("finalize", help="check that every shard of a --task run is there and write "
+                         "its manifest (exit 1, naming the missing shards, if not)")
+    fin.add_argument("out", help="the --out folder or URL of the tasks")
 
     val = sub.add_parser("validate", help="check a recipe and print the resolved one")
     val.add_argument("recipe")
@@ -49,10 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     prev.add_argument("--start", type=int, default=0, help="first sample index")
 
     stat = sub.add_parser("status", help="progress of a run folder: done/total, rate, rejects")
-    stat.add_argument("out", help="the --out folder of a run")
+    stat.add_argument("out", help="the --out folder or URL of a run")
 
     rep = sub.add_parser("report", help="write an HTML report of a run folder")
-    rep.add_argument("out", help="the --out folder of a run")
+    rep.add_argument("out", help="the --out folder or URL of a run")
     rep.add_argument("--html", help="report file (default OUT/report.html)")
     rep.add_argument("--max-samples", type=int, default=500, help="samples read for the histograms")
 
@@ -79,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="write a run as COCO person keypoints or BEDLAM labels")
     exp.add_argument("format", choices=["coco", "bedlam"], help="coco: images + person_keypoints.json; "
                      "bedlam: images + one npz per shard (SMPL / SMPL-X runs)")
-    exp.add_argument("run", help="the --out folder of a run")
+    exp.add_argument("run", help="the --out folder or URL of a run")
     exp.add_argument("--out", required=True, help="export folder (images/, annotations/ or labels/)")
     exp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
@@ -116,17 +128,23 @@ def _cmd_validate(args) -> int:
 
 def _cmd_generate(args) -> int:
     from synthgen.engine.memory import keep_freed_memory
+    from synthgen.engine.run_folder import parse_part
     from synthgen.run import generate
 
     recipe = _load(args)
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
+    task = parse_part(args.task) if args.task is not None else None
     keep_freed_memory()  # this process makes samples itself with --workers 1 (and as a rank)
-    manifest = generate(recipe, Path(args.out), workers=args.workers, progress=not args.no_progress,
-                        loader_workers=args.loader_workers)
+    manifest = generate(recipe, args.out, workers=args.workers, progress=not args.no_progress,
+                        loader_workers=args.loader_workers, task=task)
     stats = manifest.get("stats", {})
     if "rank" in manifest:
         log.info("rank %d done (%.1f samples/s)", manifest["rank"], stats.get("last_run_samples_per_second") or 0)
+        return 0
+    if task is not None:
+        log.info("task %d/%d done (%.1f samples/s); once every task is done: synthgen finalize %s",
+                 task[0], task[1], stats.get("last_run_samples_per_second") or 0.0, args.out)
         return 0
     log.info("wrote %d/%d samples in %d shards to %s (%.1f samples/s this run)",
              manifest["num_samples_written"], manifest["num_samples"], len(manifest["shards"]),
@@ -138,7 +156,7 @@ def _check_image_out(out: str) -> None:
     """Refuse a preview ``--out`` that cannot be written as an image, before any sample is made."""
     import cv2
 
-    from synthgen.write import check_writable_folder
+    from synthgen.engine.run_folder import check_writable_folder
 
     if Path(out).is_dir() or not cv2.haveImageWriter(out):
         raise UserError(f"--out {out}: not an image file name; pass a .png or .jpg path, e.g. preview.png")
@@ -158,6 +176,21 @@ def _cmd_preview(args) -> int:
     samples = list(finished_samples(build_factory(recipe), list(range(args.start, args.start + args.n))))
     save_rgb(args.out, contact_sheet(samples))
     log.info("contact sheet of %d samples written to %s", len(samples), args.out)
+    return 0
+
+
+def _cmd_finalize(args) -> int:
+    from synthgen.engine.launch import finalize
+
+    manifest, missing = finalize(args.out)
+    if missing:
+        listed = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+        sys.stderr.write(f"synthgen: incomplete: {len(missing)} of {len(missing) + len(manifest['shards'])} "
+                         f"shards missing: {listed}; rerun those tasks (same command and --task), then "
+                         f"finalize again\n")
+        return 1
+    log.info("complete: %d samples in %d shards; manifest written to %s", manifest["num_samples_written"],
+             len(manifest["shards"]), args.out)
     return 0
 
 
@@ -204,6 +237,23 @@ def _cmd_adapt(args) -> int:
     return 0
 
 
+def _end_now(code: int, wait_s: float = 10.0) -> int:
+    """The exit status of a stopped run, once the CPU stages' prefetch thread (told to stop at its
+    next sample) has ended. One still inside native code after ``wait_s`` would abort the process
+    at interpreter shutdown (C++ ``std::terminate``, exit -6) instead of ``code``: end at once then."""
+    deadline = time.monotonic() + wait_s
+    ahead = [t for t in threading.enumerate()
+             if t.name.startswith(("synthgen-cpu-stages", "synthgen-device-stages"))]
+    for thread in ahead:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() for t in ahead):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -213,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = list(getattr(args, "overrides", [])) + extra
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    commands = {"generate": _cmd_generate, "validate": _cmd_validate, "preview": _cmd_preview,
+    for chatty in ("botocore", "aiobotocore", "s3fs"):  # object-storage clients: their warnings only
+        logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    commands = {"generate": _cmd_generate, "finalize": _cmd_finalize, "validate": _cmd_validate, "preview": _cmd_preview,
                 "status": _cmd_status, "report": _cmd_report, "export": _cmd_export,
                 "adapt": _cmd_adapt}
     try:
@@ -221,9 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         sys.stderr.write(f"synthgen: error: {exc}\n")
         return 2
-    except ErrorBudgetExceeded as exc:
+    except (ErrorBudgetExceeded, StorageError) as exc:
         sys.stderr.write(f"synthgen: stopped: {exc}\n")
-        return 1
+        return _end_now(1)
+    except Interrupted as exc:
+        sys.stderr.write(f"synthgen: {exc}\n")
+        return _end_now(128 + exc.signum)
     except KeyboardInterrupt:
         sys.stderr.write("synthgen: interrupted; complete shards are kept, rerun the same command to resume\n")
         return 130

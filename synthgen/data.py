@@ -19,43 +19,62 @@ A single-image run's one view is also merged into the item (``item["image"]``,
 
 Hugging Face ``datasets`` reads the same shards:
 ``datasets.load_dataset("webdataset", data_files={"train": shard_paths(DIR)}, split="train")``.
+
+A run on object storage reads the same way: ``load_shards("s3://bucket/run")`` (fsspec, with the
+backend's standard credentials and endpoint variables, e.g. ``AWS_ENDPOINT_URL``). Only shards
+whose sidecar is there (complete ones) are read.
 """
 
 from __future__ import annotations
 
 import functools
-import json
+import importlib.util
 from pathlib import Path
 from typing import Any, Iterable
 
 import cv2
 import numpy as np
 import webdataset as wds
+from webdataset.gopen import gopen_schemes
 
+from synthgen.engine.run_folder import RunFolder, is_url, plan_shards
 from synthgen.errors import UserError
 from synthgen.labels import views_of
-from synthgen.write import MANIFEST
 
 VIEW_ARRAYS = ("cam_int", "cam_ext", "cam_to_world")
 INSTANCE_ARRAYS = ("keypoints_2d", "keypoints_3d", "bbox", "center", "scale")
 PARAM_ARRAYS = ("betas", "body_pose", "global_orient", "transl", "bone_rotvec", "root_transform", "poses")
 
 
+def _gopen_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
+    """webdataset's opener for object-store URLs, through fsspec."""
+    import fsspec
+
+    return fsspec.open(url, mode).open()
+
+
+# webdataset opens URLs through its gopen_schemes table: object stores go through fsspec (gs://
+# too when gcsfs is installed, instead of webdataset's gsutil pipe)
+for _scheme in ("s3", "gcs", "az", "abfs", "abfss", "memory", *(("gs",) if importlib.util.find_spec("gcsfs") else ())):
+    gopen_schemes[_scheme] = _gopen_fsspec
+
+
 def shard_paths(dataset: str | Path) -> list[str]:
-    """Complete shards of a dataset folder (from its manifest), or the given tar path."""
-    path = Path(dataset)
-    if path.is_dir():
-        manifest = path / MANIFEST
-        if not manifest.is_file():
-            raise UserError(f"{path} has no {MANIFEST}: not a synthgen output folder (give the --out "
-                            f"folder of a `synthgen generate` run, or a shard .tar)")
-        shards = [str(path / s["path"]) for s in json.loads(manifest.read_text())["shards"]]
-        if not shards:
-            raise UserError(f"{path} has no complete shard yet (see `synthgen status {path}`)")
-        return shards
-    if not path.is_file():
-        raise UserError(f"{path}: no such dataset folder or shard")
-    return [str(path)]
+    """Paths or URLs of the complete shards (those with a sidecar) of a run folder or URL, in
+    order; or the given shard ``.tar`` itself."""
+    location = str(dataset)
+    if location.endswith(".tar"):
+        if not is_url(location) and not Path(location).is_file():
+            raise UserError(f"{location}: no such shard file (give a shard .tar, or the --out folder or URL "
+                            f"of a `synthgen generate` run)")
+        return [location]
+    folder = RunFolder(location)
+    recipe = folder.recipe()
+    tasks = plan_shards(recipe.num_samples, recipe.output.shard_size)
+    shards = [folder.url(folder.shard_rel(tasks[k])) for k in sorted(folder.complete(tasks))]
+    if not shards:
+        raise UserError(f"{location} has no complete shard yet (see `synthgen status {location}`)")
+    return shards
 
 
 def decode_image(key: str, data: bytes) -> Any:

@@ -1,4 +1,5 @@
-"""Errors caused by the user's input: the CLI prints them as one line and exits with status 2."""
+"""Errors the CLI prints as one line: the user's input (exit 2), and runs that stop (exit 1, or
+128 + the signal when interrupted)."""
 
 
 class UserError(ValueError):
@@ -11,3 +12,15 @@ class MissingModelError(UserError, FileNotFoundError):
 
 class ErrorBudgetExceeded(RuntimeError):
     """More samples failed than the recipe's ``output.max_errors`` allows."""
+
+
+class StorageError(RuntimeError):
+    """The output storage failed after retries (an upload, a full disk); complete shards are kept."""
+
+
+class Interrupted(RuntimeError):
+    """SIGTERM / SIGINT stopped a run; complete shards are kept. ``signum`` gives the exit status."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum

@@ -29,19 +29,14 @@ from synthgen.data import shard_paths
 from synthgen.errors import UserError
 from synthgen.formats import bedlam, coco
 from synthgen.labels import views_of
-from synthgen.write import MANIFEST, check_writable_folder
+from synthgen.engine.run_folder import RunFolder, check_writable_folder
 
 log = logging.getLogger(__name__)
 
 COCO_FILE = "annotations/person_keypoints.json"
 
 
-def _manifest(run: Path) -> dict[str, Any]:
-    shard_paths(run)  # refuses a folder that is not a run, or one without complete shards
-    return json.loads((Path(run) / MANIFEST).read_text())
-
-
-def check_exportable(kind: str, run: Path, manifest: dict[str, Any]) -> None:
+def check_exportable(kind: str, run: str, manifest: dict[str, Any]) -> None:
     """Refuse, in one line, a run that ``kind`` cannot represent."""
     recipe = manifest["recipe"]
     subject = recipe["subject"]
@@ -62,7 +57,7 @@ def check_exportable(kind: str, run: Path, manifest: dict[str, Any]) -> None:
                         f"output.formats=[synthgen, hmr2] instead")
 
 
-def _samples(run: Path, total: int, progress: bool) -> Iterator[dict[str, Any]]:
+def _samples(run: str, total: int, progress: bool) -> Iterator[dict[str, Any]]:
     """Undecoded samples of every complete shard, in order, with a progress bar."""
     pipeline = wds.WebDataset(shard_paths(run), shardshuffle=False, empty_check=False,
                               nodesplitter=wds.single_node_only)
@@ -80,9 +75,10 @@ def _write_image(out: Path, key: str, raw: dict[str, Any]) -> str:
     return name
 
 
-def _prepare(kind: str, run: Path, out: Path) -> dict[str, Any]:
-    manifest = _manifest(run)
+def _prepare(kind: str, run: str, out: Path) -> dict[str, Any]:
+    manifest = RunFolder(run).read_manifest()  # refuses a folder or URL that is not a run
     check_exportable(kind, run, manifest)
+    shard_paths(run)  # refuses a run without complete shards
     check_writable_folder(out, "--out", "pass a folder you can write to")
     (out / "images").mkdir(parents=True, exist_ok=True)
     return manifest
@@ -90,7 +86,7 @@ def _prepare(kind: str, run: Path, out: Path) -> dict[str, Any]:
 
 def export_coco(run: str | Path, out: str | Path, progress: bool = True) -> dict[str, Any]:
     """Write the COCO export of ``run`` into ``out``; returns counts."""
-    run, out = Path(run), Path(out)
+    run, out = str(run), Path(out)
     manifest = _prepare("coco", run, out)
     (out / "annotations").mkdir(exist_ok=True)
     parts = {name: out / "annotations" / f".{name}.jsonl.partial-{os.getpid()}" for name in ("images", "annotations")}
@@ -137,7 +133,7 @@ def _join_coco(path: Path, parts: dict[str, Path], manifest: dict[str, Any]) -> 
 
 def export_bedlam(run: str | Path, out: str | Path, progress: bool = True) -> dict[str, Any]:
     """Write the BEDLAM export of ``run`` into ``out`` (one npz per shard); returns counts."""
-    run, out = Path(run), Path(out)
+    run, out = str(run), Path(out)
     manifest = _prepare("bedlam", run, out)
     (out / "labels").mkdir(exist_ok=True)
     counts = {"images": 0, "rows": 0, "files": 0}

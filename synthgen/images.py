@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from synthgen import write
+from synthgen import encode
 from synthgen.cameras import Camera, amodal_bbox, sample_camera, sample_viewpoint_camera
 from synthgen.formats import hmr2
 from synthgen.generate import build_image_backend
@@ -71,6 +71,11 @@ class ImageFactory:
     """
 
     cpu_chunk = CHUNK
+
+    @staticmethod
+    def uses_device(recipe: Recipe) -> bool:
+        """Whether :meth:`finish` runs on the device (a diffusion backend) rather than the CPU."""
+        return recipe.backend.kind == "controlnet"
 
     def __init__(self, recipe: Recipe, device: str | None = None, cpu_only: bool = False):
         self.recipe = recipe
@@ -450,16 +455,16 @@ class ImageFactory:
     # 7. encode --------------------------------------------------------------------------------
     def encode(self, sample: dict[str, Any]) -> dict[str, Any]:
         out = self.recipe.output
-        record = {"__key__": f"{sample['index']:09d}", "json": write.encode_json(sample["labels"])}
+        record = {"__key__": f"{sample['index']:09d}", "json": encode.encode_json(sample["labels"])}
         if "hmr2" in out.formats:
             record[hmr2.MEMBER] = hmr2.encode(sample["labels"])
         if sample["image"] is not None:
-            record["jpg"] = write.encode_jpg(sample["image"], out.jpeg_quality)
+            record["jpg"] = encode.encode_jpg(sample["image"], out.jpeg_quality)
         for name in out.layers:
-            record[f"{name}.png"] = write.encode_layer(name, sample["layers"][layer_ops.LAYER_KEYS[name]])
+            record[f"{name}.png"] = encode.encode_layer(name, sample["layers"][layer_ops.LAYER_KEYS[name]])
         for i, control in enumerate(self.controls):
             if control["stored_as"] == f"control_{i}.png":
-                record[f"control_{i}.png"] = write.encode_png(sample["layers"]["controls"][i])
+                record[f"control_{i}.png"] = encode.encode_png(sample["layers"]["controls"][i])
         if out.vertices:  # every member's mesh; its model arrays prefixed by its id when several
             arrays = {"vertices": sample["vertices_cam"].astype(np.float32), "faces": sample["faces"].astype(np.int32),
                       "face_instance": sample["face_instance"]}
@@ -467,5 +472,5 @@ class ImageFactory:
             for k, member in enumerate(members):
                 arrays |= {(name if len(members) == 1 else f"instance{k + 1}_{name}"): value
                            for name, value in member.arrays.items()}
-            record["npz"] = write.encode_npz(arrays)
+            record["npz"] = encode.encode_npz(arrays)
         return record

@@ -742,6 +742,15 @@ class OutputConfig(_Strict):
     formats: list[LabelFormat] = Field(default_factory=lambda: ["synthgen"],
                                        description="label formats in each sample: synthgen = json "
                                                    "(always); hmr2 = 4D-Humans' data.pyd (humans)")
+    # how and where shards are stored, not what they hold: left out of the recipe hash and the
+    # manifest (storage options may hold credentials)
+    storage_options: dict[str, Any] = Field(default_factory=dict, exclude=True,
+                                            description="options of the fsspec filesystem of an --out URL "
+                                                        "(e.g. {endpoint_url: ..., key: ...} for s3://); "
+                                                        "default: the backend's standard variables (AWS_*)")
+    grace_s: float = Field(30.0, ge=0.0, le=86400.0, exclude=True,
+                           description="on SIGTERM / SIGINT, seconds the shards in flight get to finish "
+                                       "before their partial files are dropped")
 
     @model_validator(mode="after")
     def _formats(self) -> "OutputConfig":

@@ -1,7 +1,7 @@
 """What a run made, at a glance: ``synthgen status`` (text) and ``synthgen report`` (HTML page).
 
-Both read only what is on disk (manifest, shard sidecars, shards), so they work while a run is
-still going, from any machine that sees the folder.
+Both read only what is in the run folder (manifest, shard sidecars, shards), so they work while
+a run is still going, from any machine that sees the folder or the object-store URL.
 """
 
 from __future__ import annotations
@@ -10,67 +10,39 @@ import base64
 import html
 import io
 import itertools
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from synthgen import __version__, write
+from synthgen.engine.run_folder import SHARD_DIR, RunFolder, check_writable_folder, plan_shards
 from synthgen.errors import UserError
 from synthgen.labels import views_of
 
 
-def _manifest(out_dir: Path) -> dict[str, Any]:
-    """The run's manifest; ``UserError`` unless ``out_dir`` is a synthgen output folder."""
-    path = Path(out_dir) / write.MANIFEST
-    if not path.is_file():
-        raise UserError(f"{out_dir}: no {write.MANIFEST} here; pass the --out folder of a synthgen run")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: cannot be read as JSON ({exc}); pass the --out folder of a synthgen "
-                        "run (delete a damaged manifest and rerun the same `synthgen generate` command "
-                        "to rebuild it from the shards)") from None
-    if not isinstance(manifest, dict) or not {"recipe", "recipe_hash"} <= manifest.keys():
-        raise UserError(f"{path}: not a synthgen manifest (no recipe / recipe_hash); pass the --out "
-                        "folder of a synthgen run")
-    return manifest
-
-
-def _recipe(manifest: dict[str, Any], out_dir: Path) -> Recipe:  # noqa: F821
-    """The run's recipe, validated by this synthgen version."""
-    from pydantic import ValidationError
-
-    from synthgen.recipe import Recipe, format_validation_error
-
-    try:
-        return Recipe.model_validate(manifest["recipe"])
-    except ValidationError as exc:
-        raise UserError(f"{out_dir / write.MANIFEST}: its recipe is not valid for synthgen {__version__} "
-                        f"({format_validation_error(exc)}); use the synthgen version that wrote it "
-                        f"({manifest.get('synthgen_version', 'unknown')})") from None
-
-
 def run_status(out_dir: str | Path) -> dict[str, Any]:
-    """Done/total samples, shards, rejects, errors and the observed rate, from the files on disk."""
-    out_dir = Path(out_dir)
-    manifest = _manifest(out_dir)
-    recipe = _recipe(manifest, out_dir)
-    tasks = write.plan_shards(recipe.num_samples, recipe.output.shard_size)
-    sidecars = write.read_sidecars(out_dir, tasks)
+    """Done/total samples, shards, rejects, errors and the observed rate, from the run folder
+    (a local folder or an object-store URL)."""
+    folder = RunFolder(out_dir)
+    manifest = folder.read_manifest()
+    recipe = folder.recipe(manifest)
+    tasks = plan_shards(recipe.num_samples, recipe.output.shard_size)
+    sidecars = folder.read_sidecars(tasks)
     done = sum(i["stop"] - i["start"] for i in sidecars.values())
     written = sum(i["samples"] for i in sidecars.values())
     rejected = sum(len(i.get("rejected", [])) for i in sidecars.values())
     errors = sum(len(i.get("errors", [])) for i in sidecars.values())
     gave_up = sum(len(i.get("gave_up", [])) for i in sidecars.values())
-    stamps = [write.sidecar_path(out_dir, tasks[k]).stat().st_mtime for k in sidecars]
+    stamps = [_finished_at(folder, tasks[k], info) for k, info in sidecars.items()]
     seconds = [i.get("seconds", 0.0) for i in sidecars.values()]
     rate = None
     if stamps:
         span = max(stamps) - min(s - d for s, d in zip(stamps, seconds))
         rate = done / span if span > 0 else None
+    in_progress = [] if folder.remote else sorted(
+        p.name for p in (Path(folder.root) / SHARD_DIR).glob("*.partial-*")) \
+        if (Path(folder.root) / SHARD_DIR).is_dir() else []
     return {"recipe": recipe.name, "recipe_hash": manifest["recipe_hash"], "total": recipe.num_samples,
             "done": done, "written": written, "rejected": rejected, "errors": errors,
             "acceptance": written / (written + rejected) if written + rejected else None,
@@ -78,8 +50,14 @@ def run_status(out_dir: str | Path) -> dict[str, Any]:
             "attempts_per_accepted": (written + rejected) / written if written else None,
             "gave_up": gave_up,
             "shards_done": len(sidecars), "shards_total": len(tasks), "samples_per_second": rate,
-            "in_progress": sorted(p.name for p in (out_dir / write.SHARD_DIR).glob("*.partial-*"))
-            if (out_dir / write.SHARD_DIR).is_dir() else []}
+            "in_progress": in_progress}
+
+
+def _finished_at(folder: RunFolder, task, info: dict[str, Any]) -> float:
+    """When a shard was committed: its sidecar says (older runs: the sidecar's file time)."""
+    if "finished_at" in info:
+        return float(info["finished_at"])
+    return (Path(folder.root) / folder.sidecar_rel(task)).stat().st_mtime
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -116,7 +94,7 @@ def _rgb_data_uri(rgb: np.ndarray) -> str:
 def _collect(out_dir: Path, limit: int) -> list[dict[str, Any]]:
     from synthgen.data import load_shards
 
-    return list(itertools.islice(load_shards(out_dir, split_by_node=False), limit))
+    return list(itertools.islice(load_shards(str(out_dir), split_by_node=False), limit))
 
 
 def _parameter_table(samples: list[dict[str, Any]]) -> dict[str, list]:
@@ -195,22 +173,28 @@ def _contact_sheet(samples: list[dict[str, Any]], columns: int = 6, tile: int = 
 
 
 def write_report(out_dir: str | Path, report_path: str | Path | None = None, max_samples: int = 500,
-                 sheet_samples: int = 24) -> Path:
-    """Write an HTML page about a run; returns its path (default ``DIR/report.html``)."""
-    out_dir = Path(out_dir)
+                 sheet_samples: int = 24) -> Path | str:
+    """Write an HTML page about a run; returns its path (default ``DIR/report.html``, also for a
+    run on object storage: ``URL/report.html``)."""
+    folder = RunFolder(out_dir)
     if max_samples < 1:
         raise UserError(f"--max-samples must be at least 1, got {max_samples}")
     status = run_status(out_dir)
-    manifest = _manifest(out_dir)
-    path = Path(report_path) if report_path else out_dir / "report.html"
-    _check_report_path(path)
+    manifest = folder.read_manifest()
+    path = Path(report_path) if report_path else None if folder.remote else Path(folder.root) / "report.html"
+    if path is not None:
+        _check_report_path(path)
     samples = _collect(out_dir, max_samples)
     if not samples:
         raise UserError(f"{out_dir}: no complete shard yet; run `synthgen status {out_dir}`")
     figures = _histograms(_parameter_table(samples), manifest.get("rejected", []))
     sheet = _rgb_data_uri(_contact_sheet(samples[:sheet_samples]))
+    page = _html(status, manifest, figures, sheet, len(samples))
+    if path is None:  # a run on object storage: the report goes beside its manifest
+        folder.write_text("report.html", page)
+        return folder.url("report.html")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_html(status, manifest, figures, sheet, len(samples)))
+    path.write_text(page)
     return path
 
 
@@ -219,7 +203,7 @@ def _check_report_path(path: Path) -> None:
     if path.is_dir():
         raise UserError(f"report file {path}: is a folder; pass --html a file name such as "
                         f"{path / 'report.html'}")
-    write.check_writable_folder(path.parent, f"report file {path}: its folder",
+    check_writable_folder(path.parent, f"report file {path}: its folder",
                                 "pass --html a file path in a folder you can write to")
 
 

@@ -3,7 +3,7 @@
 - :func:`factory_class`: a recipe with a ``sequence:`` section makes body-worn camera
   sequences (:class:`synthgen.sequences.SequenceFactory`), any other single images
   (:class:`synthgen.images.ImageFactory`).
-- :func:`generate`: checks that every model the recipe names is on disk, then lets
+- :func:`generate`: checks the output location and that every model the recipe names is on disk, then lets
   :mod:`synthgen.engine.launch` write the shards (ranks, workers, progress, manifest).
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from synthgen.engine import launch
+from synthgen.engine.run_folder import RunFolder
 from synthgen.generate import check_backend_models
 from synthgen.recipe import Recipe
 
@@ -32,13 +33,15 @@ def build_factory(recipe: Recipe, device: str | None = None, cpu_only: bool = Fa
     return factory_class(recipe)(recipe, device=device, cpu_only=cpu_only)
 
 
-def generate(recipe: Recipe, out_dir: str | Path, workers: int = 1, progress: bool = True,
-             loader_workers: int | None = None) -> dict:
-    """Write every missing shard of ``recipe`` into ``out_dir``; returns the manifest.
+def generate(recipe: Recipe, out: str | Path, workers: int = 1, progress: bool = True,
+             loader_workers: int | None = None, task: tuple[int, int] | None = None) -> dict:
+    """Write every missing shard of ``recipe`` (of task ``K`` of ``N`` with ``task=(K, N)``) into
+    ``out``, a folder or an fsspec URL (``s3://bucket/run``); returns the manifest.
 
     CPU backends (shaded, none) spread whole shards over ``workers`` processes. The controlnet
     backend runs generation in this process (one GPU per rank) and its CPU stages in
     ``loader_workers`` DataLoader processes (default: ``workers``).
     """
+    folder = RunFolder(out, recipe.output.storage_options)  # a bad URL fails here, before any work
     check_backend_models(recipe)  # missing weights fail here, before any work
-    return launch.generate(factory_class(recipe), recipe, out_dir, workers, progress, loader_workers)
+    return launch.generate(factory_class(recipe), recipe, folder, workers, progress, loader_workers, task)

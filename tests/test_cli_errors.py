@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from synthgen import write
+from synthgen.engine.run_folder import MANIFEST, RunFolder, plan_shards
 from synthgen.cli import main
 from synthgen.errors import UserError
 
@@ -46,7 +46,7 @@ def _run_folder(tmp_path: Path) -> Path:
 
     recipe = load_recipe(RECIPE)
     out = tmp_path / "run"
-    write.write_manifest(out, recipe, write.plan_shards(recipe.num_samples, recipe.output.shard_size))
+    RunFolder(out).write_manifest(recipe, plan_shards(recipe.num_samples, recipe.output.shard_size))
     return out
 
 
@@ -87,18 +87,18 @@ def test_unwritable_out_is_named(monkeypatch, tmp_path: Path):
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == tmp_path else real_access(p, mode))
     with pytest.raises(UserError, match="not writable") as info:
-        write.check_output_dir(tmp_path / "run", load_recipe(RECIPE))
+        RunFolder(tmp_path / "run").prepare(load_recipe(RECIPE), [])
     assert str(tmp_path / "run") in str(info.value)
     assert not (tmp_path / "run").exists()
 
 
 def test_generate_keeps_a_foreign_manifest(capsys, tmp_path: Path):
-    manifest = tmp_path / write.MANIFEST
+    manifest = tmp_path / MANIFEST
     manifest.write_bytes(CONTENT)
     line = _cli(capsys, "generate", RECIPE, "--out", str(tmp_path), "--workers", "1", "--no-progress")
     assert str(manifest) in line
     assert manifest.read_bytes() == CONTENT
-    assert sorted(p.name for p in tmp_path.iterdir()) == [write.MANIFEST]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST]
 
 
 def test_generate_missing_recipe(capsys, tmp_path: Path):
@@ -127,7 +127,7 @@ def test_missing_run_folder(capsys, tmp_path: Path, command: str):
 @pytest.mark.parametrize("command", ["status", "report"])
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"a": 1}'])
 def test_not_a_synthgen_manifest(capsys, tmp_path: Path, command: str, text: str):
-    manifest = tmp_path / write.MANIFEST
+    manifest = tmp_path / MANIFEST
     manifest.write_text(text)
     line = _cli(capsys, command, str(tmp_path))
     assert str(manifest) in line

@@ -6,8 +6,12 @@ import os
 import webdataset as wds
 
 from synthgen.run import generate
-from synthgen.write import plan_shards, shard_path
+from synthgen.engine.run_folder import RunFolder, plan_shards
 from tests.conftest import small_recipe
+
+
+def shard_path(out, task):
+    return out / RunFolder.shard_rel(task)
 
 
 def _records(out):

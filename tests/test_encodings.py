@@ -260,7 +260,7 @@ def test_edges_computed_in_the_subject_box_are_full_image_canny():
 def test_png_layers_are_lossless_whatever_the_row_filter():
     """Drawings (skeletons) are written without a row filter, other RGB layers with the "up"
     filter: only speed and size differ; every kind decodes to the array that was encoded."""
-    from synthgen import write
+    from synthgen import encode
     from synthgen.render.layers import draw_skeleton, OPENPOSE_18
 
     rng = np.random.default_rng(0)
@@ -269,7 +269,7 @@ def test_png_layers_are_lossless_whatever_the_row_filter():
     normal = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
     depth = rng.integers(0, 65535, (256, 256), dtype=np.uint16)
     for array, drawing in ((skeleton, True), (skeleton, False), (normal, False), (depth, False), (normal[..., 0], True)):
-        png = write.encode_png(array, drawing=drawing)
+        png = encode.encode_png(array, drawing=drawing)
         decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
         assert np.array_equal(decoded[..., ::-1] if decoded.ndim == 3 else decoded, array)
-    assert skeleton.any() and len(write.encode_png(skeleton, drawing=True)) < 3 * len(write.encode_png(skeleton))
+    assert skeleton.any() and len(encode.encode_png(skeleton, drawing=True)) < 3 * len(encode.encode_png(skeleton))

@@ -421,15 +421,15 @@ def test_sample_filter_uses_the_device_image_and_sam_dtype(tiny_sam):
 
 # --- 2. the writer thread ----------------------------------------------------------------------
 def test_writer_thread_writes_the_same_bytes_as_the_sequential_path(tmp_path):
-    from synthgen import write
+    from synthgen.engine.run_folder import RunFolder, plan_shards
     from synthgen.engine.shards import write_shards
     from synthgen.images import ImageFactory
 
     recipe = small_recipe(num_samples=6, image={"width": 64, "height": 64}, output={"shard_size": 2})
     factory = ImageFactory(recipe)
-    tasks = write.plan_shards(recipe.num_samples, recipe.output.shard_size)
-    sequential = write_shards(factory, tmp_path / "a", tasks, ahead=0)
-    overlapped = write_shards(factory, tmp_path / "b", tasks, ahead=2)
+    tasks = plan_shards(recipe.num_samples, recipe.output.shard_size)
+    sequential = write_shards(factory, RunFolder(tmp_path / "a"), tasks, ahead=0)
+    overlapped = write_shards(factory, RunFolder(tmp_path / "b"), tasks, ahead=2)
     for task, x, y in zip(tasks, sequential, overlapped):
         assert (tmp_path / "a" / "shards" / f"{task.name}.tar").read_bytes() == \
             (tmp_path / "b" / "shards" / f"{task.name}.tar").read_bytes()
@@ -437,7 +437,7 @@ def test_writer_thread_writes_the_same_bytes_as_the_sequential_path(tmp_path):
 
 
 def test_a_failing_writer_stops_the_run_and_leaves_no_shard(tmp_path, monkeypatch):
-    from synthgen import write
+    from synthgen.engine.run_folder import RunFolder, plan_shards
     from synthgen.engine.shards import write_shards
     from synthgen.images import ImageFactory
 
@@ -451,11 +451,11 @@ def test_a_failing_writer_stops_the_run_and_leaves_no_shard(tmp_path, monkeypatc
         return encode(sample)
 
     monkeypatch.setattr(factory, "encode", full_disk)
-    tasks = write.plan_shards(recipe.num_samples, recipe.output.shard_size)
+    tasks = plan_shards(recipe.num_samples, recipe.output.shard_size)
     with pytest.raises(OSError, match="No space left"):
-        write_shards(factory, tmp_path, tasks, ahead=2)
+        write_shards(factory, RunFolder(tmp_path), tasks, ahead=2)
     shards = tmp_path / "shards"
-    assert write.is_complete(tmp_path, tasks[0]) and not write.is_complete(tmp_path, tasks[1])
+    assert RunFolder(tmp_path).is_complete(tasks[0]) and not RunFolder(tmp_path).is_complete(tasks[1])
     assert not list(shards.glob("*.partial-*"))
 
 
@@ -463,7 +463,7 @@ def test_a_shard_is_counted_once_against_the_error_budget_when_its_writer_is_ahe
     """The worst timing: each shard's writer has put its sidecar on disk before the next shard
     starts (a fast disk, a slow device). Its failures must count once, not from disk and again
     from the writer list: 3 failures under ``max_errors=3`` finish the run."""
-    from synthgen import write
+    from synthgen.engine.run_folder import RunFolder, plan_shards
     from synthgen.engine.launch import _errors_elsewhere
     from synthgen.engine.shards import write_shards
     from synthgen.images import ImageFactory
@@ -478,7 +478,7 @@ def test_a_shard_is_counted_once_against_the_error_budget_when_its_writer_is_ahe
             yield {"index": sample["index"], "error": "RuntimeError: injected"} if sample["index"] % 2 == 0 else sample
 
     monkeypatch.setattr(factory, "prepared", failing_evens)
-    tasks = write.plan_shards(recipe.num_samples, recipe.output.shard_size)
+    tasks = plan_shards(recipe.num_samples, recipe.output.shard_size)
     calls = []
 
     def after_earlier_writers(out):
@@ -486,12 +486,12 @@ def test_a_shard_is_counted_once_against_the_error_budget_when_its_writer_is_ahe
             earlier = tasks[:len(calls)]
             calls.append(out)
             deadline = time.monotonic() + 60
-            while not all(write.is_complete(out, t) for t in earlier) and time.monotonic() < deadline:
+            while not all(RunFolder(out).is_complete(t) for t in earlier) and time.monotonic() < deadline:
                 time.sleep(0.01)
-            return _errors_elsewhere(out, tasks, tasks)
+            return _errors_elsewhere(RunFolder(out), tasks, tasks)
         return count
 
-    infos = write_shards(factory, tmp_path, tasks, errors_before=after_earlier_writers(tmp_path), ahead=2)
+    infos = write_shards(factory, RunFolder(tmp_path), tasks, errors_before=after_earlier_writers(tmp_path), ahead=2)
     assert len(calls) == 3 and [len(i["errors"]) for i in infos] == [1, 1, 1]
     assert [i["samples"] for i in infos] == [1, 1, 1]
     # the budget still stops a run that goes over it, with the same timing
@@ -499,22 +499,24 @@ def test_a_shard_is_counted_once_against_the_error_budget_when_its_writer_is_ahe
     factory.recipe = small_recipe(num_samples=6, image={"width": 64, "height": 64},
                                   output={"shard_size": 2, "max_errors": 2})
     with pytest.raises(ErrorBudgetExceeded, match="3 samples failed"):
-        write_shards(factory, tmp_path / "over", tasks, errors_before=after_earlier_writers(tmp_path / "over"),
+        write_shards(factory, RunFolder(tmp_path / "over"), tasks, errors_before=after_earlier_writers(tmp_path / "over"),
                      ahead=2)
 
 
 # --- 5. the end of a multi-rank run is polled on disk --------------------------------------------
 def test_rank_zero_polls_the_markers_of_every_rank(tmp_path):
     from synthgen.engine.launch import clear_rank_markers, mark_rank_done, wait_for_ranks
+    from synthgen.engine.run_folder import RunFolder
 
-    mark_rank_done(tmp_path, 1, {"old": True})  # an earlier run's marker
-    clear_rank_markers(tmp_path)
-    mark_rank_done(tmp_path, 0, {"samples": 4})
+    folder = RunFolder(tmp_path)
+    mark_rank_done(folder, 1, {"old": True})  # an earlier run's marker
+    clear_rank_markers(folder)
+    mark_rank_done(folder, 0, {"samples": 4})
     polls = []
-    late = threading.Thread(target=lambda: (time.sleep(0.3), mark_rank_done(tmp_path, 1, {"samples": 2},
+    late = threading.Thread(target=lambda: (time.sleep(0.3), mark_rank_done(folder, 1, {"samples": 2},
                                                                            "ErrorBudgetExceeded: 3 failed")))
     late.start()
-    infos = wait_for_ranks(tmp_path, 2, poll_s=0.02, on_poll=lambda: polls.append(1))
+    infos = wait_for_ranks(folder, 2, poll_s=0.02, on_poll=lambda: polls.append(1))
     late.join()
     assert sorted(infos) == [0, 1] and infos[1]["stats"] == {"samples": 2}
     assert infos[1]["failure"].startswith("ErrorBudgetExceeded") and polls  # it waited, by polling

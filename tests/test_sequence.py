@@ -15,7 +15,11 @@ from synthgen.data import load_shards
 from synthgen.engine import finished_samples
 from synthgen.recipe import recipe_from_dict
 from synthgen.sequences import SequenceFactory
-from synthgen.write import plan_shards, shard_path
+from synthgen.engine.run_folder import RunFolder, plan_shards
+
+
+def shard_path(out, task):
+    return out / RunFolder.shard_rel(task)
 
 SIZE = 64
 

@@ -28,6 +28,12 @@ class Factory(Protocol):
     cpu_chunk: int             # consecutive samples that share CPU work (a body-model batch,
                                # one simulated sequence); a loader worker takes whole chunks
 
+    @staticmethod
+    def uses_device(recipe: Recipe) -> bool:
+        """Whether :meth:`finish` needs the device (a GPU model): the engine then runs it in one
+        process per device and the CPU stages in loader workers; otherwise whole shards are
+        spread over worker processes. Asked of the class, before any factory is built."""
+
     def prepared(self, indices: list[int], attempt: int = 0) -> Iterator[dict[str, Any]]:
         """CPU stages (subjects, cameras, render, prompt) of ``indices``, in order, drawn for
         ``attempt`` (0, or the redraw number of rejected samples: see

@@ -1,26 +1,29 @@
 """Whole shards from one stream of finished samples, with redraws and the error budget.
 
-The commit protocol (``.partial`` file, sidecar, rename) is :func:`synthgen.write.write_shard`;
-this module decides what goes in: accepted samples as records, rejected ones in the sidecar
+The commit protocol is :meth:`synthgen.engine.run_folder.RunFolder.commit_shard`'s; this module
+decides what goes in: accepted samples as records, rejected ones in the sidecar
 (and ``rejected/`` when the recipe keeps them) and drawn again, from the next attempt's seeds,
 up to ``filter.max_attempts`` (so N asked for are N written unless an index gives up: the
-sidecar's ``gave_up``); failed ones in the sidecar, counted against ``output.max_errors``.
+sidecar's ``gave_up``); failed ones in the sidecar, counted against ``output.max_errors``. A shard
+that the storage refuses after retries counts its samples against the same budget.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-from synthgen import write
 from synthgen.engine.contract import Factory
+from synthgen.engine.run_folder import RunFolder, ShardTask
 from synthgen.engine.streams import finished_samples
-from synthgen.errors import ErrorBudgetExceeded
+from synthgen.errors import ErrorBudgetExceeded, StorageError
 from synthgen.recipe import Recipe
+
+log = logging.getLogger(__name__)
 
 
 def error_budget(recipe: Recipe) -> int:
@@ -32,10 +35,11 @@ def error_budget(recipe: Recipe) -> int:
 WRITE_AHEAD = 2  # batches of accepted samples queued for a shard's writer thread
 
 
-def write_shards(factory: Factory, out_dir: Path, tasks: list[write.ShardTask], loader_workers: int = 0,
+def write_shards(factory: Factory, folder: RunFolder, tasks: list[ShardTask], loader_workers: int = 0,
                  on_sample: Callable[[], None] | None = None,
                  errors_before: Callable[[], int] = lambda: 0,
-                 ahead: int = WRITE_AHEAD) -> list[dict[str, Any]]:
+                 ahead: int = WRITE_AHEAD,
+                 stopping: Callable[[], bool] = lambda: False) -> list[dict[str, Any]]:
     """Write ``tasks`` from one sample stream (so loader workers start once); returns the sidecars.
 
     ``errors_before()`` counts failures recorded in shards other than ``tasks`` (earlier runs,
@@ -44,41 +48,63 @@ def write_shards(factory: Factory, out_dir: Path, tasks: list[write.ShardTask], 
     The device stages run in this thread; each shard's accepted samples go through a queue of
     ``ahead`` batches to a writer thread that encodes them and writes the tar while the next
     batches diffuse (``ahead=0``: encoded and written here, one after another; the bytes are
-    the same either way).
+    the same either way). Once ``stopping()`` is true no new shard starts; the ones begun finish.
+    A shard the storage refuses (:class:`StorageError` after retries) is logged, its samples
+    count against the error budget, the others go on; the call then raises that error.
     """
     indices = [i for t in tasks for i in range(t.start, t.stop)]
     stream = finished_samples(factory, indices, loader_workers, keep_errors=True)
-    out_dir, depth = Path(out_dir), ahead * factory.batch_size
+    depth = ahead * factory.batch_size
     writers: list[_Writer] = []
     infos: list[dict[str, Any]] = []
+    lost: list[tuple[ShardTask, StorageError]] = []
+
+    def collect(task: ShardTask, result: Callable[[], dict[str, Any]]) -> None:
+        try:
+            infos.append(result())
+        except StorageError as exc:
+            log.error("%s not stored: %s", task.name, exc)
+            lost.append((task, exc))
+            own = sum(len(r["errors"]) for r in infos) + sum(t.stop - t.start for t, _ in lost)
+            _check_budget(factory.recipe, errors_before() + own, error_budget(factory.recipe))
+
     try:
         for task in tasks:
-            own = sum(len(r["errors"]) for r in [*(w.report for w in writers), *infos])
+            if stopping():
+                break
+            own = sum(len(r["errors"]) for r in [*(w.report for w in writers), *infos]) + \
+                sum(t.stop - t.start for t, _ in lost)
             report, accepted = _shard_samples(factory, task, stream, on_sample, errors_before() + own)
             if depth <= 0:
-                infos.append(_write_now(factory, out_dir, task, accepted, report))
+                collect(task, lambda: _write_now(factory, folder, task, accepted, report))
                 continue
-            writer = _Writer(factory, out_dir, task, report, depth)
+            writer = _Writer(factory, folder, task, report, depth)
             writers.append(writer)
             for sample in accepted:
                 writer.put(sample)
             writer.close()
             while len(writers) > 1:  # the previous shard's writer finishes while this one fills
-                infos.append(writers.pop(0).result())
-        infos += [w.result() for w in writers]
-        writers = []
-        return infos
+                collect(writers[0].task, writers[0].result)
+                writers.pop(0)  # after: an interruption while waiting still aborts it below
+        while writers:
+            collect(writers[0].task, writers[0].result)
+            writers.pop(0)
     finally:
+        stream.close()  # stops the CPU stages running ahead (at their next sample)
         for writer in writers:  # an error here: the partial files go, nothing is renamed
             writer.abort()
+    if lost:
+        raise StorageError(f"{len(lost)} shard(s) could not be stored ({lost[0][1]}); complete shards are "
+                           f"kept, rerun the same command to make the others")
+    return infos
 
 
-def _write_now(factory: Factory, out_dir: Path, task: write.ShardTask, accepted: Iterator[dict[str, Any]],
+def _write_now(factory: Factory, folder: RunFolder, task: ShardTask, accepted: Iterator[dict[str, Any]],
                report: dict[str, Any]) -> dict[str, Any]:
     """Encode and write ``accepted`` in this thread (``ahead=0``)."""
     times = {"encode": 0.0, "write": 0.0}
-    info = write.write_shard(out_dir, task, _encoded(factory, accepted, times, report), report,
-                             rejected=lambda: report.pop("_rejected_records"))
+    info = folder.commit_shard(task, _encoded(factory, accepted, times, report), report,
+                               rejected=lambda: report.pop("_rejected_records"))
     return info
 
 
@@ -106,14 +132,14 @@ class _Aborted(Exception):
 class _Writer(threading.Thread):
     """Encodes and writes one shard from a bounded queue of accepted samples (its own thread).
 
-    The commit protocol is :func:`synthgen.write.write_shard`'s: the tar is renamed into place
-    only after every record and the sidecar are written, so an abort or a kill leaves no shard.
+    The commit protocol is :meth:`RunFolder.commit_shard`'s: the shard is published only after
+    every record is written, so an abort or a kill leaves no shard.
     """
 
-    def __init__(self, factory: Factory, out_dir: Path, task: write.ShardTask, report: dict[str, Any],
+    def __init__(self, factory: Factory, folder: RunFolder, task: ShardTask, report: dict[str, Any],
                  depth: int):
         super().__init__(name=f"synthgen-writer-{task.name}", daemon=True)
-        self.factory, self.out_dir, self.task, self.report = factory, out_dir, task, report
+        self.factory, self.folder, self.task, self.report = factory, folder, task, report
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self.stop = threading.Event()
         self.info: dict[str, Any] | None = None
@@ -135,9 +161,9 @@ class _Writer(threading.Thread):
 
     def run(self) -> None:
         try:
-            self.info = write.write_shard(self.out_dir, self.task,
-                                          _encoded(self.factory, self._samples(), self.times, self.report),
-                                          self.report, rejected=lambda: self.report.pop("_rejected_records"))
+            self.info = self.folder.commit_shard(
+                self.task, _encoded(self.factory, self._samples(), self.times, self.report),
+                self.report, rejected=lambda: self.report.pop("_rejected_records"))
         except BaseException as exc:  # re-raised in the device thread
             self.error = exc
 
@@ -169,7 +195,7 @@ class _Writer(threading.Thread):
         self.join()
 
 
-def _shard_samples(factory: Factory, task: write.ShardTask, stream: Iterator[dict[str, Any]],
+def _shard_samples(factory: Factory, task: ShardTask, stream: Iterator[dict[str, Any]],
                    on_sample: Callable[[], None] | None,
                    errors_before: int) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
     """The shard's report (filled as it goes) and a generator of its accepted samples, in

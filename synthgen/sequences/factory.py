@@ -41,7 +41,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from synthgen import write
+from synthgen import encode
 from synthgen.errors import UserError
 from synthgen.generate.shaded import draw_appearance
 from synthgen.labels import instance_record, view_record
@@ -96,6 +96,11 @@ class Sequence:
 class SequenceFactory:
     """Makes the frames of a sequence recipe in this process (an engine Factory: see
     :mod:`synthgen.engine.contract`). ``cpu_only`` builds what :meth:`prepared` needs."""
+
+    @staticmethod
+    def uses_device(recipe: Recipe) -> bool:
+        """Whether :meth:`finish` runs on the device (ControlNet views) rather than the CPU."""
+        return recipe.backend.kind == "controlnet"
 
     def __init__(self, recipe: Recipe, device: str | None = None, cpu_only: bool = False):
         # 1. check inputs
@@ -476,15 +481,15 @@ class SequenceFactory:
     # 5. encode --------------------------------------------------------------------------------
     def encode(self, sample: dict[str, Any]) -> dict[str, Any]:
         out = self.recipe.output
-        record = {"__key__": f"{sample['index']:09d}", "json": write.encode_json(sample["labels"])}
+        record = {"__key__": f"{sample['index']:09d}", "json": encode.encode_json(sample["labels"])}
         for m, view in enumerate(sample["views"]):
             if view.get("image") is not None:
-                record[f"cam{m}.jpg"] = write.encode_jpg(view["image"], out.jpeg_quality)
+                record[f"cam{m}.jpg"] = encode.encode_jpg(view["image"], out.jpeg_quality)
             for name in out.layers:
-                record[f"cam{m}.{name}.png"] = write.encode_layer(name, view["layers"][layer_ops.LAYER_KEYS[name]])
+                record[f"cam{m}.{name}.png"] = encode.encode_layer(name, view["layers"][layer_ops.LAYER_KEYS[name]])
             if self.config.instance_layer and "instance" not in out.layers:
-                record[f"cam{m}.instance.png"] = write.encode_png(view["layers"]["instance"])
+                record[f"cam{m}.instance.png"] = encode.encode_png(view["layers"]["instance"])
         if out.vertices:
-            record["npz"] = write.encode_npz({"vertices_world": sample["world_vertices"].astype(np.float32),
+            record["npz"] = encode.encode_npz({"vertices_world": sample["world_vertices"].astype(np.float32),
                                               "faces": self.subject_model.faces})
         return record

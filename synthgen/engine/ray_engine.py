@@ -178,18 +178,18 @@ def run_shards(factory_class: type, recipe: Recipe, folder: RunFolder, tasks: li
     times.
     """
     ray = _import_ray()
-    started = _connect(ray, address)
+    if ray.is_initialized():  # a notebook that called ray.init() itself: its cluster, left as it is
+        _schedule(ray, factory_class, recipe, folder, tasks, all_tasks, tick, stopping)
+        return
+    _connect(ray, address)
     try:
         _schedule(ray, factory_class, recipe, folder, tasks, all_tasks, tick, stopping)
     finally:
-        if started:
-            ray.shutdown()
+        ray.shutdown()  # disconnects from a cluster; stops the local Ray started for the run
 
 
-def _connect(ray, address: str | None) -> bool:
-    """Join the cluster at ``address`` / ``$RAY_ADDRESS``, or start a local one; True if started here."""
-    if ray.is_initialized():  # a notebook that called ray.init() itself
-        return False
+def _connect(ray, address: str | None) -> None:
+    """Join the cluster at ``address`` / ``$RAY_ADDRESS``, or start a local one for this run."""
     address = address or os.environ.get("RAY_ADDRESS") or None
     quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address:
@@ -199,10 +199,9 @@ def _connect(ray, address: str | None) -> bool:
         except (ConnectionError, ValueError) as exc:
             raise UserError(f"--ray-address {address}: no Ray cluster reachable there ({exc}); start one "
                             f"(`ray start --head`, KubeRay) or pass its address") from None
-        return False
+        return
     log.info("starting a local Ray for this run (%d CPUs)", os.cpu_count() or 1)
     ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, **quiet)
-    return True
 
 
 def _schedule(ray, factory_class: type, recipe: Recipe, folder: RunFolder, tasks: list[ShardTask],

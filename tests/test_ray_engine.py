@@ -50,18 +50,20 @@ class LocalCluster:
         self.address = f"127.0.0.1:{self.port}"
         self.env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
         self.env.pop("RAY_ADDRESS", None)
-        common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--temp-dir", self.temp,
-                  "--disable-usage-stats", *_ports("dashboard-agent-listen-port", "runtime-env-agent-port",
-                                                   "metrics-export-port")]
         self._start(["--head", "--port", str(self.port), "--include-dashboard=false",
-                     *_ports("ray-client-server-port", "dashboard-port"), *common])
+                     *_ports("ray-client-server-port", "dashboard-port")])
         self.node2_port = _free_port()
-        self._start(["--address", self.address, "--node-manager-port", str(self.node2_port), *common],
+        self._start(["--address", self.address, "--node-manager-port", str(self.node2_port)],
                     SYNTHGEN_TEST_SAMPLE_DELAY_S=SLOW_NODE_DELAY_S)
 
     def _start(self, args: list[str], **env) -> None:
-        result = subprocess.run([RAY, "start", *args], env=self.env | env, capture_output=True, text=True,
-                                timeout=180)
+        """``ray start`` with one CPU, this cluster's folder, and ports of its own (not Ray's fixed
+        defaults, which other Ray clusters on the machine may hold)."""
+        common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--temp-dir", self.temp,
+                  "--disable-usage-stats", *_ports("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                   "runtime-env-agent-port", "metrics-export-port")]
+        result = subprocess.run([RAY, "start", *args, *common], env=self.env | env, capture_output=True,
+                                text=True, timeout=180)
         if result.returncode != 0:
             self.stop()
             raise RuntimeError(f"ray start failed: {result.stdout[-2000:]}{result.stderr[-2000:]}")

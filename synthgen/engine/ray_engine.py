@@ -29,7 +29,6 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 

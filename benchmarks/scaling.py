@@ -120,11 +120,14 @@ def ray_main(args) -> None:
     common = (args.recipe, args.samples, args.shard_size, args.overrides)
     rows: dict[str, list[float]] = {}
     reference: dict[str, bytes] = {}
+    shard_seconds: dict[str, list[float]] = {}  # seconds per sample inside shards (no start-up)
 
     def case(name: str, action) -> None:
         with tempfile.TemporaryDirectory() as out:
             wall = _timed(lambda: action(out))
             shards = {p.name: p.read_bytes() for p in sorted(Path(out, "shards").glob("*.tar"))}
+            sidecars = [json.loads(p.read_text()) for p in Path(out, "shards").glob("*.json")]
+            shard_seconds.setdefault(name, []).append(sum(i["seconds"] for i in sidecars) / args.samples)
             if not reference:
                 reference.update(shards)
             elif shards != reference:
@@ -148,7 +151,7 @@ def ray_main(args) -> None:
         finally:
             cluster.stop()
         case("ray, local Ray started for the run", ray_started_here)
-    per_sample = min(rows["local engine, 2 workers"]) * 2 / args.samples  # one worker's seconds per sample
+    per_sample = min(shard_seconds["local engine, 2 workers"])  # one worker's seconds per sample
     delay = args.delay if args.delay is not None else round(per_sample, 3)
     print(f"slowed node: +{delay:.3f} s per sample", flush=True)
     for _ in range(args.repeat):

@@ -131,6 +131,8 @@ def test_unknown_scheme_and_missing_backend_are_one_line_and_write_nothing(tmp_p
     if importlib.util.find_spec("gcsfs") is None:
         proc = _cli("generate", RECIPE, "--out", "gs://bucket/run", "--no-progress", cwd=tmp_path)
         assert proc.returncode == 2 and "needs the gcsfs package; pip install gcsfs" in proc.stderr
+    proc = _cli("generate", RECIPE, "--out", "s3:/bucket/run", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 2 and "write s3://bucket/run" in proc.stderr  # today's silent local folder
     assert list(tmp_path.iterdir()) == []  # no local folder named like the URL
 
 

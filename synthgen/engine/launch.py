@@ -33,6 +33,7 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -42,7 +43,7 @@ from synthgen.engine.contract import Factory
 from synthgen.engine.memory import keep_freed_memory
 from synthgen.engine.run_folder import LOG_DIR, RunFolder, ShardTask, plan_shards, shards_of
 from synthgen.engine.shards import _check_budget, error_budget, write_shards
-from synthgen.errors import Interrupted, StorageError
+from synthgen.errors import Interrupted, StorageError, UserError
 from synthgen.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,10 @@ def _worker_thread_limits(threads: int):
 def _run_in_pool(factory_class: type, recipe: Recipe, folder: RunFolder, tasks: list, all_tasks: list,
                  workers: int, tick, stop: _Stop) -> None:
     """Whole shards over ``workers`` processes, at most one in flight per worker, so that a stop
-    starts nothing new; a shard the storage refuses counts against the error budget."""
+    starts nothing new; a shard the storage refuses counts against the error budget.
+
+    A ``ProcessPoolExecutor``, not a ``multiprocessing.Pool``: a Pool replaces killed workers and
+    its ``terminate`` can then wait forever on a queue lock a dead worker held."""
     ctx = mp.get_context("spawn")
     progress = ctx.Queue()
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -216,37 +220,34 @@ def _run_in_pool(factory_class: type, recipe: Recipe, folder: RunFolder, tasks: 
     listener.start()
     before = set(mp.active_children())
     pending, running, lost = list(tasks), {}, []
-    changed = threading.Event()
     try:
         with _worker_thread_limits(threads):
-            pool = ctx.Pool(workers, initializer=_init_worker,
-                            initargs=(factory_class, recipe.model_dump(mode="json"), progress, threads, os.getpid()))
-        try:
-            while pending or running:
-                while pending and len(running) < workers and not stop.is_set():
-                    task = pending.pop(0)
-                    running[task] = pool.apply_async(_run_shard, ((folder, task, all_tasks),),
-                                                     callback=lambda _: changed.set(),
-                                                     error_callback=lambda _: changed.set())
-                if not running:
-                    break
-                changed.wait(1.0)
-                changed.clear()
-                for task in [t for t, r in running.items() if r.ready()]:
-                    try:
-                        running.pop(task).get()
-                    except StorageError as exc:  # logged by the worker; the others go on
-                        lost.append(exc)
-                        failed = _errors_elsewhere(folder, all_tasks, []) + (recipe.output.shard_size * len(lost))
-                        _check_budget(recipe, failed, error_budget(recipe))
-        except BaseException:
-            _kill_children(before)  # they ignore SIGTERM: pool.terminate() alone would wait
-            for task in running:
-                folder.drop_partials(task)
-            pool.terminate()
-            raise
-        pool.close()
-        pool.join()
+            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                       initargs=(factory_class, recipe.model_dump(mode="json"), progress,
+                                                 threads, os.getpid()))
+            try:
+                while pending or running:
+                    while pending and len(running) < workers and not stop.is_set():
+                        task = pending.pop(0)
+                        running[pool.submit(_run_shard, (folder, task, all_tasks))] = task
+                    if not running:
+                        break
+                    done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        running.pop(future)
+                        try:
+                            future.result()
+                        except StorageError as exc:  # logged by the worker; the others go on
+                            lost.append(exc)
+                            failed = _errors_elsewhere(folder, all_tasks, []) + recipe.output.shard_size * len(lost)
+                            _check_budget(recipe, failed, error_budget(recipe))
+            except BaseException:
+                _kill_children(before)  # they ignore SIGTERM and SIGINT: the main process decides
+                for task in running.values():
+                    folder.drop_partials(task)
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True)
     finally:
         progress.put(None)
         listener.join(timeout=5)
@@ -276,7 +277,7 @@ class _Progress:
                  peers: str | None = None, publish: bool = False):
         self.folder, self.shown, self.name, self.peers, self.publish = folder, shown, name, peers, publish
         self.local = 0
-        self.base = self._on_disk()[0]
+        self.base = self.n = self._on_disk()[0]  # n: samples done, what the bar shows
         self.disk = (self.base, 0, 0)
         self.bar = tqdm(total=sum(t.stop - t.start for t in shown), initial=self.base, unit="sample",
                         desc="generate", disable=not enabled, smoothing=0.1, mininterval=1.0)
@@ -284,7 +285,8 @@ class _Progress:
         # an object store is listed every 10 s, a local folder every second
         self.every = 10 if folder.remote else 1
         self.thread = threading.Thread(target=self._watch, daemon=True)
-        self.thread.start()
+        if enabled or publish:  # nobody to show or tell: no polling of the run folder
+            self.thread.start()
 
     def _on_disk(self) -> tuple[int, int, int]:
         sidecars = self.folder.read_sidecars(self.shown).values()
@@ -314,17 +316,18 @@ class _Progress:
             self._others = others
         others = getattr(self, "_others", 0)
         done, kept, rejected = self.disk
-        n = min(self.bar.total, max(done, self.base + self.local + others))
-        if n > self.bar.n:
-            self.bar.update(n - self.bar.n)
+        self.n = min(self.bar.total, max(self.n, done, self.base + self.local + others))
+        if self.n > self.bar.n and not self.bar.disable:
+            self.bar.update(self.n - self.bar.n)
         if kept + rejected:
             self.bar.set_postfix(accepted=f"{100 * kept / (kept + rejected):.0f}%", refresh=False)
 
     def close(self) -> None:
         self.stop.set()
-        self.thread.join()
-        with contextlib.suppress(Exception):
-            self.refresh()
+        if self.thread.is_alive():
+            self.thread.join()
+            with contextlib.suppress(Exception):
+                self.refresh()
         self.bar.close()
 
 
@@ -343,6 +346,10 @@ def generate(factory_class: type, recipe: Recipe, out: str | RunFolder, workers:
     local Ray for the run).
     """
     folder = out if isinstance(out, RunFolder) else RunFolder(out, recipe.output.storage_options)
+    if task and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError(f"--task {task[0]}/{task[1]} under a launcher with WORLD_SIZE={os.environ['WORLD_SIZE']}: "
+                        f"every rank would make the same task; use ranks (torchrun / accelerate launch) or "
+                        f"independent --task processes, not both")
     ranks = Ranks(task[0], task[1], task=True) if task else ranks_from_launcher()
     tasks = plan_shards(recipe.num_samples, recipe.output.shard_size)
     own = shards_of(tasks, ranks.rank, ranks.world)

@@ -131,6 +131,11 @@ class RunFolder:
     def __init__(self, location: str | Path, storage_options: dict[str, Any] | None = None):
         self.location = str(location)
         self.storage_options = dict(storage_options or {})
+        scheme = self.location.split(":", 1)[0].lower()
+        if not is_url(location) and scheme in BACKEND_PACKAGES and self.location[len(scheme):].startswith(":/"):
+            raise UserError(f"{self.location}: looks like a {scheme}:// URL with a slash missing; write "
+                            f"{scheme}://{self.location[len(scheme) + 2:].lstrip('/')} (or ./{self.location} "
+                            f"for a local folder of that name)")
         if is_url(location) and not self.location.lower().startswith("file://"):
             self.fs, self.root = _filesystem(self.location, self.storage_options)
         else:

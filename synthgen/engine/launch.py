@@ -406,7 +406,8 @@ def _generate(factory_class: type, recipe: Recipe, folder: RunFolder, ranks: Ran
         made = sum(t.stop - t.start for t in mine)
         stats = {"last_run_seconds": round(elapsed, 3), "last_run_samples": made,
                  "last_run_samples_per_second": round(made / elapsed, 3) if elapsed > 0 else None,
-                 "workers": workers, "world_size": ranks.world} | ({"engine": engine} if engine != "local" else {}) | ({"tasks": ranks.world} if ranks.task else {})
+                 "workers": workers, "world_size": ranks.world} | ({"tasks": ranks.world} if ranks.task else {}) \
+            | ({"engine": engine} if engine != "local" else {})
         failure = failure or ("interrupted" if stop.is_set() else None)
         with contextlib.suppress(Exception):  # the run's own error is the one to report
             if ranks.world > 1 and not ranks.task:  # rank 0 waits for these, not a collective

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from synthgen import __version__
-from synthgen.errors import ErrorBudgetExceeded, Interrupted, StorageError, UserError
+from synthgen.errors import ErrorBudgetExceeded, Interrupted, StorageError, UserError, WorkLost
 
 log = logging.getLogger("synthgen")
 
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         sys.stderr.write(f"synthgen: error: {exc}\n")
         return 2
-    except (ErrorBudgetExceeded, StorageError) as exc:
+    except (ErrorBudgetExceeded, StorageError, WorkLost) as exc:
         sys.stderr.write(f"synthgen: stopped: {exc}\n")
         return 1
     except Interrupted as exc:

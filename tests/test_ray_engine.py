@@ -20,15 +20,25 @@ from synthgen.recipe import load_recipe
 from synthgen.run import generate
 from tests.conftest import ROOT, small_recipe
 
-ray = pytest.importorskip("ray")
-pytest.importorskip("psutil")
-
-from tests.ray_cluster import LocalCluster  # noqa: E402
-
 SLOW_NODE_DELAY_S = 1.0  # per sample on the second node: its shards are in flight long enough to kill
+
+def test_the_ray_engine_refuses_a_task_split_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "synthgen", "generate", str(ROOT / "recipes" / "quickstart.yaml"),
+                             "--out", str(tmp_path / "out"), "--engine", "ray", "--task", "0/2"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "--engine ray" in result.stderr and "drop --task" in result.stderr
+    assert not (tmp_path / "out").exists()
+
 
 @pytest.fixture(scope="module")
 def cluster():
+    pytest.importorskip("ray")
+    pytest.importorskip("psutil")
+    import ray
+
+    from tests.ray_cluster import LocalCluster
+
     cluster = LocalCluster(node2_delay_s=SLOW_NODE_DELAY_S)
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
     os.environ["RAY_AUTH_MODE"] = "disabled"
@@ -122,7 +132,7 @@ def test_losing_the_second_node_mid_shard_still_completes_with_the_same_bytes(cl
     assert not list((out / "shards").glob("*.partial-*"))
 
 
-def _node2_is_writing(cluster: LocalCluster, out: Path) -> bool:
+def _node2_is_writing(cluster, out: Path) -> bool:
     """Whether a process of the second node holds a partial shard in ``out`` (``.partial-PID``)."""
     pids = {p.pid for p in cluster.node2_processes()}
     return any(int(p.name.rsplit("-", 1)[1]) in pids for p in (out / "shards").glob("*.tar.partial-*")

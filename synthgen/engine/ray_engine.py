@@ -27,6 +27,7 @@ sidecar and counts against ``output.max_errors`` exactly as under the local engi
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -36,7 +37,7 @@ from synthgen.engine.contract import Factory
 from synthgen.engine.run_folder import RunFolder, ShardTask
 from synthgen.engine.shards import write_shards
 from synthgen.engine.streams import _chunks
-from synthgen.errors import UserError
+from synthgen.errors import UserError, WorkLost
 from synthgen.recipe import Recipe, recipe_hash
 
 log = logging.getLogger(__name__)
@@ -173,8 +174,7 @@ def run_shards(factory_class: type, recipe: Recipe, folder: RunFolder, tasks: li
     ``$RAY_ADDRESS``; without either, a local Ray is started for this run and stopped after.
     ``tick()`` is called once per sample made anywhere; once ``stopping()`` is true no new shard
     starts (the ones in flight finish). Raises the first error a shard raised (error budget,
-    storage), or :class:`RuntimeError` when a shard was lost more than ``output.ray.max_retries``
-    times.
+    storage), or :class:`WorkLost` when a shard was lost more than ``output.ray.max_retries`` times.
     """
     ray = _import_ray()
     if ray.is_initialized():  # a notebook that called ray.init() itself: its cluster, left as it is
@@ -241,8 +241,10 @@ def _schedule(ray, factory_class: type, recipe: Recipe, folder: RunFolder, tasks
             try:
                 ray.cancel(ref, force=True)
             except Exception:  # an actor call: force is refused, a plain cancel is not
-                ray.cancel(ref)
-            folder.drop_partials(task)
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref)
+            with contextlib.suppress(Exception):
+                folder.drop_partials(task)
         raise
 
 
@@ -287,7 +289,7 @@ def _progress(ray, counter, seen: int, tick: Callable[[], None]) -> int:
 
 def _result(ray, ref, task: ShardTask, retries: int) -> dict[str, Any]:
     """The shard's sidecar info; the shard's own error as it was raised (error budget, storage),
-    or a one-line RuntimeError when its workers kept dying."""
+    or :class:`WorkLost` (one line) when its workers kept dying."""
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
@@ -296,6 +298,6 @@ def _result(ray, ref, task: ShardTask, retries: int) -> dict[str, Any]:
             raise cause from None
         raise
     except ray.exceptions.RayError as exc:  # the worker, actor or node died, after the retries
-        raise RuntimeError(f"{task.name}: lost {retries + 1} times ({type(exc).__name__}); raise "
+        raise WorkLost(f"{task.name}: lost {retries + 1} times ({type(exc).__name__}); raise "
                            f"output.ray.max_retries or check the cluster's nodes; complete shards are kept, "
                            f"rerun the same command to make the others") from None

@@ -61,10 +61,10 @@ class LocalCluster:
             self.stop()
             raise RuntimeError(f"ray start failed: {result.stdout[-2000:]}{result.stderr[-2000:]}")
 
-    def _processes(self) -> list:
+    def processes(self) -> list:
         """Every process of this cluster: command lines naming its folder or port, and their children."""
         found = {}
-        for proc in psutil.process_iter(["pid", "cmdline"]):
+        for proc in psutil.process_iter(["pid", "name", "cmdline"]):
             line = " ".join(proc.info["cmdline"] or [])
             if self.temp in line or f":{self.port}" in line:
                 found[proc.pid] = proc
@@ -85,7 +85,7 @@ class LocalCluster:
         _kill(self.node2_processes())
 
     def stop(self) -> None:
-        _kill(self._processes())
+        _kill(self.processes())
         shutil.rmtree(self.temp, ignore_errors=True)
 
 

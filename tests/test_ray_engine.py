@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from synthgen.recipe import load_recipe
 from synthgen.run import generate
@@ -85,12 +86,15 @@ def test_quickstart_on_two_nodes_is_byte_identical_to_the_local_engine(cluster, 
     assert status["done"] == status["total"] == 8
 
 
-def test_controlnet_and_sam_with_a_device_actor_are_byte_identical(cluster, tmp_path):
+@pytest.fixture(scope="module")
+def controlnet_sam(tmp_path_factory):
+    """A tiny ControlNet + SAM recipe (models built here, on disk) and its shards from the local engine."""
     pytest.importorskip("diffusers")
     from tests.tiny_diffusion import build_tiny_sd15
     from tests.tiny_sam import build_tiny_sam
 
-    sd, sam = build_tiny_sd15(tmp_path / "sd15", num_controlnets=1), build_tiny_sam(tmp_path / "sam")
+    root = tmp_path_factory.mktemp("controlnet_sam")
+    sd, sam = build_tiny_sd15(root / "sd15", num_controlnets=1), build_tiny_sam(root / "sam")
     backend = {"kind": "controlnet", "controlnet": {
         "family": "sd15", "base_model": str(sd["base"]), "steps": 2, "dtype": "fp32", "batch_size": 2,
         "device": "cpu", "local_files_only": True,
@@ -98,11 +102,35 @@ def test_controlnet_and_sam_with_a_device_actor_are_byte_identical(cluster, tmp_
     flt = {"sam": {"model": str(sam), "min_iou": 0.0, "min_keypoints_in_mask": 0.0}}
     recipe = small_recipe(num_samples=4, image={"width": 64, "height": 64}, backend=backend, filter=flt,
                           output={"shard_size": 2})
-    generate(recipe, tmp_path / "local", workers=1, loader_workers=0, progress=False)
+    generate(recipe, root / "local", workers=1, loader_workers=0, progress=False)
+    return recipe, _shard_bytes(root / "local")
+
+
+def test_controlnet_and_sam_with_a_device_actor_are_byte_identical(cluster, controlnet_sam, tmp_path):
+    recipe, reference = controlnet_sam
     manifest = generate(recipe, tmp_path / "ray", progress=False, engine="ray", ray_address=cluster.address)
     assert manifest["complete"] and manifest["num_samples_written"] == 4
-    assert len(_shard_bytes(tmp_path / "ray")) == 2
-    assert _shard_bytes(tmp_path / "ray") == _shard_bytes(tmp_path / "local")
+    assert len(reference) == 2 and _shard_bytes(tmp_path / "ray") == reference
+
+
+def test_a_killed_device_actor_is_restarted_and_its_shard_made_again(cluster, controlnet_sam, tmp_path):
+    """SIGKILL of the device actor's process while it writes a shard: Ray restarts the actor (the
+    models are loaded again) and runs the shard again; the dataset is the same bytes."""
+    recipe, reference = controlnet_sam
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
+    out = tmp_path / "ray"
+    run = _cli(cluster, tmp_path / "recipe.yaml", out)
+    try:
+        writers = _wait_for_writer(run, out, lambda: {p.pid: p for p in cluster.processes()
+                                                      if "DeviceShards" in _title(p)})
+        _kill_all(writers)
+        output, _ = run.communicate(timeout=600)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, output
+    assert _shard_bytes(out) == reference
+    assert not list((out / "shards").glob("*.partial-*"))
 
 
 def test_losing_the_second_node_mid_shard_still_completes_with_the_same_bytes(cluster, quickstart_reference,
@@ -110,17 +138,10 @@ def test_losing_the_second_node_mid_shard_still_completes_with_the_same_bytes(cl
     """The CLI drives the run; once the slow second node is writing a shard, all its processes are
     killed with SIGKILL: Ray runs that shard again on the head and the dataset is the same bytes."""
     out = tmp_path / "ray"
-    run = subprocess.Popen([sys.executable, "-m", "synthgen", "generate", str(ROOT / "recipes" / "quickstart.yaml"),
-                            "--out", str(out), "--num-samples", "8", "image.width=96", "image.height=96",
-                            "output.shard_size=2", "render.backend=torch", "--engine", "ray", "--ray-address",
-                            cluster.address, "--no-progress"],
-                           cwd=ROOT, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = _cli(cluster, ROOT / "recipes" / "quickstart.yaml", out, "--num-samples", "8", "image.width=96",
+               "image.height=96", "output.shard_size=2", "render.backend=torch")
     try:
-        deadline = time.monotonic() + 300  # a bound on a hang, not a timing assertion
-        while not _node2_is_writing(cluster, out):
-            assert run.poll() is None, f"the run ended before the second node wrote a shard:\n{run.stdout.read()}"
-            assert time.monotonic() < deadline, "the second node never started a shard"
-            time.sleep(0.2)
+        _wait_for_writer(run, out, lambda: {p.pid: p for p in cluster.node2_processes()})
         cluster.kill_node2()
         output, _ = run.communicate(timeout=600)
     finally:
@@ -132,8 +153,36 @@ def test_losing_the_second_node_mid_shard_still_completes_with_the_same_bytes(cl
     assert not list((out / "shards").glob("*.partial-*"))
 
 
-def _node2_is_writing(cluster, out: Path) -> bool:
-    """Whether a process of the second node holds a partial shard in ``out`` (``.partial-PID``)."""
-    pids = {p.pid for p in cluster.node2_processes()}
-    return any(int(p.name.rsplit("-", 1)[1]) in pids for p in (out / "shards").glob("*.tar.partial-*")
-               if p.name.rsplit("-", 1)[1].isdigit())
+def _cli(cluster, recipe: Path, out: Path, *args: str) -> subprocess.Popen:
+    """``synthgen generate RECIPE --out OUT --engine ray --ray-address ...`` in the background."""
+    return subprocess.Popen([sys.executable, "-m", "synthgen", "generate", str(recipe), "--out", str(out), *args,
+                             "--engine", "ray", "--ray-address", cluster.address, "--no-progress"],
+                            cwd=ROOT, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_writer(run: subprocess.Popen, out: Path, candidates) -> list:
+    """Wait until one of ``candidates()`` (pid -> process) holds a partial shard in ``out``
+    (``.partial-PID``); returns that process. Bounded only against a hang, not a timing assertion."""
+    deadline = time.monotonic() + 300
+    while True:
+        procs = candidates()
+        for partial in (out / "shards").glob("*.tar.partial-*"):
+            pid = partial.name.rsplit("-", 1)[1]
+            if pid.isdigit() and int(pid) in procs:
+                return [procs[int(pid)]]
+        assert run.poll() is None, f"the run ended before the process to kill wrote a shard:\n{run.stdout.read()}"
+        assert time.monotonic() < deadline, "no shard was started by the process to kill"
+        time.sleep(0.05)
+
+
+def _title(proc) -> str:
+    try:
+        return " ".join(proc.cmdline())
+    except Exception:
+        return ""
+
+
+def _kill_all(procs: list) -> None:
+    from tests.ray_cluster import _kill
+
+    _kill(procs)

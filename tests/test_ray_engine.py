@@ -57,11 +57,12 @@ def cluster():
                 os.environ[key] = value
 
 
-def _quickstart(samples: int = 8):
-    """The quickstart recipe, small: 96x96 images, shards of 2."""
-    return load_recipe(ROOT / "recipes" / "quickstart.yaml",
-                       [f"num_samples={samples}", "image.width=96", "image.height=96", "output.shard_size=2",
-                        "render.backend=torch"])
+_SMALL = ["num_samples=8", "image.width=96", "image.height=96", "output.shard_size=2", "render.backend=torch"]
+
+
+def _quickstart():
+    """The quickstart recipe, small: 8 samples of 96x96, shards of 2."""
+    return load_recipe(ROOT / "recipes" / "quickstart.yaml", _SMALL)
 
 
 def _shard_bytes(out: Path) -> dict[str, bytes]:
@@ -84,6 +85,29 @@ def test_quickstart_on_two_nodes_is_byte_identical_to_the_local_engine(cluster, 
     assert _shard_bytes(tmp_path / "ray") == quickstart_reference
     status = run_status(str(tmp_path / "ray"))  # status reads a Ray run as any other
     assert status["done"] == status["total"] == 8
+
+
+def test_failing_samples_count_against_the_error_budget_as_under_the_local_engine(cluster, tmp_path):
+    """A sample that raises (an undecodable background) is recorded, never retried: the same
+    failures and shard bytes as the local engine, and the same one-error stop under max_errors=0."""
+    import cv2
+    import numpy as np
+
+    from synthgen.errors import ErrorBudgetExceeded
+
+    backgrounds = tmp_path / "bg"
+    backgrounds.mkdir()
+    cv2.imwrite(str(backgrounds / "good.png"), np.full((64, 64, 3), 90, np.uint8))
+    (backgrounds / "broken.jpg").write_bytes(b"not an image at all")
+    folder = ["backend.shaded.background=folder", f"backend.shaded.background_dir={backgrounds}"]
+    tolerant = load_recipe(ROOT / "recipes" / "quickstart.yaml", [*_SMALL, *folder, "output.max_errors=0.9"])
+    local = generate(tolerant, tmp_path / "local", workers=1, progress=False)
+    on_ray = generate(tolerant, tmp_path / "ray", progress=False, engine="ray", ray_address=cluster.address)
+    assert 0 < on_ray["num_errors"] < 8 and on_ray["errors"] == local["errors"]
+    assert _shard_bytes(tmp_path / "ray") == _shard_bytes(tmp_path / "local")
+    strict = tolerant.model_copy(update={"output": tolerant.output.model_copy(update={"max_errors": 0})})
+    with pytest.raises(ErrorBudgetExceeded, match="output.max_errors=0"):
+        generate(strict, tmp_path / "strict", progress=False, engine="ray", ray_address=cluster.address)
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +162,7 @@ def test_losing_the_second_node_mid_shard_still_completes_with_the_same_bytes(cl
     """The CLI drives the run; once the slow second node is writing a shard, all its processes are
     killed with SIGKILL: Ray runs that shard again on the head and the dataset is the same bytes."""
     out = tmp_path / "ray"
-    run = _cli(cluster, ROOT / "recipes" / "quickstart.yaml", out, "--num-samples", "8", "image.width=96",
-               "image.height=96", "output.shard_size=2", "render.backend=torch")
+    run = _cli(cluster, ROOT / "recipes" / "quickstart.yaml", out, *_SMALL)
     try:
         _wait_for_writer(run, out, lambda: {p.pid: p for p in cluster.node2_processes()})
         cluster.kill_node2()

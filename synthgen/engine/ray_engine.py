@@ -294,10 +294,16 @@ def _result(ray, ref, task: ShardTask, retries: int) -> dict[str, Any]:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
         cause = getattr(exc, "cause", None)
+        if isinstance(cause, ray.exceptions.RayError):  # a device actor's CPU-stage task was lost
+            raise _lost(task, retries, cause) from None
         if isinstance(cause, Exception):
             raise cause from None
         raise
     except ray.exceptions.RayError as exc:  # the worker, actor or node died, after the retries
-        raise WorkLost(f"{task.name}: lost {retries + 1} times ({type(exc).__name__}); raise "
-                           f"output.ray.max_retries or check the cluster's nodes; complete shards are kept, "
-                           f"rerun the same command to make the others") from None
+        raise _lost(task, retries, exc) from None
+
+
+def _lost(task: ShardTask, retries: int, exc: BaseException) -> WorkLost:
+    return WorkLost(f"{task.name}: lost {retries + 1} times ({type(exc).__name__}); raise "
+                    f"output.ray.max_retries or check the cluster's nodes; complete shards are kept, "
+                    f"rerun the same command to make the others")

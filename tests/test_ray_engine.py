@@ -157,6 +157,29 @@ def test_a_killed_device_actor_is_restarted_and_its_shard_made_again(cluster, co
     assert not list((out / "shards").glob("*.partial-*"))
 
 
+def test_sigterm_finishes_the_shards_in_flight_and_a_rerun_completes_identically(cluster, quickstart_reference,
+                                                                                   tmp_path):
+    """SIGTERM to the driver (a preempted head pod, ``kubectl delete``): no new shard starts, the
+    ones in flight finish, one line and exit 143; the same command again completes the run."""
+    import signal
+
+    out = tmp_path / "ray"
+    run = _cli(cluster, ROOT / "recipes" / "quickstart.yaml", out, *_SMALL)
+    try:
+        _wait_for_writer(run, out, lambda: {p.pid: p for p in cluster.processes()})
+        run.send_signal(signal.SIGTERM)
+        output, _ = run.communicate(timeout=600)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 143, output
+    assert "interrupted:" in output and "of 4 shards complete; rerun the same command to resume" in output
+    rerun = _cli(cluster, ROOT / "recipes" / "quickstart.yaml", out, *_SMALL)
+    output, _ = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, output
+    assert _shard_bytes(out) == quickstart_reference
+
+
 def test_losing_the_second_node_mid_shard_still_completes_with_the_same_bytes(cluster, quickstart_reference,
                                                                                tmp_path):
     """The CLI drives the run; once the slow second node is writing a shard, all its processes are

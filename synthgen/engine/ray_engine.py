@@ -30,6 +30,8 @@ import collections
 import contextlib
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -180,11 +182,28 @@ def run_shards(factory_class: type, recipe: Recipe, folder: RunFolder, tasks: li
     if ray.is_initialized():  # a notebook that called ray.init() itself: its cluster, left as it is
         _schedule(ray, factory_class, recipe, folder, tasks, all_tasks, tick, stopping)
         return
-    _connect(ray, address)
+    with _signal_handlers_kept():  # ray.init installs its own SIGTERM handler; the run's decides
+        _connect(ray, address)
     try:
         _schedule(ray, factory_class, recipe, folder, tasks, all_tasks, tick, stopping)
     finally:
         ray.shutdown()  # disconnects from a cluster; stops the local Ray started for the run
+
+
+@contextlib.contextmanager
+def _signal_handlers_kept():
+    """Restore this process's SIGTERM / SIGINT handlers (the run's: finish the shards in flight)
+    after the block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            if handler is not None:
+                signal.signal(s, handler)
 
 
 def _connect(ray, address: str | None) -> None:

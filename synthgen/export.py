@@ -36,11 +36,6 @@ log = logging.getLogger(__name__)
 COCO_FILE = "annotations/person_keypoints.json"
 
 
-def _manifest(run: str) -> dict[str, Any]:
-    shard_paths(run)  # refuses a folder that is not a run, or one without complete shards
-    return RunFolder(run).read_manifest()
-
-
 def check_exportable(kind: str, run: str, manifest: dict[str, Any]) -> None:
     """Refuse, in one line, a run that ``kind`` cannot represent."""
     recipe = manifest["recipe"]
@@ -81,8 +76,9 @@ def _write_image(out: Path, key: str, raw: dict[str, Any]) -> str:
 
 
 def _prepare(kind: str, run: str, out: Path) -> dict[str, Any]:
-    manifest = _manifest(run)
+    manifest = RunFolder(run).read_manifest()  # refuses a folder or URL that is not a run
     check_exportable(kind, run, manifest)
+    shard_paths(run)  # refuses a run without complete shards
     check_writable_folder(out, "--out", "pass a folder you can write to")
     (out / "images").mkdir(parents=True, exist_ok=True)
     return manifest

@@ -46,13 +46,17 @@ class S3Endpoint:
         self.server.stop()
 
 
+SERVER_ERROR = b"HTTP/1.1 503 Slow Down\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
 class HoldingRelay(threading.Thread):
     """Forwards TCP to ``port``; once a client sends ``marker`` (e.g. the request line of one
-    shard's PUT), that connection is held (nothing more forwarded) and ``held`` is set."""
+    shard's PUT), that connection is held (nothing more forwarded) and ``held`` is set; or, with
+    ``reply``, every such request is answered with it (e.g. :data:`SERVER_ERROR`) and not forwarded."""
 
-    def __init__(self, port: int, marker: bytes):
+    def __init__(self, port: int, marker: bytes, reply: bytes | None = None):
         super().__init__(daemon=True)
-        self.target, self.marker = port, marker
+        self.target, self.marker, self.reply = port, marker, reply
         self.held = threading.Event()
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -76,6 +80,9 @@ class HoldingRelay(threading.Thread):
             while data := src.recv(65536):
                 if from_client and self.marker in data:
                     self.held.set()
+                    if self.reply is not None:
+                        src.sendall(self.reply)
+                        src.close()
                     return  # hold: the request never reaches the server
                 dst.sendall(data)
         except OSError:

@@ -13,7 +13,7 @@ import webdataset as wds
 from synthgen.engine.run_folder import RunFolder, ShardTask
 from synthgen.errors import StorageError, UserError
 from tests.conftest import ROOT
-from tests.s3_server import HoldingRelay, S3Endpoint
+from tests.s3_server import SERVER_ERROR, HoldingRelay, S3Endpoint
 
 RECIPE = str(ROOT / "recipes" / "quickstart.yaml")
 ARGS = ["image.width=96", "image.height=96", "output.shard_size=2", "render.backend=torch", "seed=11"]
@@ -85,7 +85,7 @@ def test_a_run_to_s3_is_the_same_bytes_as_a_local_run_and_every_reader_takes_the
     assert all((a["image"] == b["image"]).all() for a, b in zip(items, local))
 
 
-def test_a_run_killed_during_an_upload_resumes_to_the_same_bytes(s3, local_run):
+def test_a_run_killed_during_an_upload_resumes_to_the_same_bytes(s3, local_run, monkeypatch):
     """The tar of shard 1 is put, its sidecar's PUT is held mid-flight and the run is killed -9:
     the tar without a sidecar is no data to any reader; the rerun makes it again, identical."""
     relay = HoldingRelay(s3.port, b"PUT /bucket/killed/shards/shard-000001.json")
@@ -103,23 +103,51 @@ def test_a_run_killed_during_an_upload_resumes_to_the_same_bytes(s3, local_run):
     from synthgen.data import shard_paths
 
     folder = RunFolder("s3://bucket/killed", {"endpoint_url": s3.url, "key": "testing", "secret": "testing"})
-    assert folder.complete([ShardTask(0, 0, 2), ShardTask(1, 2, 4)]) == {0}
+    complete = folder.complete([ShardTask(k, 2 * k, 2 * k + 2) for k in range(3)])
+    assert 1 not in complete  # shard 0's writer may still have been uploading too
     status = _cli("status", "s3://bucket/killed", env=s3.process_env())
-    assert "1/3 complete" in status.stdout, status.stderr
-    env = s3.process_env()
-    previous = {k: os.environ.get(k) for k in env}
-    os.environ.update(s3.env)
-    try:
-        assert shard_paths("s3://bucket/killed") == ["s3://bucket/killed/shards/shard-000000.tar"]
-    finally:
-        for k, v in previous.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    assert f"{len(complete)}/3 complete" in status.stdout, status.stderr
+    for name, value in s3.env.items():
+        monkeypatch.setenv(name, value)
+    if complete:
+        assert shard_paths("s3://bucket/killed") == [f"s3://bucket/killed/shards/shard-{k:06d}.tar"
+                                                     for k in sorted(complete)]
+    else:
+        with pytest.raises(UserError, match="no complete shard yet"):
+            shard_paths("s3://bucket/killed")
 
     proc = _generate("s3://bucket/killed", env=s3.process_env())
     assert proc.wait(timeout=600) == 0, proc.stderr.read()
     assert _s3_shards(s3, "bucket/killed") == _local_shards(local_run)
     manifest = json.loads(s3.fs.cat_file("bucket/killed/manifest.json"))
     assert manifest["complete"] and manifest["num_samples_written"] == N
+
+
+def test_a_shard_the_store_keeps_refusing_fails_in_one_line_and_the_rest_is_kept(s3):
+    """Every PUT of shard 1's tar gets a 503: retried with backoff, then that shard fails with one
+    line and counts against output.max_errors; the other shards are stored, the run exits 1, and
+    the rerun (the store healthy again) completes."""
+    relay = HoldingRelay(s3.port, b"PUT /bucket/refused/shards/shard-000001.tar", reply=SERVER_ERROR)
+    try:
+        proc = _generate("s3://bucket/refused", "output.max_errors=10",
+                         "output.storage_options={config_kwargs: {retries: {max_attempts: 1}}}",
+                         env=s3.process_env(relay.url))
+        assert proc.wait(timeout=600) == 1
+    finally:
+        relay.close()
+    stderr = proc.stderr.read()
+    assert "Traceback" not in stderr and relay.held.is_set()
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("synthgen: stopped: 1 shard(s) could not be stored (s3://bucket/refused/shards/"
+                           "shard-000001.tar: storage error after 5 tries")
+    kept = _s3_shards(s3, "bucket/refused")
+    assert sorted(kept) == ["shard-000000.tar", "shard-000002.tar"]
+    proc = _generate("s3://bucket/refused", "output.max_errors=10", env=s3.process_env())
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    after = _s3_shards(s3, "bucket/refused")
+    assert sorted(after) == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert all(after[name] == data for name, data in kept.items())  # complete shards are never rewritten
+    assert json.loads(s3.fs.cat_file("bucket/refused/manifest.json"))["complete"]
 
 
 def test_unknown_scheme_and_missing_backend_are_one_line_and_write_nothing(tmp_path):

@@ -122,7 +122,8 @@ def test_a_full_disk_ends_in_one_line_and_the_rerun_is_identical(small_disk, ref
     assert "of 6 shards complete; free space and rerun the same command" in line
     assert not list((out / "shards").glob("*.partial-*"))  # no partial shard visible
     kept = _shards(out)
-    assert kept and all(reference[name] == data for name, data in kept.items())
+    assert line.split("; ")[1] == f"{len(kept)} of 6 shards complete"
+    assert len(kept) < 6 and all(reference[name] == data for name, data in kept.items())
     filler.unlink()
     proc = _generate(out, "--workers", workers)
     assert proc.wait(timeout=600) == 0, proc.stderr.read()

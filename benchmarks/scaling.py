@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -148,6 +149,7 @@ def _generate(recipe: str, out: str, samples: int, shard_size: int, overrides: l
     result = subprocess.run(cmd, cwd=ROOT, env=env or _env(), capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
+    return result.stderr
 
 
 def _timed(action) -> float:
@@ -188,10 +190,16 @@ def ray_main(args) -> None:
     rows: dict[str, list[float]] = {}
     reference: dict[str, bytes] = {}
     shard_seconds: dict[str, list[float]] = {}  # seconds per sample inside shards (no start-up)
+    per_node: dict[str, list[list[int]]] = {}  # shards made on each node, per run
 
     def case(name: str, action) -> None:
         with tempfile.TemporaryDirectory() as out:
-            wall = _timed(lambda: action(out))
+            logged: list = []
+            wall = _timed(lambda: logged.append(action(out)))
+            nodes = re.search(r"shards made per node: (.*)", logged[0] or "")
+            if nodes:  # the Ray engine's own count: a slow node makes fewer shards
+                counts = sorted((int(n) for n in re.findall(r": (\d+)", nodes.group(1))), reverse=True)
+                per_node.setdefault(name, []).append(counts)
             shards = {p.name: p.read_bytes() for p in sorted(Path(out, "shards").glob("*.tar"))}
             sidecars = [json.loads(p.read_text()) for p in Path(out, "shards").glob("*.json")]
             shard_seconds.setdefault(name, []).append(sum(i["seconds"] for i in sidecars) / args.samples)
@@ -203,10 +211,10 @@ def ray_main(args) -> None:
         print(f"  {name}: {wall:.1f} s", flush=True)
 
     def local(out):
-        _generate(args.recipe, out, args.samples, args.shard_size, args.overrides, ["--workers", "2"])
+        return _generate(args.recipe, out, args.samples, args.shard_size, args.overrides, ["--workers", "2"])
 
     def ray_started_here(out):
-        _generate(args.recipe, out, args.samples, args.shard_size, args.overrides, ["--engine", "ray"],
+        return _generate(args.recipe, out, args.samples, args.shard_size, args.overrides, ["--engine", "ray"],
                   env=dict(_env(), RAY_AUTH_MODE="disabled"))
 
     for _ in range(args.repeats):
@@ -240,6 +248,8 @@ def ray_main(args) -> None:
               f"{base / best:>7.2f}x")
     static, ray_slow = min(rows["static split (--task K/2), one slowed"]), min(rows["ray, 2-node cluster, one slowed"])
     print(f"one node slowed: the Ray engine finishes {static / ray_slow:.2f}x sooner than the static split")
+    for name, counts in per_node.items():
+        print(f"shards per node, {name}: " + "; ".join(" / ".join(map(str, c)) for c in counts))
 
 
 if __name__ == "__main__":

@@ -98,11 +98,20 @@ def _ticker(counter) -> Callable[[], None]:
 
 
 def make_shard(factory_class: type, recipe: Recipe, folder: RunFolder, task: ShardTask,
-               all_tasks: list[ShardTask], counter) -> dict[str, Any]:
-    """A whole shard in this worker: CPU stages, the weight-free image, encoding, the commit."""
+               all_tasks: list[ShardTask], counter) -> tuple[dict[str, Any], str]:
+    """A whole shard in this worker: CPU stages, the weight-free image, encoding, the commit;
+    returns its sidecar info and the node that made it."""
     factory = _factory(factory_class, recipe)
-    return write_shards(factory, folder, [task], 0, _ticker(counter),
+    info = write_shards(factory, folder, [task], 0, _ticker(counter),
                         lambda: _errors_in_other_shards(folder, all_tasks, task))[0]
+    return info, _node()
+
+
+def _node() -> str:
+    import ray
+
+    context = ray.get_runtime_context()
+    return f"{context.get_node_id()[:8]} ({ray.util.get_node_ip_address()})"
 
 
 def prepare_chunk(factory_class: type, recipe: Recipe, indices: list[int], attempt: int) -> list[dict[str, Any]]:
@@ -148,9 +157,11 @@ class DeviceShards:
         ahead = max(PREPARE_AHEAD, -(-2 * factory.batch_size // max(1, factory.cpu_chunk)))
         self.factory = _RemoteCpuStages(factory, factory_class, recipe, prepare_task, ahead)
 
-    def make(self, folder: RunFolder, task: ShardTask, all_tasks: list[ShardTask], counter) -> dict[str, Any]:
-        return write_shards(self.factory, folder, [task], 0, _ticker(counter),
+    def make(self, folder: RunFolder, task: ShardTask, all_tasks: list[ShardTask],
+             counter) -> tuple[dict[str, Any], str]:
+        info = write_shards(self.factory, folder, [task], 0, _ticker(counter),
                             lambda: _errors_in_other_shards(folder, all_tasks, task))[0]
+        return info, _node()
 
 
 class Counter:
@@ -241,6 +252,7 @@ def _schedule(ray, factory_class: type, recipe: Recipe, folder: RunFolder, tasks
             return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
     pending, running, seen = list(tasks), {}, 0
+    per_node: collections.Counter = collections.Counter()
     try:
         while pending or running:
             while pending and len(running) < slots() and not stopping():
@@ -252,9 +264,11 @@ def _schedule(ray, factory_class: type, recipe: Recipe, folder: RunFolder, tasks
             seen = _progress(ray, counter, seen, tick)
             for ref in done:
                 task = running.pop(ref)
-                _result(ray, ref, task, retries)
-                log.debug("%s done", task.name)
+                _, node = _result(ray, ref, task, retries)
+                per_node[node] += 1
+                log.debug("%s made on node %s", task.name, node)
         _progress(ray, counter, seen, tick)
+        log.info("shards made per node: %s", ", ".join(f"{node}: {n}" for node, n in sorted(per_node.items())))
     except BaseException:
         for ref, task in running.items():  # a stop after the grace period, or another shard's error
             try:
@@ -306,8 +320,8 @@ def _progress(ray, counter, seen: int, tick: Callable[[], None]) -> int:
     return max(seen, total)
 
 
-def _result(ray, ref, task: ShardTask, retries: int) -> dict[str, Any]:
-    """The shard's sidecar info; the shard's own error as it was raised (error budget, storage),
+def _result(ray, ref, task: ShardTask, retries: int) -> tuple[dict[str, Any], str]:
+    """The shard's sidecar info and node; the shard's own error as it was raised (error budget, storage),
     or :class:`WorkLost` (one line) when its workers kept dying."""
     try:
         return ray.get(ref)

@@ -32,6 +32,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -92,18 +93,32 @@ def _errors_in_other_shards(folder: RunFolder, all_tasks: list[ShardTask], own: 
     return sum(len(info.get("errors", [])) for info in folder.read_sidecars(others).values())
 
 
-def _ticker(counter) -> Callable[[], None]:
-    """``on_sample`` for a worker: one fire-and-forget message per sample to the driver's counter."""
-    return lambda: counter.add.remote(1)
+class _Ticks:
+    """``on_sample`` for a worker: counts samples and sends them to the driver's counter at most
+    every ``every_s`` seconds (a fire-and-forget message); :meth:`flush` sends the rest."""
+
+    def __init__(self, counter, every_s: float = 0.5):
+        self.counter, self.every_s = counter, every_s
+        self.unsent, self.last = 0, time.monotonic()
+
+    def __call__(self) -> None:
+        self.unsent += 1
+        if time.monotonic() - self.last >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.unsent:
+            self.counter.add.remote(self.unsent)
+        self.unsent, self.last = 0, time.monotonic()
 
 
 def make_shard(factory_class: type, recipe: Recipe, folder: RunFolder, task: ShardTask,
                all_tasks: list[ShardTask], counter) -> tuple[dict[str, Any], str]:
     """A whole shard in this worker: CPU stages, the weight-free image, encoding, the commit;
     returns its sidecar info and the node that made it."""
-    factory = _factory(factory_class, recipe)
-    info = write_shards(factory, folder, [task], 0, _ticker(counter),
-                        lambda: _errors_in_other_shards(folder, all_tasks, task))[0]
+    factory, ticks = _factory(factory_class, recipe), _Ticks(counter)
+    info = write_shards(factory, folder, [task], 0, ticks, lambda: _errors_in_other_shards(folder, all_tasks, task))[0]
+    ticks.flush()
     return info, _node()
 
 
@@ -159,8 +174,10 @@ class DeviceShards:
 
     def make(self, folder: RunFolder, task: ShardTask, all_tasks: list[ShardTask],
              counter) -> tuple[dict[str, Any], str]:
-        info = write_shards(self.factory, folder, [task], 0, _ticker(counter),
+        ticks = _Ticks(counter)
+        info = write_shards(self.factory, folder, [task], 0, ticks,
                             lambda: _errors_in_other_shards(folder, all_tasks, task))[0]
+        ticks.flush()
         return info, _node()
 
 

@@ -23,14 +23,16 @@ ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ports(*names: str) -> list[str]:
-    return [arg for name in names for arg in (f"--{name}", str(_free_port()))]
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free now (all held open at once, so none is handed out twice)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 class LocalCluster:
@@ -39,22 +41,26 @@ class LocalCluster:
 
     def __init__(self, node2_delay_s: float = 0.0):
         self.temp = tempfile.mkdtemp(prefix="sg-ray-", dir="/tmp")  # socket paths must stay short
-        self.port = _free_port()
+        self._free = iter(_free_ports(16))  # every port this cluster names, distinct
+        self.port = next(self._free)
         self.address = f"127.0.0.1:{self.port}"
         self.env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
         self.env.pop("RAY_ADDRESS", None)
         self._start(["--head", "--port", str(self.port), "--include-dashboard=false",
-                     *_ports("ray-client-server-port", "dashboard-port")])
-        self.node2_port = _free_port()
+                     *self._ports("ray-client-server-port", "dashboard-port")])
+        self.node2_port = next(self._free)
         self._start(["--address", self.address, "--node-manager-port", str(self.node2_port)],
                     SYNTHGEN_TEST_SAMPLE_DELAY_S=str(node2_delay_s))
+
+    def _ports(self, *names: str) -> list[str]:
+        return [arg for name in names for arg in (f"--{name}", str(next(self._free)))]
 
     def _start(self, args: list[str], **env) -> None:
         """``ray start`` with one CPU, this cluster's folder, and ports of its own (not Ray's fixed
         defaults, which other Ray clusters on the machine may hold)."""
         common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--temp-dir", self.temp,
-                  "--disable-usage-stats", *_ports("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                   "runtime-env-agent-port", "metrics-export-port")]
+                  "--disable-usage-stats", *self._ports("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                        "runtime-env-agent-port", "metrics-export-port")]
         result = subprocess.run([RAY, "start", *args, *common], env=self.env | env, capture_output=True,
                                 text=True, timeout=180)
         if result.returncode != 0:

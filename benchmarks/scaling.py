@@ -140,8 +140,9 @@ def main() -> None:
 
 # --- --engine ray ---------------------------------------------------------------------------------
 def _generate(recipe: str, out: str, samples: int, shard_size: int, overrides: list[str], extra: list[str],
-              env: dict | None = None, background: bool = False):
-    cmd = [sys.executable, "-m", "synthgen", "generate", recipe, "--out", out, "--num-samples", str(samples),
+              env: dict | None = None, background: bool = False, core: int | None = None):
+    pinned = ["taskset", "-c", str(core)] if core is not None else []  # one "node" per core
+    cmd = [*pinned, sys.executable, "-m", "synthgen", "generate", recipe, "--out", out, "--num-samples", str(samples),
            f"output.shard_size={shard_size}", "--no-progress", *overrides, *extra]
     if background:
         return subprocess.Popen(cmd, cwd=ROOT, env=env or _env(), stdout=subprocess.DEVNULL,
@@ -163,7 +164,7 @@ def _static_split(recipe: str, out: str, samples: int, shard_size: int, override
     "node" (the test-only delay in its environment), then ``finalize``."""
     slow = dict(_env(), SYNTHGEN_TEST_SAMPLE_DELAY_S=str(delay))
     runs = [_generate(recipe, out, samples, shard_size, overrides, ["--task", f"{k}/2", "--workers", "1"],
-                      env=slow if k == 0 else None, background=True) for k in range(2)]
+                      env=slow if k == 0 else None, background=True, core=k) for k in range(2)]
     for run in runs:
         _, err = run.communicate()
         if run.returncode != 0:
@@ -179,8 +180,9 @@ def ray_main(args) -> None:
        (one CPU each; the cluster's start not counted) and on a local Ray it starts itself;
     2. one node slowed on purpose (``SYNTHGEN_TEST_SAMPLE_DELAY_S``, test-only, on that node):
        the static split (two ``--task K/2`` processes, one slowed) against the Ray engine on a
-       two-node cluster whose second node is slowed. Shards are handed out as they finish, so the
-       slow node makes fewer of them.
+       two-node cluster whose second node is slowed. Each "node" (task, Ray node) is pinned to a
+       core of its own (taskset), as on two machines: otherwise the slowed one's sleep would lend
+       its core to the other. Shards are handed out as they finish, so the slow node makes fewer.
 
     Every run's shards are checked byte-identical to the first local run's."""
     sys.path.insert(0, str(ROOT))
@@ -231,7 +233,7 @@ def ray_main(args) -> None:
     print(f"slowed node: +{delay:.3f} s per sample", flush=True)
     for _ in range(args.repeats):
         case("static split (--task K/2), one slowed", lambda out: _static_split(*common[:1], out, *common[1:], delay))
-        cluster = LocalCluster(node2_delay_s=delay)
+        cluster = LocalCluster(node2_delay_s=delay, pin=True)
         try:
             case("ray, 2-node cluster, one slowed", lambda out: _generate(
                 *common[:1], out, *common[1:], ["--engine", "ray", "--ray-address", cluster.address], env=cluster.env))

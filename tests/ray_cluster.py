@@ -39,7 +39,8 @@ class LocalCluster:
     """A head and a second node on this machine, each with one CPU, in a temporary folder of their own;
     ``node2_delay_s``: each sample made on the second node takes that much longer (a slow node)."""
 
-    def __init__(self, node2_delay_s: float = 0.0):
+    def __init__(self, node2_delay_s: float = 0.0, pin: bool = False):
+        self.pin = pin  # node 1 on core 0, node 2 on core 1 (taskset): two machines, not one shared pair
         self.temp = tempfile.mkdtemp(prefix="sg-ray-", dir="/tmp")  # socket paths must stay short
         self._free = iter(_free_ports(16))  # every port this cluster names, distinct
         self.port = next(self._free)
@@ -49,19 +50,20 @@ class LocalCluster:
         self._start(["--head", "--port", str(self.port), "--include-dashboard=false",
                      *self._ports("ray-client-server-port", "dashboard-port")])
         self.node2_port = next(self._free)
-        self._start(["--address", self.address, "--node-manager-port", str(self.node2_port)],
+        self._start(["--address", self.address, "--node-manager-port", str(self.node2_port)], core=1,
                     SYNTHGEN_TEST_SAMPLE_DELAY_S=str(node2_delay_s))
 
     def _ports(self, *names: str) -> list[str]:
         return [arg for name in names for arg in (f"--{name}", str(next(self._free)))]
 
-    def _start(self, args: list[str], **env) -> None:
+    def _start(self, args: list[str], core: int = 0, **env) -> None:
         """``ray start`` with one CPU, this cluster's folder, and ports of its own (not Ray's fixed
         defaults, which other Ray clusters on the machine may hold)."""
         common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--temp-dir", self.temp,
                   "--disable-usage-stats", *self._ports("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                                                         "runtime-env-agent-port", "metrics-export-port")]
-        result = subprocess.run([RAY, "start", *args, *common], env=self.env | env, capture_output=True,
+        pinned = ["taskset", "-c", str(core)] if self.pin else []
+        result = subprocess.run([*pinned, RAY, "start", *args, *common], env=self.env | env, capture_output=True,
                                 text=True, timeout=180)
         if result.returncode != 0:
             self.stop()

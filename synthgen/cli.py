@@ -11,6 +11,8 @@ import argparse
 import logging
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 import yaml
@@ -202,6 +204,23 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _end_now(code: int, wait_s: float = 10.0) -> int:
+    """The exit status of a stopped run, once the CPU stages' prefetch thread (told to stop at its
+    next sample) has ended. One still inside native code after ``wait_s`` would abort the process
+    at interpreter shutdown (C++ ``std::terminate``, exit -6) instead of ``code``: end at once then."""
+    deadline = time.monotonic() + wait_s
+    ahead = [t for t in threading.enumerate()
+             if t.name.startswith(("synthgen-cpu-stages", "synthgen-device-stages"))]
+    for thread in ahead:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() for t in ahead):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -222,10 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (ErrorBudgetExceeded, StorageError, WorkLost) as exc:
         sys.stderr.write(f"synthgen: stopped: {exc}\n")
-        return 1
+        return _end_now(1)
     except Interrupted as exc:
         sys.stderr.write(f"synthgen: {exc}\n")
-        return 128 + exc.signum
+        return _end_now(128 + exc.signum)
     except KeyboardInterrupt:
         sys.stderr.write("synthgen: interrupted; complete shards are kept, rerun the same command to resume\n")
         return 130

@@ -30,6 +30,10 @@ class S3Endpoint:
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {"AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": "testing",
                     "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+        import requests
+
+        # moto's backends are process-wide: start from an empty store whatever ran before
+        requests.post(f"{self.url}/moto-api/reset", timeout=30).raise_for_status()
         self.fs = self.filesystem()
         self.fs.mkdir("bucket")
 

@@ -10,6 +10,7 @@ import sys
 import pytest
 import webdataset as wds
 
+import synthgen.data  # noqa: F401  (the reader: lets webdataset open fsspec URLs)
 from synthgen.engine.run_folder import RunFolder, ShardTask
 from synthgen.errors import StorageError, UserError
 from tests.conftest import ROOT

@@ -143,6 +143,7 @@ class RunFolder:
             self.root = self.location[len("file://"):] if self.location.lower().startswith("file://") \
                 else self.location
         self.remote = self.fs is not None
+        self._known: dict[int, dict[str, Any]] = {}  # sidecars of complete shards read from a store
 
     def __reduce__(self):
         return RunFolder, (self.location, self.storage_options)
@@ -232,15 +233,20 @@ class RunFolder:
 
     # --- shards ----------------------------------------------------------------------------------
     def read_sidecars(self, tasks: list[ShardTask]) -> dict[int, dict[str, Any]]:
-        """Sidecar info of every complete shard of ``tasks``, by shard index."""
+        """Sidecar info of every complete shard of ``tasks``, by shard index.
+
+        One listing per call; an object store's sidecars are fetched once (a complete shard's
+        sidecar never changes; a shard deleted since is no longer listed)."""
         present = set(self.names(SHARD_DIR))
-        wanted = [t for t in tasks if f"{t.name}.json" in present and f"{t.name}.tar" in present]
+        listed = [t for t in tasks if f"{t.name}.json" in present and f"{t.name}.tar" in present]
+        known = {t.index: self._known[t.index] for t in listed if t.index in self._known}
+        wanted = [t for t in listed if t.index not in known]
         if self.remote:
             blobs = self.fs.cat([self._full(self.sidecar_rel(t)) for t in wanted], on_error="omit") if wanted else {}
             texts = {t.index: blobs.get(self._full(self.sidecar_rel(t))) for t in wanted}
         else:
             texts = {t.index: _read_or_none(Path(self._full(self.sidecar_rel(t)))) for t in wanted}
-        out = {}
+        out = dict(known)
         for task in wanted:
             try:
                 info = json.loads(texts[task.index]) if texts[task.index] is not None else None
@@ -248,6 +254,8 @@ class RunFolder:
                 info = None
             if isinstance(info, dict) and info.get("start") == task.start and info.get("stop") == task.stop:
                 out[task.index] = info
+                if self.remote:
+                    self._known[task.index] = info
         return out
 
     def is_complete(self, task: ShardTask) -> bool:

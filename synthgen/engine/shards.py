@@ -86,12 +86,13 @@ def write_shards(factory: Factory, folder: RunFolder, tasks: list[ShardTask], lo
                 writer.put(sample)
             writer.close()
             while len(writers) > 1:  # the previous shard's writer finishes while this one fills
-                done = writers.pop(0)
-                collect(done.task, done.result)
+                collect(writers[0].task, writers[0].result)
+                writers.pop(0)  # after: an interruption while waiting still aborts it below
         while writers:
-            done = writers.pop(0)
-            collect(done.task, done.result)
+            collect(writers[0].task, writers[0].result)
+            writers.pop(0)
     finally:
+        stream.close()  # stops the CPU stages running ahead (at their next sample)
         for writer in writers:  # an error here: the partial files go, nothing is renamed
             writer.abort()
     if lost:

@@ -13,12 +13,17 @@ rate from its manifest, and the wall time of the command) and the object store's
 
     python benchmarks/scaling.py [--samples 192] [--recipe recipes/quickstart.yaml] [overrides ...]
     python benchmarks/scaling.py --storage [--samples 192] [--workers 2] [--repeats 3]
+
+``--engine ray`` compares the Ray engine with the local one instead (see :func:`ray_main`):
+
+    python benchmarks/scaling.py --engine ray [--samples 96] [--shard-size 8] [--delay S] [--repeats 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -109,11 +114,19 @@ def main() -> None:
     parser.add_argument("--recipe", default="recipes/quickstart.yaml")
     parser.add_argument("--storage", action="store_true", help="local folder vs S3 endpoint instead of ranks")
     parser.add_argument("--workers", type=int, default=2, help="--storage: worker processes per run")
-    parser.add_argument("--repeats", type=int, default=3, help="--storage: runs of each, alternated")
+    parser.add_argument("--repeats", type=int, default=3, help="--storage, --engine ray: runs of each, alternated")
+    parser.add_argument("--engine", choices=["local", "ray"], default="local",
+                        help="ray: the Ray engine beside the local one, balanced and with a slowed node")
+    parser.add_argument("--shard-size", type=int, default=8, help="--engine ray: samples per shard")
+    parser.add_argument("--delay", type=float, default=None, help="--engine ray: seconds added per sample "
+                        "on the slowed node (default: one sample's measured time, so it is about 2x slower)")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value recipe overrides")
     args = parser.parse_args()
     if args.storage:
         storage_table(args.recipe, args.samples, args.workers, args.repeats, args.overrides)
+        return
+    if args.engine == "ray":
+        ray_main(args)
         return
     rows = [run(n, args.recipe, args.samples, args.overrides) for n in (1, 2)]
     print(f"\n{'ranks':>5} | {'wall (s)':>8} | {'samples/s':>9} | {'input-wait':>10}")
@@ -123,6 +136,122 @@ def main() -> None:
         print(f"{r['ranks']:>5} | {r['wall_s']:>8.1f} | {r['samples_per_s']:>9.1f} | {wait:>10}")
     print(f"2-rank / 1-rank throughput: {rows[1]['samples_per_s'] / rows[0]['samples_per_s']:.2f}x "
           "(wall time includes each rank's start-up: model load, GL probe)")
+
+
+# --- --engine ray ---------------------------------------------------------------------------------
+def _generate(recipe: str, out: str, samples: int, shard_size: int, overrides: list[str], extra: list[str],
+              env: dict | None = None, background: bool = False, core: int | None = None):
+    pinned = ["taskset", "-c", str(core)] if core is not None else []  # one "node" per core
+    cmd = [*pinned, sys.executable, "-m", "synthgen", "generate", recipe, "--out", out, "--num-samples", str(samples),
+           f"output.shard_size={shard_size}", "--no-progress", *overrides, *extra]
+    if background:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env or _env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+    result = subprocess.run(cmd, cwd=ROOT, env=env or _env(), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
+    return result.stderr
+
+
+def _timed(action) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def _static_split(recipe: str, out: str, samples: int, shard_size: int, overrides: list[str], delay: float) -> None:
+    """Two independent tasks at once (``--task K/2``: shards k % 2 == K), the first on the slowed
+    "node" (the test-only delay in its environment), then ``finalize``."""
+    slow = dict(_env(), SYNTHGEN_TEST_SAMPLE_DELAY_S=str(delay))
+    runs = [_generate(recipe, out, samples, shard_size, overrides, ["--task", f"{k}/2", "--workers", "1"],
+                      env=slow if k == 0 else None, background=True, core=k) for k in range(2)]
+    for run in runs:
+        _, err = run.communicate()
+        if run.returncode != 0:
+            raise RuntimeError(f"a task failed:\n{err[-3000:]}")
+    subprocess.run([sys.executable, "-m", "synthgen", "finalize", out], cwd=ROOT, env=_env(), check=True,
+                   capture_output=True)
+
+
+def ray_main(args) -> None:
+    """The Ray engine beside the local one on this machine (2 cores):
+
+    1. balanced: the local engine (``--workers 2``), the Ray engine on a running two-node cluster
+       (one CPU each; the cluster's start not counted) and on a local Ray it starts itself;
+    2. one node slowed on purpose (``SYNTHGEN_TEST_SAMPLE_DELAY_S``, test-only, on that node):
+       the static split (two ``--task K/2`` processes, one slowed) against the Ray engine on a
+       two-node cluster whose second node is slowed. Each "node" (task, Ray node) is pinned to a
+       core of its own (taskset), as on two machines: otherwise the slowed one's sleep would lend
+       its core to the other. Shards are handed out as they finish, so the slow node makes fewer.
+
+    Every run's shards are checked byte-identical to the first local run's."""
+    sys.path.insert(0, str(ROOT))
+    from tests.ray_cluster import LocalCluster
+
+    common = (args.recipe, args.samples, args.shard_size, args.overrides)
+    rows: dict[str, list[float]] = {}
+    reference: dict[str, bytes] = {}
+    shard_seconds: dict[str, list[float]] = {}  # seconds per sample inside shards (no start-up)
+    per_node: dict[str, list[list[int]]] = {}  # shards made on each node, per run
+
+    def case(name: str, action) -> None:
+        with tempfile.TemporaryDirectory() as out:
+            logged: list = []
+            wall = _timed(lambda: logged.append(action(out)))
+            nodes = re.search(r"shards made per node: (.*)", logged[0] or "")
+            if nodes:  # the Ray engine's own count: a slow node makes fewer shards
+                counts = sorted((int(n) for n in re.findall(r": (\d+)", nodes.group(1))), reverse=True)
+                per_node.setdefault(name, []).append(counts)
+            shards = {p.name: p.read_bytes() for p in sorted(Path(out, "shards").glob("*.tar"))}
+            sidecars = [json.loads(p.read_text()) for p in Path(out, "shards").glob("*.json")]
+            shard_seconds.setdefault(name, []).append(sum(i["seconds"] for i in sidecars) / args.samples)
+            if not reference:
+                reference.update(shards)
+            elif shards != reference:
+                raise RuntimeError(f"{name}: shards differ from the local engine's")
+        rows.setdefault(name, []).append(wall)
+        print(f"  {name}: {wall:.1f} s", flush=True)
+
+    def local(out):
+        return _generate(args.recipe, out, args.samples, args.shard_size, args.overrides, ["--workers", "2"])
+
+    def ray_started_here(out):
+        return _generate(args.recipe, out, args.samples, args.shard_size, args.overrides, ["--engine", "ray"],
+                  env=dict(_env(), RAY_AUTH_MODE="disabled"))
+
+    for _ in range(args.repeats):
+        case("local engine, 2 workers", local)
+        cluster = LocalCluster()
+        try:
+            case("ray, 2-node cluster running", lambda out: _generate(
+                *common[:1], out, *common[1:], ["--engine", "ray", "--ray-address", cluster.address], env=cluster.env))
+        finally:
+            cluster.stop()
+        case("ray, local Ray started for the run", ray_started_here)
+    per_sample = min(shard_seconds["local engine, 2 workers"])  # one worker's seconds per sample
+    delay = args.delay if args.delay is not None else round(per_sample, 3)
+    print(f"slowed node: +{delay:.3f} s per sample", flush=True)
+    for _ in range(args.repeats):
+        case("static split (--task K/2), one slowed", lambda out: _static_split(*common[:1], out, *common[1:], delay))
+        cluster = LocalCluster(node2_delay_s=delay, pin=True)
+        try:
+            case("ray, 2-node cluster, one slowed", lambda out: _generate(
+                *common[:1], out, *common[1:], ["--engine", "ray", "--ray-address", cluster.address], env=cluster.env))
+        finally:
+            cluster.stop()
+    base = min(rows["local engine, 2 workers"])
+    print(f"\n{args.samples} samples, shards of {args.shard_size}, {args.recipe}; best of {args.repeats} "
+          f"(each run: process start-up, model load, every shard written; all runs byte-identical)")
+    print(f"{'case':<42} | {'wall (s), each run':>22} | {'samples/s':>9} | {'vs local':>8}")
+    print("-" * 92)
+    for name, walls in rows.items():
+        best = min(walls)
+        print(f"{name:<42} | {', '.join(f'{w:.1f}' for w in walls):>22} | {args.samples / best:>9.2f} | "
+              f"{base / best:>7.2f}x")
+    static, ray_slow = min(rows["static split (--task K/2), one slowed"]), min(rows["ray, 2-node cluster, one slowed"])
+    print(f"one node slowed: the Ray engine finishes {static / ray_slow:.2f}x sooner than the static split")
+    for name, counts in per_node.items():
+        print(f"shards per node, {name}: " + "; ".join(" / ".join(map(str, c)) for c in counts))
 
 
 if __name__ == "__main__":

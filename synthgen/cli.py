@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from synthgen import __version__
-from synthgen.errors import ErrorBudgetExceeded, Interrupted, StorageError, UserError
+from synthgen.errors import ErrorBudgetExceeded, Interrupted, StorageError, UserError, WorkLost
 
 log = logging.getLogger("synthgen")
 
@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--loader-workers", type=int, default=None,
                      help="controlnet backend: processes running the CPU stages ahead of the GPU "
                           "(default: --workers)")
+    gen.add_argument("--engine", choices=["local", "ray"], default="local",
+                     help="local: this machine's processes, ranks or --task (default); ray: a Ray "
+                          "cluster balances the shards (same bytes)")
+    gen.add_argument("--ray-address", default=None,
+                     help="--engine ray: the cluster to join (default $RAY_ADDRESS; without either, a "
+                          "local Ray is started for the run)")
     gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     fin = sub.add_parser("finalize", help="check that every shard of a --task run is there and write "
@@ -137,7 +143,8 @@ def _cmd_generate(args) -> int:
     task = parse_part(args.task) if args.task is not None else None
     keep_freed_memory()  # this process makes samples itself with --workers 1 (and as a rank)
     manifest = generate(recipe, args.out, workers=args.workers, progress=not args.no_progress,
-                        loader_workers=args.loader_workers, task=task)
+                        loader_workers=args.loader_workers, task=task, engine=args.engine,
+                        ray_address=args.ray_address)
     stats = manifest.get("stats", {})
     if "rank" in manifest:
         log.info("rank %d done (%.1f samples/s)", manifest["rank"], stats.get("last_run_samples_per_second") or 0)
@@ -273,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         sys.stderr.write(f"synthgen: error: {exc}\n")
         return 2
-    except (ErrorBudgetExceeded, StorageError) as exc:
+    except (ErrorBudgetExceeded, StorageError, WorkLost) as exc:
         sys.stderr.write(f"synthgen: stopped: {exc}\n")
         return _end_now(1)
     except Interrupted as exc:

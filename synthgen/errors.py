@@ -18,6 +18,11 @@ class StorageError(RuntimeError):
     """The output storage failed after retries (an upload, a full disk); complete shards are kept."""
 
 
+class WorkLost(RuntimeError):
+    """Work kept dying with its worker process or node, more often than the recipe allows retries
+    (``output.ray.max_retries``); complete shards are kept."""
+
+
 class Interrupted(RuntimeError):
     """SIGTERM / SIGINT stopped a run; complete shards are kept. ``signum`` gives the exit status."""
 

@@ -728,6 +728,15 @@ class SceneConfig(_Strict):
         return any(w > 0 and k != "none" for k, w in self.geometry_weights.items())
 
 
+class RayOptions(_Strict):
+    """How the Ray engine (``--engine ray``) retries lost work; ignored by the local engine."""
+
+    max_retries: int = Field(3, ge=0, le=100, description="times a shard (a CPU-stage task, or a call on a "
+                             "device actor) is run again after its worker process or node died; the "
+                             "device actors are restarted (models reloaded) as often. A sample that "
+                             "raises is never retried: it counts against output.max_errors")
+
+
 class OutputConfig(_Strict):
     shard_size: int = Field(64, ge=1, le=100000, description="samples per shard")
     jpeg_quality: int = Field(92, ge=10, le=100)
@@ -751,6 +760,8 @@ class OutputConfig(_Strict):
     grace_s: float = Field(30.0, ge=0.0, le=86400.0, exclude=True,
                            description="on SIGTERM / SIGINT, seconds the shards in flight get to finish "
                                        "before their partial files are dropped")
+    ray: RayOptions = Field(default_factory=RayOptions, exclude=True,
+                            description="--engine ray: retries after lost workers or nodes")
 
     @model_validator(mode="after")
     def _formats(self) -> "OutputConfig":

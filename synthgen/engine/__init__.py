@@ -5,6 +5,7 @@
   workers), device batches, timing;
 - :mod:`.shards` whole shards from one sample stream: records, rejects, failures, error budget;
 - :mod:`.launch` which process writes which shard (ranks, worker pools), progress, manifest.
+- :mod:`.ray_engine` the same shards on a Ray cluster (``--engine ray``; ray imported only there).
 
 ``synthgen.run`` maps a recipe to its factory and calls :func:`.launch.generate`.
 """

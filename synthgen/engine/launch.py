@@ -334,14 +334,16 @@ class _Progress:
 # --- the run ------------------------------------------------------------------------------------
 def generate(factory_class: type, recipe: Recipe, out: str | RunFolder, workers: int = 1,
              progress: bool = True, loader_workers: int | None = None,
-             task: tuple[int, int] | None = None) -> dict:
+             task: tuple[int, int] | None = None, engine: str = "local", ray_address: str | None = None) -> dict:
     """Write every missing shard of ``recipe`` (of task ``K`` of ``N`` with ``task=(K, N)``) with
     ``factory_class``'s samples into ``out`` (a folder, an fsspec URL or a :class:`RunFolder`);
     returns the manifest (rank 0, tasks) or ``{"rank", "stats"}`` (other ranks).
 
     CPU factories spread whole shards over ``workers`` processes. A factory that uses the device
     runs its device stages in this process (one GPU per rank) and its CPU stages in
-    ``loader_workers`` DataLoader processes (default: ``workers``).
+    ``loader_workers`` DataLoader processes (default: ``workers``). ``engine="ray"`` makes the
+    shards on a Ray cluster instead (:mod:`.ray_engine`; ``ray_address`` or ``$RAY_ADDRESS``, else a
+    local Ray for the run).
     """
     folder = out if isinstance(out, RunFolder) else RunFolder(out, recipe.output.storage_options)
     if task and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -355,13 +357,14 @@ def generate(factory_class: type, recipe: Recipe, out: str | RunFolder, workers:
     with stop.installed():
         try:
             return _generate(factory_class, recipe, folder, ranks, tasks, own, workers, progress,
-                             loader_workers, stop)
+                             loader_workers, stop, engine, ray_address)
         except BaseException as exc:
             raise _one_line(exc, recipe, folder, ranks, tasks, own, stop) from None
 
 
 def _generate(factory_class: type, recipe: Recipe, folder: RunFolder, ranks: Ranks, tasks: list, own: list,
-              workers: int, progress: bool, loader_workers: int | None, stop: _Stop) -> dict:
+              workers: int, progress: bool, loader_workers: int | None, stop: _Stop,
+              engine: str = "local", ray_address: str | None = None) -> dict:
     if ranks.rank == 0 or ranks.task:
         folder.prepare(recipe, tasks)
         if not ranks.task:
@@ -383,6 +386,10 @@ def _generate(factory_class: type, recipe: Recipe, folder: RunFolder, ranks: Ran
     try:
         if not mine:
             pass
+        elif engine == "ray":
+            from synthgen.engine.ray_engine import run_shards
+
+            run_shards(factory_class, recipe, folder, mine, tasks, bar.tick, stop.is_set, ray_address)
         elif uses_device:
             loaders = workers if loader_workers is None else loader_workers
             _run_in_process(factory_class, recipe, folder, mine, tasks, ranks.device, bar.tick, loaders, stop)
@@ -399,7 +406,8 @@ def _generate(factory_class: type, recipe: Recipe, folder: RunFolder, ranks: Ran
         made = sum(t.stop - t.start for t in mine)
         stats = {"last_run_seconds": round(elapsed, 3), "last_run_samples": made,
                  "last_run_samples_per_second": round(made / elapsed, 3) if elapsed > 0 else None,
-                 "workers": workers, "world_size": ranks.world} | ({"tasks": ranks.world} if ranks.task else {})
+                 "workers": workers, "world_size": ranks.world} | ({"tasks": ranks.world} if ranks.task else {}) \
+            | ({"engine": engine} if engine != "local" else {})
         failure = failure or ("interrupted" if stop.is_set() else None)
         with contextlib.suppress(Exception):  # the run's own error is the one to report
             if ranks.world > 1 and not ranks.task:  # rank 0 waits for these, not a collective

@@ -11,6 +11,7 @@ that the storage refuses after retries counts its samples against the same budge
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -52,6 +53,7 @@ def write_shards(factory: Factory, folder: RunFolder, tasks: list[ShardTask], lo
     A shard the storage refuses (:class:`StorageError` after retries) is logged, its samples
     count against the error budget, the others go on; the call then raises that error.
     """
+    on_sample = _with_test_delay(on_sample)
     indices = [i for t in tasks for i in range(t.start, t.stop)]
     stream = finished_samples(factory, indices, loader_workers, keep_errors=True)
     depth = ahead * factory.batch_size
@@ -97,6 +99,25 @@ def write_shards(factory: Factory, folder: RunFolder, tasks: list[ShardTask], lo
         raise StorageError(f"{len(lost)} shard(s) could not be stored ({lost[0][1]}); complete shards are "
                            f"kept, rerun the same command to make the others")
     return infos
+
+
+TEST_DELAY_VARIABLE = "SYNTHGEN_TEST_SAMPLE_DELAY_S"
+
+
+def _with_test_delay(on_sample: Callable[[], None] | None) -> Callable[[], None] | None:
+    """Tests and benchmarks only: with ``SYNTHGEN_TEST_SAMPLE_DELAY_S`` set in a process's
+    environment, each sample made there takes that many seconds longer (a slow node on purpose,
+    for the Ray engine's balancing benchmark). Never set it for real runs."""
+    delay = float(os.environ.get(TEST_DELAY_VARIABLE) or 0)
+    if delay <= 0:
+        return on_sample
+
+    def slowed() -> None:
+        time.sleep(delay)
+        if on_sample is not None:
+            on_sample()
+
+    return slowed
 
 
 def _write_now(factory: Factory, folder: RunFolder, task: ShardTask, accepted: Iterator[dict[str, Any]],

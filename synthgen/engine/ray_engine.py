@@ -1,0 +1,359 @@
+"""The Ray engine (``synthgen generate ... --engine ray``): shards scheduled as resources free up.
+
+Same plan, same per-shard code, same commit as the local engine: every shard is made by
+:func:`synthgen.engine.shards.write_shards` on one :class:`~.run_folder.ShardTask` and committed
+through the :class:`~.run_folder.RunFolder` (a folder every node sees, or an object-store URL),
+so a shard's bytes do not depend on which node made it, in which order, or how often it was tried.
+
+- A factory that does not use the device: one Ray task per shard (``num_cpus=1``: CPU stages,
+  the weight-free image, encoding and the commit), on any node. At most as many shards are in
+  flight as the cluster has CPUs; the next one starts where a CPU frees up, so a node twice as
+  slow ends up with about half the shards.
+- A factory that uses the device: a pool of device actors, one per GPU (``num_gpus=1``; one actor
+  with ``num_gpus=0`` on a cluster without GPUs), each loading its models once and taking the
+  next shard when it is free. Inside a shard, the CPU stages of each chunk of
+  ``factory.cpu_chunk`` samples run as Ray tasks on any node, a few chunks ahead; the actor runs
+  the device stages (diffusion, SAM) in the recipe's fixed batch shapes, then writes the shard.
+
+Faults: a worker process or node that dies takes its shard with it; Ray runs the task again
+(the device actor is restarted, reloading its models, and the call is run again), up to
+``output.ray.max_retries`` times; partial files of the lost attempt are never taken for data
+(the commit protocol). A sample that raises is not a fault: it is recorded in its shard's
+sidecar and counts against ``output.max_errors`` exactly as under the local engine.
+
+``ray`` is imported only here, and only when the Ray engine runs (``pip install 'synthgen[ray]'``).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from synthgen.engine.contract import Factory
+from synthgen.engine.run_folder import RunFolder, ShardTask
+from synthgen.engine.shards import write_shards
+from synthgen.engine.streams import _chunks
+from synthgen.errors import UserError, WorkLost
+from synthgen.recipe import Recipe, recipe_hash
+
+log = logging.getLogger(__name__)
+
+POLL_S = 1.0          # the driver refreshes progress and looks for finished shards this often
+PREPARE_AHEAD = 4     # chunks of CPU stages in flight per device actor, at least
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--engine ray needs the ray package; pip install 'synthgen[ray]' "
+                        "(or use --engine local)") from None
+    return ray
+
+
+# --- in the worker processes --------------------------------------------------------------------
+_FACTORIES: dict[tuple, Factory] = {}
+
+
+def _factory(factory_class: type, recipe: Recipe, cpu_only: bool = False) -> Factory:
+    """This worker process's factory for ``recipe`` (built once: Ray reuses worker processes)."""
+    key = (factory_class, recipe_hash(recipe), cpu_only)
+    if key not in _FACTORIES:
+        _worker_setup()
+        _FACTORIES.clear()  # one recipe at a time per worker: free the previous one's models
+        _FACTORIES[key] = factory_class(recipe, cpu_only=True) if cpu_only else factory_class(recipe)
+    return _FACTORIES[key]
+
+
+def _worker_setup() -> None:
+    """One thread per CPU Ray gave this worker (torch, OpenCV, llvmpipe), freed memory kept mapped."""
+    import cv2
+    import torch
+
+    from synthgen.engine.memory import keep_freed_memory
+
+    keep_freed_memory()
+    threads = max(1, int(os.environ.get("OMP_NUM_THREADS", "1")))  # Ray sets it to the task's num_cpus
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    os.environ.setdefault("LP_NUM_THREADS", str(threads))
+    logging.basicConfig(level=logging.WARNING)
+
+
+def _errors_in_other_shards(folder: RunFolder, all_tasks: list[ShardTask], own: ShardTask) -> int:
+    """Failures recorded in the complete shards other than ``own`` (the error budget's base)."""
+    others = [t for t in all_tasks if t != own]
+    return sum(len(info.get("errors", [])) for info in folder.read_sidecars(others).values())
+
+
+class _Ticks:
+    """``on_sample`` for a worker: counts samples and sends them to the driver's counter at most
+    every ``every_s`` seconds (a fire-and-forget message); :meth:`flush` sends the rest."""
+
+    def __init__(self, counter, every_s: float = 0.5):
+        self.counter, self.every_s = counter, every_s
+        self.unsent, self.last = 0, time.monotonic()
+
+    def __call__(self) -> None:
+        self.unsent += 1
+        if time.monotonic() - self.last >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.unsent:
+            self.counter.add.remote(self.unsent)
+        self.unsent, self.last = 0, time.monotonic()
+
+
+def make_shard(factory_class: type, recipe: Recipe, folder: RunFolder, task: ShardTask,
+               all_tasks: list[ShardTask], counter) -> tuple[dict[str, Any], str]:
+    """A whole shard in this worker: CPU stages, the weight-free image, encoding, the commit;
+    returns its sidecar info and the node that made it."""
+    factory, ticks = _factory(factory_class, recipe), _Ticks(counter)
+    info = write_shards(factory, folder, [task], 0, ticks, lambda: _errors_in_other_shards(folder, all_tasks, task))[0]
+    ticks.flush()
+    return info, _node()
+
+
+def _node() -> str:
+    import ray
+
+    context = ray.get_runtime_context()
+    return f"{context.get_node_id()[:8]} ({ray.util.get_node_ip_address()})"
+
+
+def prepare_chunk(factory_class: type, recipe: Recipe, indices: list[int], attempt: int) -> list[dict[str, Any]]:
+    """The CPU stages of ``indices`` (consecutive, one chunk) in this worker."""
+    return list(_factory(factory_class, recipe, cpu_only=True).prepared(indices, attempt))
+
+
+class _RemoteCpuStages:
+    """A device actor's factory, with :meth:`prepared` run as Ray tasks on any node, a few chunks
+    ahead, results in order; everything else (finish, encode, timing) is the actor's factory."""
+
+    def __init__(self, factory: Factory, factory_class: type, recipe: Recipe, prepare_task, ahead: int):
+        self._factory, self._class, self._recipe = factory, factory_class, recipe
+        self._prepare, self._ahead = prepare_task, ahead
+
+    def __getattr__(self, name: str):
+        return getattr(self._factory, name)
+
+    def prepared(self, indices: list[int], attempt: int = 0) -> Iterator[dict[str, Any]]:
+        import ray
+
+        chunks = iter(_chunks(indices, max(1, self._factory.cpu_chunk)))
+        in_flight: collections.deque = collections.deque()
+        for chunk in chunks:
+            in_flight.append(self._prepare.remote(self._class, self._recipe, chunk, attempt))
+            if len(in_flight) >= self._ahead:
+                break
+        while in_flight:
+            samples = ray.get(in_flight.popleft())
+            chunk = next(chunks, None)
+            if chunk is not None:
+                in_flight.append(self._prepare.remote(self._class, self._recipe, chunk, attempt))
+            yield from samples
+
+
+class DeviceShards:
+    """A device actor: the factory's models loaded once; :meth:`make` writes one shard."""
+
+    def __init__(self, factory_class: type, recipe: Recipe, prepare_task):
+        _worker_setup()
+        factory = factory_class(recipe)
+        # enough chunks in flight for two device batches
+        ahead = max(PREPARE_AHEAD, -(-2 * factory.batch_size // max(1, factory.cpu_chunk)))
+        self.factory = _RemoteCpuStages(factory, factory_class, recipe, prepare_task, ahead)
+
+    def make(self, folder: RunFolder, task: ShardTask, all_tasks: list[ShardTask],
+             counter) -> tuple[dict[str, Any], str]:
+        ticks = _Ticks(counter)
+        info = write_shards(self.factory, folder, [task], 0, ticks,
+                            lambda: _errors_in_other_shards(folder, all_tasks, task))[0]
+        ticks.flush()
+        return info, _node()
+
+
+class Counter:
+    """Samples made so far, across the cluster (progress only; a retried shard counts again)."""
+
+    def __init__(self):
+        self.samples = 0
+
+    def add(self, n: int) -> None:
+        self.samples += n
+
+    def total(self) -> int:
+        return self.samples
+
+
+# --- in the driver ------------------------------------------------------------------------------
+def run_shards(factory_class: type, recipe: Recipe, folder: RunFolder, tasks: list[ShardTask],
+               all_tasks: list[ShardTask], tick: Callable[[], None], stopping: Callable[[], bool],
+               address: str | None = None) -> None:
+    """Make ``tasks`` (the missing shards of ``all_tasks``) on a Ray cluster.
+
+    ``address``: a running cluster (``ray://head:10001``, ``head:6379``, ``auto``); default
+    ``$RAY_ADDRESS``; without either, a local Ray is started for this run and stopped after.
+    ``tick()`` is called once per sample made anywhere; once ``stopping()`` is true no new shard
+    starts (the ones in flight finish). Raises the first error a shard raised (error budget,
+    storage), or :class:`WorkLost` when a shard was lost more than ``output.ray.max_retries`` times.
+    """
+    ray = _import_ray()
+    if ray.is_initialized():  # a notebook that called ray.init() itself: its cluster, left as it is
+        _schedule(ray, factory_class, recipe, folder, tasks, all_tasks, tick, stopping)
+        return
+    with _signal_handlers_kept():  # ray.init installs its own SIGTERM handler; the run's decides
+        _connect(ray, address)
+    try:
+        _schedule(ray, factory_class, recipe, folder, tasks, all_tasks, tick, stopping)
+    finally:
+        ray.shutdown()  # disconnects from a cluster; stops the local Ray started for the run
+
+
+@contextlib.contextmanager
+def _signal_handlers_kept():
+    """Restore this process's SIGTERM / SIGINT handlers (the run's: finish the shards in flight)
+    after the block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            if handler is not None:
+                signal.signal(s, handler)
+
+
+def _connect(ray, address: str | None) -> None:
+    """Join the cluster at ``address`` / ``$RAY_ADDRESS``, or start a local one for this run."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        log.info("joining the Ray cluster at %s", address)
+        try:
+            ray.init(address=address, **quiet)
+        except (ConnectionError, ValueError) as exc:
+            raise UserError(f"--ray-address {address}: no Ray cluster reachable there ({exc}); start one "
+                            f"(`ray start --head`, KubeRay) or pass its address") from None
+        return
+    log.info("starting a local Ray for this run (%d CPUs)", os.cpu_count() or 1)
+    ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, **quiet)
+
+
+def _schedule(ray, factory_class: type, recipe: Recipe, folder: RunFolder, tasks: list[ShardTask],
+              all_tasks: list[ShardTask], tick: Callable[[], None], stopping: Callable[[], bool]) -> None:
+    retries = recipe.output.ray.max_retries
+    counter = ray.remote(num_cpus=0)(Counter).remote()
+    resources = ray.cluster_resources()
+    log.info("Ray cluster: %d nodes, %g CPUs, %g GPUs", len([n for n in ray.nodes() if n.get("Alive")]),
+             resources.get("CPU", 0), resources.get("GPU", 0))
+    if factory_class.uses_device(recipe):
+        start, slots = _device_pool(ray, factory_class, recipe, folder, all_tasks, counter, retries)
+    else:
+        remote = ray.remote(make_shard).options(num_cpus=1, max_retries=retries, retry_exceptions=False)
+
+        def start(task: ShardTask):
+            return remote.remote(factory_class, recipe, folder, task, all_tasks, counter)
+
+        def slots() -> int:
+            return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    pending, running, seen = list(tasks), {}, 0
+    per_node: collections.Counter = collections.Counter()
+    try:
+        while pending or running:
+            while pending and len(running) < slots() and not stopping():
+                task = pending.pop(0)
+                running[start(task)] = task
+            if not running:
+                break
+            done, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
+            seen = _progress(ray, counter, seen, tick)
+            for ref in done:
+                task = running.pop(ref)
+                _, node = _result(ray, ref, task, retries)
+                per_node[node] += 1
+                log.debug("%s made on node %s", task.name, node)
+        _progress(ray, counter, seen, tick)
+        log.info("shards made per node: %s", ", ".join(f"{node}: {n}" for node, n in sorted(per_node.items())))
+    except BaseException:
+        for ref, task in running.items():  # a stop after the grace period, or another shard's error
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # an actor call: force is refused, a plain cancel is not
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref)
+            with contextlib.suppress(Exception):
+                folder.drop_partials(task)
+        raise
+
+
+def _device_pool(ray, factory_class: type, recipe: Recipe, folder: RunFolder, all_tasks: list[ShardTask],
+                 counter, retries: int):
+    """Device actors (one per GPU, or one with ``num_gpus=0``) and the function giving each its next shard."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    count, per_actor = (gpus, 1) if gpus else (1, 0)
+    prepare = ray.remote(prepare_chunk).options(num_cpus=1, max_retries=retries, retry_exceptions=False)
+    actor_class = ray.remote(DeviceShards).options(num_gpus=per_actor, num_cpus=0, max_restarts=retries,
+                                                   max_task_retries=retries)
+    actors = [actor_class.remote(factory_class, recipe, prepare) for _ in range(count)]
+    log.info("%d device actor(s), num_gpus=%d each", count, per_actor)
+    busy: dict[int, Any] = {}  # actor number -> its call in flight
+
+    def start(task: ShardTask):
+        free = next(i for i in range(count) if i not in busy or _ready(ray, busy[i]))
+        busy[free] = actors[free].make.remote(folder, task, all_tasks, counter)
+        return busy[free]
+
+    def slots() -> int:
+        return count
+
+    return start, slots
+
+
+def _ready(ray, ref) -> bool:
+    done, _ = ray.wait([ref], timeout=0)
+    return bool(done)
+
+
+def _progress(ray, counter, seen: int, tick: Callable[[], None]) -> int:
+    """Tick once per sample the cluster made since ``seen``; returns the new total."""
+    try:
+        total = ray.get(counter.total.remote(), timeout=POLL_S)
+    except Exception:  # progress only: never a reason to stop
+        return seen
+    for _ in range(max(0, total - seen)):
+        tick()
+    return max(seen, total)
+
+
+def _result(ray, ref, task: ShardTask, retries: int) -> tuple[dict[str, Any], str]:
+    """The shard's sidecar info and node; the shard's own error as it was raised (error budget, storage),
+    or :class:`WorkLost` (one line) when its workers kept dying."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, ray.exceptions.RayError):  # a device actor's CPU-stage task was lost
+            raise _lost(task, retries, cause) from None
+        if isinstance(cause, Exception):
+            raise cause from None
+        raise
+    except ray.exceptions.RayError as exc:  # the worker, actor or node died, after the retries
+        raise _lost(task, retries, exc) from None
+
+
+def _lost(task: ShardTask, retries: int, exc: BaseException) -> WorkLost:
+    return WorkLost(f"{task.name}: lost {retries + 1} times ({type(exc).__name__}); raise "
+                    f"output.ray.max_retries or check the cluster's nodes; complete shards are kept, "
+                    f"rerun the same command to make the others")

@@ -7,7 +7,8 @@
 #
 # 1. Installs what it needs: this project with its test and diffusion extras, keeping the torch
 #    it finds (pinned by a constraint, so pip never swaps a CUDA build for another). A machine with
-#    no package index: pass --wheels DIR (a folder of wheels; pip --no-index --find-links DIR).
+#    no package index (a lent device machine): make the wheels here with
+#    `bash benchmarks/gpu_wheels.sh .whl`, carry .whl, and pass --wheels .whl (installed --no-deps).
 #    Skipped with --dry-run, and with --smoke when synthgen already imports.
 # 2. Runs benchmarks/gpu_check.py: sanity, SD1.5 + 1 ControlNet, SAM's share, SD1.5 + 2
 #    ControlNets, then SDXL and FLUX if the budget allows; each step in its own process with its
@@ -31,15 +32,26 @@ cd "$(dirname "$0")/.."
 [ "$OUT" = gpu-check ] && OUT=$PWD/gpu-check && ARGS+=(--out "$OUT")
 
 install() {
-    local pins extra=() torch_version
+    local pins torch_version
     pins=$(mktemp)
     torch_version=$("$PYTHON" -c "import torch; print(torch.__version__)" 2>/dev/null) \
         && echo "torch==$torch_version" > "$pins"
-    # no package index (wheels only): build with the setuptools already installed
-    [ -n "$WHEELS" ] && extra=(--no-index --find-links "$WHEELS" --no-build-isolation)
+    local rc
+    if [ -n "$WHEELS" ]; then
+        # no package index: the wheels of what the machine lacks (benchmarks/gpu_wheels.sh made
+        # them), then synthgen itself, all without dependency resolution (the test extra's
+        # packages are not needed by the check and are not on such a machine)
+        echo "installing $(ls "$WHEELS"/*.whl | wc -l) wheels from $WHEELS and synthgen (no index)" >&2
+        PIP_NO_INPUT=1 "$PYTHON" -m pip install -q --disable-pip-version-check --no-index --no-deps "$WHEELS"/*.whl >&2 \
+            && PIP_NO_INPUT=1 "$PYTHON" -m pip install -q --disable-pip-version-check --no-index --no-deps \
+                   --no-build-isolation -e . >&2
+        rc=$?
+        rm -f "$pins"
+        return $rc
+    fi
     echo "installing synthgen[test,diffusion] (torch ${torch_version:-not found: pip picks one})" >&2
-    PIP_NO_INPUT=1 "$PYTHON" -m pip install -q --disable-pip-version-check --retries 1 --timeout 15 -c "$pins" "${extra[@]}" -e ".[test,diffusion]" >&2
-    local rc=$?
+    PIP_NO_INPUT=1 "$PYTHON" -m pip install -q --disable-pip-version-check --retries 1 --timeout 15 -c "$pins" -e ".[test,diffusion]" >&2
+    rc=$?
     rm -f "$pins"
     return $rc
 }

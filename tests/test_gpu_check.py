@@ -131,3 +131,20 @@ def test_word_merges_make_known_words_one_token_and_keep_the_byte_level_ids(tmp_
     assert len(words("standing")["input_ids"]) == 3  # <start> standing <end>
     same = plain.decode(plain(text)["input_ids"], skip_special_tokens=True)
     assert words.decode(ids, skip_special_tokens=True) == same  # the same text comes back
+
+
+def test_anny_bodies_pose_without_nvidia_warp_as_on_a_device_machine():
+    """The device wheels (benchmarks/gpu_wheels.sh) leave NVIDIA Warp out to fit the 64 MiB that
+    travels: Anny must then load with its torch skinning and synthgen must pose a body."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['warp'] = None\n"
+        "from synthgen.subjects.anny_body import load_anny_model\n"
+        "model = load_anny_model()\n"
+        "print(model._skinning_method.__module__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "anny.skinning.skinning"

@@ -200,8 +200,12 @@ def _usable_cache_dir() -> Path:
 
 def _quiet_warp() -> None:
     """Keep NVIDIA Warp (Anny's skinning kernels) to warnings: at its default level every worker
-    prints a banner and a line per kernel module to stdout. A level the user set is kept."""
-    import warp
+    prints a banner and a line per kernel module to stdout. A level the user set is kept. Without
+    Warp installed, Anny skins with its torch LBS and there is nothing to quiet."""
+    try:
+        import warp
+    except ImportError:
+        return
 
     if warp.config.log_level == warp.LOG_INFO:
         warp.config.log_level = warp.LOG_WARNING

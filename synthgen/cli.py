@@ -246,11 +246,11 @@ def _cmd_adapt(args) -> int:
 
 def _end_now(code: int, wait_s: float = 10.0) -> int:
     """The exit status of a stopped run, once the CPU stages' prefetch thread (told to stop at its
-    next sample) has ended. One still inside native code after ``wait_s`` would abort the process
+    next sample) and the aborted shard writers (removing their partial files) have ended. One still inside native code after ``wait_s`` would abort the process
     at interpreter shutdown (C++ ``std::terminate``, exit -6) instead of ``code``: end at once then."""
     deadline = time.monotonic() + wait_s
     ahead = [t for t in threading.enumerate()
-             if t.name.startswith(("synthgen-cpu-stages", "synthgen-device-stages"))]
+             if t.name.startswith(("synthgen-cpu-stages", "synthgen-device-stages", "synthgen-writer-"))]
     for thread in ahead:
         thread.join(timeout=max(0.0, deadline - time.monotonic()))
     if any(t.is_alive() for t in ahead):

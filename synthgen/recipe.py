@@ -823,6 +823,15 @@ class Recipe(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _backdrop_folder_needs_no_scene(self) -> "Recipe":
+        drawn = [kind for kind, weight in self.scene.geometry_weights.items() if kind != "none" and weight > 0]
+        if self.backend.kind == "shaded" and self.backend.shaded.background == "folder" and drawn:
+            raise ValueError(f"backend.shaded.background=folder with scene.geometry={self.scene.geometry}: "
+                             f"the backdrop images show only where no scene is drawn, so they would be "
+                             f"ignored; set scene.geometry=none to use them")
+        return self
+
+    @model_validator(mode="after")
     def _hmr2_needs_single_human_images(self) -> "Recipe":
         if "hmr2" in self.output.formats and (self.subject.kind != "human" or self.sequence is not None):
             what = f"subject.kind={self.subject.kind}" if self.subject.kind != "human" else "a sequence recipe"

@@ -99,7 +99,8 @@ def test_failing_samples_count_against_the_error_budget_as_under_the_local_engin
     backgrounds.mkdir()
     cv2.imwrite(str(backgrounds / "good.png"), np.full((64, 64, 3), 90, np.uint8))
     (backgrounds / "broken.jpg").write_bytes(b"not an image at all")
-    folder = ["backend.shaded.background=folder", f"backend.shaded.background_dir={backgrounds}"]
+    # the backdrop folder is read where no scene geometry is drawn (the quickstart's default draws one)
+    folder = ["backend.shaded.background=folder", f"backend.shaded.background_dir={backgrounds}", "scene.geometry=none"]
     tolerant = load_recipe(ROOT / "recipes" / "quickstart.yaml", [*_SMALL, *folder, "output.max_errors=0.9"])
     local = generate(tolerant, tmp_path / "local", workers=1, progress=False)
     on_ray = generate(tolerant, tmp_path / "ray", progress=False, engine="ray", ray_address=cluster.address)

@@ -107,7 +107,8 @@ def test_failing_samples_are_recorded_and_the_budget_stops_the_run(tmp_path):
     backgrounds.mkdir()
     cv2.imwrite(str(backgrounds / "good.png"), np.full((64, 64, 3), 90, np.uint8))
     (backgrounds / "broken.jpg").write_bytes(b"not an image at all")
-    folder = ["backend.shaded.background=folder", f"backend.shaded.background_dir={backgrounds}"]
+    # the backdrop folder is read where no scene geometry is drawn (the quickstart's default draws one)
+    folder = ["backend.shaded.background=folder", f"backend.shaded.background_dir={backgrounds}", "scene.geometry=none"]
 
     tolerant = tmp_path / "tolerant"
     proc = _generate(tolerant, 8, "--workers", "1", "output.max_errors=0.9", *folder)

@@ -4,6 +4,8 @@ instance mask, the shaded backend's shadows, determinism."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import webdataset as wds
@@ -250,3 +252,18 @@ def test_subjects_render_as_alone_where_the_scene_does_not_hide_them(backend):
         assert np.array_equal(both["depth"][shared], alone["depth"][shared])
         lost = alone["mask"] & ~body  # a few pixels at the feet, where the ground wins the z-test
         assert (both["depth"][lost] <= alone["depth"][lost] + 1e-6).all() and lost.sum() < 20
+
+
+def test_a_backdrop_folder_with_scene_geometry_is_one_line_naming_the_fix(tmp_path):
+    """backend.shaded.background=folder paints only where no scene is drawn: asking for both would
+    silently ignore the user's images, so the recipe is refused with the fix."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "synthgen", "validate", str(root / "recipes" / "quickstart.yaml"),
+                           "backend.shaded.background=folder", f"backend.shaded.background_dir={tmp_path}"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    line = done.stderr.strip().splitlines()[-1]
+    assert "backend.shaded.background=folder" in line and "set scene.geometry=none" in line

@@ -81,7 +81,8 @@ def write_shards(factory: Factory, folder: RunFolder, tasks: list[ShardTask], lo
                 collect(task, lambda: _write_now(factory, folder, task, accepted, report))
                 continue
             writer = _Writer(factory, folder, task, report, depth)
-            writers.append(writer)
+            writers.append(writer)  # before its thread opens a partial file: an interruption aborts it
+            writer.start()
             for sample in accepted:
                 writer.put(sample)
             writer.close()
@@ -92,13 +93,24 @@ def write_shards(factory: Factory, folder: RunFolder, tasks: list[ShardTask], lo
             collect(writers[0].task, writers[0].result)
             writers.pop(0)
     finally:
-        stream.close()  # stops the CPU stages running ahead (at their next sample)
-        for writer in writers:  # an error here: the partial files go, nothing is renamed
-            writer.abort()
+        _abort(writers, stream)
     if lost:
         raise StorageError(f"{len(lost)} shard(s) could not be stored ({lost[0][1]}); complete shards are "
                            f"kept, rerun the same command to make the others")
     return infos
+
+
+def _abort(writers: list["_Writer"], stream) -> None:
+    """Stop the unfinished writers (their partial files go, nothing is renamed) and the CPU stages
+    running ahead (at their next sample). The writers are told first, so that an interruption
+    landing in this clean-up still leaves each of them ending on its own."""
+    for writer in writers:
+        writer.stop.set()
+    try:
+        stream.close()
+    finally:
+        for writer in writers:
+            writer.join()
 
 
 TEST_DELAY_VARIABLE = "SYNTHGEN_TEST_SAMPLE_DELAY_S"
@@ -166,7 +178,6 @@ class _Writer(threading.Thread):
         self.info: dict[str, Any] | None = None
         self.error: BaseException | None = None
         self.times = {"encode": 0.0, "write": 0.0}
-        self.start()
 
     def _samples(self) -> Iterator[dict[str, Any]]:
         while True:
@@ -210,10 +221,6 @@ class _Writer(threading.Thread):
             raise self.error
         assert self.info is not None
         return self.info
-
-    def abort(self) -> None:
-        self.stop.set()
-        self.join()
 
 
 def _shard_samples(factory: Factory, task: ShardTask, stream: Iterator[dict[str, Any]],

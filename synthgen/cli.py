@@ -11,8 +11,6 @@ import argparse
 import logging
 import os
 import sys
-import threading
-import time
 from pathlib import Path
 
 import yaml
@@ -244,21 +242,10 @@ def _cmd_adapt(args) -> int:
     return 0
 
 
-def _end_now(code: int, wait_s: float = 10.0) -> int:
-    """The exit status of a stopped run, once the CPU stages' prefetch thread (told to stop at its
-    next sample) and the aborted shard writers (removing their partial files) have ended. One still inside native code after ``wait_s`` would abort the process
-    at interpreter shutdown (C++ ``std::terminate``, exit -6) instead of ``code``: end at once then."""
-    deadline = time.monotonic() + wait_s
-    ahead = [t for t in threading.enumerate()
-             if t.name.startswith(("synthgen-cpu-stages", "synthgen-device-stages", "synthgen-writer-"))]
-    for thread in ahead:
-        thread.join(timeout=max(0.0, deadline - time.monotonic()))
-    if any(t.is_alive() for t in ahead):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        logging.shutdown()
-        os._exit(code)
-    return code
+def _after_stop(code: int) -> int:
+    from synthgen.engine.launch import exit_status_after_stop
+
+    return exit_status_after_stop(code)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,10 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (ErrorBudgetExceeded, StorageError, WorkLost) as exc:
         sys.stderr.write(f"synthgen: stopped: {exc}\n")
-        return _end_now(1)
+        return _after_stop(1)
     except Interrupted as exc:
         sys.stderr.write(f"synthgen: {exc}\n")
-        return _end_now(128 + exc.signum)
+        return _after_stop(128 + exc.signum)
     except KeyboardInterrupt:
         sys.stderr.write("synthgen: interrupted; complete shards are kept, rerun the same command to resume\n")
         return 130

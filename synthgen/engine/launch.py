@@ -529,3 +529,21 @@ def finalize(location: str) -> tuple[dict[str, Any], list[str]]:
     missing = [t.name + (f" (task {t.index % parts}/{parts})" if parts else "")
                for t in tasks if folder.shard_rel(t) not in complete]
     return manifest, missing
+
+
+def exit_status_after_stop(code: int, wait_s: float = 10.0) -> int:
+    """The exit status of a stopped run (the CLI's), once the CPU stages' prefetch thread (told to
+    stop at its next sample) and the aborted shard writers (removing their partial files) have
+    ended. One still inside native code after ``wait_s`` would abort the process at interpreter
+    shutdown (C++ ``std::terminate``, exit -6) instead of ``code``: end at once then."""
+    deadline = time.monotonic() + wait_s
+    ahead = [t for t in threading.enumerate()
+             if t.name.startswith(("synthgen-cpu-stages", "synthgen-device-stages", "synthgen-writer-"))]
+    for thread in ahead:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() for t in ahead):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    return code

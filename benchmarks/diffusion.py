@@ -398,7 +398,7 @@ def end_to_end(recipe, out: Path, opts) -> dict:
     events_busy = min(1.0, (total("diffusion_seconds") + total("sam_seconds")) / seconds)
     if kernels is not None and not (kernels[:, 0].min() < window[1] and kernels[:, 1].max() > window[0]):
         # kernel times are taken to be on the wall clock of the sidecars' file times (true of
-        # torch's CPU events, checked in tests/test_gpu_check.py); if not, no kernel overlaps
+        # torch's CPU events, checked in tests/benchmarks/test_gpu_check.py); if not, no kernel overlaps
         # the window at all: fall back, labelled
         kernels, profiler_error = None, "no kernel inside the steady window: profiler clock != wall clock?"
     if cuda and kernels is not None:

@@ -186,7 +186,7 @@ def ray_main(args) -> None:
 
     Every run's shards are checked byte-identical to the first local run's."""
     sys.path.insert(0, str(ROOT))
-    from tests.ray_cluster import LocalCluster
+    from synthgen.testing.ray_cluster import LocalCluster
 
     common = (args.recipe, args.samples, args.shard_size, args.overrides)
     rows: dict[str, list[float]] = {}

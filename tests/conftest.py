@@ -7,33 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.recipes import small_recipe
+
 # Anny builds ~800 MB of model data on first use: keep one cache for the whole test session
 # (and across CI runs on the same machine) instead of one per test.
 os.environ.setdefault("SYNTHGEN_CACHE_DIR", str(Path.home() / ".cache" / "synthgen"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def small_recipe(**sections):
-    """A quick recipe: 128x128 images, small shards, the torch renderer (no system libraries)."""
-    from synthgen.recipe import recipe_from_dict
-
-    data = {"name": "test", "seed": 7, "num_samples": 6, "image": {"width": 128, "height": 128},
-            "render": {"backend": "torch"}, "output": {"shard_size": 2}}
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = data[key] | value
-        else:
-            data[key] = value
-    backend = data.get("backend")
-    if isinstance(backend, dict) and backend.get("kind") == "controlnet":
-        # shard_size must be a multiple of the diffusion batch: small shards get a small batch
-        controlnet = backend.setdefault("controlnet", {})
-        if isinstance(controlnet, dict) and "batch_size" not in controlnet:
-            backend["controlnet"] = controlnet | {"batch_size": 2 if data["output"].get("shard_size", 64) % 2 == 0 else 1}
-    return recipe_from_dict(data)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import ROOT, small_recipe
+from tests.fixtures.recipes import ROOT, small_recipe
 from synthgen.errors import UserError
 from synthgen.recipe import Histogram, RecipeError, draw_count, draw_weighted, recipe_from_dict
 

@@ -13,8 +13,8 @@ import pytest
 from synthgen.engine.run_folder import MANIFEST, RunFolder, plan_shards
 from synthgen.cli import main
 from synthgen.errors import UserError
+from tests.fixtures.recipes import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 RECIPE = str(ROOT / "recipes" / "quickstart.yaml")
 CONTENT = b"precious bytes\x00\xff\n"
 

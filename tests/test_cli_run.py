@@ -6,7 +6,7 @@ import sys
 
 import cv2
 
-from tests.conftest import ROOT
+from tests.fixtures.recipes import ROOT
 
 SMALL = ["image.width=128", "image.height=128", "output.shard_size=3", "render.backend=torch"]
 

@@ -16,12 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import small_recipe
+from tests.fixtures.recipes import small_recipe
 
-try:
-    import smpl_fixture
-except ImportError:  # pragma: no cover
-    from tests import smpl_fixture
+from tests.fixtures import smpl_fixture
 
 pycocotools = pytest.importorskip("pycocotools")
 

@@ -13,7 +13,7 @@ from synthgen.errors import MissingModelError
 from synthgen.filter import (SampleFilter, SamAligner, cheap_checks, keypoints_in_mask, mask_iou,
                              select_points)
 from synthgen.recipe import FilterConfig, SamConfig
-from tests.tiny_sam import build_tiny_sam
+from synthgen.testing.tiny_models import build_tiny_sam
 
 
 def box_mask(h, w, x0, y0, x1, y1):

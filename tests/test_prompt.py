@@ -14,7 +14,7 @@ from synthgen.pose_words import describe_pose
 from synthgen.prompt import PromptBuilder, age_group, camera_words, gender_key, load_templates, person_phrase
 from synthgen.recipe import PromptConfig
 from synthgen.subjects.base import KEYPOINT_NAMES, PosedSubject
-from tests.conftest import ROOT, small_recipe
+from tests.fixtures.recipes import ROOT, small_recipe
 
 # --- person and camera words ---------------------------------------------------------------------
 @pytest.mark.parametrize("age, gender, group, key, must", [

@@ -4,7 +4,7 @@ import sys
 import pytest
 
 from synthgen.recipe import RecipeError, load_recipe, recipe_from_dict, recipe_hash
-from tests.conftest import ROOT
+from tests.fixtures.recipes import ROOT
 
 
 def test_quickstart_recipe_validates():

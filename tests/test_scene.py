@@ -13,7 +13,7 @@ import webdataset as wds
 from synthgen.images import ImageFactory
 from synthgen.render import raster_gl
 from synthgen.scene import SCENE_PART_NAMES, SceneMesh
-from tests.conftest import small_recipe
+from tests.fixtures.recipes import small_recipe
 
 BACKENDS = ["torch", pytest.param("gl", marks=pytest.mark.skipif(not raster_gl.gl_available(),
                                                                    reason="no EGL context here"))]

@@ -163,10 +163,10 @@ def _run_shard(args: tuple[RunFolder, ShardTask, list]) -> dict[str, Any]:
     folder, task, all_tasks = args
     assert _FACTORY is not None
     return write_shards(_FACTORY, folder, [task], 0, lambda: _PROGRESS.put(1),
-                        lambda: _errors_elsewhere(folder, all_tasks, [task]))[0]
+                        lambda: errors_elsewhere(folder, all_tasks, [task]))[0]
 
 
-def _errors_elsewhere(folder: RunFolder, all_tasks: list[ShardTask], own: list[ShardTask]) -> int:
+def errors_elsewhere(folder: RunFolder, all_tasks: list[ShardTask], own: list[ShardTask]) -> int:
     """Failures in the complete shards of ``all_tasks`` that are not in ``own`` (the caller counts those)."""
     others = [t for t in all_tasks if t not in own]
     return sum(len(info.get("errors", [])) for info in folder.read_sidecars(others).values())
@@ -175,7 +175,7 @@ def _errors_elsewhere(folder: RunFolder, all_tasks: list[ShardTask], own: list[S
 def _run_in_process(factory_class: type, recipe: Recipe, folder: RunFolder, tasks: list, all_tasks: list,
                     device, tick, loader_workers: int, stop: _Stop) -> None:
     factory = factory_class(recipe, device)
-    write_shards(factory, folder, tasks, loader_workers, tick, lambda: _errors_elsewhere(folder, all_tasks, tasks),
+    write_shards(factory, folder, tasks, loader_workers, tick, lambda: errors_elsewhere(folder, all_tasks, tasks),
                  stopping=stop.is_set)
 
 
@@ -239,7 +239,7 @@ def _run_in_pool(factory_class: type, recipe: Recipe, folder: RunFolder, tasks: 
                             future.result()
                         except StorageError as exc:  # logged by the worker; the others go on
                             lost.append(exc)
-                            failed = _errors_elsewhere(folder, all_tasks, []) + recipe.output.shard_size * len(lost)
+                            failed = errors_elsewhere(folder, all_tasks, []) + recipe.output.shard_size * len(lost)
                             _check_budget(recipe, failed, error_budget(recipe))
             except BaseException:
                 _kill_children(before)  # they ignore SIGTERM and SIGINT: the main process decides
@@ -264,7 +264,7 @@ def _kill_children(before: set) -> None:
 
 
 # --- progress ----------------------------------------------------------------------------------
-class _Progress:
+class Progress:
     """A bar of samples, per sample and across processes: the shards complete in the run folder,
     plus this process's samples made since the start (its workers tick through a queue), plus
     the other ranks' counts from their progress files (rank 0). tqdm's rate and ETA count only
@@ -376,7 +376,7 @@ def _generate(factory_class: type, recipe: Recipe, folder: RunFolder, ranks: Ran
     log.info("%s %d/%d: %d of %d shards to write into %s", "task" if ranks.task else "rank", ranks.rank,
              ranks.world, len(mine), len(tasks), folder)
     shown = own if ranks.task else tasks
-    bar = _Progress(folder, shown, progress and (ranks.rank == 0 or ranks.task), ranks.name,
+    bar = Progress(folder, shown, progress and (ranks.rank == 0 or ranks.task), ranks.name,
                     peers="rank-" if ranks.world > 1 and not ranks.task else None,
                     publish=ranks.world > 1 and not ranks.task and ranks.rank != 0)
     start = time.perf_counter()

@@ -39,7 +39,7 @@ def finished_samples(factory: Factory, indices: list[int], loader_workers: int =
         log.info("CPU stages of %d samples in %d loader workers, chunks of %d", len(indices), loader_workers,
                  factory.cpu_chunk)
         # read by a thread: unpickling the workers' samples does not hold up the device stages
-        prepared = _prefetch(_loader_stream(type(factory), factory.recipe, indices, factory.cpu_chunk,
+        prepared = _prefetch(loader_stream(type(factory), factory.recipe, indices, factory.cpu_chunk,
                                             loader_workers, depth, attempt), depth, name="synthgen-loader")
     else:
         prepared = _prefetch(factory.prepared(indices, attempt), depth)
@@ -163,7 +163,7 @@ def _as_is(item):
     return item
 
 
-def _loader_stream(factory_class: type, recipe: Recipe, indices: list[int], chunk: int, workers: int,
+def loader_stream(factory_class: type, recipe: Recipe, indices: list[int], chunk: int, workers: int,
                    depth: int, attempt: int) -> Iterator[dict[str, Any]]:
     chunks = _chunks(indices, max(1, chunk))
     dataset = _PreparedChunks(factory_class, recipe.model_dump(mode="json"), chunks, attempt)

@@ -27,7 +27,7 @@ on its batch. Every pipeline call has exactly
 ``batch_size`` images (a short batch is padded with copies, each sample in slot
 ``index % batch_size``), so compiled graphs keep one shape and a sample's pixels are the same
 bits whichever samples share its batch; across batch sizes they agree up to float rounding of
-batched kernels (see ``tests/test_controlnet.py``, ``tests/test_gpu_busy.py``). Images leave the
+batched kernels (see ``tests/generate/test_controlnet.py``, ``tests/generate/test_controlnet_batches.py``). Images leave the
 device as uint8 (``output_type="pt"``, converted there). ``speed`` options: see
 :mod:`synthgen.generate.speed`. Prompts over 77 CLIP tokens (sd15, sdxl) are
 encoded whole by compel (:class:`LongPrompts`), padded to 154, 308 or 616 tokens (few shapes for

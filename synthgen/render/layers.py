@@ -15,7 +15,7 @@ import numpy as np
 # "opencv": the raw camera axes.
 # "omnidata": x left, y up, z away from the viewer, what HumanWild's SDXL normal ControlNet
 # (geyongtao/HumanWild, trained on omnidata-style normals) takes: RGB = (n . [-1, -1, +1] + 1) / 2;
-# measured on WildHuman's data/controlnet_conditions/00000_0_0002.png (see tests/test_encodings.py).
+# measured on WildHuman's data/controlnet_conditions/00000_0_0002.png (see tests/render/test_layers.py).
 NORMAL_CONVENTIONS = {
     "opengl": np.array([1.0, -1.0, -1.0], dtype=np.float32),
     "bae": np.array([-1.0, -1.0, -1.0], dtype=np.float32),

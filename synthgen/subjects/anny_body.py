@@ -125,7 +125,7 @@ def build_once(folder: Path, is_built: Callable[[], bool], build: Callable[[], N
         return True
 
 
-def _data_version_dir() -> str:
+def data_version_dir() -> str:
     """Glob of Anny's per-data-version cache folder (``v14``...), any version if unknown."""
     try:
         from anny.models.model_data import CURRENT_DATA_VERSION
@@ -145,9 +145,9 @@ def _readable(path: Path) -> bool:
         return False
 
 
-def _is_built(folder: Path) -> bool:
+def cache_is_built(folder: Path) -> bool:
     """Whether ``folder`` holds complete compact model data for this Anny's data version."""
-    return any(_readable(p) for p in folder.glob(f"{_data_version_dir()}/{COMPACT}"))
+    return any(_readable(p) for p in folder.glob(f"{data_version_dir()}/{COMPACT}"))
 
 
 def _fsync(path: Path) -> None:
@@ -156,7 +156,7 @@ def _fsync(path: Path) -> None:
         os.fsync(stream.fileno())
 
 
-def _build_cache(folder: Path) -> None:
+def build_cache(folder: Path) -> None:
     """Build Anny's model data in a private ``folder/.build-*`` folder, then rename the compact
     files into ``folder`` (same file system: a file appears only once complete). Call under the lock.
     """
@@ -184,7 +184,7 @@ def _build_cache(folder: Path) -> None:
     log.info("Anny model data built in %.1f s", time.perf_counter() - start)
 
 
-def _usable_cache_dir() -> Path:
+def usable_cache_dir() -> Path:
     """``cache_dir()``, created; ``UserError`` naming the variables to set when it cannot be."""
     folder = cache_dir()
     fix = "set SYNTHGEN_CACHE_DIR (or ANNY_CACHE_DIR) to a folder you can write to"
@@ -192,7 +192,7 @@ def _usable_cache_dir() -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"Anny cache folder {folder} cannot be created ({exc.strerror}); {fix}") from None
-    if not _is_built(folder) and not os.access(folder, os.W_OK | os.X_OK):
+    if not cache_is_built(folder) and not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"Anny cache folder {folder} holds no complete model data and is not writable, "
                         f"so Anny's model data cannot be built there; {fix}")
     return folder
@@ -219,9 +219,9 @@ def load_anny_model():
 
     _quiet_warp()
 
-    folder = _usable_cache_dir()
+    folder = usable_cache_dir()
     start = time.perf_counter()
-    built = build_once(folder, lambda: _is_built(folder), lambda: _build_cache(folder),
+    built = build_once(folder, lambda: cache_is_built(folder), lambda: build_cache(folder),
                        what="Anny's model data")
     anny.paths.set_anny_cache_path(folder)
     model = anny.Anny().to(torch.float32)
@@ -246,7 +246,7 @@ def _bone_part_ids(bone_labels: list[str]) -> np.ndarray:
     return out
 
 
-def _beta_params(distribution, anny_age: float) -> tuple[float, float]:
+def beta_params(distribution, anny_age: float) -> tuple[float, float]:
     """Anny's age-conditional Beta(alpha, beta) of a phenotype at one age: its anchors
     interpolated linearly, clamped at the ends, as ``get_distribution_params`` does for a batch
     (that call costs 0.4 ms of torch overhead for one age, four times per sample)."""
@@ -330,7 +330,7 @@ class AnnyBody:
             if fixed is not None:
                 pheno[key] = weighted(key)
                 continue
-            alpha, beta = _beta_params(getattr(prior, f"{group}_conditional_{key}_distribution"), pheno["age"])
+            alpha, beta = beta_params(getattr(prior, f"{group}_conditional_{key}_distribution"), pheno["age"])
             pheno[key] = float(rng.beta(alpha, beta))
         return pheno, age_years
 

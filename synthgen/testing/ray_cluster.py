@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -90,10 +90,10 @@ class LocalCluster:
         return []
 
     def kill_node2(self) -> None:
-        _kill(self.node2_processes())
+        kill_processes(self.node2_processes())
 
     def stop(self) -> None:
-        _kill(self.processes())
+        kill_processes(self.processes())
         shutil.rmtree(self.temp, ignore_errors=True)
 
 
@@ -104,7 +104,7 @@ def _children(proc) -> list:
         return []
 
 
-def _kill(procs: list) -> None:
+def kill_processes(procs: list) -> None:
     for proc in procs:
         try:
             proc.send_signal(signal.SIGKILL)

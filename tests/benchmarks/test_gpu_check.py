@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 REQUIRED = ("config", "reference_img_s", "end_to_end_img_s", "ratio", "gpu_busy", "busy_source",
             "sam_ms_per_img", "write_ms_per_img", "recompiles")

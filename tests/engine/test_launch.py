@@ -11,8 +11,8 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import ROOT
-from tests.s3_server import S3Endpoint
+from tests.fixtures.recipes import ROOT
+from tests.fixtures.s3_server import S3Endpoint
 
 RECIPE = str(ROOT / "recipes" / "quickstart.yaml")
 ARGS = ["image.width=96", "image.height=96", "output.shard_size=2", "render.backend=torch", "seed=11"]
@@ -179,13 +179,13 @@ def test_workers_die_with_a_killed_main_process(tmp_path):
 def test_progress_counts_samples_across_workers_and_ranks_before_any_shard_lands(tmp_path):
     """The bar counts samples as they are made (worker ticks, other ranks' progress files), not
     only whole shards; its rate and ETA count this run's samples only (``initial``)."""
-    from synthgen.engine.launch import _Progress
+    from synthgen.engine.launch import Progress
     from synthgen.engine.run_folder import RunFolder, ShardTask
 
     folder = RunFolder(tmp_path)
     shards = [ShardTask(k, 4 * k, 4 * k + 4) for k in range(3)]
     folder.commit_shard(shards[0], iter([{"__key__": f"{i:09d}", "json": b"{}"} for i in range(4)]))
-    bar = _Progress(folder, shards, enabled=False, name="rank-0", peers="rank-")
+    bar = Progress(folder, shards, enabled=False, name="rank-0", peers="rank-")
     try:
         assert bar.n == bar.base == 4  # shard 0 was complete before this run
         for _ in range(3):
@@ -193,7 +193,7 @@ def test_progress_counts_samples_across_workers_and_ranks_before_any_shard_lands
         folder.write_progress("rank-1", 2)  # another rank's samples so far
         bar.refresh()
         assert bar.n == 4 + 3 + 2 and bar.bar.total == 12
-        ranked = _Progress(folder, shards, enabled=False, name="rank-1", publish=True)
+        ranked = Progress(folder, shards, enabled=False, name="rank-1", publish=True)
         ranked.tick()
         ranked.refresh()
         assert json.loads((tmp_path / "logs" / "rank-1.progress").read_text())["samples"] == 1

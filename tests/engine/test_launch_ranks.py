@@ -12,7 +12,7 @@ import time
 import pytest
 import webdataset as wds
 
-from tests.conftest import ROOT
+from tests.fixtures.recipes import ROOT
 
 ARGS = ["image.width=96", "image.height=96", "output.shard_size=2", "render.backend=torch", "seed=11"]
 

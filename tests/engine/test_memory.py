@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.fixtures.recipes import ROOT
 
 # a sample's pattern in small: ten image-sized buffers (3 MiB each) allocated, then freed, per round
 _ROUNDS = """

@@ -19,7 +19,7 @@ import yaml
 
 from synthgen.recipe import load_recipe
 from synthgen.run import generate
-from tests.conftest import ROOT, small_recipe
+from tests.fixtures.recipes import ROOT, small_recipe
 
 SLOW_NODE_DELAY_S = 1.0  # per sample on the second node: its shards are in flight long enough to kill
 
@@ -38,7 +38,7 @@ def cluster():
     pytest.importorskip("psutil")
     import ray
 
-    from tests.ray_cluster import LocalCluster
+    from synthgen.testing.ray_cluster import LocalCluster
 
     cluster = LocalCluster(node2_delay_s=SLOW_NODE_DELAY_S)
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
@@ -115,8 +115,8 @@ def test_failing_samples_count_against_the_error_budget_as_under_the_local_engin
 def controlnet_sam(tmp_path_factory):
     """A tiny ControlNet + SAM recipe (models built here, on disk) and its shards from the local engine."""
     pytest.importorskip("diffusers")
-    from tests.tiny_diffusion import build_tiny_sd15
-    from tests.tiny_sam import build_tiny_sam
+    from synthgen.testing.tiny_models import build_tiny_sd15
+    from synthgen.testing.tiny_models import build_tiny_sam
 
     root = tmp_path_factory.mktemp("controlnet_sam")
     sd, sam = build_tiny_sd15(root / "sd15", num_controlnets=1), build_tiny_sam(root / "sam")
@@ -230,6 +230,6 @@ def _title(proc) -> str:
 
 
 def _kill_all(procs: list) -> None:
-    from tests.ray_cluster import _kill
+    from synthgen.testing.ray_cluster import kill_processes
 
-    _kill(procs)
+    kill_processes(procs)

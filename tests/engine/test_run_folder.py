@@ -13,8 +13,8 @@ import webdataset as wds
 import synthgen.data  # noqa: F401  (the reader: lets webdataset open fsspec URLs)
 from synthgen.engine.run_folder import RunFolder, ShardTask
 from synthgen.errors import StorageError, UserError
-from tests.conftest import ROOT
-from tests.s3_server import SERVER_ERROR, HoldingRelay, S3Endpoint
+from tests.fixtures.recipes import ROOT
+from tests.fixtures.s3_server import SERVER_ERROR, HoldingRelay, S3Endpoint
 
 RECIPE = str(ROOT / "recipes" / "quickstart.yaml")
 ARGS = ["image.width=96", "image.height=96", "output.shard_size=2", "render.backend=torch", "seed=11"]

@@ -8,7 +8,7 @@ import json
 import tarfile
 
 import numpy as np
-from conftest import small_recipe
+from tests.fixtures.recipes import small_recipe
 
 from synthgen.data import load_shards
 from synthgen.report import run_status

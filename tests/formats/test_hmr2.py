@@ -1,4 +1,4 @@
-"""``output.formats: [synthgen, hmr2]`` read by 4D-Humans' own tar loader (vendored_4dhumans.py).
+"""``output.formats: [synthgen, hmr2]`` read by 4D-Humans' own tar loader (tests/fixtures/vendored_4dhumans.py).
 
 Figures quoted from 4D-Humans at commit 6ec79656 (github shubham-goel/4D-Humans):
 - hmr2/configs_hydra/data_filtering/low1.yaml: SUPPRESS_KP_CONF_THRESH: 0.3, FILTER_NUM_KP: 4,
@@ -24,15 +24,11 @@ import pytest
 import torch
 import webdataset as wds
 
-from conftest import small_recipe
+from tests.fixtures.recipes import small_recipe
 from synthgen.formats import hmr2
 
-try:  # tests/ on sys.path (rootdir-less "prepend" import mode) or tests as a package
-    import smpl_fixture
-    import vendored_4dhumans as v4d
-except ImportError:  # pragma: no cover
-    from tests import smpl_fixture
-    from tests import vendored_4dhumans as v4d
+from tests.fixtures import smpl_fixture
+from tests.fixtures import vendored_4dhumans as v4d
 
 CFG = v4d.CfgNode(
     MODEL=v4d.CfgNode(IMAGE_SIZE=256, IMAGE_MEAN=[0.485, 0.456, 0.406], IMAGE_STD=[0.229, 0.224, 0.225],

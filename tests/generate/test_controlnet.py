@@ -1,6 +1,6 @@
 """The controlnet image backend, through the production ``from_pretrained`` path.
 
-Every model here is a tiny seeded random-weight model built by ``tests/tiny_diffusion.py`` and
+Every model here is a tiny seeded random-weight model built by :mod:`synthgen.testing.tiny_models` and
 saved to disk, then loaded by :class:`ControlNetBackend` exactly as real checkpoints would be
 (local folders, and a hub id served from a Hugging Face cache). 64x64 images, 2 steps.
 """
@@ -24,7 +24,7 @@ from synthgen.errors import MissingModelError, UserError  # noqa: E402
 from synthgen.generate.controlnet import (LAYER_SOURCES, ControlNetBackend,  # noqa: E402
                                           check_models_available, control_image)
 from synthgen.recipe import ControlNetConfig  # noqa: E402
-from tiny_diffusion import build_tiny_flux, build_tiny_sd15, build_tiny_sdxl  # noqa: E402
+from synthgen.testing.tiny_models import build_tiny_flux, build_tiny_sd15, build_tiny_sdxl  # noqa: E402
 
 SIZE = 64
 
@@ -350,7 +350,7 @@ def test_real_render_layers_normal_and_skeleton(anny_factory, tmp_path):
 
 def test_recipe_through_the_pipeline(tmp_path):
     """A controlnet recipe run by the image factory: prompts, batching and images end to end."""
-    from conftest import small_recipe
+    from tests.fixtures.recipes import small_recipe
     from synthgen.engine import finished_samples
     from synthgen.images import ImageFactory
 

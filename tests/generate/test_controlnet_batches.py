@@ -17,7 +17,7 @@ import pytest
 
 from synthgen.errors import ErrorBudgetExceeded
 from synthgen.recipe import FilterConfig, RecipeError, SamConfig, recipe_from_dict
-from tests.conftest import ROOT, small_recipe
+from tests.fixtures.recipes import ROOT, small_recipe
 
 pytest.importorskip("diffusers")
 
@@ -26,27 +26,27 @@ SIZE = 64
 
 @pytest.fixture(scope="module")
 def sd15(tmp_path_factory):
-    from tests.tiny_diffusion import build_tiny_sd15
+    from synthgen.testing.tiny_models import build_tiny_sd15
 
     return build_tiny_sd15(tmp_path_factory.mktemp("models") / "sd15", num_controlnets=1)
 
 
 @pytest.fixture(scope="module")
 def tiny_sam(tmp_path_factory):
-    from tests.tiny_sam import build_tiny_sam
+    from synthgen.testing.tiny_models import build_tiny_sam
 
     return build_tiny_sam(tmp_path_factory.mktemp("sam") / "sam")
 
 
 def _backend(models, **kw):
     from synthgen.generate.controlnet import ControlNetBackend
-    from tests.test_controlnet import config
+    from tests.generate.test_controlnet import config
 
     return ControlNetBackend(config(models, **kw), SIZE, SIZE)
 
 
 def _samples(*seeds):
-    from tests.test_controlnet import sample
+    from tests.generate.test_controlnet import sample
 
     return [sample(seed) for seed in seeds]
 
@@ -196,7 +196,7 @@ def test_out_of_memory_in_sam_halves_its_batch_with_the_same_masks(tiny_sam, mon
     import torch
 
     from synthgen.filter import SamAligner
-    from tests.tiny_sam import IMAGE_SIZE
+    from synthgen.testing.tiny_models import IMAGE_SIZE
 
     rng = np.random.default_rng(5)
     images = [rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8) for _ in range(5)]
@@ -247,8 +247,8 @@ def test_fuse_qkv_fuses_every_attention_module_of_unet_each_controlnet_and_vae(t
     from diffusers.models.attention_processor import FusedAttnProcessor2_0
 
     from synthgen.generate.speed import attention_modules, denoisers
-    from tests.test_controlnet import unet_residuals
-    from tests.tiny_diffusion import build_tiny_sd15
+    from tests.generate.test_controlnet import unet_residuals
+    from synthgen.testing.tiny_models import build_tiny_sd15
 
     models = build_tiny_sd15(tmp_path / "sd15", num_controlnets=2)
     two = {"layers": ("depth", "edges"), "scales": (0.8, 0.6), "batch_size": 2}
@@ -277,7 +277,7 @@ def test_fuse_qkv_fuses_every_attention_module_of_flux_and_its_controlnet(tmp_pa
     import diffusers
 
     from synthgen.generate.speed import attention_modules, fuse_qkv
-    from tests.tiny_diffusion import build_tiny_flux
+    from synthgen.testing.tiny_models import build_tiny_flux
 
     models = build_tiny_flux(tmp_path / "flux", num_controlnets=1)
     for cls, folder in [(diffusers.FluxTransformer2DModel, f"{models['base']}/transformer"),
@@ -360,7 +360,7 @@ def _reference_masks(aligner, images, boxes, points):
 
 def test_batched_sam_on_the_device_matches_the_per_image_processor_path(tiny_sam):
     from synthgen.filter import SamAligner, keypoints_in_mask, mask_iou
-    from tests.tiny_sam import IMAGE_SIZE
+    from synthgen.testing.tiny_models import IMAGE_SIZE
 
     aligner = SamAligner(SamConfig(model=str(tiny_sam)), device="cpu", batch_size=3)
     rng = np.random.default_rng(3)
@@ -464,7 +464,7 @@ def test_a_shard_is_counted_once_against_the_error_budget_when_its_writer_is_ahe
     starts (a fast disk, a slow device). Its failures must count once, not from disk and again
     from the writer list: 3 failures under ``max_errors=3`` finish the run."""
     from synthgen.engine.run_folder import RunFolder, plan_shards
-    from synthgen.engine.launch import _errors_elsewhere
+    from synthgen.engine.launch import errors_elsewhere
     from synthgen.engine.shards import write_shards
     from synthgen.images import ImageFactory
 
@@ -488,7 +488,7 @@ def test_a_shard_is_counted_once_against_the_error_budget_when_its_writer_is_ahe
             deadline = time.monotonic() + 60
             while not all(RunFolder(out).is_complete(t) for t in earlier) and time.monotonic() < deadline:
                 time.sleep(0.01)
-            return _errors_elsewhere(RunFolder(out), tasks, tasks)
+            return errors_elsewhere(RunFolder(out), tasks, tasks)
         return count
 
     infos = write_shards(factory, RunFolder(tmp_path), tasks, errors_before=after_earlier_writers(tmp_path), ahead=2)
@@ -556,7 +556,7 @@ def test_sam_runs_its_image_encoder_in_its_dtype_and_prompts_and_decoder_in_fp32
     import torch
 
     from synthgen.filter import SamAligner
-    from tests.tiny_sam import IMAGE_SIZE
+    from synthgen.testing.tiny_models import IMAGE_SIZE
 
     half = SamAligner(SamConfig(model=str(tiny_sam), dtype="bf16"))
     full = SamAligner(SamConfig(model=str(tiny_sam)))

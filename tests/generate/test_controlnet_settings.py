@@ -16,8 +16,8 @@ from safetensors.torch import load_file  # noqa: E402
 from synthgen.errors import MissingModelError, UserError  # noqa: E402
 from synthgen.generate.controlnet import ControlNetBackend  # noqa: E402
 from synthgen.recipe import ControlNetConfig  # noqa: E402
-from tests.test_controlnet import SIZE, fake_layers, max_diff  # noqa: E402
-from tests.tiny_diffusion import build_tiny_sd15, build_tiny_sdxl, build_tiny_vae  # noqa: E402
+from tests.generate.test_controlnet import SIZE, fake_layers, max_diff  # noqa: E402
+from synthgen.testing.tiny_models import build_tiny_sd15, build_tiny_sdxl, build_tiny_vae  # noqa: E402
 
 LONG = ("a photo of a tall woman with curly red hair in a green raincoat walking her dog along a rainy "
         "harbour at dusk, boats and gulls behind her, ")  # > 77 tokens for the tiny character tokenizer
@@ -179,7 +179,7 @@ def test_long_prompt_embeddings_come_in_few_lengths(sd15):
 
 def test_missing_controlnet_and_sam_reported_together(tmp_path, monkeypatch):
     from synthgen.generate import check_backend_models
-    from tests.conftest import small_recipe
+    from tests.fixtures.recipes import small_recipe
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     recipe = small_recipe(backend={"kind": "controlnet", "controlnet": {
@@ -195,7 +195,7 @@ def test_missing_controlnet_and_sam_reported_together(tmp_path, monkeypatch):
 def test_sam_returns_one_mask_for_box_and_points(tmp_path):
     from synthgen.filter import SamAligner
     from synthgen.recipe import SamConfig
-    from tests.tiny_sam import build_tiny_sam
+    from synthgen.testing.tiny_models import build_tiny_sam
 
     aligner = SamAligner(SamConfig(model=str(build_tiny_sam(tmp_path / "sam"))))
     seen = []
@@ -210,8 +210,8 @@ def test_sam_returns_one_mask_for_box_and_points(tmp_path):
 
 def test_verdicts_and_scores_in_shard_sidecars(tmp_path, sd15):
     from synthgen.run import generate
-    from tests.conftest import small_recipe
-    from tests.tiny_sam import build_tiny_sam
+    from tests.fixtures.recipes import small_recipe
+    from synthgen.testing.tiny_models import build_tiny_sam
 
     sam = build_tiny_sam(tmp_path / "sam")
     recipe = small_recipe(num_samples=2, image={"width": 64, "height": 64}, output={"shard_size": 2},

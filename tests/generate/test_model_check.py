@@ -10,10 +10,7 @@ from synthgen.generate.controlnet import check_models_available
 from synthgen.generate.model_check import check_sam_model, hub_offline
 from synthgen.recipe import ControlNetConfig, SamConfig
 
-try:  # tests/ on sys.path (rootdir-less "prepend" import mode) or tests as a package
-    from conftest import small_recipe
-except ImportError:  # pragma: no cover
-    from tests.conftest import small_recipe
+from tests.fixtures.recipes import small_recipe
 
 
 @pytest.fixture

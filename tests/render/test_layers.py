@@ -24,7 +24,7 @@ import pytest
 from synthgen.errors import UserError
 from synthgen.images import ImageFactory
 from synthgen.recipe import RecipeError
-from tests.conftest import small_recipe
+from tests.fixtures.recipes import small_recipe
 
 WILDHUMAN = {"rim_corr_r_x": -0.991, "rim_corr_g_y": -0.991, "facing_b": 0.0, "interior_b": 16.0,
              "background": (127, 127, 127)}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import small_recipe
+from tests.fixtures.recipes import small_recipe
 from scipy.spatial import cKDTree
 
 from synthgen.data import load_shards
@@ -161,7 +161,7 @@ def test_group_prompt_describes_every_person(group_sample):
 def test_sam_checks_each_person_and_the_policy_decides(group_sample, tmp_path):
     from synthgen.filter import SampleFilter
     from synthgen.recipe import FilterConfig, SamConfig
-    from tests.tiny_sam import build_tiny_sam
+    from synthgen.testing.tiny_models import build_tiny_sam
 
     model = str(build_tiny_sam(tmp_path / "sam"))
     only_first = group_sample["layers"]["instance"] == 1  # a SAM that finds person 1 alone

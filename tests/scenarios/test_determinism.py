@@ -7,7 +7,7 @@ import webdataset as wds
 
 from synthgen.run import generate
 from synthgen.engine.run_folder import RunFolder, plan_shards
-from tests.conftest import small_recipe
+from tests.fixtures.recipes import small_recipe
 
 
 def shard_path(out, task):
@@ -114,7 +114,7 @@ def test_the_loader_stream_is_read_by_a_prefetch_thread(monkeypatch):
     from synthgen.engine import finished_samples, streams
     from synthgen.images import ImageFactory
 
-    readers, real = [], streams._loader_stream
+    readers, real = [], streams.loader_stream
 
     def recorded(*args, **kwargs):
         for sample in real(*args, **kwargs):
@@ -122,7 +122,7 @@ def test_the_loader_stream_is_read_by_a_prefetch_thread(monkeypatch):
             assert sorted(sample["layers"]) == sorted(factory.device_layers & set(sample["layers"]))
             yield sample
 
-    monkeypatch.setattr(streams, "_loader_stream", recorded)
+    monkeypatch.setattr(streams, "loader_stream", recorded)
     factory = ImageFactory(small_recipe(num_samples=2))
     samples = list(finished_samples(factory, [0, 1], loader_workers=1))
     assert [s["index"] for s in samples] == [0, 1] and all(s["image"] is not None for s in samples)

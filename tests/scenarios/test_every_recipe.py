@@ -16,7 +16,7 @@ from synthgen.data import load_shards
 from synthgen.recipe import load_recipe
 from synthgen.report import run_status, write_report
 from synthgen.run import generate
-from tests.conftest import ROOT
+from tests.fixtures.recipes import ROOT
 
 RECIPES = sorted(p.name for p in (ROOT / "recipes").glob("*.yaml"))
 SMALL = ["num_samples=4", "image.width=64", "image.height=64", "output.shard_size=2",
@@ -30,8 +30,8 @@ EMBEDDED_SUBJECTS = {"genzoo.yaml": ["subject.model=quadruped", "subject.model_p
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     pytest.importorskip("diffusers")
-    from tests.tiny_diffusion import build_tiny_flux, build_tiny_sd15, build_tiny_sdxl, build_tiny_vae
-    from tests.tiny_sam import build_tiny_sam
+    from synthgen.testing.tiny_models import build_tiny_flux, build_tiny_sd15, build_tiny_sdxl, build_tiny_vae
+    from synthgen.testing.tiny_models import build_tiny_sam
 
     root = tmp_path_factory.mktemp("tiny")
     builders = {"sd15": build_tiny_sd15, "sdxl": build_tiny_sdxl, "flux": build_tiny_flux}

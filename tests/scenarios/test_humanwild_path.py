@@ -10,9 +10,9 @@ pytest.importorskip("transformers")
 
 from synthgen.data import load_shards  # noqa: E402
 from synthgen.run import generate  # noqa: E402
-from tests.conftest import small_recipe  # noqa: E402
-from tests.tiny_diffusion import build_tiny_sd15  # noqa: E402
-from tests.tiny_sam import build_tiny_sam  # noqa: E402
+from tests.fixtures.recipes import small_recipe  # noqa: E402
+from synthgen.testing.tiny_models import build_tiny_sd15  # noqa: E402
+from synthgen.testing.tiny_models import build_tiny_sam  # noqa: E402
 
 
 @pytest.fixture(scope="module")

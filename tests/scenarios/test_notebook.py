@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.fixtures.recipes import ROOT
 
 
 def test_explore_notebook_executes(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ import torch
 import webdataset as wds
 
 from synthgen.seeding import LABEL_THREADS, label_threads
-from tests.conftest import ROOT
+from tests.fixtures.recipes import ROOT
 
 
 def _quickstart_labels(out, env_threads: str | None, workers: int) -> dict[str, bytes]:

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, small_recipe
+from tests.fixtures.recipes import ROOT, small_recipe
 
 EXAMPLE = ROOT / "examples" / "train_regressor.py"
 

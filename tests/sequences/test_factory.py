@@ -237,9 +237,9 @@ def test_smpl_family_bodies_ride_amass_motions(tmp_path):
     except ImportError:  # pragma: no cover
         from tests import smpl_fixture
     try:
-        from test_motion import _amass_file
+        from tests.sequences.test_motion import _amass_file
     except ImportError:  # pragma: no cover
-        from tests.test_motion import _amass_file
+        from tests.sequences.test_motion import _amass_file
 
     model = smpl_fixture.write_model(tmp_path / "SMPL_NEUTRAL.npz", "smpl", arrays=smpl_fixture.synthetic_model("smpl"))
     clip = _amass_file(tmp_path / "clip.npz", knee_deg=40.0)
@@ -261,9 +261,9 @@ def test_smpl_family_bodies_ride_amass_motions(tmp_path):
 def test_controlnet_images_keep_one_prompt_per_sequence_and_one_seed_per_camera(tmp_path):
     pytest.importorskip("diffusers")
     try:
-        from tiny_diffusion import build_tiny_sd15
+        from synthgen.testing.tiny_models import build_tiny_sd15
     except ImportError:  # pragma: no cover
-        from tests.tiny_diffusion import build_tiny_sd15
+        from synthgen.testing.tiny_models import build_tiny_sd15
 
     sd = build_tiny_sd15(tmp_path / "sd15", num_controlnets=1)
     backend = {"kind": "controlnet", "controlnet": {

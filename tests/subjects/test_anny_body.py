@@ -6,7 +6,7 @@ import pytest
 from synthgen.errors import UserError
 from synthgen.subjects.poses import (BASE_POSES, JOINT_LIMITS_DEG, SMPL_JOINTS, PoseFileBank,
                                      sample_library_angles, sample_library_pose)
-from tests.conftest import small_recipe
+from tests.fixtures.recipes import small_recipe
 
 
 def test_library_poses_are_perturbed_within_joint_limits():
@@ -87,7 +87,7 @@ def test_phenotype_priors_are_anny_own_distributions(anny_model):
     (``get_distribution_params``), across ages from below to above its anchors."""
     import torch
 
-    from synthgen.subjects.anny_body import _beta_params
+    from synthgen.subjects.anny_body import beta_params
 
     prior = anny_model.shape_prior
     for group in ("boys", "girls"):
@@ -95,5 +95,5 @@ def test_phenotype_priors_are_anny_own_distributions(anny_model):
             dist = getattr(prior, f"{group}_conditional_{key}_distribution")
             for age in np.linspace(-0.5, 1.5, 41, dtype=np.float32):
                 alpha, beta = dist.get_distribution_params(torch.tensor([age]))
-                mine = _beta_params(dist, float(age))
+                mine = beta_params(dist, float(age))
                 assert mine == pytest.approx((float(alpha[0]), float(beta[0])), rel=1e-6)

@@ -88,7 +88,7 @@ def test_build_that_finishes_incomplete_is_an_error(tmp_path: Path):
 
 
 def _compact(folder: Path, name: str = "build_compact_model_data_abc.safetensors") -> Path:
-    path = folder / anny_body._data_version_dir() / name
+    path = folder / anny_body.data_version_dir() / name
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({"x": torch.arange(1000, dtype=torch.float32)}, str(path))
     return path
@@ -96,9 +96,9 @@ def _compact(folder: Path, name: str = "build_compact_model_data_abc.safetensors
 
 def test_truncated_compact_file_is_not_built(tmp_path: Path):
     path = _compact(tmp_path)
-    assert anny_body._is_built(tmp_path)
+    assert anny_body.cache_is_built(tmp_path)
     path.write_bytes(path.read_bytes()[:2000])
-    assert not anny_body._is_built(tmp_path)
+    assert not anny_body.cache_is_built(tmp_path)
 
 
 class _FakeAnny:
@@ -128,11 +128,11 @@ def fake_anny(monkeypatch):
 
 
 def test_build_cache_renames_only_finished_files(tmp_path: Path, fake_anny):
-    anny_body._build_cache(tmp_path)
-    version = tmp_path / anny_body._data_version_dir()
+    anny_body.build_cache(tmp_path)
+    version = tmp_path / anny_body.data_version_dir()
     assert [p.name for p in version.iterdir()] == ["build_compact_model_data_abc.safetensors"]
     assert not list(tmp_path.glob(".build-*"))
-    assert anny_body._is_built(tmp_path)
+    assert anny_body.cache_is_built(tmp_path)
 
 
 def test_interrupted_build_leaves_nothing_that_looks_built(tmp_path: Path, fake_anny):
@@ -140,9 +140,9 @@ def test_interrupted_build_leaves_nothing_that_looks_built(tmp_path: Path, fake_
 
     fake_anny.setattr(anny, "Anny", type("Killed", (_FakeAnny,), {"fail": True}))
     with pytest.raises(RuntimeError, match="killed mid-build"):
-        anny_body._build_cache(tmp_path)
+        anny_body.build_cache(tmp_path)
     assert not list(tmp_path.glob(".build-*"))
-    assert not anny_body._is_built(tmp_path)
+    assert not anny_body.cache_is_built(tmp_path)
 
 
 def test_cache_dir_under_a_file_is_a_user_error(tmp_path: Path, monkeypatch):
@@ -150,7 +150,7 @@ def test_cache_dir_under_a_file_is_a_user_error(tmp_path: Path, monkeypatch):
     monkeypatch.delenv("ANNY_CACHE_DIR", raising=False)
     monkeypatch.setenv("SYNTHGEN_CACHE_DIR", str(tmp_path / "file"))
     with pytest.raises(anny_body.UserError, match="SYNTHGEN_CACHE_DIR"):
-        anny_body._usable_cache_dir()
+        anny_body.usable_cache_dir()
 
 
 def _load_in_process(cache: str, results) -> None:
@@ -170,6 +170,6 @@ def test_two_processes_cold_start_build_anny_once(tmp_path: Path):
     assert counts[0] == counts[1] > 0
     assert sum("Building Anny's model data once" in text for text in logs) == 1
     assert any("waiting for another process" in text for text in logs)
-    assert anny_body._is_built(tmp_path / "anny")
+    assert anny_body.cache_is_built(tmp_path / "anny")
     assert not list((tmp_path / "anny").glob(".build-*"))
     assert not list((tmp_path / "anny").glob("v*/build_model_data_*"))

@@ -205,7 +205,7 @@ def test_exported_assets_load_like_the_builtin_meshes(builtin, tmp_path):
 def test_repository_assets_match_the_builtin_meshes(builtin):
     from pathlib import Path
 
-    index = Path(__file__).resolve().parents[1] / "assets" / "objects" / "index.csv"
+    index = Path(__file__).resolve().parents[2] / "assets" / "objects" / "index.csv"
     files = ObjectModel(objects(model="mesh", object={"index_csv": str(index)}))
     for i, entry in enumerate(files.catalogue):
         a, b = files.pose([{"class": entry.cls, "entry": i}])[0], builtin.pose([{"class": entry.cls, "entry": i}])[0]

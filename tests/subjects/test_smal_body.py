@@ -1,4 +1,4 @@
-"""Animals: SMAL-family files (synthetic, real shapes; see smal_fixture.py) and the embedded quadruped."""
+"""Animals: SMAL-family files (synthetic, real shapes; see tests/fixtures/smal_fixture.py) and the embedded quadruped."""
 
 from __future__ import annotations
 
@@ -19,10 +19,7 @@ from synthgen.subjects.model_files import convert_pickle, read_npz_arrays
 from synthgen.subjects.quadruped import quadruped_arrays, write_quadruped
 from synthgen.subjects.smal_body import BATCH, SMAL_FAMILIES, SmalBody, draw_betas, geometric_keypoints
 
-try:  # tests/ on sys.path (rootdir-less "prepend" import mode) or tests as a package
-    import smal_fixture
-except ImportError:  # pragma: no cover
-    from tests import smal_fixture
+from tests.fixtures import smal_fixture
 
 
 def animal(**overrides) -> SubjectConfig:

@@ -1,4 +1,4 @@
-"""SMPL-family subjects on synthetic model files (no licensed data; see smpl_fixture.py)."""
+"""SMPL-family subjects on synthetic model files (no licensed data; see tests/fixtures/smpl_fixture.py)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,7 @@ from synthgen.subjects.base import KEYPOINT_NAMES, KEYPOINT_PARTS, PART_NAMES, S
 from synthgen.subjects.smpl_body import (BATCH, SmplBody, convert_to_npz, joint_part_ids,
                                          keypoint_gather_index)
 
-try:  # tests/ on sys.path (rootdir-less "prepend" import mode) or tests as a package
-    import smpl_fixture
-except ImportError:  # pragma: no cover
-    from tests import smpl_fixture
+from tests.fixtures import smpl_fixture
 
 STEM = {"smpl": "SMPL", "smplh": "SMPLH", "smplx": "SMPLX"}
 

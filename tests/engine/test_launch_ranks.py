@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -125,3 +126,23 @@ def test_failing_samples_are_recorded_and_the_budget_stops_the_run(tmp_path):
     assert proc.wait(timeout=600) == 1
     assert "output.max_errors" in proc.stderr.read().decode()
     _labels(strict)  # shards finished before the stop are whole
+
+
+# the end of a multi-rank run is polled on disk
+def test_rank_zero_polls_the_markers_of_every_rank(tmp_path):
+    from synthgen.engine.launch import clear_rank_markers, mark_rank_done, wait_for_ranks
+    from synthgen.engine.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path)
+    mark_rank_done(folder, 1, {"old": True})  # an earlier run's marker
+    clear_rank_markers(folder)
+    mark_rank_done(folder, 0, {"samples": 4})
+    polls = []
+    late = threading.Thread(target=lambda: (time.sleep(0.3), mark_rank_done(folder, 1, {"samples": 2},
+                                                                           "ErrorBudgetExceeded: 3 failed")))
+    late.start()
+    infos = wait_for_ranks(folder, 2, poll_s=0.02, on_poll=lambda: polls.append(1))
+    late.join()
+    assert sorted(infos) == [0, 1] and infos[1]["stats"] == {"samples": 2}
+    assert infos[1]["failure"].startswith("ErrorBudgetExceeded") and polls  # it waited, by polling
+    assert json.loads((tmp_path / "logs" / "rank-0.done").read_text())["rank"] == 0

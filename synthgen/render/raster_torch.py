@@ -30,7 +30,7 @@ all candidate (face, pixel) pairs of the bboxes as one flat index space that is
 processed in bounded chunks (a huge close-up face is split across chunks),
 evaluate barycentrics with edge functions (float64), resolve visibility with a
 ``scatter_reduce('amin')`` on an int64 key ``(float32 depth bits << 32) | face``,
-then shade only the winning pixels.  Peak memory is bounded by ``_CHUNK``
+then shade only the winning pixels.  Peak memory is bounded by ``CHUNK_PAIRS``
 candidates (about 40 MB) plus a few (H*W) images, whatever the face sizes.
 Computation is float64 for coverage/depth, float32 for normals; no autograd.
 """
@@ -47,7 +47,7 @@ NEAR = 0.01  # metres; triangles with any vertex at z <= NEAR are culled
 NORMAL_EPS = 1e-3  # minimum |dot(n, ray)| for normals bent towards the camera
 _EDGE_EPS = 1e-7  # inclusive barycentric tolerance (float64) -> no cracks
 _BBOX_PAD = 1e-6  # pixels; bbox padding so on-edge centres are enumerated
-_CHUNK = 1 << 17  # max candidate (face, pixel) pairs processed at once
+CHUNK_PAIRS = 1 << 17  # max candidate (face, pixel) pairs processed at once
 _EMPTY = torch.iinfo(torch.int64).max
 
 
@@ -150,7 +150,7 @@ def _zbuffer(setup: dict, width: int, height: int) -> torch.Tensor:
     """Visibility: (H*W,) int64 keys ``(z float32 bits << 32) | kept face``.
 
     Candidates are the concatenation of all face bboxes (face-major); they are
-    processed in slices of at most ``_CHUNK``, a huge face spanning several.
+    processed in slices of at most ``CHUNK_PAIRS``, a huge face spanning several.
     """
     key = torch.full((width * height,), _EMPTY, dtype=torch.int64)
     counts = setup["counts"]
@@ -159,7 +159,7 @@ def _zbuffer(setup: dict, width: int, height: int) -> torch.Tensor:
     ends = counts.cumsum(0)
     starts = ends - counts
     total = int(ends[-1])
-    bounds = torch.arange(0, total + _CHUNK, _CHUNK).clamp(max=total)
+    bounds = torch.arange(0, total + CHUNK_PAIRS, CHUNK_PAIRS).clamp(max=total)
     first = torch.searchsorted(ends, bounds[:-1], right=True).tolist()
     last = torch.searchsorted(ends, bounds[1:] - 1, right=True).tolist()
     bounds = bounds.tolist()

@@ -329,7 +329,7 @@ def test_torch_chunking_is_invariant(anny_mesh, monkeypatch):
     v, f = anny_mesh
     vc = _anny_camera(v, _chest(v) - [0, 0.4, 0])
     ref = raster_torch.rasterize(vc, f, K_BODY, 256, 256)
-    monkeypatch.setattr(raster_torch, "_CHUNK", 1000)
+    monkeypatch.setattr(raster_torch, "CHUNK_PAIRS", 1000)
     out = raster_torch.rasterize(vc, f, K_BODY, 256, 256)
     for name in ref:
         assert np.array_equal(ref[name], out[name]), name

@@ -11,7 +11,6 @@ import shutil
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -25,73 +24,12 @@ from synthgen.generate.controlnet import (LAYER_SOURCES, ControlNetBackend,  # n
                                           check_models_available, control_image)
 from synthgen.recipe import ControlNetConfig  # noqa: E402
 from synthgen.testing.tiny_models import build_tiny_flux, build_tiny_sd15, build_tiny_sdxl  # noqa: E402
-
-SIZE = 64
+from tests.fixtures.controlnet import SIZE, config, fake_layers, max_diff, sample, unet_residuals  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def sd15(tmp_path_factory) -> dict:
     return build_tiny_sd15(tmp_path_factory.mktemp("tiny_sd15"), num_controlnets=2)
-
-
-def fake_layers(seed: int, size: int = SIZE) -> dict:
-    """A render dict with the documented shapes/dtypes: an ellipse 'body' at a random place."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    cx, cy = rng.uniform(0.3, 0.7, 2) * size
-    rx, ry = rng.uniform(0.1, 0.25, 2) * size
-    inside = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2
-    mask = inside < 1
-    nz = np.sqrt(np.clip(1 - inside, 0, 1))
-    normal = np.stack([(xx - cx) / rx, (yy - cy) / ry, -nz], -1) * mask[..., None]
-    normal_rgb = np.zeros((size, size, 3), np.uint8)
-    normal_rgb[mask] = np.clip((normal[mask] * [1, -1, -1] + 1) * 127.5, 0, 255).astype(np.uint8)
-    depth_control = np.where(mask, 25 + 230 * nz, 0).astype(np.uint8)
-    skeleton = np.zeros((size, size, 3), np.uint8)
-    cv2.line(skeleton, (int(cx), int(cy - ry)), (int(cx), int(cy + ry)), (255, 0, 0), 2)
-    return {"normal_rgb": normal_rgb, "depth_control": depth_control,
-            "mask": mask.astype(np.uint8) * 255, "edges": cv2.Canny(normal_rgb, 100, 200),
-            "skeleton": skeleton}
-
-
-def sample(seed: int, layers_seed: int | None = None) -> dict:
-    return {"layers": fake_layers(seed if layers_seed is None else layers_seed),
-            "prompt": "a photo of a person standing in a park", "negative_prompt": "blurry",
-            "seed": seed}
-
-
-def config(models: dict, layers=("depth",), scales=(1.0,), **kw) -> ControlNetConfig:
-    units = [{"model": models["controlnets"][i], "layer": layer, "scale": scale}
-             for i, (layer, scale) in enumerate(zip(layers, scales))]
-    settings = {"family": "sd15", "base_model": models["base"], "controlnets": units,
-                "steps": 2, "device": "cpu", "batch_size": 2} | kw
-    return ControlNetConfig(**settings)
-
-
-def max_diff(a: np.ndarray, b: np.ndarray) -> int:
-    return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
-
-
-def unet_residuals(backend: ControlNetBackend, samples: list[dict]) -> np.ndarray:
-    """Every ControlNet residual the UNet received while generating ``samples``, flattened.
-
-    A tiny random VAE can squash a real change of the latents below one uint8 level, so the
-    conditioning tests look where the control image acts: the residuals added to the UNet.
-    """
-    received = []
-
-    def grab(_module, _args, kwargs):
-        down = kwargs.get("down_block_additional_residuals") or ()
-        mid = kwargs.get("mid_block_additional_residual")
-        received.extend(t.detach().float().flatten() for t in [*down, *([mid] if mid is not None else [])])
-
-    handle = backend.pipe.unet.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        backend.generate(samples)
-    finally:
-        handle.remove()
-    assert received, "the UNet received no ControlNet residuals"
-    return torch.cat(received).numpy()
 
 
 def relative_change(a: np.ndarray, b: np.ndarray) -> float:

@@ -16,7 +16,8 @@ from tests.fixtures.recipes import ROOT
 
 pytest.importorskip("diffusers")
 
-SIZE = 64
+from tests.fixtures.controlnet import SIZE, make_backend, make_samples  # noqa: E402
+
 
 
 @pytest.fixture(scope="module")
@@ -24,19 +25,6 @@ def sd15(tmp_path_factory):
     from synthgen.testing.tiny_models import build_tiny_sd15
 
     return build_tiny_sd15(tmp_path_factory.mktemp("models") / "sd15", num_controlnets=1)
-
-
-def _backend(models, **kw):
-    from synthgen.generate.controlnet import ControlNetBackend
-    from tests.generate.test_controlnet import config
-
-    return ControlNetBackend(config(models, **kw), SIZE, SIZE)
-
-
-def _samples(*seeds):
-    from tests.generate.test_controlnet import sample
-
-    return [sample(seed) for seed in seeds]
 
 
 # fixed batch shapes
@@ -64,9 +52,9 @@ def test_padding_keeps_a_sample_identical_whatever_fills_its_batch(sd15):
     slot index % batch_size: a sample comes out bit-identical alone, in a full batch, or listed
     in another order."""
     def indexed(*seeds):
-        return [s | {"index": seed} for s, seed in zip(_samples(*seeds), seeds)]
+        return [s | {"index": seed} for s, seed in zip(make_samples(*seeds), seeds)]
 
-    backend = _backend(sd15, batch_size=3)
+    backend = make_backend(sd15, batch_size=3)
     full = backend.generate(indexed(30, 31, 32))
     alone = backend.generate(indexed(31))
     moved = backend.generate(indexed(32, 31))
@@ -87,9 +75,9 @@ def test_failures_do_not_change_the_batch_shape(sd15, monkeypatch):
         return call(self, *args, **kwargs)
 
     monkeypatch.setattr(StableDiffusionControlNetPipeline, "__call__", spy)
-    backend = _backend(sd15, batch_size=4)
-    backend.generate(_samples(1, 2, 3, 4, 5))  # a full batch, then one of 1 padded to 4
-    backend.generate(_samples(6))
+    backend = make_backend(sd15, batch_size=4)
+    backend.generate(make_samples(1, 2, 3, 4, 5))  # a full batch, then one of 1 padded to 4
+    backend.generate(make_samples(6))
     assert sizes == [4, 4, 4]
 
 
@@ -107,20 +95,20 @@ def test_cuda_out_of_memory_halves_the_batch_and_retries(sd15, monkeypatch, capl
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return call(self, *args, **kwargs)
 
-    reference = _backend(sd15, batch_size=2).generate(_samples(1, 2, 3))
+    reference = make_backend(sd15, batch_size=2).generate(make_samples(1, 2, 3))
     monkeypatch.setattr(StableDiffusionControlNetPipeline, "__call__", small_device)
-    backend = _backend(sd15, batch_size=4)
+    backend = make_backend(sd15, batch_size=4)
     with caplog.at_level(logging.WARNING, logger="synthgen"):
-        images = backend.generate(_samples(1, 2, 3))
+        images = backend.generate(make_samples(1, 2, 3))
     assert backend.batch_size == 2 and sizes == [4, 2, 2]
     assert all(np.array_equal(a, b) for a, b in zip(images, reference))  # the same shapes as batch 2
     assert any("out of memory at batch 4" in r.message and "halved to 2" in r.message for r in caplog.records)
-    backend.generate(_samples(4))
+    backend.generate(make_samples(4))
     assert sizes[-1] == 2  # for the rest of the run
 
-    off = _backend(sd15, batch_size=4, speed={"oom_halving": False})
+    off = make_backend(sd15, batch_size=4, speed={"oom_halving": False})
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        off.generate(_samples(1))
+        off.generate(make_samples(1))
 
 
 def _small_device(monkeypatch, fits, sizes):
@@ -148,15 +136,15 @@ def _no_compile(monkeypatch):
 
 
 def test_out_of_memory_in_the_warm_up_halves_the_batch_before_any_sample(sd15, monkeypatch, caplog):
-    reference = _backend(sd15, batch_size=2).generate(_samples(1, 2, 3))
+    reference = make_backend(sd15, batch_size=2).generate(make_samples(1, 2, 3))
     _no_compile(monkeypatch)
     sizes: list[int] = []
     _small_device(monkeypatch, lambda prompts: len(prompts) <= 2, sizes)
     with caplog.at_level(logging.WARNING, logger="synthgen"):
-        backend = _backend(sd15, batch_size=4, speed={"compile": True, "compile_cache": None})
+        backend = make_backend(sd15, batch_size=4, speed={"compile": True, "compile_cache": None})
     assert backend.batch_size == 2 and sizes == [4, 2]  # warm-up at 4 fails, at 2 it runs
     assert any("at batch 4 during warm-up" in r.message and "halved to 2" in r.message for r in caplog.records)
-    images = backend.generate(_samples(1, 2, 3))
+    images = backend.generate(make_samples(1, 2, 3))
     assert sizes[2:] == [2, 2]
     assert all(np.array_equal(a, b) for a, b in zip(images, reference))
 
@@ -164,17 +152,17 @@ def test_out_of_memory_in_the_warm_up_halves_the_batch_before_any_sample(sd15, m
 def test_out_of_memory_in_a_compiled_run_warms_the_new_shape_up_once(sd15, monkeypatch, caplog):
     """The blank warm-up fits, real prompts at batch 4 do not: the batch halves, the new shape
     is warmed up once (logged), then the samples run at 2, identical to a batch-2 run."""
-    reference = _backend(sd15, batch_size=2).generate(_samples(1, 2, 3))
+    reference = make_backend(sd15, batch_size=2).generate(make_samples(1, 2, 3))
     _no_compile(monkeypatch)
     sizes: list[int] = []
     _small_device(monkeypatch, lambda prompts: len(prompts) <= 2 or not any(prompts), sizes)
-    backend = _backend(sd15, batch_size=4, speed={"compile": True, "compile_cache": None})
+    backend = make_backend(sd15, batch_size=4, speed={"compile": True, "compile_cache": None})
     with caplog.at_level(logging.INFO, logger="synthgen"):
-        images = backend.generate(_samples(1, 2, 3))
+        images = backend.generate(make_samples(1, 2, 3))
     assert sizes == [4, 4, 2, 2, 2]  # warm-up 4, OOM at 4, warm-up 2, two batches of 2
     warmups = [r.message for r in caplog.records if r.message.startswith("warm-up")]
     assert len(warmups) == 1 and "batch 2" in warmups[0]
     assert any("during diffusion" in r.message for r in caplog.records)
     assert all(np.array_equal(a, b) for a, b in zip(images, reference))
-    backend.generate(_samples(4))
+    backend.generate(make_samples(4))
     assert sizes[-1] == 2 and len(sizes) == 6  # no further warm-up

@@ -16,7 +16,7 @@ from safetensors.torch import load_file  # noqa: E402
 from synthgen.errors import MissingModelError, UserError  # noqa: E402
 from synthgen.generate.controlnet import ControlNetBackend  # noqa: E402
 from synthgen.recipe import ControlNetConfig  # noqa: E402
-from tests.generate.test_controlnet import SIZE, fake_layers, max_diff  # noqa: E402
+from tests.fixtures.controlnet import SIZE, fake_layers, max_diff  # noqa: E402
 from synthgen.testing.tiny_models import build_tiny_sd15, build_tiny_sdxl, build_tiny_vae  # noqa: E402
 
 LONG = ("a photo of a tall woman with curly red hair in a green raincoat walking her dog along a rainy "

@@ -8,7 +8,8 @@ import pytest
 
 pytest.importorskip("diffusers")
 
-SIZE = 64
+from tests.fixtures.controlnet import SIZE, make_backend, make_samples  # noqa: E402
+
 
 
 @pytest.fixture(scope="module")
@@ -18,25 +19,12 @@ def sd15(tmp_path_factory):
     return build_tiny_sd15(tmp_path_factory.mktemp("models") / "sd15", num_controlnets=1)
 
 
-def _backend(models, **kw):
-    from synthgen.generate.controlnet import ControlNetBackend
-    from tests.generate.test_controlnet import config
-
-    return ControlNetBackend(config(models, **kw), SIZE, SIZE)
-
-
-def _samples(*seeds):
-    from tests.generate.test_controlnet import sample
-
-    return [sample(seed) for seed in seeds]
-
-
 def test_fused_qkv_and_channels_last_keep_the_images(sd15):
-    plain = _backend(sd15, batch_size=2)
-    fast = _backend(sd15, batch_size=2, speed={"fuse_qkv": True, "channels_last": True})
+    plain = make_backend(sd15, batch_size=2)
+    fast = make_backend(sd15, batch_size=2, speed={"fuse_qkv": True, "channels_last": True})
     assert fast.speed["fuse_qkv"] and fast.speed["channels_last"] and not plain.speed["fuse_qkv"]
     assert any(getattr(m, "fused_projections", False) for m in fast.pipe.unet.modules())
-    samples = _samples(5, 6)
+    samples = make_samples(5, 6)
     for a, b in zip(plain.generate(samples), fast.generate(samples)):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # float rounding of fused kernels
 
@@ -48,13 +36,13 @@ def test_fuse_qkv_fuses_every_attention_module_of_unet_each_controlnet_and_vae(t
     from diffusers.models.attention_processor import FusedAttnProcessor2_0
 
     from synthgen.generate.speed import attention_modules, denoisers
-    from tests.generate.test_controlnet import unet_residuals
+    from tests.fixtures.controlnet import unet_residuals
     from synthgen.testing.tiny_models import build_tiny_sd15
 
     models = build_tiny_sd15(tmp_path / "sd15", num_controlnets=2)
     two = {"layers": ("depth", "edges"), "scales": (0.8, 0.6), "batch_size": 2}
-    plain = _backend(models, **two)
-    fused = _backend(models, speed={"fuse_qkv": True}, **two)
+    plain = make_backend(models, **two)
+    fused = make_backend(models, speed={"fuse_qkv": True}, **two)
     models_fused = [*denoisers(fused.pipe), fused.pipe.vae]
     assert [type(m).__name__ for m in models_fused] == ["UNet2DConditionModel", "ControlNetModel",
                                                         "ControlNetModel", "AutoencoderKL"]
@@ -67,7 +55,7 @@ def test_fuse_qkv_fuses_every_attention_module_of_unet_each_controlnet_and_vae(t
             assert hasattr(module, "to_kv" if module.is_cross_attention else "to_qkv")
     for model in denoisers(plain.pipe):  # the unfused path is really unfused
         assert not any(m.fused_projections for m in attention_modules(model).values())
-    samples = _samples(5, 6)
+    samples = make_samples(5, 6)
     a, b = unet_residuals(plain, samples), unet_residuals(fused, samples)
     assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
     for x, y in zip(plain.generate(samples), fused.generate(samples)):
@@ -94,7 +82,7 @@ def test_vae_options_turn_on_at_1024(sd15):
     from synthgen.generate.speed import apply_speed
     from synthgen.recipe import SpeedConfig
 
-    backend = _backend(sd15)
+    backend = make_backend(sd15)
     assert apply_speed(backend.pipe, SpeedConfig(), "cpu", 512 * 512)["vae_slicing"] is False
     done = apply_speed(backend.pipe, SpeedConfig(), "cpu", 1024 * 1024)
     assert done["vae_slicing"] and done["vae_tiling"] and backend.pipe.vae.use_slicing and backend.pipe.vae.use_tiling
@@ -127,8 +115,8 @@ def test_compile_option_warms_up_once(sd15, monkeypatch):
         return model
 
     monkeypatch.setattr(torch, "compile", traced)
-    backend = _backend(sd15, batch_size=2, speed={"compile": True, "compile_cache": None})
+    backend = make_backend(sd15, batch_size=2, speed={"compile": True, "compile_cache": None})
     assert modes == [("default", False)] * 3  # UNet, ControlNet, VAE decode: fixed shapes
     assert backend.timing["compile"] > 0
-    image = backend.generate(_samples(7))[0]
+    image = backend.generate(make_samples(7))[0]
     assert image.shape == (SIZE, SIZE, 3)

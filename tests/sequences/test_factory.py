@@ -232,17 +232,11 @@ def test_motion_blur_blurs_images_not_labels():
 
 
 def test_smpl_family_bodies_ride_amass_motions(tmp_path):
-    try:
-        import smpl_fixture
-    except ImportError:  # pragma: no cover
-        from tests import smpl_fixture
-    try:
-        from tests.sequences.test_motion import _amass_file
-    except ImportError:  # pragma: no cover
-        from tests.sequences.test_motion import _amass_file
+    from tests.fixtures import smpl_fixture
+    from tests.fixtures.motion_files import amass_file
 
     model = smpl_fixture.write_model(tmp_path / "SMPL_NEUTRAL.npz", "smpl", arrays=smpl_fixture.synthetic_model("smpl"))
-    clip = _amass_file(tmp_path / "clip.npz", knee_deg=40.0)
+    clip = amass_file(tmp_path / "clip.npz", knee_deg=40.0)
     recipe = sequence_recipe(frames=3, motion={"files": [str(clip)], "file_fraction": 1.0})
     recipe = recipe.model_copy(update={"subject": recipe.subject.model_copy(update={"model": "smpl",
                                                                                     "model_path": str(model)})})

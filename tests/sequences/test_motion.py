@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.spatial.transform import Rotation
 
 from synthgen.errors import UserError
 from synthgen.sequences.motion import (
@@ -19,6 +18,7 @@ from synthgen.sequences.motion import (
 )
 from synthgen.sequences.config import MotionConfig
 from synthgen.subjects.poses import SMPL_JOINTS
+from tests.fixtures.motion_files import amass_file
 
 
 def _angle(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -60,22 +60,8 @@ def test_resampling_is_exact_at_samples_and_slerps_between():
     assert np.allclose(late.rotations[0], m.rotations[-1])
 
 
-def _amass_file(path, fps=60.0, seconds=2.0, knee_deg=90.0, heading_deg=30.0):
-    """An AMASS-style clip: standing (root_orient = +90 deg about x), left knee bent, walking along
-    its own forward at 1 m/s, turned by heading_deg about AMASS's up (z)."""
-    n = int(seconds * fps) + 1
-    poses = np.zeros((n, 156))
-    root = Rotation.from_euler("z", heading_deg, degrees=True) * Rotation.from_rotvec([np.pi / 2, 0, 0])
-    poses[:, :3] = root.as_rotvec()
-    poses[:, 3 * SMPL_JOINTS.index("left_knee")] = np.radians(knee_deg)
-    forward = root.apply([0.0, 0.0, 1.0])  # SMPL's forward (+z) in AMASS's world
-    trans = np.outer(np.arange(n) / fps, forward) + [0.3, 0.2, 0.95]
-    np.savez(path, poses=poses, trans=trans, mocap_framerate=np.array(fps), betas=np.zeros(16))
-    return path
-
-
 def test_amass_file_loads_into_world_terms(tmp_path):
-    motion = load_motion_file(_amass_file(tmp_path / "clip.npz", heading_deg=30.0))
+    motion = load_motion_file(amass_file(tmp_path / "clip.npz", heading_deg=30.0))
     assert motion.source == "amass" and motion.fps == 60.0 and motion.num_samples == 121
     # standing upright, turned by the file's heading; displacement from the first frame
     assert np.degrees(heading_of(motion.root_rotation[0])) == pytest.approx(30.0, abs=1e-9)
@@ -109,7 +95,7 @@ def test_amass_motion_drives_anny_through_the_retarget(tmp_path):
     from synthgen.subjects.base import KEYPOINT_NAMES
 
     body = AnnyFrames(AnnyBody(SubjectConfig()), ["head", "left_knee"])
-    config = MotionConfig(files=[str(_amass_file(tmp_path / "clip.npz", knee_deg=90.0))], file_fraction=1.0,
+    config = MotionConfig(files=[str(amass_file(tmp_path / "clip.npz", knee_deg=90.0))], file_fraction=1.0,
                           yaw_deg=(0.0, 0.0))
     motion = draw_motion(config, MotionFileBank(config.files), 0, 0, duration=0.2).sample(np.array([0.0, 0.1]))
     draw = body.model.draw(0, 0)

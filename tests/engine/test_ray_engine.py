@@ -1,4 +1,4 @@
-"""Issue 21: the Ray engine on a real local Ray cluster (a head from ``ray start --head`` and a second
+"""The Ray engine on a real local Ray cluster (a head from ``ray start --head`` and a second
 node joined with ``ray start --address``, one CPU each, no GPU): the same shard bytes as the local
 engine for the quickstart and for a tiny ControlNet + SAM recipe (the device actor with
 ``num_gpus=0``), and a run that loses the second node mid-shard still completes with the same bytes.

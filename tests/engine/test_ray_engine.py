@@ -3,7 +3,7 @@ node joined with ``ray start --address``, one CPU each, no GPU): the same shard 
 engine for the quickstart and for a tiny ControlNet + SAM recipe (the device actor with
 ``num_gpus=0``), and a run that loses the second node mid-shard still completes with the same bytes.
 
-The cluster (:mod:`tests.ray_cluster`) is stopped by killing its own processes by PID, never with
+The cluster (:mod:`synthgen.testing.ray_cluster`) is stopped by killing its own processes by PID, never with
 ``ray stop``, which would stop every Ray on the machine."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Animals: SMAL-family files (synthetic, real shapes; see tests/fixtures/smal_fixture.py) and the embedded quadruped."""
+"""Animals: SMAL-family files (synthetic, real shapes; see tests/fixtures/smal_fixture.py) and the embedded
+quadruped."""
 
 from __future__ import annotations
 

@@ -14,12 +14,7 @@ from synthgen.filter import (SampleFilter, SamAligner, cheap_checks, keypoints_i
                              select_points)
 from synthgen.recipe import FilterConfig, SamConfig
 from synthgen.testing.tiny_models import build_tiny_sam
-
-
-def box_mask(h, w, x0, y0, x1, y1):
-    m = np.zeros((h, w), np.uint8)
-    m[y0:y1, x0:x1] = 255
-    return m
+from tests.fixtures.masks import box_mask, person_sample
 
 
 # --- pure functions ------------------------------------------------------------------------------
@@ -116,19 +111,6 @@ def test_select_points_spreads_and_caps():
 @pytest.fixture(scope="module")
 def tiny_sam(tmp_path_factory):
     return build_tiny_sam(tmp_path_factory.mktemp("tiny_sam"))
-
-
-def person_sample(h=96, w=80, index=0):
-    """A synthetic rendered subject: a torso box with an arm box, keypoints on them."""
-    mask = box_mask(h, w, 30, 10, 50, 90)
-    mask[20:28, 50:72] = 255  # an arm stretched to the right
-    kp = np.array([[40, 15, 2], [35, 30, 2], [45, 30, 2], [60, 24, 2], [70, 24, 2],
-                   [36, 60, 2], [44, 60, 2], [36, 85, 2], [44, 85, 1]], float)
-    image = np.random.default_rng(index).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    rows, cols = np.nonzero(mask)
-    bbox = [cols.min() - 0.5, rows.min() - 0.5, cols.max() - cols.min() + 1.0, rows.max() - rows.min() + 1.0]
-    return {"index": index, "image": image, "layers": {"mask": mask}, "keypoints_2d": kp,
-            "labels": {"bbox": bbox}}
 
 
 def shifted(mask, fraction):

@@ -130,7 +130,7 @@ def test_sample_filter_uses_the_device_image_and_sam_dtype(tiny_sam):
     import torch
 
     from synthgen.filter import SampleFilter
-    from tests.test_filter import person_sample
+    from tests.fixtures.masks import person_sample
 
     flt = SampleFilter(FilterConfig(sam=SamConfig(model=str(tiny_sam), min_iou=0.0, min_keypoints_in_mask=0.0)))
     assert flt.aligner.dtype == torch.float32  # auto: fp32 on CPU (fp16 on CUDA)

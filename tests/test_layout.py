@@ -131,9 +131,12 @@ def _imported_modules(path: Path) -> set[str]:
     return names
 
 
-def test_conftest_is_never_imported_and_benchmarks_import_no_test_code():
+def test_conftest_is_never_imported_and_test_code_is_shared_through_fixtures_only():
     for path in _sources():
         imported = _imported_modules(path)
         assert not {m for m in imported if m.split(".")[-1] == "conftest"}, f"{_rel(path)} imports conftest"
         if path.is_relative_to(ROOT / "benchmarks"):
             assert not {m for m in imported if m.split(".")[0] == "tests"}, f"{_rel(path)} imports test code"
+        else:
+            others = {m for m in imported if m.split(".")[0] == "tests" and m.split(".")[1:2] != ["fixtures"]}
+            assert not others, f"{_rel(path)} imports test modules {others}: shared test code lives in tests/fixtures/"

@@ -170,15 +170,15 @@ def stage_table(recipe, samples: int, warmup: int) -> tuple[list[tuple], list[st
                         camera, drawn = sample_camera(rng, r.camera, points, r.image.width, r.image.height,
                                                       CAMERA_MIN_HEIGHT_M if r.scene.has_geometry else None)
                 s.update(camera=camera, camera_draw=drawn)
-                if r.scene.has_geometry:  # 2b. scene geometry, then one render of subject + scene, as _render
+                if r.scene.has_geometry:  # 2b. scene geometry, then one render of subject + scene (ImageFactory.render)
                     with clock("scene: build (room/yard/ground mesh)", index):
                         s["scene"] = factory.scene(sample_rng(r.seed, index, "scene"), [np.zeros(3)], camera)
                     with clock("render with scene (raster, layers, keypoints, shadow map)", index):
-                        factory._render(s)
+                        factory.render(s)
                     with clock("labels (view record)", index):
                         s["labels"] = factory.labels(s)
                 else:
-                    # 3. raster and 4. layer derivation, as _render and render_layers
+                    # 3. raster and 4. layer derivation, as ImageFactory.render and render_layers
                     with clock(f"raster ({resolve_backend(r.render.backend)}: to_camera + rasterize)", index):
                         vertices_cam = camera.to_camera(subject.vertices)
                         faces, face_parts = model.mesh(subject)

@@ -105,7 +105,7 @@ class ImageFactory:
             c["encoding"].get("edges") == "shaded" for c in self.controls)
 
     @staticmethod
-    def _control(layers: dict[str, Any], control: dict[str, Any]) -> np.ndarray:
+    def encode_control(layers: dict[str, Any], control: dict[str, Any]) -> np.ndarray:
         """(H, W, 3) uint8: the stored layer itself when it is the input, else its own encoding."""
         if not control["stored_as"].startswith("control_"):
             image = layers[layer_ops.LAYER_KEYS[control["encoding"]["layer"]]]
@@ -174,7 +174,7 @@ class ImageFactory:
         sample.update(camera=camera, camera_draw=drawn)
         if r.scene.has_geometry:
             sample["scene"] = self.scene(sample_rng(seed, index, "scene"), offsets, camera)
-        self._render(sample)
+        self.render(sample)
         sample["labels"] = self.labels(sample)
         if self.prompter is not None:
             prompt, negative = self.prompter.build(sample, sample_rng(seed, index, "prompt"))
@@ -193,7 +193,7 @@ class ImageFactory:
         return build_scene(params, rng, path, len(self.subject_model.part_names), ground_half_m=GROUND_HALF_M,
                            camera_height=float(camera.position[2]))
 
-    def _render(self, sample: dict[str, Any]) -> None:
+    def render(self, sample: dict[str, Any]) -> None:
         """One render pass of every member (and the scene geometry); per member keypoints and,
         where something may hide it, its unoccluded pixel count (a render of it alone)."""
         r, model, camera, members = self.recipe, self.subject_model, sample["camera"], sample["subjects"]
@@ -245,7 +245,7 @@ class ImageFactory:
             int(np.count_nonzero(rasterize(v, f, camera.K, camera.width, camera.height, r.render.backend)["mask"]))
             for v, (f, _) in zip(per_member, meshes)]
         if self.controls:  # exactly what each ControlNet receives
-            layers["controls"] = [self._control(layers, control) for control in self.controls]
+            layers["controls"] = [self.encode_control(layers, control) for control in self.controls]
         layers.pop("scene_normal", None)
         layers.pop("scene", None)
         layers.pop("scene_in", None)

@@ -116,7 +116,7 @@ def test_scene_occluder_hides_keypoints_and_leaves_the_instance_mask():
         np.concatenate([ground.face_part, np.full(2, offset + SCENE_PART_NAMES.index("wall"), np.uint8)]),
         np.concatenate([ground.face_instance, np.full(2, 3, np.uint8)]), ground.instance_names + ["wall"],
         np.concatenate([ground.instance_albedo, [[0.5, 0.5, 0.5]]]).astype(np.float32))
-    factory._render(sample)
+    factory.render(sample)
     labels = factory.labels(sample)
     vis = sample["keypoints_2d"][:, 2]
     hidden = sample["layers"]["parts"] == offset + SCENE_PART_NAMES.index("wall")

@@ -27,8 +27,8 @@ on its batch. Every pipeline call has exactly
 ``batch_size`` images (a short batch is padded with copies, each sample in slot
 ``index % batch_size``), so compiled graphs keep one shape and a sample's pixels are the same
 bits whichever samples share its batch; across batch sizes they agree up to float rounding of
-batched kernels (see ``tests/generate/test_controlnet.py``, ``tests/generate/test_controlnet_batches.py``). Images leave the
-device as uint8 (``output_type="pt"``, converted there). ``speed`` options: see
+batched kernels (see ``tests/generate/test_controlnet.py``, ``tests/generate/test_controlnet_batches.py``).
+Images leave the device as uint8 (``output_type="pt"``, converted there). ``speed`` options: see
 :mod:`synthgen.generate.speed`. Prompts over 77 CLIP tokens (sd15, sdxl) are
 encoded whole by compel (:class:`LongPrompts`), padded to 154, 308 or 616 tokens (few shapes for
 compiled graphs), and run in groups of equal embedding length.
@@ -485,7 +485,7 @@ class ControlNetBackend:
         return torch.cat([self._batch_or_halve(batch[i:i + self.batch_size])
                           for i in range(0, len(batch), self.batch_size)])
 
-    def _control_uint8(self, batch: list[dict]) -> list:
+    def control_uint8(self, batch: list[dict]) -> list:
         """Per ControlNet, the batch's (B, H, W, 3) uint8 control images on the device: they
         cross to it as bytes (a quarter of float32), from pinned memory without blocking."""
         torch = self._torch
@@ -497,11 +497,11 @@ class ControlNetBackend:
             out.append(stack)
         return out
 
-    def _control_tensors(self, batch: list[dict]) -> list:
+    def control_tensors(self, batch: list[dict]) -> list:
         """Per ControlNet, a (B, 3, H, W) float32 tensor in [0, 1] on the device, converted there
         from the uint8 images: what diffusers' control-image processor makes of RGB images
         (``/ 255`` in float32), so its own preprocessing then only checks shapes."""
-        return [images.permute(0, 3, 1, 2).float() / 255.0 for images in self._control_uint8(batch)]
+        return [images.permute(0, 3, 1, 2).float() / 255.0 for images in self.control_uint8(batch)]
 
     def _generate_batch(self, batch: list[dict]):
         """(B, H, W, 3) uint8 images of one batch, in order, on the device. Samples whose prompts
@@ -524,7 +524,7 @@ class ControlNetBackend:
             images[members] = self._run([batch[i] for i in members], embeds)
         return images
 
-    def _slots(self, batch: list[dict]) -> list[int]:
+    def batch_slots(self, batch: list[dict]) -> list[int]:
         """Where each sample of ``batch`` sits in the padded call: slot ``index % batch_size``
         (``index``: the sample's, else its position) when free, else the first free one. CPU
         kernels may round a row differently by its position in the batch, so a sample keeps its
@@ -540,13 +540,13 @@ class ControlNetBackend:
 
     def _run(self, batch: list[dict], embeds: dict[str, Any] | None):
         """One pipeline call of exactly ``batch_size`` images: each sample in its slot (see
-        :meth:`_slots`), the free slots filled with copies of the first sample (their images are
+        :meth:`batch_slots`), the free slots filled with copies of the first sample (their images are
         dropped). ``embeds``: compel's prompt embeddings (one row per sample of ``batch``), or
         None for the prompt strings. Returns (len(batch), H, W, 3) uint8 on the device."""
         torch, config, family = self._torch, self.config, self.family
         units = config.controlnets
         multi = len(units) > 1
-        slots = self._slots(batch)
+        slots = self.batch_slots(batch)
         source = [0] * max(self.batch_size, len(batch))  # which sample of ``batch`` fills each slot
         for k, slot in enumerate(slots):
             source[slot] = k
@@ -556,7 +556,7 @@ class ControlNetBackend:
             embeds = {key: value[rows.to(value.device)] for key, value in embeds.items()}
 
         # 1. control images, and each image's noise from its own generator (see _noise)
-        controls = self._control_tensors(batch)
+        controls = self.control_tensors(batch)
         latents, generators = self._noise(batch)
 
         # 2. the call's arguments (lists per ControlNet when there are several)
@@ -685,7 +685,7 @@ class LongPrompts:
             self._compel = wrapper(self.pipe)
         return self._compel
 
-    def _encode(self, prompt: str, negative: str) -> dict[str, Any]:
+    def encode_text(self, prompt: str, negative: str) -> dict[str, Any]:
         import torch
 
         with torch.inference_mode():
@@ -711,13 +711,13 @@ class LongPrompts:
         :data:`EMBED_WINDOWS` times 77."""
         import torch
 
-        named = self._encode(sample["prompt"], sample.get("negative_prompt") or "")
+        named = self.encode_text(sample["prompt"], sample.get("negative_prompt") or "")
         length = named["prompt_embeds"].shape[1]
         target = self.padded_length(length)
         if target == length:
             return named
         if self._empty is None:  # one window of the empty prompt, as compel pads
-            self._empty = self._encode("", "")
+            self._empty = self.encode_text("", "")
         if length % self.limit:
             raise RuntimeError(f"compel returned {length} tokens, not a multiple of {self.limit}")
         for key in ("prompt_embeds", "negative_prompt_embeds"):

@@ -71,7 +71,7 @@ class AnnyFrames:
         self.joint_names = list(joint_bones)
         self.joint_bones = list(joint_bones.values())
 
-    def _local(self, motion: Motion) -> np.ndarray:
+    def local_transforms(self, motion: Motion) -> np.ndarray:
         """(T + 1, J, 4, 4) float32 local-ref transforms: the motion's T times, then the rest T-pose."""
         m, T = self.model, motion.num_samples
         J = m.num_bones
@@ -90,7 +90,7 @@ class AnnyFrames:
         return out.astype(np.float32)
 
     def pose(self, draw: dict[str, Any], motion: Motion) -> PosedFrames:
-        pose = self._local(motion)
+        pose = self.local_transforms(motion)
         out = self.model.forward_frames(pose, draw["phenotype"])
         verts, kps = out["vertices"][:-1], out["keypoints"][:-1]
         bones = out["bone_poses"].astype(np.float64)

@@ -313,10 +313,10 @@ def test_control_images_travel_as_uint8_and_equal_diffusers_preprocessing(sd15):
 
     backend = ControlNetBackend(config(sd15, layers=("depth", "edges"), scales=(1.0, 0.5)), SIZE, SIZE)
     batch = [sample(1), sample(2), sample(3)]
-    raw = backend._control_uint8(batch)
+    raw = backend.control_uint8(batch)
     assert [t.dtype for t in raw] == [torch.uint8, torch.uint8]
     assert [t.shape for t in raw] == [(3, SIZE, SIZE, 3)] * 2
-    ours = backend._control_tensors(batch)
+    ours = backend.control_tensors(batch)
     for index, unit in enumerate(backend.config.controlnets):
         pil = [Image.fromarray(control_image(s["layers"], unit.layer, index)) for s in batch]
         theirs = backend.pipe.prepare_image(pil, SIZE, SIZE, len(batch), 1, backend.device, torch.float32)

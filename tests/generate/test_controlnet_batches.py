@@ -61,7 +61,7 @@ def test_padding_keeps_a_sample_identical_whatever_fills_its_batch(sd15):
     assert np.array_equal(full[1], alone[0]) and np.array_equal(full[1], moved[1])
     assert np.array_equal(full[2], moved[0])
     assert alone[0].dtype == np.uint8 and alone[0].shape == (SIZE, SIZE, 3)
-    assert backend._slots(indexed(33, 36, 34)) == [0, 1, 2]  # 36 % 3 is taken: the first free slot
+    assert backend.batch_slots(indexed(33, 36, 34)) == [0, 1, 2]  # 36 % 3 is taken: the first free slot
 
 
 def test_failures_do_not_change_the_batch_shape(sd15, monkeypatch):

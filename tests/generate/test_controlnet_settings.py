@@ -158,7 +158,7 @@ def test_long_prompt_embeddings_come_in_few_lengths(sd15):
     hooks = [backend.pipe.unet.register_forward_pre_hook(spy("unet"), with_kwargs=True),
              backend.pipe.controlnet.register_forward_pre_hook(spy("controlnet"), with_kwargs=True)]
     prompts = [(LONG * 5)[:n] for n in (100, 200, 300, 380, 550)]
-    unpadded = {backend.long_prompts._encode(p, "")["prompt_embeds"].shape[1] for p in prompts}
+    unpadded = {backend.long_prompts.encode_text(p, "")["prompt_embeds"].shape[1] for p in prompts}
     assert unpadded == {77 * w for w in (2, 3, 4, 6, 8)}
     try:
         for k, prompt in enumerate(prompts):

@@ -226,7 +226,7 @@ def test_inputs_computed_at_an_annotator_detect_resolution():
     sent = _png(record, "control_0.png")
     assert np.array_equal(sent, np.repeat(expected[..., None], 3, 2)) and sent.any()
     assert not np.array_equal(sent[..., 0], _png(record, "edges.png"))  # thicker, softer edges
-    full = factory._control(sample["layers"], {"encoding": {"layer": "depth", "depth": "minmax"},
+    full = factory.encode_control(sample["layers"], {"encoding": {"layer": "depth", "depth": "minmax"},
                                                "stored_as": "control_9.png"})
     depth = cv2.resize(cv2.resize(full, (64, 64), interpolation=cv2.INTER_AREA), (128, 128),
                        interpolation=cv2.INTER_LINEAR)

@@ -101,7 +101,7 @@ def test_rigid_mount_stays_fixed_to_its_bone():
     frames = list(finished_samples(factory, list(range(5))))
     model = factory.subject_model
     phenotype = frames[0]["labels"]["sequence"]["body"]["phenotype"]
-    rest = factory.body._local(factory.sequence(0).motion.sample(np.zeros(1)))[-1]  # T-pose parameters
+    rest = factory.body.local_transforms(factory.sequence(0).motion.sample(np.zeros(1)))[-1]  # T-pose parameters
     relative = {}
     for sample in frames:
         labels = sample["labels"]

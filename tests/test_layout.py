@@ -121,6 +121,34 @@ def test_tests_and_benchmarks_use_public_names_of_the_package_only():
     assert not uses, f"private names of synthgen used outside it (make them public or test through the API): {uses}"
 
 
+def _private_members_of_the_package() -> set[str]:
+    """Private names synthgen defines: functions, methods, classes, and attributes set on ``self``."""
+    names = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and ast.unparse(node.value) == "self":
+                names.add(node.attr)
+    return {name for name in names if _private(name)}
+
+
+def test_tests_and_benchmarks_reach_no_private_member_of_the_package_objects():
+    """``obj._name`` where synthgen defines ``_name`` (a method or attribute of its classes) and the
+    test file does not (its own helpers and vendored code keep their private names)."""
+    private, found = _private_members_of_the_package(), {}
+    for path in _sources():
+        tree = ast.parse(path.read_text())
+        own = {n.name for n in ast.walk(tree)
+               if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+        own |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store)}
+        uses = sorted({ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in private
+                       and n.attr not in own and ast.unparse(n.value) not in ("self", "cls")})
+        if uses:
+            found[_rel(path)] = uses
+    assert not found, f"private members of synthgen objects used outside it (make them public): {found}"
+
+
 def _imported_modules(path: Path) -> set[str]:
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):

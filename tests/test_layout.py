@@ -128,7 +128,8 @@ def _private_members_of_the_package() -> set[str]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 names.add(node.name)
-            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and ast.unparse(node.value) == "self":
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and \
+                    ast.unparse(node.value) == "self":
                 names.add(node.attr)
     return {name for name in names if _private(name)}
 

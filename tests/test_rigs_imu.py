@@ -18,7 +18,7 @@ from synthgen.sequences.rigs import (
     unproject_fisheye,
 )
 from synthgen.sequences.scene import clip_near
-from synthgen.sequences.config import (
+from synthgen.recipe import (
     DistortionConfig,
     ImuConfig,
     MountConfig,

@@ -344,7 +344,7 @@ class SubjectConfig(_Strict):
         if self.model == "smal" and not self.model_path:
             raise ValueError("subject.model=smal needs subject.model_path: your SMAL-family model file "
                              "(e.g. smal_CVPR2017.pkl from https://smal.is.tue.mpg.de, converted once "
-                             "with `python -m synthgen.subjects.smal_body convert FILE.pkl`), or use "
+                             "with `python -m synthgen.subjects.smal_files convert FILE.pkl`), or use "
                              "subject.model=quadruped (embedded)")
         if self.model == "mesh" and not (self.object.paths or self.object.index_csv):
             raise ValueError("subject.model=mesh needs subject.object.paths (mesh files or ShapeNet/"

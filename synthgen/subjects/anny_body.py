@@ -30,14 +30,13 @@ from scipy.spatial.transform import Rotation
 from synthgen.errors import UserError
 from synthgen.recipe import SubjectConfig, draw_weighted
 from synthgen.seeding import sample_rng
-from synthgen.subjects.base import (BODY_JOINTS, KEYPOINT_NAMES, PART_NAMES, PosedSubject, human_keypoints,
-                                    ground_offset, parts_from_skinning, pose_in_fixed_batches)
+from synthgen.subjects.base import (BATCH, BODY_JOINTS, KEYPOINT_NAMES, PART_NAMES, PosedSubject,
+                                    ground_offset, human_keypoints, parts_from_skinning, pose_in_fixed_batches)
 from synthgen.subjects.poses import SMPL_JOINTS, PoseFileBank, draw_body_pose, matrices_to_axis_angle
 from synthgen.subjects.retarget import SMPL_TO_ANNY_BONE, rest_corrections, smpl_to_anny_rotations
 
 log = logging.getLogger(__name__)
 
-BATCH = 16  # fixed forward batch: padding keeps every sample's arithmetic independent of the split
 PHENOTYPES = ("gender", "age", "muscle", "weight", "height", "proportions")
 COMPACT = "build_compact_model_data_*.safetensors"
 LOCK_NAME = ".build.lock"

@@ -50,7 +50,7 @@ from synthgen.recipe import FilterConfig, SamConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SampleFilter", "SamAligner", "cheap_checks", "keypoints_in_mask", "mask_iou",
+__all__ = ["SampleFilter", "SamAligner", "cheap_checks", "keypoints_in_mask", "mask_iou", "mask_scores",
            "select_points"]
 
 BLACK_LEVEL = 8.0  # a pixel is "near-black" when all its channels are below this (0-255 scale)
@@ -60,15 +60,10 @@ BLACK_LEVEL = 8.0  # a pixel is "near-black" when all its channels are below thi
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two (H, W) masks (any dtype; nonzero = inside).
 
-    Two empty masks agree: 1.0.
+    Two empty masks agree: 1.0. One mask's case of :func:`mask_scores`.
     """
     a, b = np.asarray(a) != 0, np.asarray(b) != 0
-    if a.shape != b.shape:
-        raise ValueError(f"mask_iou: masks differ in shape, {a.shape} vs {b.shape}")
-    union = int(np.count_nonzero(a | b))
-    if union == 0:
-        return 1.0
-    return float(np.count_nonzero(a & b)) / union
+    return mask_scores([a], [{"pixels": b, "keypoints_2d": np.zeros((0, 3))}])[0][0]
 
 
 def keypoints_in_mask(keypoints_2d: np.ndarray, mask: np.ndarray) -> float:
@@ -76,19 +71,11 @@ def keypoints_in_mask(keypoints_2d: np.ndarray, mask: np.ndarray) -> float:
 
     keypoints_2d: (K, 3) x, y, visibility; pixel centres at integer coordinates, so a keypoint
     falls in pixel (round(y), round(x)). mask: (H, W), nonzero = inside. Keypoints outside the
-    image count as outside the mask. Returns 1.0 when no keypoint is visible.
+    image count as outside the mask. Returns 1.0 when no keypoint is visible. One mask's case
+    of :func:`mask_scores`.
     """
-    kp = np.asarray(keypoints_2d, dtype=np.float64).reshape(-1, 3)
     mask = np.asarray(mask) != 0
-    visible = kp[kp[:, 2] == 2]
-    if len(visible) == 0:
-        return 1.0
-    cols, rows = np.rint(visible[:, 0]), np.rint(visible[:, 1])
-    height, width = mask.shape
-    inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height) & np.isfinite(cols + rows)
-    hits = np.zeros(len(visible), dtype=bool)
-    hits[inside] = mask[rows[inside].astype(np.int64), cols[inside].astype(np.int64)]
-    return float(hits.mean())
+    return mask_scores([mask], [{"pixels": mask, "keypoints_2d": keypoints_2d}])[0][1]
 
 
 def _to_255(image: np.ndarray) -> np.ndarray:
@@ -442,11 +429,11 @@ def _people(sample: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _mask_scores(masks: Sequence[Any], people: Sequence[dict[str, Any]]) -> list[tuple[float, float]]:
+def mask_scores(masks: Sequence[Any], people: Sequence[dict[str, Any]]) -> list[tuple[float, float]]:
     """(IoU with the person's rendered pixels, fraction of its visible keypoints inside) per SAM
-    mask: :func:`mask_iou` and :func:`keypoints_in_mask` for the whole batch at once, computed
-    where the masks are (the device, for SAM's own), with the same integer counts and float64
-    ratios, and brought back to the host in one copy (one sync) as a (J, 2) array.
+    mask, for the whole batch at once (:func:`mask_iou` and :func:`keypoints_in_mask` are its
+    one-mask cases), computed where the masks are (the device, for SAM's own): integer counts,
+    float64 ratios, brought back to the host in one copy (one sync) as a (J, 2) array.
 
     masks: J (H, W) bool masks (tensors or arrays); people: J dicts with ``pixels`` (H, W) bool
     and ``keypoints_2d`` (K, 3). Masks of one size are scored together (one rendered-pixel copy).
@@ -473,8 +460,8 @@ def _mask_scores(masks: Sequence[Any], people: Sequence[dict[str, Any]]) -> list
 
 
 def _keypoints_inside(masks: Any, keypoints: Sequence[np.ndarray]) -> Any:
-    """:func:`keypoints_in_mask` of each (H, W) bool mask of ``masks`` (G, H, W) with its (K, 3)
-    keypoints: (G,) float64 on the masks' device, one gather for the group."""
+    """The fraction of visible keypoints inside each (H, W) bool mask of ``masks`` (G, H, W), with
+    its (K, 3) keypoints: (G,) float64 on the masks' device, one gather for the group."""
     import torch
 
     count, height, width = masks.shape
@@ -570,7 +557,7 @@ class SampleFilter:
         else:
             masks = []
         scores: dict[int, list[dict[str, Any]]] = {}
-        for (i, person), (iou, inside) in zip(jobs, _mask_scores(masks, [p for _, p in jobs])):
+        for (i, person), (iou, inside) in zip(jobs, mask_scores(masks, [p for _, p in jobs])):
             reason = ("sam_iou" if iou < sam.min_iou else
                       "keypoints_outside_sam_mask" if inside < sam.min_keypoints_in_mask else None)
             scores.setdefault(i, []).append({"id": person["id"], "sam_iou": round(iou, 6),

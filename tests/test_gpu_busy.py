@@ -359,7 +359,7 @@ def _reference_masks(aligner, images, boxes, points):
 
 
 def test_batched_sam_on_the_device_matches_the_per_image_processor_path(tiny_sam):
-    from synthgen.filter import SamAligner, keypoints_in_mask, mask_iou
+    from synthgen.filter import SamAligner, keypoints_in_mask, mask_iou, mask_scores
     from tests.tiny_sam import IMAGE_SIZE
 
     aligner = SamAligner(SamConfig(model=str(tiny_sam)), device="cpu", batch_size=3)
@@ -375,14 +375,13 @@ def test_batched_sam_on_the_device_matches_the_per_image_processor_path(tiny_sam
         assert a.dtype == np.bool_ and a.shape == b.shape
         assert np.mean(a != b) < 1e-3  # float rounding of normalisation/batched kernels only
     # and the verdict inputs computed on the device equal the NumPy functions on those masks
-    from synthgen.filter import _mask_scores
 
     people = [{"pixels": m.copy(), "keypoints_2d": np.c_[pts if pts is not None else np.zeros((0, 2)),
                                                           np.full(0 if pts is None else len(pts), 2.0)]}
               for m, pts in zip(reference, points)]
     import torch
 
-    scores = _mask_scores([torch.from_numpy(m) for m in ours], people)
+    scores = mask_scores([torch.from_numpy(m) for m in ours], people)
     for (iou, inside), mask, person in zip(scores, ours, people):
         assert iou == mask_iou(mask, person["pixels"])
         assert inside == keypoints_in_mask(person["keypoints_2d"], mask)

@@ -44,7 +44,7 @@ import numpy as np
 
 from synthgen.generate.model_check import (check_sam_model, locate, missing_entry, missing_model_error,
                                            sam_model)
-from synthgen.generate.speed import DeviceClock
+from synthgen.generate.speed import DeviceClock, resolve_device
 from synthgen.labels import bbox_from_mask
 from synthgen.recipe import FilterConfig, SamConfig
 
@@ -149,14 +149,6 @@ def select_points(points: np.ndarray, max_points: int | None) -> np.ndarray:
 
 
 # --- SAM ------------------------------------------------------------------------------------------
-def _resolve_device(device: str | Any) -> Any:
-    import torch
-
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _first_sentence(exc: BaseException) -> str:
     return str(exc).strip().split(". ")[0].splitlines()[0]
 
@@ -185,13 +177,13 @@ def _load_sam(config: SamConfig, dtype: Any) -> tuple[Any, Any]:
     return processor, model
 
 
-def _sam_dtype(config: SamConfig, device: Any) -> Any:
+def _sam_dtype(config: SamConfig, device: str) -> Any:
     """``config.dtype`` as a torch dtype; ``auto`` = fp16 on CUDA, fp32 elsewhere."""
     import torch
 
     name = config.dtype
     if name == "auto":
-        name = "fp16" if device.type == "cuda" else "fp32"
+        name = "fp16" if device.startswith("cuda") else "fp32"
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
 
@@ -221,7 +213,7 @@ class SamAligner:
         import torch
 
         self.config, self.oom_halving = config, oom_halving
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device, "the filter's device")
         self.batch_size = max(1, int(batch_size))
         self.max_points = max_points
         self.dtype = dtype or _sam_dtype(config, self.device)
@@ -237,7 +229,7 @@ class SamAligner:
         self.mean = torch.tensor(images.image_mean, dtype=torch.float32, device=self.device).view(3, 1, 1)
         self.std = torch.tensor(images.image_std, dtype=torch.float32, device=self.device).view(3, 1, 1)
         self.timing: dict[str, float] = {}
-        self.clock = DeviceClock(str(self.device), self.timing)
+        self.clock = DeviceClock(self.device, self.timing)
         log.info("SAM %s loaded on %s (%s) in %.2f s", config.model, self.device,
                  str(self.dtype).removeprefix("torch."), time.perf_counter() - start)
 

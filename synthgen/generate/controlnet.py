@@ -65,7 +65,7 @@ import numpy as np
 from synthgen.errors import UserError
 from synthgen.generate.model_check import (OFFLINE_SWITCHES, WantedModel, hub_offline, locate,
                                            missing_model_error, missing_models, model_folder_problems)
-from synthgen.generate.speed import DeviceClock, apply_speed, fp16_variant, to_host, to_uint8
+from synthgen.generate.speed import DeviceClock, apply_speed, fp16_variant, resolve_device, to_host, to_uint8
 from synthgen.recipe import ControlNetConfig
 
 log = logging.getLogger(__name__)
@@ -249,17 +249,6 @@ def check_models_available(config: ControlNetConfig) -> None:
 
 
 # --- the backend -------------------------------------------------------------------------------
-def _resolve_device(config: ControlNetConfig) -> str:
-    import torch
-
-    if config.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("backend.controlnet.device=cuda but torch sees no CUDA GPU here; "
-                        "use device: auto (or cpu)")
-    return config.device
-
-
 def _resolve_dtype(config: ControlNetConfig, device: str):
     import torch
 
@@ -331,7 +320,7 @@ class ControlNetBackend:
             raise UserError(f"image size {width}x{height}: diffusion needs multiples of 8")
         self.config, self.width, self.height = config, width, height
         self.family = FAMILIES[config.family]
-        self.device = _resolve_device(config)
+        self.device = resolve_device(config.device, "backend.controlnet.device")
         self.dtype = _resolve_dtype(config, self.device)
         offline = hub_offline(config.local_files_only)
         base, *units = _wanted(config)

@@ -81,7 +81,7 @@ class ImageFactory:
         self.recipe = recipe
         self.hash = recipe_hash(recipe)
         self.prompter = self._prompter()
-        self.timing = {"input_wait": 0.0, "generate": 0.0}
+        self.timing = {"input_wait": 0.0, "device": 0.0}
         self.backend = self.sample_filter = None
         if not cpu_only:
             self.backend = build_image_backend(recipe, subject_part_names(recipe.subject), device)

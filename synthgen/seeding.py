@@ -34,7 +34,7 @@ STREAMS = {
     "appearance": 5,
     "background": 6,
     "prompt": 7,
-    "generate": 8,
+    "imu_noise": 8,
     "group": 9,
     "group_placement": 10,
     "scene": 11,

@@ -280,7 +280,7 @@ class _Progress:
         self.base = self.n = self._on_disk()[0]  # n: samples done, what the bar shows
         self.disk = (self.base, 0, 0)
         self.bar = tqdm(total=sum(t.stop - t.start for t in shown), initial=self.base, unit="sample",
-                        desc="generate", disable=not enabled, smoothing=0.1, mininterval=1.0)
+                        desc="samples", disable=not enabled, smoothing=0.1, mininterval=1.0)
         self.stop = threading.Event()
         # an object store is listed every 10 s, a local folder every second
         self.every = 10 if folder.remote else 1
@@ -332,9 +332,9 @@ class _Progress:
 
 
 # --- the run ------------------------------------------------------------------------------------
-def generate(factory_class: type, recipe: Recipe, out: str | RunFolder, workers: int = 1,
-             progress: bool = True, loader_workers: int | None = None,
-             task: tuple[int, int] | None = None, engine: str = "local", ray_address: str | None = None) -> dict:
+def make_shards(factory_class: type, recipe: Recipe, out: str | RunFolder, workers: int = 1,
+                progress: bool = True, loader_workers: int | None = None,
+                task: tuple[int, int] | None = None, engine: str = "local", ray_address: str | None = None) -> dict:
     """Write every missing shard of ``recipe`` (of task ``K`` of ``N`` with ``task=(K, N)``) with
     ``factory_class``'s samples into ``out`` (a folder, an fsspec URL or a :class:`RunFolder`);
     returns the manifest (rank 0, tasks) or ``{"rank", "stats"}`` (other ranks).
@@ -356,15 +356,15 @@ def generate(factory_class: type, recipe: Recipe, out: str | RunFolder, workers:
     stop = _Stop(recipe.output.grace_s)
     with stop.installed():
         try:
-            return _generate(factory_class, recipe, folder, ranks, tasks, own, workers, progress,
-                             loader_workers, stop, engine, ray_address)
+            return _make_shards(factory_class, recipe, folder, ranks, tasks, own, workers, progress,
+                                loader_workers, stop, engine, ray_address)
         except BaseException as exc:
             raise _one_line(exc, recipe, folder, ranks, tasks, own, stop) from None
 
 
-def _generate(factory_class: type, recipe: Recipe, folder: RunFolder, ranks: Ranks, tasks: list, own: list,
-              workers: int, progress: bool, loader_workers: int | None, stop: _Stop,
-              engine: str = "local", ray_address: str | None = None) -> dict:
+def _make_shards(factory_class: type, recipe: Recipe, folder: RunFolder, ranks: Ranks, tasks: list, own: list,
+                 workers: int, progress: bool, loader_workers: int | None, stop: _Stop,
+                 engine: str = "local", ray_address: str | None = None) -> dict:
     if ranks.rank == 0 or ranks.task:
         folder.prepare(recipe, tasks)
         if not ranks.task:

@@ -280,7 +280,7 @@ class _Progress:
         self.base = self.n = self._on_disk()[0]  # n: samples done, what the bar shows
         self.disk = (self.base, 0, 0)
         self.bar = tqdm(total=sum(t.stop - t.start for t in shown), initial=self.base, unit="sample",
-                        desc="samples", disable=not enabled, smoothing=0.1, mininterval=1.0)
+                        desc="generate", disable=not enabled, smoothing=0.1, mininterval=1.0)
         self.stop = threading.Event()
         # an object store is listed every 10 s, a local folder every second
         self.every = 10 if folder.remote else 1

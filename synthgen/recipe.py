@@ -45,9 +45,9 @@ def _check_range(name: str, value: tuple[float, float] | None, lo: float, hi: fl
         raise ValueError(f"{name} must satisfy {lo} <= low <= high <= {hi}, got {list(value)}")
 
 
-# --- weighted distributions (issue 24) ---------------------------------------------------------------
-# A difficulty attribute takes, besides its plain [low, high] range (drawn uniformly, exactly as
-# before), a weighted histogram ``{bins: [e0, e1, ...], weights: [w0, ...]}`` (bin k = [e_k, e_k+1),
+# --- weighted distributions ---------------------------------------------------------------------------
+# A difficulty attribute takes, besides its plain [low, high] range (drawn uniformly),
+# a weighted histogram ``{bins: [e0, e1, ...], weights: [w0, ...]}`` (bin k = [e_k, e_k+1),
 # uniform inside) or a mixture ``{mixture: [{range: [a, b], weight: w}, {bins: ..., weights: ...,
 # weight: w}, ...]}``, which is resolved to the one histogram over the union of its components' edges
 # (a mixture of piecewise-uniform densities is one). Either is drawn with ONE uniform number from the
@@ -414,7 +414,7 @@ class CameraConfig(_Strict):
     def _ranges(self) -> "CameraConfig":
         _check_weighted("fov_deg", self.fov_deg, 5.0, 150.0)
         _check_weighted("subject_fraction", self.subject_fraction, 0.05, 1.5)
-        if isinstance(self.azimuth_deg, Histogram):  # a plain range stays unchecked, as before
+        if isinstance(self.azimuth_deg, Histogram):  # a plain range is not checked here
             _check_weighted("azimuth_deg", self.azimuth_deg, -360.0, 360.0)
         for name in ("elevation_deg", "high_elevation_deg", "ground_elevation_deg"):
             _check_weighted(name, getattr(self, name), -89.0, 89.0)
@@ -1169,7 +1169,7 @@ def recipe_hash(recipe: Recipe) -> str:
     exclude: dict[str, Any] = {"num_samples": True}
     if recipe.sequence is None:  # an absent section is not hashed
         exclude["sequence"] = True
-    if not recipe.scene.has_geometry:  # no scene: its settings change nothing (and old hashes hold)
+    if not recipe.scene.has_geometry:  # no scene: its settings change nothing, so they do not enter the hash
         exclude["scene"] = set(SCENE_FIELDS)
         exclude["render"] = {"scene_in"}
     payload = recipe.model_dump(mode="json", exclude=exclude)

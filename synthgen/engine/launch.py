@@ -180,8 +180,7 @@ def _run_in_process(factory_class: type, recipe: Recipe, folder: RunFolder, task
 
 
 # Thread pools that size themselves from the core count when a process starts. With a worker
-# per core, more threads per worker only contend: one BLAS thread per worker measured +7 %
-# samples/s for the quickstart on 2 cores. A value the user set is kept.
+# per core, more threads per worker only contend (benchmarks/README.md). A value the user set is kept.
 _START_UP_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 

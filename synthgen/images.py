@@ -227,7 +227,7 @@ class ImageFactory:
                                    r.render.normal_convention, **encoding)
             tri = layers["triangle_id"]
             layers["instance"] = (tri >= 0).astype(np.uint8) if len(members) == 1 else \
-                np.where(tri >= 0, face_instance[np.maximum(tri, 0)], 0).astype(np.uint8)  # a per-face lookup: groups only
+                np.where(tri >= 0, face_instance[np.maximum(tri, 0)], 0).astype(np.uint8)  # groups only
         keypoints_3d, keypoints_2d = [], []
         for k, member in enumerate(members):
             kp3d = camera.to_camera(member.keypoints_3d.astype(np.float64)).astype(np.float32)

@@ -229,7 +229,7 @@ def check_backend_models(recipe: Recipe) -> None:
         _require("transformers", "filter.sam")
     problems: list[str] = []
     if recipe.backend.kind == "controlnet":
-        from synthgen.generate.controlnet import check_models_available
+        from synthgen.generate.pipelines import check_models_available
 
         try:
             check_models_available(recipe.backend.controlnet)

@@ -1,3 +1,4 @@
+# Over 500 lines on purpose: one concern, the local engine's run (ranks, tasks, workers, signals, faults, progress).
 """Launch: which process makes which shard, signals, faults, progress, the manifest.
 
 Every shard is committed through the run folder (:mod:`.run_folder`: a local folder or an

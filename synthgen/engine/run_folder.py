@@ -1,3 +1,4 @@
+# Over 500 lines on purpose: one object, the run-folder protocol, the same over folders and fsspec URLs.
 """The run folder: where a run's shards, sidecars, manifest and markers live, and how a shard is
 committed there. Every engine (processes and ranks here; tasks; Ray next) writes through it, and
 ``status``, ``report``, ``export``, ``finalize`` and :mod:`synthgen.data` read through it.

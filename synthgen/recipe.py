@@ -935,11 +935,11 @@ class SequenceSceneConfig(_Strict):
         default_factory=lambda: {"room": 1.0, "yard": 1.0},
         description="scene kind -> relative weight; none = body only, ground = a floor only, "
         "room = floor, walls, ceiling and furniture, yard = ground, fences, sky and blocks")
-    room_size_m: RoomSize = (6.0, 11.0)
-    room_height_m: RoomHeight = (2.5, 3.2)
     objects: tuple[int, int] = Field((4, 9), description="[min, max] furniture/box count")
     clearance_m: float = Field(0.7, ge=0.0, le=5.0, description="keep objects this far from the "
                                "body's path, metres")
+    room_size_m: RoomSize = (6.0, 11.0)
+    room_height_m: RoomHeight = (2.5, 3.2)
     tile_m: TileSize = (0.4, 1.0)
 
     @model_validator(mode="after")

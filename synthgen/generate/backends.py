@@ -65,12 +65,9 @@ class ControlNetImageBackend:
     def __init__(self, recipe: Recipe, device: str | None = None):
         from synthgen.generate.controlnet import ControlNetBackend
 
-        config = recipe.backend.controlnet
-        if device is not None and config.device == "auto":
-            config = config.model_copy(update={"device": "cuda" if device.startswith("cuda") else "cpu"})
-        self.pipeline = ControlNetBackend(config, recipe.image.width, recipe.image.height)
-        self.batch_size = config.batch_size
-        self.config = config
+        self.pipeline = ControlNetBackend.for_recipe(recipe, device)
+        self.config = self.pipeline.config
+        self.batch_size = self.config.batch_size
         self.device = self.pipeline.device
         self.timing = self.pipeline.timing  # "diffusion" device seconds, "compile" warm-up seconds
 

@@ -66,7 +66,7 @@ from synthgen.generate.long_prompts import LongPrompts
 from synthgen.generate.model_check import WantedModel, hub_offline, locate
 from synthgen.generate.pipelines import FAMILIES, SCHEDULERS, check_models_available, wanted_models
 from synthgen.generate.speed import DeviceClock, apply_speed, fp16_variant, resolve_device, to_host, to_uint8
-from synthgen.recipe import ControlNetConfig
+from synthgen.recipe import ControlNetConfig, Recipe
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +174,14 @@ class ControlNetBackend:
     sample's layers must have it). Loading checks the models first (fast failure) and takes
     seconds to minutes; build one backend per process and reuse it.
     """
+
+    @classmethod
+    def for_recipe(cls, recipe: Recipe, device: str | None = None) -> ControlNetBackend:
+        """``recipe``'s backend; ``device`` (the engine's, e.g. ``cuda:1``) settles ``device: auto``."""
+        config = recipe.backend.controlnet
+        if device is not None and config.device == "auto":
+            config = config.model_copy(update={"device": "cuda" if str(device).startswith("cuda") else "cpu"})
+        return cls(config, recipe.image.width, recipe.image.height)
 
     def __init__(self, config: ControlNetConfig, width: int, height: int):
         import diffusers

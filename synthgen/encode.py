@@ -33,7 +33,7 @@ def _png_params(array: np.ndarray, drawing: bool) -> list[int]:
 
 
 def _opencv_channel_order(array: np.ndarray) -> np.ndarray:
-    """RGB(A) -> BGR(A) as OpenCV's codecs expect (cvtColor: ~50x faster than a reversed copy)."""
+    """RGB(A) -> BGR(A) as OpenCV's codecs expect (cvtColor: much faster than a reversed copy)."""
     if array.ndim == 3 and array.shape[2] in (3, 4):
         return cv2.cvtColor(array, cv2.COLOR_RGB2BGR if array.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
     return np.ascontiguousarray(array)

@@ -7,7 +7,7 @@ hand-made linear shape directions, so that everything downstream of a SMAL file 
 skinning through ``smplx.lbs``, species shape sampling, joint-limit poses, keypoints, labels)
 runs unchanged on it.
 
-Construction (deterministic, no randomness, ~20 ms): the body is a set of closed, overlapping
+Construction (deterministic, no randomness, fast): the body is a set of closed, overlapping
 generalised cylinders (torso, neck+head, four legs, tail, two ears) swept along polylines through
 designed joint positions. Every joint sits at a node of one tube, and its ``J_regressor`` row
 averages the ring of vertices at that node, so the regressed rest joints are exactly the designed

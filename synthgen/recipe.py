@@ -931,7 +931,7 @@ class ImuConfig(_Strict):
 class SequenceSceneConfig(_Strict):
     """The world a wearer's cameras see: a ground plane and a procedural room or yard."""
 
-    kinds: dict[Literal["none", "ground", "room", "yard"], float] = Field(
+    kinds: dict[GeometryKind, float] = Field(
         default_factory=lambda: {"room": 1.0, "yard": 1.0},
         description="scene kind -> relative weight; none = body only, ground = a floor only, "
         "room = floor, walls, ceiling and furniture, yard = ground, fences, sky and blocks")

@@ -248,7 +248,7 @@ def reference(recipe, samples: list[dict], opts) -> dict:
     """A plain diffusers pipeline with synthgen's speed options; see the module docstring."""
     import torch
 
-    from synthgen.generate.controlnet import FAMILIES
+    from synthgen.generate.pipelines import FAMILIES
     from synthgen.generate.speed import apply_speed
 
     family = FAMILIES[recipe.backend.controlnet.family]
@@ -280,7 +280,7 @@ def reference_pipeline(recipe, family, device: str):
     import torch
     from packaging.version import Version
 
-    from synthgen.generate.controlnet import SCHEDULERS
+    from synthgen.generate.pipelines import SCHEDULERS
 
     cfg = recipe.backend.controlnet
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.dtype]

@@ -44,7 +44,7 @@ def run(ranks: int, recipe: str, samples: int, overrides: list[str]) -> dict:
         wall = time.perf_counter() - start
         manifest = json.loads((Path(out) / "manifest.json").read_text())
         return {"ranks": ranks, "wall_s": wall, "samples_per_s": samples / wall,
-                "input_wait": manifest.get("stats", {}).get("generate_input_wait_fraction")}
+                "input_wait": manifest.get("stats", {}).get("device_input_wait_fraction")}
 
 
 def _env() -> dict:

@@ -1,3 +1,4 @@
+# Over 500 lines: one closed loop (probe, per-bin errors, target weights, next recipe) with its regressor adapters.
 """Closed-loop recipes: generate where a trained regressor fails, and where unlabelled target images lie.
 
 Every synthgen sample is a pure function of (recipe, seed, index), so each round of this loop is

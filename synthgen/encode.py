@@ -14,12 +14,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-# Rendered layers are flat regions on black: the "up" filter with run-length deflate is 3-4x
-# faster than OpenCV's default adaptive filtering and within ~10% of its size. Measured on
-# quickstart layers: one-channel label maps (mask, parts, ids) are faster and smaller without
-# a filter (0.47 vs 0.61 ms), 16-bit depth with the default deflate strategy (2.1 vs 2.9 ms).
-# Drawings (OpenPose skeletons: thin flat-colour limbs on black) are label maps in RGB: without
-# a filter 1.7 vs 2.9 ms, 8 vs 4 kB.
+# Rendered layers are flat regions on black: the "up" filter with run-length deflate is much
+# faster than OpenCV's default adaptive filtering for about the same size; one-channel label maps
+# (mask, parts, ids) are faster and smaller without a filter, 16-bit depth with the default
+# deflate strategy; drawings (OpenPose skeletons: thin flat-colour limbs on black) are label maps
+# in RGB, without a filter. The timings: benchmarks/README.md.
 _PNG_RGB = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
             cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
 _PNG_LABELS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
@@ -34,7 +33,7 @@ def _png_params(array: np.ndarray, drawing: bool) -> list[int]:
 
 
 def _opencv_channel_order(array: np.ndarray) -> np.ndarray:
-    """RGB(A) -> BGR(A) as OpenCV's codecs expect (cvtColor: ~50x faster than a reversed copy)."""
+    """RGB(A) -> BGR(A) as OpenCV's codecs expect (cvtColor: much faster than a reversed copy)."""
     if array.ndim == 3 and array.shape[2] in (3, 4):
         return cv2.cvtColor(array, cv2.COLOR_RGB2BGR if array.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
     return np.ascontiguousarray(array)

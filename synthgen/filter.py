@@ -12,21 +12,7 @@ Two kinds of checks, cheapest first, each rejection recorded with a reason:
    inside SAM's mask (``"keypoints_outside_sam_mask"``). A sample whose rendered mask is empty
    is rejected as ``"empty_mask"`` without running SAM.
 
-Why transformers' ``SamModel``/``SamProcessor`` and not ``segment-anything``'s ``SamPredictor``:
-the two run the same network from the same checkpoints (``facebook/sam-vit-base|large|huge``),
-but ``segment-anything`` imports ``torchvision``, which on our CPU machines exists only as the
-~6 GB CUDA build of torch, whereas transformers' SAM (with its PIL image processor) needs only
-torch, loads from a Hugging Face id or a local folder with ``from_pretrained``, and lets the
-image encoder run batched. Masks are the same up to resize interpolation details.
-
-Batching and device: SAM runs on the image backend's device, ``filter.sam.batch_size`` images
-at a time (default: the backend's batch; a CUDA out-of-memory error halves it). Its ViT image
-encoder runs in ``filter.sam.dtype`` (fp16 on CUDA, fp32 on CPU), the prompt encoder and mask
-decoder in fp32. Per batch, resizing (one interpolation per image size) and normalising, the
-image encoder, the prompt encoder and mask decoder (one call per group of images with the same
-number of point prompts: never padded, so a sample's mask does not depend on its batch), mask
-upscaling and the IoU and keypoint scores (one vectorised pass) all run there; only the scores
-come back to the host, in one copy.
+SAM itself (which model class, batching, device, dtype): :mod:`synthgen.sam`.
 
 Note: with ``point_prompts`` the keypoints that prompted SAM are usually inside its mask by
 construction, so ``keypoints_in_sam_mask`` then mostly checks the keypoints that were not used
@@ -36,21 +22,17 @@ as prompts (at most ``max_points`` are); the IoU check carries most of the signa
 from __future__ import annotations
 
 import logging
-import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from synthgen.generate.model_check import (check_sam_model, locate, missing_entry, missing_model_error,
-                                           sam_model)
-from synthgen.generate.speed import DeviceClock
 from synthgen.labels import bbox_from_mask
-from synthgen.recipe import FilterConfig, SamConfig
+from synthgen.recipe import FilterConfig
+from synthgen.sam import SamAligner, positions_by_key, select_points, to_255
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SampleFilter", "SamAligner", "cheap_checks", "keypoints_in_mask", "mask_iou",
+__all__ = ["SampleFilter", "SamAligner", "cheap_checks", "keypoints_in_mask", "mask_iou", "mask_scores",
            "select_points"]
 
 BLACK_LEVEL = 8.0  # a pixel is "near-black" when all its channels are below this (0-255 scale)
@@ -60,15 +42,10 @@ BLACK_LEVEL = 8.0  # a pixel is "near-black" when all its channels are below thi
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two (H, W) masks (any dtype; nonzero = inside).
 
-    Two empty masks agree: 1.0.
+    Two empty masks agree: 1.0. One mask's case of :func:`mask_scores`.
     """
     a, b = np.asarray(a) != 0, np.asarray(b) != 0
-    if a.shape != b.shape:
-        raise ValueError(f"mask_iou: masks differ in shape, {a.shape} vs {b.shape}")
-    union = int(np.count_nonzero(a | b))
-    if union == 0:
-        return 1.0
-    return float(np.count_nonzero(a & b)) / union
+    return mask_scores([a], [{"pixels": b, "keypoints_2d": np.zeros((0, 3))}])[0][0]
 
 
 def keypoints_in_mask(keypoints_2d: np.ndarray, mask: np.ndarray) -> float:
@@ -76,29 +53,11 @@ def keypoints_in_mask(keypoints_2d: np.ndarray, mask: np.ndarray) -> float:
 
     keypoints_2d: (K, 3) x, y, visibility; pixel centres at integer coordinates, so a keypoint
     falls in pixel (round(y), round(x)). mask: (H, W), nonzero = inside. Keypoints outside the
-    image count as outside the mask. Returns 1.0 when no keypoint is visible.
+    image count as outside the mask. Returns 1.0 when no keypoint is visible. One mask's case
+    of :func:`mask_scores`.
     """
-    kp = np.asarray(keypoints_2d, dtype=np.float64).reshape(-1, 3)
     mask = np.asarray(mask) != 0
-    visible = kp[kp[:, 2] == 2]
-    if len(visible) == 0:
-        return 1.0
-    cols, rows = np.rint(visible[:, 0]), np.rint(visible[:, 1])
-    height, width = mask.shape
-    inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height) & np.isfinite(cols + rows)
-    hits = np.zeros(len(visible), dtype=bool)
-    hits[inside] = mask[rows[inside].astype(np.int64), cols[inside].astype(np.int64)]
-    return float(hits.mean())
-
-
-def _to_255(image: np.ndarray) -> np.ndarray:
-    """(H, W[, C]) image as float32 on the 0-255 scale; floats are taken as [0, 1]."""
-    image = np.asarray(image)
-    if image.dtype == np.uint8:
-        return image.astype(np.float32)
-    if np.issubdtype(image.dtype, np.floating):
-        return image.astype(np.float32) * np.float32(255.0)
-    raise TypeError(f"images must be uint8 (0-255) or float ([0, 1]), got {image.dtype}")
+    return mask_scores([mask], [{"pixels": mask, "keypoints_2d": keypoints_2d}])[0][1]
 
 
 def cheap_checks(image: np.ndarray, config: FilterConfig) -> str | None:
@@ -112,7 +71,7 @@ def cheap_checks(image: np.ndarray, config: FilterConfig) -> str | None:
     image = np.asarray(image)
     if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
         return "nan"
-    pixels = image if image.dtype == np.uint8 else _to_255(image)  # uint8 stays uint8: fast path
+    pixels = image if image.dtype == np.uint8 else to_255(image)  # uint8 stays uint8: fast path
     if pixels.size == 0:
         return "constant"
     if _black_fraction(pixels) > config.max_black_fraction:
@@ -144,283 +103,6 @@ def _global_std(pixels: np.ndarray) -> float:
     return float(np.sqrt(max(np.mean(variances + means ** 2) - np.mean(means) ** 2, 0.0)))
 
 
-def select_points(points: np.ndarray, max_points: int | None) -> np.ndarray:
-    """At most ``max_points`` of ``points`` (N, 2), spread over the body (farthest-point order).
-
-    Deterministic: starts from the point nearest the centroid. ``None`` keeps all.
-    """
-    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    if max_points is None or len(points) <= max_points:
-        return points
-    chosen = [int(np.argmin(np.linalg.norm(points - points.mean(axis=0), axis=1)))]
-    dist = np.linalg.norm(points - points[chosen[0]], axis=1)
-    while len(chosen) < max_points:
-        nxt = int(np.argmax(dist))
-        chosen.append(nxt)
-        dist = np.minimum(dist, np.linalg.norm(points - points[nxt], axis=1))
-    return points[sorted(chosen)]
-
-
-# --- SAM ------------------------------------------------------------------------------------------
-def _resolve_device(device: str | Any) -> Any:
-    import torch
-
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _first_sentence(exc: BaseException) -> str:
-    return str(exc).strip().split(". ")[0].splitlines()[0]
-
-
-def _load_sam(config: SamConfig, dtype: Any) -> tuple[Any, Any]:
-    """(SamProcessor, SamModel in ``dtype``) of ``config.model``, on the CPU.
-
-    Checks first (:func:`synthgen.generate.model_check.check_sam_model`); a model on disk loads
-    without the hub, one the hub serves is downloaded. Raises MissingModelError.
-    """
-    from transformers import SamModel, SamProcessor
-
-    wanted = sam_model(config)
-    check_sam_model(config)
-    on_disk = locate(wanted.name, wanted.problems, offline=True) is None
-    if not on_disk:
-        log.warning("Downloading SAM %s from the Hugging Face hub", wanted.name)
-    local = Path(wanted.name).expanduser()
-    source = str(local) if local.is_dir() else wanted.name
-    try:
-        processor = SamProcessor.from_pretrained(source, local_files_only=on_disk)
-        model = SamModel.from_pretrained(source, local_files_only=on_disk, dtype=dtype)
-    except OSError as exc:
-        entry = missing_entry(wanted, f"loading failed: {_first_sentence(exc)}")
-        raise missing_model_error("the SAM filter", [entry], None) from None
-    return processor, model
-
-
-def _sam_dtype(config: SamConfig, device: Any) -> Any:
-    """``config.dtype`` as a torch dtype; ``auto`` = fp16 on CUDA, fp32 elsewhere."""
-    import torch
-
-    name = config.dtype
-    if name == "auto":
-        name = "fp16" if device.type == "cuda" else "fp32"
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
-
-
-class SamAligner:
-    """Masks from a transformers ``SamModel``, prompted with boxes and optional points, computed
-    on ``device`` from end to end.
-
-    ``config.model``: a Hugging Face id (e.g. ``facebook/sam-vit-base``) or a local folder
-    holding ``config.json`` + weights + the ``SamProcessor`` config, as written by
-    ``save_pretrained``. Missing weights raise :class:`~synthgen.errors.MissingModelError` here,
-    before any work. ``config.dtype`` (auto: fp16 on CUDA, fp32 on CPU) is the ViT image
-    encoder's precision; the prompt encoder and mask decoder run in fp32.
-
-    Per batch of ``batch_size`` images (halved for the rest of the run by a CUDA out-of-memory
-    error, unless ``oom_halving`` is off): resizing (longest side to the processor's
-    ``longest_edge``, bilinear with antialiasing, rounded to 8-bit levels as the processor's PIL
-    resize does; one interpolation per image size), normalising and padding run on the device;
-    the ViT image encoder runs once on
-    the batch; the prompt encoder and mask decoder run once per group of images with the same
-    number of point prompts (no padding points: a padded prompt would change a mask, so a
-    sample's mask does not depend on its batch); masks are upscaled and thresholded on the
-    device. :attr:`timing` ``["sam"]`` holds the device seconds spent.
-    """
-
-    def __init__(self, config: SamConfig, device: str | Any = "cpu", batch_size: int = 4,
-                 max_points: int | None = 8, dtype: Any = None, oom_halving: bool = True):
-        import torch
-
-        self.config, self.oom_halving = config, oom_halving
-        self.device = _resolve_device(device)
-        self.batch_size = max(1, int(batch_size))
-        self.max_points = max_points
-        self.dtype = dtype or _sam_dtype(config, self.device)
-        start = time.perf_counter()
-        # the ViT image encoder (nearly all of SAM's work) in ``dtype``; the prompt encoder and
-        # mask decoder (small, and where box/point coordinates and mask logits live) in fp32
-        self.processor, self.model = _load_sam(config, torch.float32)
-        self.model.to(self.device).eval()
-        self.model.vision_encoder.to(self.dtype)
-        images = self.processor.image_processor
-        self.target_size = int(images.size["longest_edge"])
-        self.pad_size = (int(images.pad_size["height"]), int(images.pad_size["width"]))
-        self.mean = torch.tensor(images.image_mean, dtype=torch.float32, device=self.device).view(3, 1, 1)
-        self.std = torch.tensor(images.image_std, dtype=torch.float32, device=self.device).view(3, 1, 1)
-        self.timing: dict[str, float] = {}
-        self.clock = DeviceClock(str(self.device), self.timing)
-        log.info("SAM %s loaded on %s (%s) in %.2f s", config.model, self.device,
-                 str(self.dtype).removeprefix("torch."), time.perf_counter() - start)
-
-    def _scale(self, height: int, width: int) -> tuple[float, float]:
-        """Pixel -> model-input coordinate factors (x, y), as SAM resizes the longest side."""
-        new_h, new_w = self._resized(height, width)
-        return new_w / width, new_h / height
-
-    def _resized(self, height: int, width: int) -> tuple[int, int]:
-        scale = self.target_size / max(height, width)
-        return int(height * scale + 0.5), int(width * scale + 0.5)
-
-    def masks(self, images: Sequence[np.ndarray], boxes: Sequence[Sequence[float]],
-              points: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
-        """One (H, W) bool mask per image, as NumPy (see :meth:`device_masks`)."""
-        return [mask.cpu().numpy() for mask in self.device_masks(images, boxes, points)]
-
-    def device_masks(self, images: Sequence[Any], boxes: Sequence[Sequence[float]],
-                     points: Sequence[np.ndarray | None] | None = None) -> list[Any]:
-        """One (H, W) bool mask per image, a tensor on the device.
-
-        images: (H, W, 3) uint8 RGB, NumPy or a tensor on any device (or float in [0, 1];
-        (H, W) gray is repeated to RGB). boxes: [x0, y0, x1, y1] per image in pixels. points:
-        per image an (N, 2) array of positive points in pixels (None or empty = box only); at
-        most ``max_points`` are used, spread out. SAM returns a single mask
-        (``multimask_output=False``): with a box prompt the target is unambiguous, the case SAM's
-        authors give for one output mask.
-        """
-        import torch
-
-        if len(boxes) != len(images) or (points is not None and len(points) != len(images)):
-            raise ValueError(f"masks: {len(images)} images need as many boxes and points lists, "
-                             f"got {len(boxes)} boxes and {None if points is None else len(points)}")
-        out: list[Any] = []
-        start = 0
-        while start < len(images):
-            stop = min(start + self.batch_size, len(images))
-            try:
-                out += self._batch_masks(images[start:stop], boxes[start:stop],
-                                         None if points is None else points[start:stop])
-            except torch.cuda.OutOfMemoryError as exc:  # the except block drops exc and its frames
-                if not self.oom_halving or self.batch_size == 1:
-                    raise
-                message = str(exc).splitlines()[0] if str(exc) else "out of memory"
-                self._halve(message)
-                continue
-            log.debug("SAM: %d images", stop - start)
-            start = stop
-        return out
-
-    def _halve(self, message: str) -> None:
-        """Halve ``batch_size`` for the rest of the run after a CUDA out-of-memory error, logged."""
-        import torch
-
-        old, self.batch_size = self.batch_size, max(1, self.batch_size // 2)
-        log.warning("CUDA out of memory at SAM batch %d (%s): SAM's batch halved to %d for the rest of "
-                    "this run; set filter.sam.batch_size=%d to start there", old, message,
-                    self.batch_size, self.batch_size)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-    def _batch_masks(self, images: Sequence[Any], boxes: Sequence[Sequence[float]],
-                     points: Sequence[np.ndarray | None] | None) -> list[Any]:
-        """(H, W) bool masks of one batch (at most ``batch_size`` images), on the device."""
-        import torch
-
-        batch = [self._as_tensor(image) for image in images]
-        prompts = [self._prompt(image.shape[:2], box, None if points is None else pts)
-                   for image, box, pts in zip(batch, boxes, points if points is not None else [None] * len(batch))]
-        with self.clock.timing("sam"), torch.inference_mode():
-            embeddings = self.model.get_image_embeddings(self._pixel_values(batch)).float()
-            logits = self._decode(embeddings, prompts)
-            return [m.clone() for m in self._upscale(logits, [image.shape[:2] for image in batch])]
-
-    def _as_tensor(self, image: Any) -> Any:
-        """(H, W, 3) uint8 RGB on the device."""
-        import torch
-
-        if isinstance(image, torch.Tensor):
-            if image.dtype == torch.uint8 and image.ndim == 3 and image.shape[-1] == 3:
-                return image.to(self.device, non_blocking=True)
-            image = image.cpu().numpy()
-        return torch.from_numpy(_as_rgb8(image)).to(self.device)
-
-    def _pixel_values(self, batch: list[Any]) -> Any:
-        """(B, 3, P, P) model input: each image resized (longest side ``target_size``), in
-        8-bit levels, normalised, zero-padded at the bottom and right to ``pad_size``. Images of
-        one size (a recipe's, as a rule) are resized together in one interpolation."""
-        import torch
-        import torch.nn.functional as F
-
-        pixel_values = torch.zeros((len(batch), 3, *self.pad_size), dtype=torch.float32, device=self.device)
-        for (size, members) in _groups([tuple(image.shape[:2]) for image in batch]).items():
-            height, width = self._resized(*size)
-            chw = torch.stack([batch[k] for k in members]).permute(0, 3, 1, 2).float()  # (G, 3, H, W)
-            if (height, width) != size:
-                chw = F.interpolate(chw, (height, width), mode="bilinear", antialias=True,
-                                    align_corners=False).round_().clamp_(0, 255)
-            pixel_values[members, :, :height, :width] = (chw * (1 / 255) - self.mean) / self.std
-        return pixel_values.to(self.dtype)
-
-    def _prompt(self, size: tuple[int, int], box: Sequence[float], points) -> tuple[list[float], np.ndarray | None]:
-        """The box and (at most ``max_points``) points of one image in model-input coordinates."""
-        sx, sy = self._scale(*size)
-        x0, y0, x1, y1 = (float(v) for v in box)
-        chosen = None
-        if points is not None and len(points):
-            chosen = select_points(points, self.max_points) * np.array([sx, sy])
-        return [x0 * sx, y0 * sy, x1 * sx, y1 * sy], chosen
-
-    def _decode(self, embeddings, prompts: list[tuple[list[float], np.ndarray | None]]) -> Any:
-        """(B, h, w) low-resolution mask logits: one decoder call per group of images with the
-        same number of points (a box, with or without points, is not ambiguous: one mask, as
-        SAM's authors advise)."""
-        import torch
-
-        groups: dict[int, list[int]] = {}
-        for k, (_, pts) in enumerate(prompts):
-            groups.setdefault(0 if pts is None else len(pts), []).append(k)
-        logits = None
-        for count, members in groups.items():
-            kwargs: dict[str, Any] = {"input_boxes": torch.tensor(
-                [[prompts[k][0]] for k in members], dtype=torch.float32, device=self.device)}
-            if count:
-                kwargs["input_points"] = torch.tensor(np.stack([prompts[k][1] for k in members])[:, None],
-                                                      dtype=torch.float32, device=self.device)
-                kwargs["input_labels"] = torch.ones((len(members), 1, count), dtype=torch.long, device=self.device)
-            result = self.model(image_embeddings=embeddings[members], multimask_output=False, **kwargs)
-            low_res = result.pred_masks[:, 0, 0].float()  # (G, h, w)
-            if logits is None:
-                logits = low_res.new_empty((len(prompts), *low_res.shape[1:]))
-            logits[members] = low_res
-        return logits
-
-    def _upscale(self, logits, sizes: list[tuple[int, int]]) -> list[Any]:
-        """(H, W) bool masks: logits upscaled to the padded input, cropped to the resized image,
-        upscaled to the original size and thresholded at 0 (``SamProcessor.post_process_masks``),
-        one interpolation per group of equal image sizes."""
-        import torch.nn.functional as F
-
-        out: list[Any] = [None] * len(sizes)
-        for (height, width), members in _groups([tuple(size) for size in sizes]).items():
-            resized = self._resized(height, width)
-            masks = F.interpolate(logits[members][:, None], self.pad_size, mode="bilinear", align_corners=False)
-            masks = masks[..., :resized[0], :resized[1]]
-            masks = F.interpolate(masks, (height, width), mode="bilinear", align_corners=False)[:, 0] > 0
-            for k, mask in zip(members, masks):
-                out[k] = mask
-        return out
-
-
-def _groups(keys: Sequence[Any]) -> dict[Any, list[int]]:
-    """key -> the positions holding it, in first-seen order."""
-    groups: dict[Any, list[int]] = {}
-    for k, key in enumerate(keys):
-        groups.setdefault(key, []).append(k)
-    return groups
-
-
-def _as_rgb8(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        image = np.clip(np.nan_to_num(_to_255(image)) + 0.5, 0, 255).astype(np.uint8)
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
-    if image.ndim != 3 or image.shape[-1] not in (3, 4):
-        raise ValueError(f"images must be (H, W, 3) RGB, got shape {image.shape}")
-    return np.ascontiguousarray(image[..., :3])
-
-
 # --- the stage --------------------------------------------------------------------------------
 def _people(sample: dict[str, Any]) -> list[dict[str, Any]]:
     """Each seen person's SAM prompt and reference: ``id``, ``box`` [x0, y0, x1, y1] (its visible
@@ -442,11 +124,11 @@ def _people(sample: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _mask_scores(masks: Sequence[Any], people: Sequence[dict[str, Any]]) -> list[tuple[float, float]]:
+def mask_scores(masks: Sequence[Any], people: Sequence[dict[str, Any]]) -> list[tuple[float, float]]:
     """(IoU with the person's rendered pixels, fraction of its visible keypoints inside) per SAM
-    mask: :func:`mask_iou` and :func:`keypoints_in_mask` for the whole batch at once, computed
-    where the masks are (the device, for SAM's own), with the same integer counts and float64
-    ratios, and brought back to the host in one copy (one sync) as a (J, 2) array.
+    mask, for the whole batch at once (:func:`mask_iou` and :func:`keypoints_in_mask` are its
+    one-mask cases), computed where the masks are (the device, for SAM's own): integer counts,
+    float64 ratios, brought back to the host in one copy (one sync) as a (J, 2) array.
 
     masks: J (H, W) bool masks (tensors or arrays); people: J dicts with ``pixels`` (H, W) bool
     and ``keypoints_2d`` (K, 3). Masks of one size are scored together (one rendered-pixel copy).
@@ -458,7 +140,7 @@ def _mask_scores(masks: Sequence[Any], people: Sequence[dict[str, Any]]) -> list
     masks = [torch.as_tensor(mask) for mask in masks]
     device = masks[0].device
     scores = torch.empty((len(masks), 2), dtype=torch.float64, device=device)
-    for size, members in _groups([tuple(mask.shape) for mask in masks]).items():
+    for size, members in positions_by_key([tuple(mask.shape) for mask in masks]).items():
         stack = torch.stack([masks[k] for k in members]).to(device)  # (G, H, W) bool
         pixels = np.stack([np.asarray(people[k]["pixels"], dtype=bool) for k in members])
         if pixels.shape[1:] != size:
@@ -473,8 +155,8 @@ def _mask_scores(masks: Sequence[Any], people: Sequence[dict[str, Any]]) -> list
 
 
 def _keypoints_inside(masks: Any, keypoints: Sequence[np.ndarray]) -> Any:
-    """:func:`keypoints_in_mask` of each (H, W) bool mask of ``masks`` (G, H, W) with its (K, 3)
-    keypoints: (G,) float64 on the masks' device, one gather for the group."""
+    """The fraction of visible keypoints inside each (H, W) bool mask of ``masks`` (G, H, W), with
+    its (K, 3) keypoints: (G,) float64 on the masks' device, one gather for the group."""
     import torch
 
     count, height, width = masks.shape
@@ -570,7 +252,7 @@ class SampleFilter:
         else:
             masks = []
         scores: dict[int, list[dict[str, Any]]] = {}
-        for (i, person), (iou, inside) in zip(jobs, _mask_scores(masks, [p for _, p in jobs])):
+        for (i, person), (iou, inside) in zip(jobs, mask_scores(masks, [p for _, p in jobs])):
             reason = ("sam_iou" if iou < sam.min_iou else
                       "keypoints_outside_sam_mask" if inside < sam.min_keypoints_in_mask else None)
             scores.setdefault(i, []).append({"id": person["id"], "sam_iou": round(iou, 6),

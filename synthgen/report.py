@@ -222,8 +222,8 @@ def _html(status: dict, manifest: dict, figures: list[tuple[str, str]], sheet: s
             ("throughput (on disk)", f"{rate:.1f} samples/s" if rate else "n/a"),
             ("last run", f"{stats.get('last_run_samples_per_second', 'n/a')} samples/s, "
                          f"{stats.get('workers', '?')} workers, world size {stats.get('world_size', 1)}"),
-            ("generation input-wait", f"{100 * stats['generate_input_wait_fraction']:.1f}% of the generate "
-             "stage's time spent waiting for the CPU stages" if "generate_input_wait_fraction" in stats else "n/a"),
+            ("device input-wait", f"{100 * stats['device_input_wait_fraction']:.1f}% of the device stages' "
+             "time spent waiting for the CPU stages" if "device_input_wait_fraction" in stats else "n/a"),
             ("recipe hash", status["recipe_hash"]), ("synthgen version", manifest.get("synthgen_version"))]
     table = "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in rows)
     figs = "".join(f'<figure><img alt="{esc(name)}" src="{uri}"><figcaption>{esc(name)}</figcaption></figure>'

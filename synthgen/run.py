@@ -38,12 +38,9 @@ def generate(recipe: Recipe, out: str | Path, workers: int = 1, progress: bool =
              loader_workers: int | None = None, task: tuple[int, int] | None = None,
              engine: str = "local", ray_address: str | None = None) -> dict:
     """Write every missing shard of ``recipe`` (of task ``K`` of ``N`` with ``task=(K, N)``) into
-    ``out``, a folder or an fsspec URL (``s3://bucket/run``); returns the manifest.
-
-    CPU backends (shaded, none) spread whole shards over ``workers`` processes. The controlnet
-    backend runs generation in this process (one GPU per rank) and its CPU stages in
-    ``loader_workers`` DataLoader processes (default: ``workers``). ``engine="ray"``: on a Ray
-    cluster (``ray_address``, ``$RAY_ADDRESS``, or a local Ray started for the run), same bytes.
+    ``out``, a folder or an fsspec URL (``s3://bucket/run``); returns the manifest. Checks the
+    output location, the engine and the models first; how the shards are then made (workers,
+    device stages, ``engine="ray"``): :func:`synthgen.engine.launch.make_shards`.
     """
     folder = RunFolder(out, recipe.output.storage_options)  # a bad URL fails here, before any work
     check_backend_models(recipe)  # missing weights fail here, before any work
@@ -52,5 +49,5 @@ def generate(recipe: Recipe, out: str | Path, workers: int = 1, progress: bool =
     if engine == "ray" and task is not None:
         raise UserError("--engine ray makes every shard of the run (Ray balances them over the cluster); "
                         "drop --task, or use --engine local with --task")
-    return launch.generate(factory_class(recipe), recipe, folder, workers, progress, loader_workers, task,
-                           engine, ray_address)
+    return launch.make_shards(factory_class(recipe), recipe, folder, workers, progress, loader_workers, task,
+                              engine, ray_address)

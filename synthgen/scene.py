@@ -37,7 +37,7 @@ GROUND_HALF_M = 5000.0  # half side of an image's ground plane: its far edge lie
 
 @dataclass(frozen=True)
 class WorldParams:
-    """What :func:`build_scene` reads from a recipe (the fields of the sequences' ``SceneConfig``).
+    """What :func:`build_scene` reads from a recipe (the fields of the recipe's ``SequenceSceneConfig``).
 
     kinds: kind -> relative weight; room_size_m, room_height_m, tile_m: (low, high) ranges;
     objects: (min, max) count; clearance_m: objects' distance from the path, metres."""
@@ -217,7 +217,7 @@ def build_scene(config, rng: np.random.Generator, path_xy: np.ndarray, part_offs
                 camera_height: float | None = None) -> SceneMesh:
     """A scene drawn from ``rng`` around ``path_xy`` (N, 2), the subjects' ground track.
 
-    config: a :class:`WorldParams` (or the sequences' ``SceneConfig``, same fields).
+    config: a :class:`WorldParams` (or the recipe's ``SequenceSceneConfig``, same fields).
     part_offset: number of subject part names (scene part ids follow them). props: motion props,
     e.g. ``{"kind": "seat", "centre": [x, y], "top": z, "yaw": rad, "size": [w, d]}``.
     ground_half_m: None = a ground 30 m wider than the path in 2.5 m cells (sequences); else one

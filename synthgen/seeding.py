@@ -9,9 +9,9 @@ depend on (recipe seed, i) alone.
 
 Bits, not just draws: the arithmetic that feeds labels (body-model forward, camera framing,
 projection, rasterising) runs under :func:`label_threads`, one torch intra-op thread in every
-process. CPU kernels split their reductions by thread count (measured on an AVX-512 machine:
-``keypoints_2d`` 24.177703644594718 vs 24.177704338778373 between a 1- and a 2-thread process), so
-without it a sample would depend on how many workers or ranks share the cores.
+process. CPU kernels split their reductions by thread count (a sample's ``keypoints_2d`` differ
+in the last bits between a 1- and a 2-thread process: benchmarks/README.md), so without it a
+sample would depend on how many workers or ranks share the cores.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ STREAMS = {
     "appearance": 5,
     "background": 6,
     "prompt": 7,
-    "generate": 8,
+    "imu_noise": 8,
     "group": 9,
     "group_placement": 10,
     "scene": 11,

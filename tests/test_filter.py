@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from synthgen.errors import MissingModelError
-from synthgen.filter import (SampleFilter, SamAligner, cheap_checks, keypoints_in_mask, mask_iou,
+from synthgen.filter import (SampleFilter, SamAligner, cheap_checks, keypoints_in_mask, mask_iou, mask_scores,
                              select_points)
 from synthgen.recipe import FilterConfig, SamConfig
 from synthgen.testing.tiny_models import build_tiny_sam
@@ -42,10 +42,9 @@ def test_keypoints_in_mask_counts_visible_points_only():
 
 def test_batched_mask_scores_equal_the_per_image_scores_on_known_masks():
     """The filter's scores, computed for a whole batch in one pass (two image sizes, empty
-    masks, hidden, off-image and NaN keypoints), equal mask_iou and keypoints_in_mask per image."""
+    masks, hidden, off-image and NaN keypoints), equal mask_iou and keypoints_in_mask scored one
+    image at a time: grouping by size and padding the keypoint gather change no score."""
     import torch
-
-    from synthgen.filter import _mask_scores
 
     rng = np.random.default_rng(4)
     masks, people = [], []
@@ -63,10 +62,10 @@ def test_batched_mask_scores_equal_the_per_image_scores_on_known_masks():
         masks.append(sam)
         people.append({"pixels": rendered, "keypoints_2d": kp})
     expected = [(mask_iou(m, p["pixels"]), keypoints_in_mask(p["keypoints_2d"], m)) for m, p in zip(masks, people)]
-    assert _mask_scores([torch.from_numpy(m) for m in masks], people) == expected
-    assert _mask_scores(masks, people) == expected  # NumPy masks (the sam_masks seam) too
+    assert mask_scores([torch.from_numpy(m) for m in masks], people) == expected
+    assert mask_scores(masks, people) == expected  # NumPy masks (the sam_masks seam) too
     assert len({e for e in expected}) > 4 and expected[1][0] == 1.0 and expected[2][1] == 1.0
-    assert _mask_scores([], []) == []
+    assert mask_scores([], []) == []
 
 
 def test_cheap_checks_catch_nan_black_and_constant_images():

@@ -18,6 +18,7 @@ OWN_FOLDERS = {"scenarios", "fixtures", "benchmarks"}
 # test files whose name is not one module's, and why
 EXCEPTIONS = {
     "tests/test_layout.py": "the layout of tests/ itself",
+    "tests/test_package_names.py": "class names across the whole package",
     "tests/render/test_raster.py": "both rasterisers (raster_torch, raster_gl), against geometry and each other",
 }
 

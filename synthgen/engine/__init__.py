@@ -7,7 +7,7 @@
 - :mod:`.launch` which process writes which shard (ranks, worker pools), progress, manifest.
 - :mod:`.ray_engine` the same shards on a Ray cluster (``--engine ray``; ray imported only there).
 
-``synthgen.run`` maps a recipe to its factory and calls :func:`.launch.generate`.
+``synthgen.run`` maps a recipe to its factory and calls :func:`.launch.make_shards`.
 """
 
 from synthgen.engine.contract import Factory

@@ -23,7 +23,7 @@ class Factory(Protocol):
     """
 
     recipe: Recipe
-    timing: dict[str, float]   # seconds, accumulated; "input_wait" and "generate" at least
+    timing: dict[str, float]   # seconds, accumulated; "input_wait" and "device" (the device stages) at least
     batch_size: int            # samples per :meth:`finish` call on the device
     cpu_chunk: int             # consecutive samples that share CPU work (a body-model batch,
                                # one simulated sequence); a loader worker takes whole chunks

@@ -1,3 +1,4 @@
+# Over 500 lines on purpose: one concern, the local engine's run (ranks, tasks, workers, signals, faults, progress).
 """Launch: which process makes which shard, signals, faults, progress, the manifest.
 
 Every shard is committed through the run folder (:mod:`.run_folder`: a local folder or an
@@ -180,8 +181,7 @@ def _run_in_process(factory_class: type, recipe: Recipe, folder: RunFolder, task
 
 
 # Thread pools that size themselves from the core count when a process starts. With a worker
-# per core, more threads per worker only contend: one BLAS thread per worker measured +7 %
-# samples/s for the quickstart on 2 cores. A value the user set is kept.
+# per core, more threads per worker only contend (benchmarks/README.md). A value the user set is kept.
 _START_UP_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -332,9 +332,9 @@ class Progress:
 
 
 # --- the run ------------------------------------------------------------------------------------
-def generate(factory_class: type, recipe: Recipe, out: str | RunFolder, workers: int = 1,
-             progress: bool = True, loader_workers: int | None = None,
-             task: tuple[int, int] | None = None, engine: str = "local", ray_address: str | None = None) -> dict:
+def make_shards(factory_class: type, recipe: Recipe, out: str | RunFolder, workers: int = 1,
+                progress: bool = True, loader_workers: int | None = None,
+                task: tuple[int, int] | None = None, engine: str = "local", ray_address: str | None = None) -> dict:
     """Write every missing shard of ``recipe`` (of task ``K`` of ``N`` with ``task=(K, N)``) with
     ``factory_class``'s samples into ``out`` (a folder, an fsspec URL or a :class:`RunFolder`);
     returns the manifest (rank 0, tasks) or ``{"rank", "stats"}`` (other ranks).
@@ -356,15 +356,15 @@ def generate(factory_class: type, recipe: Recipe, out: str | RunFolder, workers:
     stop = _Stop(recipe.output.grace_s)
     with stop.installed():
         try:
-            return _generate(factory_class, recipe, folder, ranks, tasks, own, workers, progress,
-                             loader_workers, stop, engine, ray_address)
+            return _make_shards(factory_class, recipe, folder, ranks, tasks, own, workers, progress,
+                                loader_workers, stop, engine, ray_address)
         except BaseException as exc:
             raise _one_line(exc, recipe, folder, ranks, tasks, own, stop) from None
 
 
-def _generate(factory_class: type, recipe: Recipe, folder: RunFolder, ranks: Ranks, tasks: list, own: list,
-              workers: int, progress: bool, loader_workers: int | None, stop: _Stop,
-              engine: str = "local", ray_address: str | None = None) -> dict:
+def _make_shards(factory_class: type, recipe: Recipe, folder: RunFolder, ranks: Ranks, tasks: list, own: list,
+                 workers: int, progress: bool, loader_workers: int | None, stop: _Stop,
+                 engine: str = "local", ray_address: str | None = None) -> dict:
     if ranks.rank == 0 or ranks.task:
         folder.prepare(recipe, tasks)
         if not ranks.task:

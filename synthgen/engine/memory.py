@@ -2,9 +2,8 @@
 
 A sample allocates and frees a few dozen image-sized buffers (a 512x512 float RGB layer is 3 MiB).
 By default glibc serves each from fresh pages and gives freed ones back to the kernel, so every
-buffer costs a page fault per 4 KiB and zeroing on first touch: measured 25 -> 12.5 ms for the
-shaded backend of one 512x512 sample, and 3.1 -> 0.6 ms of kernel time per sample in all.
-Raising the mmap and trim thresholds keeps those pages in the heap for the next sample; the
+buffer costs a page fault per 4 KiB and zeroing on first touch (what that costs a sample:
+benchmarks/README.md). Raising the mmap and trim thresholds keeps those pages in the heap for the next sample; the
 price is that a process's resident size stays at its peak.
 """
 

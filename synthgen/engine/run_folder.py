@@ -1,3 +1,4 @@
+# Over 500 lines on purpose: one object, the run-folder protocol, the same over folders and fsspec URLs.
 """The run folder: where a run's shards, sidecars, manifest and markers live, and how a shard is
 committed there. Every engine (processes and ranks here; tasks; Ray next) writes through it, and
 ``status``, ``report``, ``export``, ``finalize`` and :mod:`synthgen.data` read through it.
@@ -364,8 +365,8 @@ class RunFolder:
         rejected = [r for info in sidecars.values() for r in info.get("rejected", [])]
         errors = [e for info in sidecars.values() for e in info.get("errors", [])]
         waited = sum(info.get("input_wait_seconds", 0.0) for info in sidecars.values())
-        busy = sum(info.get("generate_seconds", 0.0) for info in sidecars.values())
-        stats = (stats or {}) | ({"generate_input_wait_fraction": round(waited / (waited + busy), 4)}
+        busy = sum(info.get("device_seconds", 0.0) for info in sidecars.values())
+        stats = (stats or {}) | ({"device_input_wait_fraction": round(waited / (waited + busy), 4)}
                                  if waited + busy > 0 else {})
         manifest = {
             "format": "synthgen-webdataset/1",

@@ -32,7 +32,7 @@ def finished_samples(factory: Factory, indices: list[int], loader_workers: int =
     ``keep_errors``.
 
     ``factory.timing["input_wait"]`` accumulates how long the device stages waited for input,
-    ``["generate"]`` how long they worked: the numbers behind the input-wait fraction.
+    ``["device"]`` how long they worked: the numbers behind the input-wait fraction.
     """
     depth = 2 * factory.batch_size
     if loader_workers > 0:
@@ -60,7 +60,7 @@ def _finish_batches(factory: Factory, batches: Iterator[list], keep_errors: bool
         with DEVICE_LOCK:
             factory.finish(batch)
         factory.timing["input_wait"] += t1 - t0
-        factory.timing["generate"] += time.perf_counter() - t1
+        factory.timing["device"] += time.perf_counter() - t1
         for sample in batch:
             if keep_errors or "error" not in sample:
                 yield sample

@@ -13,9 +13,10 @@ its conditioning scale (several = multi-ControlNet, e.g. GenZoo's canny 0.2 + de
 
 Use it in two steps:
 
-1. :func:`check_models_available` before any work: it looks for every model on disk (a local
-   folder, or the Hugging Face cache) without loading anything and raises one
-   :class:`~synthgen.errors.MissingModelError` naming each missing model and how to fetch it.
+1. :func:`synthgen.generate.pipelines.check_models_available` before any work: it looks for
+   every model on disk (a local folder, or the Hugging Face cache) without loading anything and
+   raises one :class:`~synthgen.errors.MissingModelError` naming each missing model and how to
+   fetch it.
 2. :class:`ControlNetBackend` loads the pipeline once per process; ``generate(samples)``
    returns one (H, W, 3) uint8 RGB image per sample.
 
@@ -30,7 +31,7 @@ bits whichever samples share its batch; across batch sizes they agree up to floa
 batched kernels (see ``tests/generate/test_controlnet.py``, ``tests/generate/test_controlnet_batches.py``).
 Images leave the device as uint8 (``output_type="pt"``, converted there). ``speed`` options: see
 :mod:`synthgen.generate.speed`. Prompts over 77 CLIP tokens (sd15, sdxl) are
-encoded whole by compel (:class:`LongPrompts`), padded to 154, 308 or 616 tokens (few shapes for
+encoded whole by compel (:class:`~synthgen.generate.long_prompts.LongPrompts`), padded to 154, 308 or 616 tokens (few shapes for
 compiled graphs), and run in groups of equal embedding length.
 
 What a ControlNet sees is computed in the render stage from the unit's ``encoding``
@@ -53,69 +54,29 @@ mask        ``mask``            subject silhouette, white on black
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from synthgen.errors import UserError
-from synthgen.generate.model_check import (OFFLINE_SWITCHES, WantedModel, hub_offline, locate,
-                                           missing_model_error, missing_models, model_folder_problems)
-from synthgen.generate.speed import DeviceClock, apply_speed, fp16_variant, to_host, to_uint8
-from synthgen.recipe import ControlNetConfig
+from synthgen.generate.long_prompts import LongPrompts
+from synthgen.generate.model_check import WantedModel, hub_offline, locate
+from synthgen.generate.pipelines import FAMILIES, SCHEDULERS, check_models_available, wanted_models
+from synthgen.generate.speed import DeviceClock, apply_speed, fp16_variant, resolve_device, to_host, to_uint8
+from synthgen.recipe import ControlNetConfig, Recipe
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LAYER_SOURCES", "SCHEDULERS", "FAMILIES", "control_image", "check_config",
-           "check_models_available", "ControlNetBackend"]
+__all__ = ["LAYER_SOURCES", "control_image", "ControlNetBackend"]
 
 # recipe layer name -> key of the render dict (see synthgen.render.render_layers)
 LAYER_SOURCES = {"normal": "normal_rgb", "depth": "depth_control", "edges": "edges",
                  "skeleton": "skeleton", "mask": "mask"}
 
-# recipe scheduler name -> diffusers class; "default" keeps the base model's own scheduler
-SCHEDULERS = {"unipc": "UniPCMultistepScheduler", "ddim": "DDIMScheduler",
-              "euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler",
-              "dpm": "DPMSolverMultistepScheduler"}
-
 _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-
-
-@dataclass(frozen=True)
-class Family:
-    """The diffusers classes and call conventions of one model family."""
-
-    pipeline: str                 # pipeline class, loaded with from_pretrained(base_model)
-    controlnet: str               # ControlNet class, loaded with from_pretrained(unit.model)
-    multi: str                    # wrapper for several ControlNets
-    image_arg: str                # name of the control image argument of __call__
-    components: tuple[str, ...]   # base-model components the pipeline needs on disk
-    negative_prompt: bool         # whether guidance uses a negative prompt
-    load_kwargs: tuple[tuple[str, Any], ...] = ()  # extra from_pretrained arguments
-
-
-FAMILIES = {
-    # the safety checker is off: synthgen's filter stage checks images (blank/NaN, SAM)
-    "sd15": Family("StableDiffusionControlNetPipeline", "ControlNetModel", "MultiControlNetModel",
-                   "image", ("unet", "vae", "text_encoder", "tokenizer", "scheduler"), True,
-                   (("safety_checker", None), ("feature_extractor", None),
-                    ("requires_safety_checker", False))),
-    "sdxl": Family("StableDiffusionXLControlNetPipeline", "ControlNetModel", "MultiControlNetModel",
-                   "image", ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer",
-                             "tokenizer_2", "scheduler"), True,
-                   (("add_watermarker", False),)),
-    # FLUX.1-dev is guidance-distilled: `guidance` is its embedded guidance (3.5), no negative
-    "flux": Family("FluxControlNetPipeline", "FluxControlNetModel", "FluxMultiControlNetModel",
-                   "control_image", ("transformer", "vae", "text_encoder", "text_encoder_2",
-                                     "tokenizer", "tokenizer_2", "scheduler"), False),
-}
-
-_CONFIG_ONLY = ("Scheduler", "Tokenizer", "TokenizerFast", "ImageProcessor", "FeatureExtractor",
-                "Processor")
 
 
 # --- control images ----------------------------------------------------------------------------
@@ -152,114 +113,7 @@ def control_image(layers: dict, layer_name: str, index: int | None = None) -> np
     return np.ascontiguousarray(image)
 
 
-# --- checks before any work --------------------------------------------------------------------
-def check_config(config: ControlNetConfig) -> None:
-    """Settings that only make sense together; raises :class:`UserError` naming the key."""
-    if config.family == "flux" and config.eta is not None:
-        raise UserError(f"backend.controlnet.eta={config.eta} does not work with family=flux (its "
-                        "flow-matching sampler has no eta); set backend.controlnet.eta: null")
-    if config.family == "flux" and config.scheduler not in ("default", "euler"):
-        raise UserError(f"backend.controlnet.scheduler={config.scheduler!r} does not work with "
-                        "family=flux: FLUX samples with its flow-matching Euler scheduler; set "
-                        "backend.controlnet.scheduler: default")
-
-
-def _family_of(pipeline_class: str) -> str | None:
-    if "Flux" in pipeline_class:
-        return "flux"
-    if "XL" in pipeline_class:
-        return "sdxl"
-    if "StableDiffusion" in pipeline_class:
-        return "sd15"
-    return None
-
-
-def _base_folder_problems(folder: Path, family: str) -> list[str]:
-    """What a base-model folder lacks for ``family``: model_index.json and each component."""
-    index_path = folder / "model_index.json"
-    if not index_path.is_file():
-        return ["no model_index.json"]
-    index = json.loads(index_path.read_text())
-    pipeline_class = str(index.get("_class_name", ""))
-    other = _family_of(pipeline_class)
-    if other is not None and other != family:
-        hint = f"it holds a {other} model ({pipeline_class}), not {family}"
-        return [f"{hint}: set backend.controlnet.family: {other}"]
-    problems = []
-    for name in FAMILIES[family].components:
-        entry = index.get(name)
-        if not (isinstance(entry, list) and len(entry) == 2 and entry[1]):
-            problems.append(f"no {name!r} in model_index.json")
-            continue
-        sub = folder / name
-        if not sub.is_dir():
-            problems.append(f"no {name}/ folder")
-        elif str(entry[1]).endswith(_CONFIG_ONLY):
-            if not any(sub.iterdir()):
-                problems.append(f"an empty {name}/ folder")
-        else:
-            problems.extend(model_folder_problems(sub, f"{name}/"))
-    return problems
-
-
-def _folder_problems(folder: Path, kind: str, family: str) -> list[str]:
-    """What ``folder`` lacks to load as a ``kind`` ("base" or "controlnet") model of ``family``."""
-    if kind == "base":
-        return _base_folder_problems(folder, family)
-    return model_folder_problems(folder)
-
-
-_WHAT = {"base": "a base-model folder (model_index.json + component folders)",
-         "vae": "an AutoencoderKL folder (config.json + diffusion_pytorch_model.safetensors)",
-         "controlnet": "a ControlNet folder (config.json + diffusion_pytorch_model.safetensors)"}
-
-
-def _wanted(config: ControlNetConfig) -> list[WantedModel]:
-    """The base model, then each ControlNet, of ``config``."""
-    def model(field: str, name: str, kind: str) -> WantedModel:
-        return WantedModel(field, name, _WHAT[kind],
-                           lambda folder: _folder_problems(folder, kind, config.family))
-
-    wanted = [model("backend.controlnet.base_model", config.base_model, "base")] + [
-        model(f"backend.controlnet.controlnets.{i}.model", unit.model, "controlnet")
-        for i, unit in enumerate(config.controlnets)]
-    if config.vae is not None:
-        wanted.append(model("backend.controlnet.vae", config.vae, "vae"))
-    return wanted
-
-
-def check_models_available(config: ControlNetConfig) -> None:
-    """Make sure every model of ``config`` can be loaded, without loading any.
-
-    A model is available when it is a local folder with the files diffusers needs, or a hub id
-    whose snapshot is in the Hugging Face cache (``HF_HOME``/``HF_HUB_CACHE``), or - when the
-    hub may be used (not ``local_files_only``, no ``HF_HUB_OFFLINE``) - a hub id the hub serves
-    (see :mod:`synthgen.generate.model_check`). Raises one
-    :class:`~synthgen.errors.MissingModelError` whose
-    single-line message names every missing model and how to fetch it. Also runs
-    :func:`check_config`.
-    """
-    check_config(config)
-    offline = hub_offline(config.local_files_only)
-    missing = missing_models(_wanted(config), offline)
-    if missing:
-        raise missing_model_error("the controlnet backend", missing,
-                                  f"{OFFLINE_SWITCHES} or backend.controlnet.local_files_only"
-                                  if offline else None)
-
-
 # --- the backend -------------------------------------------------------------------------------
-def _resolve_device(config: ControlNetConfig) -> str:
-    import torch
-
-    if config.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("backend.controlnet.device=cuda but torch sees no CUDA GPU here; "
-                        "use device: auto (or cpu)")
-    return config.device
-
-
 def _resolve_dtype(config: ControlNetConfig, device: str):
     import torch
 
@@ -321,6 +175,14 @@ class ControlNetBackend:
     seconds to minutes; build one backend per process and reuse it.
     """
 
+    @classmethod
+    def for_recipe(cls, recipe: Recipe, device: str | None = None) -> ControlNetBackend:
+        """``recipe``'s backend; ``device`` (the engine's, e.g. ``cuda:1``) settles ``device: auto``."""
+        config = recipe.backend.controlnet
+        if device is not None and config.device == "auto":
+            config = config.model_copy(update={"device": "cuda" if str(device).startswith("cuda") else "cpu"})
+        return cls(config, recipe.image.width, recipe.image.height)
+
     def __init__(self, config: ControlNetConfig, width: int, height: int):
         import diffusers
         import torch
@@ -331,10 +193,10 @@ class ControlNetBackend:
             raise UserError(f"image size {width}x{height}: diffusion needs multiples of 8")
         self.config, self.width, self.height = config, width, height
         self.family = FAMILIES[config.family]
-        self.device = _resolve_device(config)
+        self.device = resolve_device(config.device, "backend.controlnet.device")
         self.dtype = _resolve_dtype(config, self.device)
         offline = hub_offline(config.local_files_only)
-        base, *units = _wanted(config)
+        base, *units = wanted_models(config)
         vae = units.pop() if config.vae is not None else None
 
         def load(model: WantedModel) -> dict:
@@ -631,96 +493,3 @@ def _check_eta(pipe, config: ControlNetConfig) -> None:
     if "eta" not in inspect.signature(pipe.scheduler.step).parameters:
         raise UserError(f"backend.controlnet.eta={config.eta}: the scheduler "
                         f"{type(pipe.scheduler).__name__} has no eta; set backend.controlnet.scheduler: ddim")
-
-
-# the embedding lengths, in text-encoder windows, that long prompts are padded up to: the denoiser
-# and the ControlNets see at most these few sequence lengths (one compiled graph each)
-EMBED_WINDOWS = (2, 4, 8)
-
-
-class LongPrompts:
-    """Prompts longer than CLIP's 77 tokens, encoded whole by compel (``truncate_long_prompts=False``).
-
-    sd15: one CLIP encoder; sdxl: both, penultimate hidden states + pooled of the second, as
-    HumanWild's demo sets compel up. A prompt that fits is left to the pipeline (compel's
-    embeddings of a short prompt equal the pipeline's, measured bit for bit on the tiny models).
-
-    compel returns one 77-token window per 75 tokens of the prompt; the embeddings are then
-    padded with windows of the empty prompt (compel's own padding between a prompt and its
-    negative) up to the next length of :data:`EMBED_WINDOWS` (2, 4 or 8 windows: 154, 308, 616
-    tokens), so that the denoiser and ControlNets see a bounded set of shapes (each new one
-    would recompile them) whatever the prompts. A prompt needing more than 8 windows (about
-    600 tokens) is refused with a :class:`UserError`.
-    """
-
-    def __init__(self, pipe, config: ControlNetConfig):
-        self.pipe, self.config = pipe, config
-        self.limit = int(pipe.tokenizer.model_max_length)
-        self._compel = None
-        self._empty: dict[str, Any] | None = None
-
-    def _tokens(self, text: str) -> int:
-        return len(self.pipe.tokenizer(text, truncation=False, add_special_tokens=True)["input_ids"])
-
-    def too_long(self, sample: dict) -> bool:
-        """Whether the sample's prompt or negative prompt exceeds ``limit`` tokens."""
-        longest = max(self._tokens(sample["prompt"]), self._tokens(sample.get("negative_prompt") or ""))
-        if longest <= self.limit:
-            return False
-        if self.config.long_prompts == "error":
-            raise UserError(f"a prompt of {longest} tokens is longer than the text encoder's "
-                            f"{self.limit}; shorten prompt.templates or set "
-                            "backend.controlnet.long_prompts: compel")
-        return True
-
-    @property
-    def compel(self):
-        if self._compel is None:
-            try:
-                from compel import CompelForSD, CompelForSDXL
-            except ImportError:
-                raise UserError("prompts over 77 tokens need the 'compel' package: pip install "
-                                "'synthgen[diffusion]' (or set backend.controlnet.long_prompts: error)") from None
-            wrapper = CompelForSDXL if self.config.family == "sdxl" else CompelForSD
-            self._compel = wrapper(self.pipe)
-        return self._compel
-
-    def encode_text(self, prompt: str, negative: str) -> dict[str, Any]:
-        import torch
-
-        with torch.inference_mode():
-            out = self.compel(prompt, negative_prompt=negative)
-        named = {"prompt_embeds": out.embeds, "negative_prompt_embeds": out.negative_embeds,
-                 "pooled_prompt_embeds": out.pooled_embeds,
-                 "negative_pooled_prompt_embeds": out.negative_pooled_embeds}
-        return {key: value for key, value in named.items() if value is not None}
-
-    def padded_length(self, length: int) -> int:
-        """The embedding length (tokens) a compel embedding of ``length`` tokens is padded to."""
-        windows = -(-length // self.limit)
-        for allowed in EMBED_WINDOWS:
-            if windows <= allowed:
-                return allowed * self.limit
-        raise UserError(f"a prompt needs {windows} text-encoder windows of {self.limit} tokens, more "
-                        f"than the {EMBED_WINDOWS[-1]} synthgen pads to (about "
-                        f"{EMBED_WINDOWS[-1] * (self.limit - 2)} tokens); shorten prompt.templates")
-
-    def encode(self, sample: dict) -> dict[str, Any]:
-        """Pipeline keyword arguments for one sample: ``prompt_embeds`` (1, L, D),
-        ``negative_prompt_embeds`` (same L) and for sdxl the pooled ones (1, P); L is one of
-        :data:`EMBED_WINDOWS` times 77."""
-        import torch
-
-        named = self.encode_text(sample["prompt"], sample.get("negative_prompt") or "")
-        length = named["prompt_embeds"].shape[1]
-        target = self.padded_length(length)
-        if target == length:
-            return named
-        if self._empty is None:  # one window of the empty prompt, as compel pads
-            self._empty = self.encode_text("", "")
-        if length % self.limit:
-            raise RuntimeError(f"compel returned {length} tokens, not a multiple of {self.limit}")
-        for key in ("prompt_embeds", "negative_prompt_embeds"):
-            fill = self._empty[key].to(named[key].device).repeat(1, (target - length) // self.limit, 1)
-            named[key] = torch.cat([named[key], fill], dim=1)
-        return named

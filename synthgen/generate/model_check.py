@@ -11,6 +11,7 @@ once per check (:func:`hub_status`, with a timeout); offline, an uncached model 
 Each missing model is one clause ``FIELD='NAME': WHY; HOW TO FETCH IT`` (:func:`missing_entry`),
 and :func:`missing_model_error` joins them into one single-line
 :class:`~synthgen.errors.MissingModelError` (a UserError: the CLI prints it and exits 2).
+:func:`check_backend_models` checks every package and model a recipe needs, before any work.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from synthgen.errors import MissingModelError
-from synthgen.recipe import SamConfig
+from synthgen.errors import MissingModelError, UserError
+from synthgen.recipe import Recipe, SamConfig
 
 __all__ = ["ASK_HUB", "OFFLINE_SWITCHES", "WantedModel", "cached_snapshot", "check_sam_model", "fetch_hint", "hub_offline",
            "hub_status", "is_hub_id", "locate", "missing_entry", "missing_model_error", "missing_models",
@@ -207,3 +208,37 @@ def check_sam_model(config: SamConfig) -> None:
     missing = missing_models([sam_model(config)], offline)
     if missing:
         raise missing_model_error("the SAM filter", missing, OFFLINE_SWITCHES if offline else None)
+
+
+# --- every model a recipe needs ----------------------------------------------------------------------
+def _require(module: str, what: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise UserError(f"{what} needs the '{module}' package: pip install 'synthgen[diffusion]'")
+
+
+def check_backend_models(recipe: Recipe) -> None:
+    """Fail before any work when a needed package or model is missing: the backend's weights
+    and the SAM model of ``filter.sam``, all reported in one
+    :class:`~synthgen.errors.MissingModelError` (see :mod:`synthgen.generate.model_check`)."""
+    if recipe.backend.kind == "controlnet":
+        _require("diffusers", "backend.kind=controlnet")
+        _require("transformers", "backend.kind=controlnet")
+    if recipe.filter.sam is not None:
+        _require("transformers", "filter.sam")
+    problems: list[str] = []
+    if recipe.backend.kind == "controlnet":
+        from synthgen.generate.pipelines import check_models_available
+
+        try:
+            check_models_available(recipe.backend.controlnet)
+        except MissingModelError as exc:
+            problems.append(str(exc))
+    if recipe.filter.sam is not None:
+        try:
+            check_sam_model(recipe.filter.sam)
+        except MissingModelError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise MissingModelError(" || ".join(problems))

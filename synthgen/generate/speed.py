@@ -9,6 +9,7 @@ the device as uint8, device time, and fp16 weight variants.
   their device, :func:`to_host` brings them back through a pinned buffer;
 - :class:`DeviceClock` adds up the device time of the calls it wraps (CUDA events on a GPU,
   wall time on a CPU) for the GPU-busy fraction;
+- :func:`resolve_device` names the device a stage runs on (``auto`` = CUDA when torch sees it);
 - :func:`fp16_variant` says whether a model on disk (or on the hub) ships ``*.fp16.safetensors``.
 
 Nothing here changes what a sample is: seeds, inputs and shapes stay the same; fused and
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from synthgen.errors import UserError
 from synthgen.recipe import SpeedConfig
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,20 @@ __all__ = ["DeviceClock", "apply_speed", "attention_modules", "denoisers", "fp16
            "to_host", "to_uint8"]
 
 BIG_IMAGE = 1024 * 1024  # pixels from which the VAE options' "auto" turns them on
+
+
+def resolve_device(device: str, field: str) -> str:
+    """The torch device name a stage runs on: ``auto`` -> ``cuda`` when torch sees a GPU, else
+    ``cpu``; any other name as given. A CUDA device where torch sees none is a user error naming
+    ``field`` (the recipe key or argument that asked for it)."""
+    import torch
+
+    device = str(device)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"{field}={device} but torch sees no CUDA GPU here; use device: auto (or cpu)")
+    return device
 
 
 def _on(value: bool | str, auto: bool) -> bool:

@@ -1,3 +1,4 @@
+# More than names on purpose: the render stage's entry point (render_layers) is this package's face.
 """Render stage: a posed mesh seen by a camera -> a dict of named layers.
 
 :func:`render_layers` returns (H = image height, W = width):

@@ -78,4 +78,4 @@ def can_cull_back_faces(vertices_cam: np.ndarray, faces: np.ndarray, near: float
     return _topology_verdict(faces, vertices_cam)
 
 
-_topology_verdict = PerFaces(_verdict_by_bytes)  # by array first: hashing 27k faces costs 1 ms
+_topology_verdict = PerFaces(_verdict_by_bytes)  # by array first: hashing a body's faces is slow

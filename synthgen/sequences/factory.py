@@ -9,7 +9,7 @@ integrating the mounts: about a second for 64 frames, less than rendering one fr
 
 Streams of (seed, s): "shape" body shape; "pose" motion choice/speed/style; "placement" heading;
 "camera" rig jitter; "background" scene; "appearance" materials, light and the per-frame sensor
-noise seed; "generate" IMU noise; "prompt" the ControlNet prompt, then its per-camera seeds.
+noise seed; "imu_noise" IMU noise; "prompt" the ControlNet prompt, then its per-camera seeds.
 
 Per frame :meth:`SequenceFactory.prepare` renders every camera in one pass over body + scene:
 
@@ -124,7 +124,7 @@ class SequenceFactory:
         self.rate = sim_rate(self.config.fps, self.config.imu.rate_hz, self.config.substep_hz)
         self.prompter = self._prompter()
         self.views = None if cpu_only or recipe.backend.kind != "controlnet" else ControlNetViews(recipe, device)
-        self.timing = {"input_wait": 0.0, "generate": 0.0, "simulate": 0.0}
+        self.timing = {"input_wait": 0.0, "device": 0.0, "simulate": 0.0}
         self._cache: OrderedDict[int, Sequence] = OrderedDict()
         size, frames = recipe.output.shard_size, self.config.frames
         if size % frames and frames % size:
@@ -204,7 +204,7 @@ class SequenceFactory:
         frame_steps = np.arange(F) * (self.rate // fps)
         if n > 1:
             sub_steps = track.step_of(sub_times)
-        imu_rng = sample_rng(seed, s, "generate")
+        imu_rng = sample_rng(seed, s, "imu_noise")
         imu = [imu_readings(track, m, cfg.imu, imu_rng) if mount.imu else None
                for m, mount in enumerate(cfg.rig.mounts)]
         # scene around the path

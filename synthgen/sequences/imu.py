@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from synthgen.sequences.config import ImuConfig
+from synthgen.recipe import ImuConfig
 
 __all__ = ["angular_rate", "imu_readings", "specific_force"]
 

@@ -35,7 +35,7 @@ import numpy as np
 from scipy.interpolate import CubicSpline
 from scipy.spatial.transform import Rotation, RotationSpline
 
-from synthgen.sequences.config import DistortionConfig, MountConfig, SpringConfig
+from synthgen.recipe import DistortionConfig, MountConfig, SpringConfig
 from synthgen.subjects.base import SMPL_TO_WORLD
 
 __all__ = [

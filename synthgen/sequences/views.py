@@ -41,11 +41,8 @@ class ControlNetViews:
     def __init__(self, recipe: Recipe, device: str | None):
         from synthgen.generate.controlnet import ControlNetBackend
 
-        config = recipe.backend.controlnet
-        if device is not None and config.device == "auto":
-            config = config.model_copy(update={"device": "cuda" if str(device).startswith("cuda") else "cpu"})
-        self.pipeline = ControlNetBackend(config, recipe.image.width, recipe.image.height)
-        self.batch_size = config.batch_size
+        self.pipeline = ControlNetBackend.for_recipe(recipe, device)
+        self.batch_size = self.pipeline.config.batch_size
 
     def generate(self, samples: list[dict[str, Any]], lenses: list) -> None:
         """Sets ``view["image"]`` (H, W, 3) uint8 for every view of every frame (black outside a

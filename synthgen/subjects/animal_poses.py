@@ -16,13 +16,18 @@ Flexion signs per joint (what "folding" is): shoulder + (leg forward), elbow + (
 forward), carpus - (paw back), hip + (thigh forward), stifle - (shin back), hock + (foot forward).
 
 Keypoints: the 26 of Animal3D, in its order (:data:`KEYPOINT_NAMES`); which joint or surface
-point each one is, is in :data:`KEYPOINT_JOINTS` and :mod:`synthgen.subjects.smal_body`.
+point each one is, is in :data:`KEYPOINT_JOINTS` and :mod:`synthgen.subjects.animal_keypoints`.
+Pose files: :class:`AnimalPoseBank`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from scipy.spatial.transform import Rotation
+
+from synthgen.errors import UserError
 
 SMAL_JOINTS = [
     "pelvis", "pelvis0", "spine", "spine0", "spine1", "spine2", "spine3",
@@ -51,7 +56,7 @@ KEYPOINT_NAMES = [
     "left_back_knee", "right_back_knee", "neck", "tail_end", "left_ear", "right_ear", "left_mouth",
     "right_mouth", "nose", "tail_mid",
 ]
-# Keypoints that are SMAL joints (the rest are surface points, see smal_body).
+# Keypoints that are SMAL joints (the rest are surface points, see animal_keypoints).
 # Front leg: shoulder = LLeg1, "front thigh" = elbow (LLeg2), "front knee" = carpus (LLeg3),
 # paw = LFoot. Hind leg: "back thigh" = stifle (LLegBack2), "back knee" = hock (LLegBack3).
 KEYPOINT_JOINTS = {
@@ -260,3 +265,36 @@ def anatomical_to_matrices(angles_deg: np.ndarray, joint_names: list[str], right
                   @ Rotation.from_rotvec(roll * forward).as_matrix()
                   @ Rotation.from_rotvec(yaw * up).as_matrix())
     return out
+
+
+class AnimalPoseBank:
+    """Poses from ``.npz`` files: key ``poses`` (N, 3J') axis-angle in the model's joint order.
+
+    The root (first 3 values) is ignored: the heading is drawn. Files with fewer joints than the
+    model (33-joint SMAL poses for a 35-joint model) leave the extra joints at rest.
+    """
+
+    def __init__(self, paths: list[str], num_joints: int):
+        chunks = []
+        for p in paths:
+            path = Path(p)
+            if not path.is_file():
+                raise UserError(f"subject.animal.pose_files: {str(path)!r} does not exist")
+            with np.load(path, allow_pickle=False) as data:
+                if "poses" not in data:
+                    raise UserError(f"subject.animal.pose_files: {path} has keys {sorted(data.files)}; "
+                                    "expected 'poses' (N, 3*J) axis-angle")
+                raw = np.asarray(data["poses"], dtype=np.float64)
+            raw = raw.reshape(len(raw), -1)
+            if raw.shape[1] % 3 or raw.shape[1] // 3 < NUM_SMAL_JOINTS:
+                raise UserError(f"subject.animal.pose_files: {path} poses have {raw.shape[1]} values per row; "
+                                f"expected 3 x {num_joints} (at least 3 x {NUM_SMAL_JOINTS})")
+            joints = raw.reshape(len(raw), -1, 3)[:, :num_joints]
+            out = np.zeros((len(raw), num_joints, 3))
+            out[:, 1:joints.shape[1]] = joints[:, 1:]
+            chunks.append(out)
+        self.poses = np.concatenate(chunks)
+
+    def sample(self, rng: np.random.Generator) -> tuple[str, np.ndarray]:
+        k = int(rng.integers(len(self.poses)))
+        return f"file:{k}", Rotation.from_rotvec(self.poses[k]).as_matrix()

@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+BATCH = 16  # fixed forward batch of every body model: padding keeps each sample's arithmetic independent of the split
+
 # Columns are SMPL's x (left), y (up), z (forward) axes written in the world frame.
 SMPL_TO_WORLD = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 
@@ -164,7 +166,7 @@ def ground_offset(vertices: np.ndarray) -> np.ndarray:
 
 
 def pose_in_fixed_batches(draws: list, batch: int, pose_batch) -> list:
-    """Run ``pose_batch`` on chunks of at most ``batch`` draws, each padded to exactly ``batch``.
+    """Run ``pose_batch`` on chunks of at most ``batch`` (:data:`BATCH`) draws, each padded to exactly ``batch``.
 
     A body model's arithmetic can depend on its batch size; always calling it with the same
     size keeps every sample bit-identical whatever the split. ``pose_batch(chunk, padded)``

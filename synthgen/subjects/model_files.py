@@ -1,7 +1,7 @@
 """Reading body-model files without running code from them.
 
 Two ways in, shared by the SMPL-family (:mod:`synthgen.subjects.smpl_body`) and SMAL-family
-(:mod:`synthgen.subjects.smal_body`) loaders and converters:
+(:mod:`synthgen.subjects.smal_files`) loaders and converters:
 
 - :func:`read_npz_arrays` opens an ``.npz`` with ``allow_pickle=False``: every numeric or string
   array is returned, object entries (which would need unpickling) are skipped and logged.

@@ -7,7 +7,7 @@ hand-made linear shape directions, so that everything downstream of a SMAL file 
 skinning through ``smplx.lbs``, species shape sampling, joint-limit poses, keypoints, labels)
 runs unchanged on it.
 
-Construction (deterministic, no randomness, ~20 ms): the body is a set of closed, overlapping
+Construction (deterministic, no randomness, fast): the body is a set of closed, overlapping
 generalised cylinders (torso, neck+head, four legs, tail, two ears) swept along polylines through
 designed joint positions. Every joint sits at a node of one tube, and its ``J_regressor`` row
 averages the ring of vertices at that node, so the regressed rest joints are exactly the designed
@@ -16,7 +16,7 @@ blended 50/50 at the nodes; ``posedirs`` are zero (no pose correctives). The ``M
 skin weights (the jaw does not open), and the joint-limit prior keeps it near rest.
 
 Model frame: metres, x forward (the nose), y the animal's left, z up, paws on z = 0 (SMAL files
-use other frames; :mod:`synthgen.subjects.smal_body` finds each model's axes from its joints).
+use other frames; :mod:`synthgen.subjects.smal_model` finds each model's axes from its joints).
 
 Shape directions (betas, per unit): 0 size (+6 %), 1 leg length (+3.5 cm), 2 body length
 (+6 cm), 3 girth (+10 % torso cross-section), 4 head size (+12 %), 5 neck length (+3.75 cm),

@@ -43,15 +43,15 @@ from scipy.spatial.transform import Rotation
 from synthgen.errors import MissingModelError, UserError
 from synthgen.recipe import SubjectConfig
 from synthgen.seeding import sample_rng
-from synthgen.subjects.base import (BODY_JOINTS, KEYPOINT_NAMES, PART_NAMES, SMPL_TO_WORLD,
-                                    PosedSubject, human_keypoints, ground_offset, parts_from_skinning, pose_in_fixed_batches)
+from synthgen.subjects.base import (BATCH, BODY_JOINTS, KEYPOINT_NAMES, PART_NAMES, SMPL_TO_WORLD,
+                                    PosedSubject, human_keypoints, ground_offset, parts_from_skinning,
+                                    pose_in_fixed_batches)
 from synthgen.subjects.model_files import load_pickled_arrays, plain_array, read_npz_arrays
 from synthgen.subjects.poses import (SMPL_JOINTS, PoseFileBank, matrices_to_axis_angle,
                                      draw_body_pose)
 
 log = logging.getLogger(__name__)
 
-BATCH = 16  # fixed forward batch: padding keeps every sample's arithmetic independent of the split
 FILE_STEM = {"smpl": "SMPL", "smplh": "SMPLH", "smplx": "SMPLX"}
 DOWNLOAD_URL = {"smpl": "https://smpl.is.tue.mpg.de", "smplh": "https://mano.is.tue.mpg.de",
                 "smplx": "https://smpl-x.is.tue.mpg.de"}

@@ -155,8 +155,8 @@ def _controlnets(unet, count: int) -> list:
         net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
         # from_unet zero-initialises the output convolutions and the last layer of the control
         # image's embedding (a fresh ControlNet ignores its control image), and the default init
-        # of that embedding's small convolutions lets their biases drown the image (measured: two
-        # different depth maps changed the hint by 0.08 %). He-initialised embedding weights with
+        # of that embedding's small convolutions lets their biases drown the image (two different
+        # depth maps barely change the hint: benchmarks/README.md). He-initialised embedding weights with
         # zero biases make the control image change every residual by a large fraction (the
         # tests assert > 1 %).
         with torch.no_grad():

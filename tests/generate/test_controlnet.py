@@ -20,8 +20,8 @@ import diffusers  # noqa: E402  (imported up front so timings below exclude the 
 import torch  # noqa: E402
 
 from synthgen.errors import MissingModelError, UserError  # noqa: E402
-from synthgen.generate.controlnet import (LAYER_SOURCES, ControlNetBackend,  # noqa: E402
-                                          check_models_available, control_image)
+from synthgen.generate.controlnet import LAYER_SOURCES, ControlNetBackend, control_image  # noqa: E402
+from synthgen.generate.pipelines import check_models_available  # noqa: E402
 from synthgen.recipe import ControlNetConfig  # noqa: E402
 from synthgen.testing.tiny_models import build_tiny_flux, build_tiny_sd15, build_tiny_sdxl  # noqa: E402
 from tests.fixtures.controlnet import SIZE, config, fake_layers, max_diff, sample, unet_residuals  # noqa: E402

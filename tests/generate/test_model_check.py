@@ -6,7 +6,7 @@ import pytest
 
 from synthgen.errors import MissingModelError, UserError
 from synthgen.generate import check_backend_models
-from synthgen.generate.controlnet import check_models_available
+from synthgen.generate.pipelines import check_models_available
 from synthgen.generate.model_check import check_sam_model, hub_offline
 from synthgen.recipe import ControlNetConfig, SamConfig
 

@@ -46,7 +46,7 @@ def test_controlnet_and_sam_write_images_prompts_and_scores(tmp_path, tiny_model
         assert 0.0 <= labels["filter"]["sam_iou"] <= 1.0 and labels["filter"]["accepted"]
         assert labels["appearance"]["backend"] == "controlnet"
     assert len({s["labels"]["prompt"] for s in samples}) > 1
-    assert "generate_input_wait_fraction" in manifest["stats"]
+    assert "device_input_wait_fraction" in manifest["stats"]
 
 
 def test_batch_size_and_loader_workers_do_not_change_a_sample(tmp_path, tiny_models):

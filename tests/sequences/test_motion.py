@@ -16,7 +16,7 @@ from synthgen.sequences.motion import (
     slerp_matrices,
     yaw_matrix,
 )
-from synthgen.sequences.config import MotionConfig
+from synthgen.recipe import MotionConfig
 from synthgen.subjects.poses import SMPL_JOINTS
 from tests.fixtures.motion_files import amass_file
 

@@ -11,7 +11,7 @@ from scipy.spatial.transform import Rotation
 from synthgen.sequences.imu import imu_readings
 from synthgen.sequences.rigs import Lens, build_lens, mount_offset, project_fisheye, simulate_mounts, unproject_fisheye
 from synthgen.sequences.scene import clip_near
-from synthgen.sequences.config import (
+from synthgen.recipe import (
     DistortionConfig,
     ImuConfig,
     MountConfig,

@@ -18,7 +18,10 @@ from synthgen.subjects import animal_poses as ap
 from synthgen.subjects import build_subject_model
 from synthgen.subjects.model_files import convert_pickle, read_npz_arrays
 from synthgen.subjects.quadruped import quadruped_arrays, write_quadruped
-from synthgen.subjects.smal_body import BATCH, SMAL_FAMILIES, SmalBody, draw_betas, geometric_keypoints
+from synthgen.subjects.animal_keypoints import geometric_keypoints
+from synthgen.subjects.animal_shapes import SMAL_FAMILIES, SpeciesFamily, draw_betas
+from synthgen.subjects.base import BATCH
+from synthgen.subjects.smal_body import SmalBody
 
 from tests.fixtures import smal_fixture
 
@@ -108,7 +111,7 @@ def test_a_pickle_is_only_read_with_the_opt_in(files, tmp_path, monkeypatch, cap
     pkl = shutil.copy(files["model_pkl"], tmp_path / "smal_CVPR2017.pkl")
     with pytest.raises(UserError, match="convert_pickle") as err:
         SmalBody(animal(model="smal", model_path=str(pkl)))
-    assert "python -m synthgen.subjects.smal_body convert" in str(err.value)
+    assert "python -m synthgen.subjects.smal_files convert" in str(err.value)
     with caplog.at_level("WARNING"):
         first = SmalBody(animal(model="smal", model_path=str(pkl), animal={"convert_pickle": True}))
     assert "unpickling once" in caplog.text and (tmp_path / "smal_CVPR2017.npz").is_file()
@@ -209,13 +212,12 @@ def test_draws_are_deterministic_and_species_shapes_follow_the_clusters(smal, fi
 
 
 def test_plausibility_bound_redraws_then_clips():
-    from synthgen.subjects.smal_body import Family
 
-    wide = Family("wide", np.zeros(5), np.eye(5) * 4.0, "test")
+    wide = SpeciesFamily("wide", np.zeros(5), np.eye(5) * 4.0, "test")
     rng = np.random.default_rng(0)
     draws = [draw_betas(rng, wide, 3.0) for _ in range(50)]
     assert all(np.all(np.abs(b) <= 3.0) for b, _ in draws) and max(n for _, n in draws) > 0
-    hopeless = Family("far", np.full(5, 50.0), np.eye(5), "test")
+    hopeless = SpeciesFamily("far", np.full(5, 50.0), np.eye(5), "test")
     betas, tries = draw_betas(rng, hopeless, 10.0)
     assert tries == 100 and np.all(betas == 10.0)
 

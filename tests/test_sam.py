@@ -70,7 +70,7 @@ def _reference_masks(aligner, images, boxes, points):
         encoded = aligner.processor(images=[image], return_tensors="pt")
         with torch.inference_mode():
             embedding = aligner.model.get_image_embeddings(encoded["pixel_values"])
-            sx, sy = aligner._scale(*image.shape[:2])
+            sx, sy = aligner.input_scale(*image.shape[:2])
             kwargs = {"input_boxes": torch.tensor([[[box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy]]])}
             if pts is not None:
                 chosen = select_points(pts, aligner.max_points) * np.array([sx, sy])
@@ -99,14 +99,14 @@ def test_batched_sam_on_the_device_matches_the_per_image_processor_path(tiny_sam
         assert a.dtype == np.bool_ and a.shape == b.shape
         assert np.mean(a != b) < 1e-3  # float rounding of normalisation/batched kernels only
     # and the verdict inputs computed on the device equal the NumPy functions on those masks
-    from synthgen.filter import _mask_scores
+    from synthgen.filter import mask_scores
 
     people = [{"pixels": m.copy(), "keypoints_2d": np.c_[pts if pts is not None else np.zeros((0, 2)),
                                                           np.full(0 if pts is None else len(pts), 2.0)]}
               for m, pts in zip(reference, points)]
     import torch
 
-    scores = _mask_scores([torch.from_numpy(m) for m in ours], people)
+    scores = mask_scores([torch.from_numpy(m) for m in ours], people)
     for (iou, inside), mask, person in zip(scores, ours, people):
         assert iou == mask_iou(mask, person["pixels"])
         assert inside == keypoints_in_mask(person["keypoints_2d"], mask)
@@ -119,7 +119,7 @@ def test_sam_resizes_on_the_device_like_the_processor(tiny_sam):
 
     aligner = SamAligner(SamConfig(model=str(tiny_sam)), device="cpu")
     image = np.random.default_rng(1).integers(0, 256, (96, 64, 3), dtype=np.uint8)
-    ours = aligner._pixel_values([torch.from_numpy(image)])
+    ours = aligner.pixel_values([torch.from_numpy(image)])
     theirs = aligner.processor(images=[image], return_tensors="pt")["pixel_values"]
     assert ours.shape == theirs.shape
     # PIL's and torch's bilinear upsampling differ by a level here and there
@@ -191,10 +191,10 @@ def test_sam_resizes_a_batch_in_one_interpolation(tiny_sam, monkeypatch):
     aligner = SamAligner(SamConfig(model=str(tiny_sam)), device="cpu")
     rng = np.random.default_rng(1)
     images = [torch.from_numpy(rng.integers(0, 256, (96, 64, 3), dtype=np.uint8)) for _ in range(4)]
-    one_by_one = torch.cat([aligner._pixel_values([image]) for image in images])
+    one_by_one = torch.cat([aligner.pixel_values([image]) for image in images])
     calls = []
     interpolate = F.interpolate
     monkeypatch.setattr(F, "interpolate", lambda x, *a, **kw: calls.append(x.shape) or interpolate(x, *a, **kw))
-    batched = aligner._pixel_values(images + [torch.from_numpy(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))])
+    batched = aligner.pixel_values(images + [torch.from_numpy(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))])
     assert calls == [(4, 3, 96, 64), (1, 3, 48, 64)]  # one call per image size
     assert torch.equal(batched[:4], one_by_one)

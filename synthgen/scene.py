@@ -27,7 +27,7 @@ import numpy as np
 
 
 __all__ = ["BODY_INSTANCE", "NEAR_CLIP", "SCENE_PART_NAMES", "SceneMesh", "WorldParams", "build_scene",
-           "clip_near", "ground_contact", "scene_record"]
+           "clip_near", "ground_contact", "scene_record", "shadow_casters", "world_light"]
 
 SCENE_PART_NAMES = ["ground", "wall", "ceiling", "furniture"]
 BODY_INSTANCE = 1
@@ -311,6 +311,29 @@ def build_scene(config, rng: np.random.Generator, path_xy: np.ndarray, part_offs
     return b.mesh(kind, checker=dict(b.checker), sky=sky, description=description)
 
 
+
+
+# --- light ---------------------------------------------------------------------------------------
+_NO_SHADOW = ("none", "body", "ground", "floor", "ceiling")  # instances that cast no shadow
+
+
+def shadow_casters(scene: SceneMesh) -> np.ndarray:
+    """(G,) int64 indices of the scene faces that cast shadows: objects, furniture, props and
+    fences; not the ground, a room's floor, walls or ceiling (the sun lights a room's inside)."""
+    casts = np.array([not (name in _NO_SHADOW or name.startswith("wall_")) for name in scene.instance_names])
+    return np.flatnonzero(casts[scene.face_instance]) if len(scene.faces) else np.zeros(0, np.int64)
+
+
+def world_light(scene: SceneMesh, sun_world: np.ndarray, ambient: float, R: np.ndarray, t: np.ndarray,
+                K: np.ndarray) -> dict[str, Any]:
+    """What the shaded backends read to light and texture a scene seen by one camera: the sun
+    (toward it, world and camera frame), the sky ambient, the sky colours, world up in the camera
+    frame, the camera (K (3, 3); R (3, 3), t (3,): world -> camera) and the scene's instances.
+    One light set for single images and sequence views (:mod:`synthgen.generate.materials`)."""
+    R = np.asarray(R, dtype=np.float64)
+    return {"kind": scene.kind, "sun_cam": R @ sun_world, "sun_world": np.asarray(sun_world), "ambient": ambient,
+            "sky": scene.sky, "up_cam": R[:, 2].copy(), "K": np.asarray(K), "R": R, "t": np.asarray(t),
+            "instance_names": list(scene.instance_names), "instance_albedo": scene.instance_albedo}
 
 
 # --- labels --------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ furniture, crates, fences, :func:`synthgen.scene.shadow_casters`) are rasterised
 depth-only pass from a pinhole "sun camera" placed at least :data:`SUN_DISTANCE_M` (and 20 times
 the casters' radius) away along the sun direction, looking at them with a field of view just
 wide enough to hold them (their rays are parallel within 3 degrees); the map has one texel per
-:data:`TEXEL_M` of the casters' extent, from :data:`MAP_SIZE` to :data:`MAX_MAP_SIZE` a side.
+:data:`TEXEL_M` of the casters' extent, from :data:`MAP_SIZE` to :data:`MAX_MAP_SIZE` a side (and
+at most twice the image's side).
 Each visible scene pixel's 3D point is then moved into that camera and compared with the depth
 it sees there (vectorised NumPy): a caster nearer to the sun than the point shades it.
 """
@@ -82,8 +83,10 @@ def sun_visibility(vertices_cam: np.ndarray, faces: np.ndarray, depth: np.ndarra
     sun = np.asarray(sun_cam, dtype=np.float64) / np.linalg.norm(sun_cam)
     centre = (v.min(axis=0) + v.max(axis=0)) / 2
     radius = float(np.linalg.norm(v.max(axis=0) - v.min(axis=0))) / 2 + 0.05
-    if size is None:
-        size = int(np.clip(np.ceil(2.1 * radius / TEXEL_M), MAP_SIZE, MAX_MAP_SIZE))
+    height_px, width = depth.shape
+    if size is None:  # no finer than twice the image's resolution
+        largest = max(MAP_SIZE, min(MAX_MAP_SIZE, 2 * max(height_px, width)))
+        size = int(np.clip(np.ceil(2.1 * radius / TEXEL_M), MAP_SIZE, largest))
     distance = max(SUN_DISTANCE_M, 20.0 * radius)
     R = _look_along(-sun)  # the sun camera looks down the light rays
     eye = centre + distance * sun
@@ -91,7 +94,6 @@ def sun_visibility(vertices_cam: np.ndarray, faces: np.ndarray, depth: np.ndarra
     K_sun = np.array([[focal, 0.0, (size - 1) / 2], [0.0, focal, (size - 1) / 2], [0.0, 0.0, 1.0]])
     shadow_depth = rasterize(((v - eye) @ R.T).astype(np.float32), faces, K_sun, size, size, backend,
                              depth_only=True, cull_back_faces=cull_back_faces)["depth"]
-    height_px, width = depth.shape
     x0, y0, x1, y1 = _shadow_box(v, sun, np.asarray(up_cam, np.float64), camera_height, K, width, height_px)
     if x1 <= x0 or y1 <= y0:
         return out

@@ -24,6 +24,7 @@ from synthgen.labels import instance_record, view_record
 from synthgen.recipe import Histogram, Recipe, draw_count, recipe_hash
 from synthgen.render import layers as layer_ops
 from synthgen.render import layers_from_raster, rasterize, rasterize_with_scene, render_layers
+from synthgen.render.culling import closed_outward
 from synthgen.render.shadow import draw_sun, sun_visibility
 from synthgen.groups import combined_mesh, place_members
 from synthgen.scene import (GROUND_HALF_M, SCENE_PART_NAMES, SceneMesh, WorldParams, build_scene, ground_contact,
@@ -288,11 +289,11 @@ class ImageFactory:
         world = world_light(scene, sun_world, ambient, camera.R, camera.t, camera.K)
         casters = shadow_casters(scene)
         cull = None  # the people alone: culled when that is safe
-        if len(casters):  # only their vertices (the map holds every vertex); open shells: no culling
+        if len(casters):  # only their vertices (the map holds every vertex)
+            cull = closed_outward(vertices_cam, faces)  # and the scene's boxes are wound outward
             used, local = np.unique(scene.faces[casters], return_inverse=True)
             faces = np.concatenate([faces, local.reshape(-1, 3) + len(vertices_cam)])
             vertices_cam = np.concatenate([vertices_cam, scene_cam[used].astype(np.float32)])
-            cull = False
         layers["sunlit"] = sun_visibility(vertices_cam, faces, layers["depth"], layers["scene"], camera.K,
                                           world["sun_cam"], world["up_cam"], float(camera.position[2]),
                                           self.recipe.render.backend, step=2,  # the backend lights every other pixel

@@ -88,17 +88,23 @@ def _quad(corner: np.ndarray, u: np.ndarray, v: np.ndarray, cell: float = 1e9) -
 
 
 def _box(cx: float, cy: float, z0: float, sx: float, sy: float, sz: float, yaw: float) -> tuple[np.ndarray, np.ndarray]:
-    """An oriented box standing on z0: centre (cx, cy), sizes (sx, sy, sz), turned by yaw (rad)."""
+    """An oriented box standing on z0: centre (cx, cy), sizes (sx, sy, sz), turned by yaw (rad).
+    Every side is wound outward ((v1 - v0) x (v2 - v0) points out): a shadow map may cull it."""
     c, s = np.cos(yaw), np.sin(yaw)
     ex, ey, ez = np.array([c, s, 0.0]) * sx, np.array([-s, c, 0.0]) * sy, np.array([0.0, 0.0, sz])
     o = np.array([cx, cy, z0]) - ex / 2 - ey / 2
-    sides = [(o, ex, ey), (o + ez, ex, ey), (o, ex, ez), (o + ey, ex, ez), (o, ey, ez), (o + ex, ey, ez)]
-    verts, faces = [], []
-    for corner, u, v in sides:
-        vq, fq = _quad(corner, u, v)
-        faces.append(fq + sum(len(x) for x in verts))
-        verts.append(vq)
-    return np.concatenate(verts), np.concatenate(faces)
+    # each side as one cell of _quad(corner, u, v), which faces u x v, in one array operation
+    corner = np.stack([o, o + ez, o, o + ey, o, o + ex])[:, None]  # (6, 1, 3)
+    u = np.stack([ey, ex, ex, ez, ez, ey])[:, None]
+    v = np.stack([ex, ey, ez, ex, ey, ez])[:, None]
+    verts = corner + _CELL_A * u + _CELL_B * v  # (6, 4, 3)
+    return verts.reshape(-1, 3), (_CELL_FACES[None] + 4 * np.arange(6)[:, None, None]).reshape(-1, 3)
+
+
+# one _quad cell: its corners' (a, b) and its two faces
+_CELL_A = np.array([0.0, 0.0, 1.0, 1.0])[None, :, None]
+_CELL_B = np.array([0.0, 1.0, 0.0, 1.0])[None, :, None]
+_CELL_FACES = np.array([[0, 2, 3], [0, 3, 1]])
 
 
 class _Builder:

@@ -74,7 +74,7 @@ def sun_visibility(vertices_cam: np.ndarray, faces: np.ndarray, depth: np.ndarra
     side (None: from the casters' extent, see the module). step: test every step-th pixel (rows and
     columns from even multiples), each standing for its step x step block. cull_back_faces: draw
     only the casters' faces toward the sun (None: when :mod:`synthgen.render.culling` finds that
-    safe; pass False for casters that are not closed outward-wound surfaces, such as scene boxes).
+    safe; the scene's boxes are wound outward, so callers pass the people's verdict with them).
     """
     out = pixels.astype(np.uint8) * np.uint8(255)
     if not len(faces) or not pixels.any():

@@ -14,6 +14,7 @@ import numpy as np
 
 from synthgen.generate.materials import shade_scene
 from synthgen.generate.shaded import blinn_phong
+from synthgen.render.culling import closed_outward
 from synthgen.render.shadow import sun_visibility
 from synthgen.scene import BODY_INSTANCE, SceneMesh, shadow_casters, world_light
 
@@ -37,12 +38,12 @@ def shade_view(layers: dict, face_albedo: np.ndarray, face_spec: np.ndarray, sce
     scene_pixels = instance > BODY_INSTANCE
     casters_v, casters_f, cull = body_cam.astype(np.float32), body_faces, None
     chosen = shadow_casters(scene)
-    if len(chosen):  # the scene's objects too, in the same pass (open shells: no culling)
+    if len(chosen):  # the scene's objects too, in the same pass (boxes wound outward)
+        cull = closed_outward(casters_v, body_faces)
         used, local = np.unique(scene.faces[chosen], return_inverse=True)
         scene_cam = (scene.vertices[used] @ np.asarray(R).T + t).astype(np.float32)
         casters_f = np.concatenate([body_faces, local.reshape(-1, 3) + len(casters_v)])
         casters_v = np.concatenate([casters_v, scene_cam])
-        cull = False
     sunlit = sun_visibility(casters_v, casters_f, layers["depth"], scene_pixels, K, world["sun_cam"],
                             world["up_cam"], camera_height, backend, step=2, cull_back_faces=cull)
     scene_layers = {"scene_instance": np.where(scene_pixels, instance, np.uint8(0)), "depth": layers["depth"],

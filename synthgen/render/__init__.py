@@ -67,7 +67,7 @@ def rasterize(vertices_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, width:
               backend: str = "auto", depth_only: bool = False, cull_back_faces: bool | None = None) -> dict:
     """The raw raster of one mesh: ``triangle_id``, ``depth``, ``normal``, ``mask`` (see
     :mod:`synthgen.render.raster_gl`). vertices_cam (V, 3) camera frame; faces (F, 3); K (3, 3).
-    depth_only: no ``normal`` (a shadow map: cheaper).
+    depth_only: only ``depth`` and ``mask`` (a shadow map: cheaper).
 
     Back faces are skipped where they cannot be seen (:func:`culling.can_cull_back_faces`), or as
     ``cull_back_faces`` says when the caller knows.

@@ -283,10 +283,12 @@ def _read_back(fbo, kept: np.ndarray | None, width: int, height: int,
                box: tuple[int, int, int, int] | None, depth_only: bool = False) -> dict:
     """Read the attachments into the output dict (see module docstring), only inside ``box``
     (:func:`pixel_box`): nothing is drawn outside it, and llvmpipe's read-back of float
-    buffers costs about 2.5 ms per full 512x512 attachment. depth_only: no ``normal``."""
+    buffers costs about 2.5 ms per full 512x512 attachment. depth_only: only ``depth`` and
+    ``mask`` (no normals, no triangle ids)."""
     normal = None if depth_only else np.zeros((height, width, 3), np.float32)
     depth = np.zeros((height, width), np.float32)
-    tid = np.full((height, width), -1, np.int32)
+    tid = None if depth_only else np.full((height, width), -1, np.int32)
+    mask = np.zeros((height, width), bool)
     if box is not None:
         x0, y0, x1, y1 = box
         w, h = x1 - x0, y1 - y0
@@ -301,11 +303,12 @@ def _read_back(fbo, kept: np.ndarray | None, width: int, height: int,
             box_normal = np.empty((h, w, 3), np.float32)
             fbo.read_into(box_normal, viewport=(x0, y0, w, h), components=3, attachment=0, dtype="f4")
             cv2.copyTo(box_normal, drawn, normal[window])
-        tid[window] = raw - 1 if kept is None else np.concatenate([[-1], kept]).astype(np.int32)[raw]
-    out = dict(triangle_id=tid, depth=depth, mask=tid >= 0)
-    if normal is not None:
-        out["normal"] = normal
-    return out
+        if tid is not None:
+            tid[window] = raw - 1 if kept is None else np.concatenate([[-1], kept]).astype(np.int32)[raw]
+        mask[window] = drawn.view(bool)
+    if depth_only:
+        return dict(depth=depth, mask=mask)
+    return dict(triangle_id=tid, depth=depth, normal=normal, mask=tid >= 0)
 
 
 def gl_available() -> bool:
@@ -351,7 +354,7 @@ def rasterize(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray,
         K: (3,3) float pinhole intrinsics (last row [0, 0, 1]).
         width, height: image size in pixels.
         cull_back_faces: skip faces turned away from the camera (see module docstring).
-        depth_only: leave out ``normal`` (a shadow map): no vertex normals, no normal read-back.
+        depth_only: only ``depth`` and ``mask`` (a shadow map): no vertex normals, normals or ids.
 
     Returns:
         dict with ``triangle_id`` (H,W) int32, ``depth`` (H,W) float32,

@@ -61,7 +61,7 @@ def rasterize(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray,
         K: (3,3) float pinhole intrinsics.
         width, height: image size in pixels.
         cull_back_faces: skip faces turned away from the camera.
-        depth_only: leave out ``normal`` (a shadow map).
+        depth_only: only ``depth`` and ``mask`` (a shadow map).
 
     Returns:
         dict with ``triangle_id`` (H,W) int32, ``depth`` (H,W) float32,
@@ -74,20 +74,17 @@ def rasterize(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray,
         setup = _setup_faces(*_project(v, k), f, width, height, cull_back_faces)
         key = _zbuffer(setup, width, height)
         if depth_only:
-            return _depth_only(key, setup, width, height)
+            return _depth_only(key, width, height)
         return _shade(key, setup, v, f, k, width, height)
 
 
-def _depth_only(key, setup, width, height) -> dict:
-    """``triangle_id``, ``depth`` and ``mask`` of the z-buffer (see rasterize), no normals."""
+def _depth_only(key, width, height) -> dict:
+    """``depth`` and ``mask`` of the z-buffer (see rasterize): no normals, no triangle ids."""
     hw = width * height
     pix = (key != _EMPTY).nonzero().squeeze(1)
-    kk = key.index_select(0, pix)
-    ids = setup["ids"].index_select(0, kk & 0xFFFFFFFF)
-    depth = (kk >> 32).to(torch.int32).view(torch.float32)
-    tid = torch.full((hw,), -1, dtype=torch.int32).index_put_((pix,), ids.int()).numpy().reshape(height, width)
+    depth = (key.index_select(0, pix) >> 32).to(torch.int32).view(torch.float32)
     dep = torch.zeros(hw, dtype=torch.float32).index_put_((pix,), depth).numpy().reshape(height, width)
-    return dict(triangle_id=tid, depth=dep, mask=tid >= 0)
+    return dict(depth=dep, mask=dep > 0)
 
 
 def _project(v: torch.Tensor, k: torch.Tensor):

@@ -4,9 +4,9 @@ The sun is a directional light. The shadow casters (the subjects, and the scene'
 furniture, crates, fences, :func:`synthgen.scene.shadow_casters`) are rasterised in one
 depth-only pass from a pinhole "sun camera" placed at least :data:`SUN_DISTANCE_M` (and 20 times
 the casters' radius) away along the sun direction, looking at them with a field of view just
-wide enough to hold them (their rays are parallel within 3 degrees); the map has one texel per
-:data:`TEXEL_M` of the casters' extent, from :data:`MAP_SIZE` to :data:`MAX_MAP_SIZE` a side (and
-at most twice the image's side).
+wide enough to hold them (their rays are parallel within 3 degrees); the map is a rectangle with
+one texel per :data:`TEXEL_M` of the casters' extent across the light, from a quarter of
+:data:`MAP_SIZE` to :data:`MAX_MAP_SIZE` a side (and at most twice the image's side).
 Each visible scene pixel's 3D point is then moved into that camera and compared with the depth
 it sees there (vectorised NumPy): a caster nearer to the sun than the point shades it.
 """
@@ -83,16 +83,23 @@ def sun_visibility(vertices_cam: np.ndarray, faces: np.ndarray, depth: np.ndarra
     sun = np.asarray(sun_cam, dtype=np.float64) / np.linalg.norm(sun_cam)
     centre = (v.min(axis=0) + v.max(axis=0)) / 2
     radius = float(np.linalg.norm(v.max(axis=0) - v.min(axis=0))) / 2 + 0.05
-    height_px, width = depth.shape
-    if size is None:  # no finer than twice the image's resolution
-        largest = max(MAP_SIZE, min(MAX_MAP_SIZE, 2 * max(height_px, width)))
-        size = int(np.clip(np.ceil(2.1 * radius / TEXEL_M), MAP_SIZE, largest))
     distance = max(SUN_DISTANCE_M, 20.0 * radius)
     R = _look_along(-sun)  # the sun camera looks down the light rays
     eye = centre + distance * sun
-    focal = (size / 2) * distance / (1.05 * radius)
-    K_sun = np.array([[focal, 0.0, (size - 1) / 2], [0.0, focal, (size - 1) / 2], [0.0, 0.0, 1.0]])
-    shadow_depth = rasterize(((v - eye) @ R.T).astype(np.float32), faces, K_sun, size, size, backend,
+    v_sun = (v - eye) @ R.T
+    # the casters' extent across the light, (x, y) half sides in metres: a yard's spread-out
+    # objects fill a rectangle, and a tall person seen from a high sun a short one
+    half = np.abs(v_sun[:, :2] - (R @ (centre - eye))[:2]).max(axis=0) + 0.05
+    height_px, width = depth.shape
+    if size is None:  # one texel per TEXEL_M, no finer than twice the image's resolution
+        largest = max(MAP_SIZE, min(MAX_MAP_SIZE, 2 * max(height_px, width)))
+        map_w, map_h = (int(np.clip(np.ceil(2.1 * h / TEXEL_M), MAP_SIZE // 4, largest)) for h in half)
+    else:
+        map_w = map_h = size
+    near = distance - radius  # the casters' nearest depth from the sun: the widest projection
+    fx, fy = (map_w / 2) * near / (1.05 * half[0]), (map_h / 2) * near / (1.05 * half[1])
+    K_sun = np.array([[fx, 0.0, (map_w - 1) / 2], [0.0, fy, (map_h - 1) / 2], [0.0, 0.0, 1.0]])
+    shadow_depth = rasterize(v_sun.astype(np.float32), faces, K_sun, map_w, map_h, backend,
                              depth_only=True, cull_back_faces=cull_back_faces)["depth"]
     x0, y0, x1, y1 = _shadow_box(v, sun, np.asarray(up_cam, np.float64), camera_height, K, width, height_px)
     if x1 <= x0 or y1 <= y0:
@@ -113,7 +120,7 @@ def sun_visibility(vertices_cam: np.ndarray, faces: np.ndarray, depth: np.ndarra
     with np.errstate(divide="ignore", invalid="ignore"):
         u = np.rint(hom[0] / hom[2])
         w = np.rint(hom[1] / hom[2])
-    inside = pixels[box] & (u >= 0) & (u < size) & (w >= 0) & (w < size)
+    inside = pixels[box] & (u >= 0) & (u < map_w) & (w >= 0) & (w < map_h)
     ui = np.where(inside, u, 0).astype(np.int64)
     wi = np.where(inside, w, 0).astype(np.int64)
     caster = np.where(inside, shadow_depth[wi, ui], np.float32(0.0))

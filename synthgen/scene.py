@@ -335,8 +335,12 @@ def world_light(scene: SceneMesh, sun_world: np.ndarray, ambient: float, R: np.n
     """What the shaded backends read to light and texture a scene seen by one camera: the sun
     (toward it, world and camera frame), the sky ambient, the sky colours, world up in the camera
     frame, the camera (K (3, 3); R (3, 3), t (3,): world -> camera) and the scene's instances.
-    One light set for single images and sequence views (:mod:`synthgen.generate.materials`)."""
+    One light set for single images and sequence views (:mod:`synthgen.generate.materials`).
+    Inside a room the sky ambient (0.25-0.45, :func:`synthgen.render.shadow.draw_sun`) is raised to
+    0.45-0.6: light bounces off the walls, and walls facing away from the sun would look unlit."""
     R = np.asarray(R, dtype=np.float64)
+    if scene.kind == "room":
+        ambient = 0.45 + 0.75 * (ambient - 0.25)
     return {"kind": scene.kind, "sun_cam": R @ sun_world, "sun_world": np.asarray(sun_world), "ambient": ambient,
             "sky": scene.sky, "up_cam": R[:, 2].copy(), "K": np.asarray(K), "R": R, "t": np.asarray(t),
             "instance_names": list(scene.instance_names), "instance_albedo": scene.instance_albedo}

@@ -487,8 +487,8 @@ def main() -> None:
     print(f"# recipe {RECIPE.relative_to(ROOT)}: {recipe.image.width}x{recipe.image.height}, "
           f"render {recipe.render.backend} -> {resolve_backend(recipe.render.backend)}, "
           f"backend {recipe.backend.kind}, layers {','.join(recipe.output.layers)}")
-    print("# allocator: the stage table and the naive loop run here with glibc's defaults; generate's "
-          "workers keep freed memory mapped (synthgen.engine.memory)")
+    print("# allocator: the stage table (here) and the naive loop (its own process) run with glibc's "
+          "defaults; generate's workers keep freed memory mapped (synthgen.engine.memory)")
     print("# NOISE: the cores are shared with other work; rows differ run to run by ~10-30%, "
           "trust medians and ratios, not single digits.\n")
     print_transfer_bytes(["quickstart.yaml", "humanwild_sd15.yaml"])

@@ -27,7 +27,7 @@ import numpy as np
 
 
 __all__ = ["BODY_INSTANCE", "NEAR_CLIP", "SCENE_PART_NAMES", "SceneMesh", "WorldParams", "build_scene",
-           "clip_near", "ground_contact", "scene_record", "shadow_casters", "world_light"]
+           "clip_near", "ground_contact", "scene_ambient", "scene_record", "shadow_casters", "world_light"]
 
 SCENE_PART_NAMES = ["ground", "wall", "ceiling", "furniture"]
 BODY_INSTANCE = 1
@@ -330,6 +330,11 @@ def shadow_casters(scene: SceneMesh) -> np.ndarray:
     return np.flatnonzero(casts[scene.face_instance]) if len(scene.faces) else np.zeros(0, np.int64)
 
 
+def scene_ambient(kind: str, ambient: float) -> float:
+    """The sky ambient a scene of ``kind`` is lit with: a room's raised to 0.45-0.6 (bounce light)."""
+    return 0.45 + 0.75 * (ambient - 0.25) if kind == "room" else ambient
+
+
 def world_light(scene: SceneMesh, sun_world: np.ndarray, ambient: float, R: np.ndarray, t: np.ndarray,
                 K: np.ndarray) -> dict[str, Any]:
     """What the shaded backends read to light and texture a scene seen by one camera: the sun
@@ -339,8 +344,7 @@ def world_light(scene: SceneMesh, sun_world: np.ndarray, ambient: float, R: np.n
     Inside a room the sky ambient (0.25-0.45, :func:`synthgen.render.shadow.draw_sun`) is raised to
     0.45-0.6: light bounces off the walls, and walls facing away from the sun would look unlit."""
     R = np.asarray(R, dtype=np.float64)
-    if scene.kind == "room":
-        ambient = 0.45 + 0.75 * (ambient - 0.25)
+    ambient = scene_ambient(scene.kind, ambient)
     return {"kind": scene.kind, "sun_cam": R @ sun_world, "sun_world": np.asarray(sun_world), "ambient": ambient,
             "sky": scene.sky, "up_cam": R[:, 2].copy(), "K": np.asarray(K), "R": R, "t": np.asarray(t),
             "instance_names": list(scene.instance_names), "instance_albedo": scene.instance_albedo}

@@ -57,6 +57,7 @@ from synthgen.sequences.imu import imu_readings
 from synthgen.sequences.motion import Motion, MotionFileBank, draw_motion
 from synthgen.sequences.rigs import (SOCKET_BONES, Lens, MountTrack, build_lens, mount_offset, sim_rate,
                                      simulate_mounts, standoff_offset)
+from synthgen.scene import scene_ambient
 from synthgen.sequences.scene import BODY_INSTANCE, SCENE_PART_NAMES, SceneMesh, build_scene, clip_near
 from synthgen.sequences.shading import shade_view
 from synthgen.sequences.views import ControlNetViews, sequence_prompt
@@ -87,7 +88,7 @@ class Sequence:
     body_face_albedo: np.ndarray   # (F_body, 3) float32
     body_face_specular: np.ndarray
     sun_world: np.ndarray          # (3,) unit, toward the sun (render.shadow.draw_sun)
-    ambient: float                 # sky ambient
+    ambient: float                 # sky ambient as drawn (scene.world_light raises a room's)
     material_seed: int             # the scene's materials (generate.materials), the same every frame
     gain: float
     noise_seed: int
@@ -230,7 +231,8 @@ class SequenceFactory:
             body_face_specular=appearance["specular"].astype(np.float32)[face_parts],
             sun_world=sun, ambient=ambient, material_seed=material_seed, gain=gain, noise_seed=noise_seed,
             appearance=appearance["summary"] | {"light_dir_world": np.round(sun, 4).tolist(),
-                                                "ambient": round(ambient, 4), "gain": round(gain, 4),
+                                                "ambient": round(scene_ambient(scene.kind, ambient), 4),
+                                                "gain": round(gain, 4),
                                                 "scene_materials": {name: m[0] for name, m in
                                                                     zip(scene.instance_names[2:], materials[2:])}},
             labels={})

@@ -52,5 +52,5 @@ def shade_view(layers: dict, face_albedo: np.ndarray, face_spec: np.ndarray, sce
     if body.any():
         ids = tri[body]
         out[body] = blinn_phong(layers["normal"][body], world["sun_cam"], face_albedo[ids], face_spec[ids],
-                                seq.ambient)
+                                world["ambient"])
     return out

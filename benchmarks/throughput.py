@@ -528,11 +528,17 @@ def main() -> None:
         for workers, kind, base in runs:
             g = generate_rates(base, workers, gen_n)
             what = f"workers={workers}" + ("" if kind == recipe.backend.kind else f", backend {kind}")
+            # t(2N) - t(N) shrinks to nothing when the load drops during the 2N run: a marginal rate
+            # above 1.5 x the steady one is such a case, left out of the medians
+            unreliable = not g["marginal"] <= 1.5 * g["steady"]
+            if unreliable:
+                g["marginal"] = float("nan")
             g |= {"steady_x": g["steady"] / naive["rate"], "marginal_x": g["marginal"] / naive["rate"],
                   "cpu_x": 2 * naive["cpu_ms"] / g["cpu_ms"] if workers == 2 else float("nan")}
             rows_by_what[what].append(g)
             print(f"      {what}: steady {g['steady']:.2f}/s = {g['steady_x']:.2f}x, marginal {g['marginal']:.2f}/s"
                   f" = {g['marginal_x']:.2f}x, {g['cpu_ms']:.0f} ms CPU/sample (t {g['t_n']:.1f}/{g['t_2n']:.1f} s)"
+                  + (", marginal UNRELIABLE (t2N - tN too small or negative)" if unreliable else "")
                   + (f", {g['errors']} failed" if g["errors"] else "")
                   + (f", load {os.getloadavg()[0]:.1f}"), flush=True)
             rss[f"generate {what}"] = (g["rss_main_mb"], g["rss_worker_mb"] if workers > 1 else 0)

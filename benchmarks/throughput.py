@@ -13,18 +13,22 @@ Prints, in order:
 3. bytes per sample crossing from a loader process to the device process: the whole prepared
    sample (before) and what ``ImageFactory.transferable`` sends (after), pickled, for the
    quickstart (shaded) and humanwild_sd15 (ControlNet) recipes (``--bytes-only``: just this);
-4. throughput: the naive per-sample loop (one process, Anny at batch 1, a second render pass,
-   PIL's default PNG/JPEG encoders and webdataset's default encoder) and
-   :func:`synthgen.run.generate` with workers=1 and 2, each run in a fresh process as the CLI
-   would: wall samples/s for N and 2N samples, the marginal rate N / (t(2N) - t(N)), which
-   cancels the start-up (imports, body model, GL probe, worker spawn) but differences two wall
-   times that each vary by seconds, and the steady rate from the 2N run's shard sidecars
-   (``workers x shard size / median shard time``, each worker's first shard left out), which
-   cancels the start-up without that noise;
+4. throughput, measured the same way on both sides and interleaved (``--repeats``, each repeat: the
+   naive loop, then generate for each ``--workers``): the naive per-sample loop (one process, Anny
+   at batch 1, a second render pass, PIL's default PNG/JPEG encoders and webdataset's default
+   encoder) and :func:`synthgen.run.generate`, each in a fresh process with the caller's
+   environment (default threads) as a user would run them, start-up left out of both: the naive
+   loop is timed after 2 warm-up samples; generate gives the marginal rate N / (t(2N) - t(N)),
+   which cancels its start-up (imports, body model, GL probe, worker spawn) but differences two
+   wall times that each vary by seconds, and the steady rate from the 2N run's shard sidecars
+   (``workers x shard size / median shard time``, each worker's first shard left out). Ratios are
+   taken within a repeat (the neighbours in time share the machine's load) and printed per repeat,
+   then as median (min-max); so are CPU ms per sample (process CPU, all threads and workers), whose
+   ratio (2 x naive / generate with 2 workers) load moves far less than wall rates;
 5. Anny model start (cold in an empty cache, skipped with --quick/--skip-cold; warm) and peak
    resident memory.
 
-    python benchmarks/throughput.py [--quick] [--samples 64] [--gen-samples 256] [--skip-cold]
+    python benchmarks/throughput.py [--quick] [--samples 64] [--gen-samples 256] [--skip-cold] [--repeats 3]
 
 ``--quick`` (under ~2 minutes on 2 idle cores): 32 measured samples, 16 naive samples, generate on
 32/64 samples in shards of 16 (the full run: 64, 64, 256/512 in the recipe's shards of 64). Numbers on a shared machine are noisy: compare medians, and rerun
@@ -70,18 +74,32 @@ from pathlib import Path
 from synthgen.recipe import load_recipe
 from synthgen.run import generate
 recipe = load_recipe(sys.argv[1], json.loads(sys.argv[2]))
+def cpu():
+    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
 with tempfile.TemporaryDirectory() as out:
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu()
     manifest = generate(recipe, out, workers=int(sys.argv[3]), progress=False)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, cpu() - cpu_start
     shards = [json.loads(p.read_text()) for p in sorted(Path(out, "shards").glob("*.json"))]
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so it would report the parent's peak
 hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]
 rss_self = int(hwm[0].split()[1]) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"seconds": seconds, "written": manifest["num_samples_written"],
+print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "written": manifest["num_samples_written"],
                   "shard_seconds": [s["seconds"] for s in shards], "shard_sizes": [s["stop"] - s["start"] for s in shards],
                   "errors": manifest["num_errors"], "rss_self_mb": rss_self,
                   "rss_children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+"""
+
+
+# The naive loop in a fresh process with the caller's environment (default threads), as a user
+# would run it: the same conditions as a generate run; only the loop after its warm-up is timed.
+_NAIVE_SNIPPET = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from throughput import naive_baseline
+from synthgen.recipe import load_recipe
+print(json.dumps(naive_baseline(load_recipe(sys.argv[2], json.loads(sys.argv[3])), int(sys.argv[4]))))
 """
 
 
@@ -303,8 +321,10 @@ def print_stage_table(rows: list[tuple]) -> None:
 
 
 # --- naive baseline ----------------------------------------------------------------------------
-def naive_baseline(recipe) -> float:
-    """One process, batch 1, two render passes, default PIL/webdataset encoders: samples/s."""
+def naive_baseline(recipe, warmup: int = 2) -> dict:
+    """One process, batch 1, two render passes, default PIL/webdataset encoders, over
+    ``recipe.num_samples`` samples after ``warmup`` more (the GL context, first-call costs):
+    ``rate`` samples/s and ``cpu_ms`` process CPU per sample (all threads) of the timed ones."""
     import webdataset as wds
     from PIL import Image
 
@@ -317,9 +337,10 @@ def naive_baseline(recipe) -> float:
     batch, anny_body.BATCH = anny_body.BATCH, 1
     try:
         with tempfile.TemporaryDirectory() as out:
-            start = time.perf_counter()
             with wds.TarWriter(os.path.join(out, "naive.tar")) as sink:
-                for index in range(recipe.num_samples):
+                for index in range(recipe.num_samples + warmup):
+                    if index == warmup:
+                        start, cpu_start = time.perf_counter(), time.process_time()
                     subject = model.pose([model.draw(recipe.seed, index)])[0]  # batch of one
                     sample = factory.prepare(index, [subject])
                     factory.finish([sample])
@@ -334,9 +355,20 @@ def naive_baseline(recipe) -> float:
                         Image.fromarray(sample["layers"][name]).save(buf, format="PNG")
                         record[f"{name}.png"] = buf.getvalue()
                     sink.write(record)
-            return recipe.num_samples / (time.perf_counter() - start)
+            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+            return {"rate": recipe.num_samples / seconds, "cpu_ms": 1e3 * cpu / recipe.num_samples}
     finally:
         anny_body.BATCH = batch
+
+
+def naive_run(overrides: list[str]) -> dict:
+    """:func:`naive_baseline` in a fresh process (the caller's environment)."""
+    out = subprocess.run([sys.executable, "-c", _NAIVE_SNIPPET, str(Path(__file__).parent), str(RECIPE),
+                          json.dumps(overrides), "2"], env=_USER_ENV, capture_output=True, text=True, cwd=ROOT,
+                         check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"naive loop failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # --- generate ----------------------------------------------------------------------------------
@@ -365,7 +397,9 @@ def generate_rates(base: list[str], workers: int, n: int) -> dict:
     one = generate_run(base + [f"num_samples={n}"], workers)
     two = generate_run(base + [f"num_samples={2 * n}"], workers)
     extra = two["seconds"] - one["seconds"]
+    extra_cpu = two["cpu_seconds"] - one["cpu_seconds"]
     return {"wall_n": n / one["seconds"], "wall_2n": 2 * n / two["seconds"],
+            "cpu_ms": 1e3 * extra_cpu / n if extra_cpu > 0 else float("nan"),
             "marginal": n / extra if extra > 0 else float("nan"), "t_n": one["seconds"], "t_2n": two["seconds"],
             "steady": steady_rate(two, workers),
             "rss_main_mb": max(one["rss_self_mb"], two["rss_self_mb"]),
@@ -422,6 +456,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--skip-cold", action="store_true", help="skip the ~50 s Anny cold start")
     parser.add_argument("--skip-generate", action="store_true")
+    parser.add_argument("--skip-stages", action="store_true", help="no per-stage table")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved naive/generate repeats (3; quick 2)")
+    parser.add_argument("--shard-size", type=int, default=None,
+                        help="generate's shard size (quick 16, else the recipe's): steady needs a few per worker")
     parser.add_argument("--bytes-only", action="store_true",
                         help="only the bytes-per-sample table (loader process -> device process)")
     args = parser.parse_args()
@@ -429,7 +467,9 @@ def main() -> None:
     naive_n = args.naive_samples or (16 if args.quick else 64)
     gen_n = args.gen_samples or (32 if args.quick else 256)
     # quick: shards of 16 so that even N=32 gives 2 workers a shard each
-    gen_base = ["output.shard_size=16"] if args.quick else []
+    shard_size = args.shard_size or (16 if args.quick else None)
+    gen_base = [f"output.shard_size={shard_size}"] if shard_size else []
+    args.repeats = args.repeats or (2 if args.quick else 3)
 
     # one worker's conditions: one torch thread, one llvmpipe thread (set before any GL context)
     os.environ.setdefault("LP_NUM_THREADS", "1")
@@ -447,60 +487,83 @@ def main() -> None:
     print(f"# recipe {RECIPE.relative_to(ROOT)}: {recipe.image.width}x{recipe.image.height}, "
           f"render {recipe.render.backend} -> {resolve_backend(recipe.render.backend)}, "
           f"backend {recipe.backend.kind}, layers {','.join(recipe.output.layers)}")
-    print("# allocator: the stage table and the naive loop run here with glibc's defaults; generate's "
-          "workers keep freed memory mapped (synthgen.engine.memory)")
+    print("# allocator: the stage table (here) and the naive loop (its own process) run with glibc's "
+          "defaults; generate's workers keep freed memory mapped (synthgen.engine.memory)")
     print("# NOISE: the cores are shared with other work; rows differ run to run by ~10-30%, "
           "trust medians and ratios, not single digits.\n")
     print_transfer_bytes(["quickstart.yaml", "humanwild_sd15.yaml"])
     if args.bytes_only:
         return
 
-    print(f"## Per-stage, one process, torch threads {torch.get_num_threads()}, LP_NUM_THREADS "
-          f"{os.environ['LP_NUM_THREADS']}; {samples} samples after {args.warmup} warm-up "
-          f"(cpu ms = process CPU, all threads)", flush=True)
-    rows, notes = stage_table(recipe, samples, args.warmup)
-    print_stage_table(rows)
-    for note in notes:
-        print(f"# {note}")
-    leaves = sorted((r for r in rows if r[5]), key=lambda r: -r[1])
-    print("# top 3 stages: " + "; ".join(f"{r[0]} {r[1]:.1f} ms" for r in leaves[:3]))
-    ceiling = 1e3 / next(r[1] for r in rows if r[0] == "= sum of stages")
-    print(f"# one worker's ceiling from the table: {ceiling:.1f} samples/s\n", flush=True)
+    if not args.skip_stages:
+        print(f"## Per-stage, one process, torch threads {torch.get_num_threads()}, LP_NUM_THREADS "
+              f"{os.environ['LP_NUM_THREADS']}; {samples} samples after {args.warmup} warm-up "
+              f"(cpu ms = process CPU, all threads)", flush=True)
+        rows, notes = stage_table(recipe, samples, args.warmup)
+        print_stage_table(rows)
+        for note in notes:
+            print(f"# {note}")
+        leaves = sorted((r for r in rows if r[5]), key=lambda r: -r[1])
+        print("# top 3 stages: " + "; ".join(f"{r[0]} {r[1]:.1f} ms" for r in leaves[:3]))
+        ceiling = 1e3 / next(r[1] for r in rows if r[0] == "= sum of stages")
+        print(f"# one worker's ceiling from the table: {ceiling:.1f} samples/s\n", flush=True)
 
-    print("## Throughput (samples/s)", flush=True)
-    out_rows = []
-    naive = naive_baseline(load_recipe(RECIPE, [f"num_samples={naive_n}"]))
-    out_rows.append((f"naive per-sample loop, 1 process ({naive_n} samples)", f"{naive:.2f}"))
-    print(f"{out_rows[-1][0]}: {out_rows[-1][1]}", flush=True)
+    print("## Throughput (samples/s): naive loop and generate, interleaved, each in a fresh process with "
+          "the caller's environment; start-up left out of both", flush=True)
+    print(f"# {args.repeats} repeats of: naive ({naive_n} samples after 2 warm-up) -> generate workers="
+          f"{','.join(map(str, args.workers))} (N={gen_n} and 2N; steady from the 2N run's shard times, "
+          "marginal N/(t2N-tN)); ratios within a repeat", flush=True)
+    rows_by_what: dict[str, list[dict]] = defaultdict(list)
+    naive_rates, naive_cpu = [], []
     rss = {}
-    if not args.skip_generate:
-        runs = [(w, recipe.backend.kind, gen_base) for w in args.workers]
-        if not args.quick:
-            runs.append((max(args.workers), "none", ["backend.kind=none"]))
+    runs = [] if args.skip_generate else [(w, recipe.backend.kind, gen_base) for w in args.workers]
+    if runs and not args.quick:
+        runs.append((max(args.workers), "none", gen_base + ["backend.kind=none"]))
+    for repeat in range(args.repeats):
+        naive = naive_run([f"num_samples={naive_n}"])
+        naive_rates.append(naive["rate"])
+        naive_cpu.append(naive["cpu_ms"])
+        print(f"[{repeat + 1}/{args.repeats}] load {os.getloadavg()[0]:.1f}  naive {naive['rate']:.2f}/s "
+              f"({naive['cpu_ms']:.0f} ms CPU/sample)", flush=True)
         for workers, kind, base in runs:
             g = generate_rates(base, workers, gen_n)
-            what = f"generate workers={workers}" + ("" if kind == recipe.backend.kind else f", backend {kind}")
-            out_rows.append((f"{what}: wall, {gen_n} / {2 * gen_n} samples",
-                             f"{g['wall_n']:.2f} / {g['wall_2n']:.2f}  ({g['t_n']:.1f} s / {g['t_2n']:.1f} s)"))
-            out_rows.append((f"{what}: steady, from shard times", f"{g['steady']:.2f}  = "
-                             f"{g['steady'] / naive:.2f}x naive"))
-            out_rows.append((f"{what}: marginal N/(t2N-tN)",
-                             f"{g['marginal']:.2f}  = {g['marginal'] / naive:.2f}x naive"
-                             + (f"  ({g['errors']} failed samples)" if g["errors"] else "")
-                             # start-up varies by seconds: a short run can make t(2N) - t(N) meaningless
-                             + ("  UNRELIABLE: above workers x the table's ceiling, raise --gen-samples"
-                                if kind == recipe.backend.kind and g["marginal"] > 1.2 * workers * ceiling
-                                else "")))
-            for row in out_rows[-3:]:
-                print(f"{row[0]}: {row[1]}", flush=True)
-            # with workers=1 the only child is the GL probe: no worker to report
-            rss[f"generate workers={workers} ({kind})"] = (g["rss_main_mb"], g["rss_worker_mb"] if workers > 1 else 0)
+            what = f"workers={workers}" + ("" if kind == recipe.backend.kind else f", backend {kind}")
+            # t(2N) - t(N) shrinks to nothing when the load drops during the 2N run: a marginal rate
+            # above 1.5 x the steady one is such a case, left out of the medians
+            unreliable = not g["marginal"] <= 1.5 * g["steady"]
+            if unreliable:
+                g["marginal"] = float("nan")
+            g |= {"steady_x": g["steady"] / naive["rate"], "marginal_x": g["marginal"] / naive["rate"],
+                  "cpu_x": 2 * naive["cpu_ms"] / g["cpu_ms"] if workers == 2 else float("nan")}
+            rows_by_what[what].append(g)
+            print(f"      {what}: steady {g['steady']:.2f}/s = {g['steady_x']:.2f}x, marginal {g['marginal']:.2f}/s"
+                  f" = {g['marginal_x']:.2f}x, {g['cpu_ms']:.0f} ms CPU/sample (t {g['t_n']:.1f}/{g['t_2n']:.1f} s)"
+                  + (", marginal UNRELIABLE (t2N - tN too small or negative)" if unreliable else "")
+                  + (f", {g['errors']} failed" if g["errors"] else "")
+                  + (f", load {os.getloadavg()[0]:.1f}"), flush=True)
+            rss[f"generate {what}"] = (g["rss_main_mb"], g["rss_worker_mb"] if workers > 1 else 0)
 
+    def spread(values) -> str:
+        values = np.asarray(values, dtype=float)
+        return f"{np.nanmedian(values):.2f}  ({np.nanmin(values):.2f}-{np.nanmax(values):.2f})"
+
+    out_rows = [(f"naive per-sample loop, 1 process ({naive_n} samples): samples/s", spread(naive_rates)),
+                ("naive per-sample loop: CPU ms/sample", spread(naive_cpu))]
+    for what, gs in rows_by_what.items():
+        out_rows += [(f"generate {what}: steady samples/s", spread([g["steady"] for g in gs])),
+                     (f"generate {what}: steady / naive (same repeat)", spread([g["steady_x"] for g in gs])),
+                     (f"generate {what}: marginal samples/s", spread([g["marginal"] for g in gs])),
+                     (f"generate {what}: marginal / naive (same repeat)", spread([g["marginal_x"] for g in gs])),
+                     (f"generate {what}: CPU ms/sample (2N - N)", spread([g["cpu_ms"] for g in gs]))]
+        if what == "workers=2":
+            out_rows.append((f"generate {what}: CPU proxy 2 x naive CPU / generate CPU",
+                             spread([g["cpu_x"] for g in gs])))
+    print("# median (min-max) over the repeats")
     if not (args.quick or args.skip_cold):
         with tempfile.TemporaryDirectory() as cache:
             out_rows.append(("Anny model start, cold (empty cache)", f"{anny_start_seconds(cache):.1f} s"))
     out_rows.append(("Anny model start, warm", f"{anny_start_seconds(str(_warm_cache())):.2f} s"))
-    out_rows.append(("peak RSS, this process (stage table + naive)",
+    out_rows.append(("peak RSS, this process (stage table)",
                      f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"))
     for what, (main_mb, worker_mb) in rss.items():
         out_rows.append((f"peak RSS, {what}: main / largest worker",

@@ -24,10 +24,11 @@ from synthgen.labels import instance_record, view_record
 from synthgen.recipe import Histogram, Recipe, draw_count, recipe_hash
 from synthgen.render import layers as layer_ops
 from synthgen.render import layers_from_raster, rasterize, rasterize_with_scene, render_layers
+from synthgen.render.culling import closed_outward
 from synthgen.render.shadow import draw_sun, sun_visibility
 from synthgen.groups import combined_mesh, place_members
 from synthgen.scene import (GROUND_HALF_M, SCENE_PART_NAMES, SceneMesh, WorldParams, build_scene, ground_contact,
-                            scene_record)
+                            scene_record, shadow_casters, world_light)
 from synthgen.seeding import attempt_seed, label_threads, member_seed, sample_rng, sample_seed
 from synthgen.subjects.base import PosedSubject
 from synthgen.subjects import build_subject_model, subject_part_names
@@ -207,7 +208,8 @@ class ImageFactory:
         encoding = dict(normal_background=r.render.normal_background, edges_source=r.render.edges_source,
                         scene_normal=scene_normal, with_shaded=self.wants_shaded)
         if scene is not None and len(scene.faces):
-            raw = rasterize_with_scene(vertices_cam, faces, camera.to_camera(scene.vertices), scene.faces, camera.K,
+            scene_cam = camera.to_camera(scene.vertices)
+            raw = rasterize_with_scene(vertices_cam, faces, scene_cam, scene.faces, camera.K,
                                        camera.width, camera.height, r.render.backend)
             layers = layers_from_raster(raw, np.concatenate([face_parts, scene.face_part]),
                                         (r.render.canny_low, r.render.canny_high), r.render.normal_convention,
@@ -220,7 +222,7 @@ class ImageFactory:
             if r.backend.kind == "shaded":  # scene materials per pixel; one sun, the people's shadows
                 layers["scene_instance"] = np.where(layers["scene"], scene.face_instance[
                     np.clip(tri - len(faces), 0, len(scene.faces) - 1)], 0).astype(np.uint8)
-                self._sunlight(sample, layers, vertices_cam, faces)
+                self._sunlight(sample, layers, vertices_cam, faces, scene_cam)
         else:
             layers = render_layers(vertices_cam, faces, face_parts, camera.K, camera.width, camera.height,
                                    r.render.backend, (r.render.canny_low, r.render.canny_high),
@@ -276,22 +278,27 @@ class ImageFactory:
         return bool(np.any(occluder & (layers["depth"][box] < float(camera_points[:, 2].max()))))
 
     def _sunlight(self, sample: dict[str, Any], layers: dict[str, Any], vertices_cam: np.ndarray,
-                  faces: np.ndarray) -> None:
+                  faces: np.ndarray, scene_cam: np.ndarray) -> None:
         """The shaded backend's world light: a sun drawn from the sample's ``light`` stream and
-        ``layers["sunlit"]`` (H, W) uint8, 255 where a scene pixel sees the sun past the people
-        (a shadow-map pass, :func:`synthgen.render.shadow.sun_visibility`), 0 in their shadows."""
+        ``layers["sunlit"]`` (H, W) uint8, 255 where a scene pixel sees the sun past the people and
+        the scene's objects (one shadow-map pass, :func:`synthgen.render.shadow.sun_visibility`), 0
+        in their shadows. scene_cam (S, 3): the scene's vertices in the camera frame."""
         camera, scene = sample["camera"], sample["scene"]
         seed = attempt_seed(self.recipe.seed, sample["attempt"])
         sun_world, ambient = draw_sun(sample_rng(seed, sample["index"], "light"))
-        sun_cam = camera.R @ sun_world
-        pixels = layers["scene"]
-        layers["sunlit"] = sun_visibility(vertices_cam, faces, layers["depth"], pixels, camera.K, sun_cam,
-                                          camera.R[:, 2], float(camera.position[2]), self.recipe.render.backend,
-                                          step=2)  # the shaded backend lights every other pixel
-        sample["world"] = {"kind": scene.kind, "sun_cam": sun_cam, "sun_world": sun_world, "ambient": ambient,
-                           "sky": scene.sky, "up_cam": camera.R[:, 2].copy(), "K": camera.K, "R": camera.R,
-                           "t": camera.t, "instance_names": list(scene.instance_names),
-                           "instance_albedo": scene.instance_albedo}
+        world = world_light(scene, sun_world, ambient, camera.R, camera.t, camera.K)
+        casters = shadow_casters(scene)
+        cull = None  # the people alone: culled when that is safe
+        if len(casters):  # only their vertices (the map holds every vertex)
+            cull = closed_outward(vertices_cam, faces)  # and the scene's boxes are wound outward
+            used, local = np.unique(scene.faces[casters], return_inverse=True)
+            faces = np.concatenate([faces, local.reshape(-1, 3) + len(vertices_cam)])
+            vertices_cam = np.concatenate([vertices_cam, scene_cam[used].astype(np.float32)])
+        layers["sunlit"] = sun_visibility(vertices_cam, faces, layers["depth"], layers["scene"], camera.K,
+                                          world["sun_cam"], world["up_cam"], float(camera.position[2]),
+                                          self.recipe.render.backend, step=2,  # the backend lights every other pixel
+                                          cull_back_faces=cull)
+        sample["world"] = world
 
     def labels(self, sample: dict[str, Any]) -> dict[str, Any]:
         """The sample's view record (an instance per member) with the sample-level fields."""

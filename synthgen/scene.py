@@ -27,7 +27,7 @@ import numpy as np
 
 
 __all__ = ["BODY_INSTANCE", "NEAR_CLIP", "SCENE_PART_NAMES", "SceneMesh", "WorldParams", "build_scene",
-           "clip_near", "ground_contact", "scene_record"]
+           "clip_near", "ground_contact", "scene_ambient", "scene_record", "shadow_casters", "world_light"]
 
 SCENE_PART_NAMES = ["ground", "wall", "ceiling", "furniture"]
 BODY_INSTANCE = 1
@@ -88,17 +88,23 @@ def _quad(corner: np.ndarray, u: np.ndarray, v: np.ndarray, cell: float = 1e9) -
 
 
 def _box(cx: float, cy: float, z0: float, sx: float, sy: float, sz: float, yaw: float) -> tuple[np.ndarray, np.ndarray]:
-    """An oriented box standing on z0: centre (cx, cy), sizes (sx, sy, sz), turned by yaw (rad)."""
+    """An oriented box standing on z0: centre (cx, cy), sizes (sx, sy, sz), turned by yaw (rad).
+    Every side is wound outward ((v1 - v0) x (v2 - v0) points out): a shadow map may cull it."""
     c, s = np.cos(yaw), np.sin(yaw)
     ex, ey, ez = np.array([c, s, 0.0]) * sx, np.array([-s, c, 0.0]) * sy, np.array([0.0, 0.0, sz])
     o = np.array([cx, cy, z0]) - ex / 2 - ey / 2
-    sides = [(o, ex, ey), (o + ez, ex, ey), (o, ex, ez), (o + ey, ex, ez), (o, ey, ez), (o + ex, ey, ez)]
-    verts, faces = [], []
-    for corner, u, v in sides:
-        vq, fq = _quad(corner, u, v)
-        faces.append(fq + sum(len(x) for x in verts))
-        verts.append(vq)
-    return np.concatenate(verts), np.concatenate(faces)
+    # each side as one cell of _quad(corner, u, v), which faces u x v, in one array operation
+    corner = np.stack([o, o + ez, o, o + ey, o, o + ex])[:, None]  # (6, 1, 3)
+    u = np.stack([ey, ex, ex, ez, ez, ey])[:, None]
+    v = np.stack([ex, ey, ez, ex, ey, ez])[:, None]
+    verts = corner + _CELL_A * u + _CELL_B * v  # (6, 4, 3)
+    return verts.reshape(-1, 3), (_CELL_FACES[None] + 4 * np.arange(6)[:, None, None]).reshape(-1, 3)
+
+
+# one _quad cell: its corners' (a, b) and its two faces
+_CELL_A = np.array([0.0, 0.0, 1.0, 1.0])[None, :, None]
+_CELL_B = np.array([0.0, 1.0, 0.0, 1.0])[None, :, None]
+_CELL_FACES = np.array([[0, 2, 3], [0, 3, 1]])
 
 
 class _Builder:
@@ -311,6 +317,37 @@ def build_scene(config, rng: np.random.Generator, path_xy: np.ndarray, part_offs
     return b.mesh(kind, checker=dict(b.checker), sky=sky, description=description)
 
 
+
+
+# --- light ---------------------------------------------------------------------------------------
+_NO_SHADOW = ("none", "body", "ground", "floor", "ceiling")  # instances that cast no shadow
+
+
+def shadow_casters(scene: SceneMesh) -> np.ndarray:
+    """(G,) int64 indices of the scene faces that cast shadows: objects, furniture, props and
+    fences; not the ground, a room's floor, walls or ceiling (the sun lights a room's inside)."""
+    casts = np.array([not (name in _NO_SHADOW or name.startswith("wall_")) for name in scene.instance_names])
+    return np.flatnonzero(casts[scene.face_instance]) if len(scene.faces) else np.zeros(0, np.int64)
+
+
+def scene_ambient(kind: str, ambient: float) -> float:
+    """The sky ambient a scene of ``kind`` is lit with: a room's raised to 0.45-0.6 (bounce light)."""
+    return 0.45 + 0.75 * (ambient - 0.25) if kind == "room" else ambient
+
+
+def world_light(scene: SceneMesh, sun_world: np.ndarray, ambient: float, R: np.ndarray, t: np.ndarray,
+                K: np.ndarray) -> dict[str, Any]:
+    """What the shaded backends read to light and texture a scene seen by one camera: the sun
+    (toward it, world and camera frame), the sky ambient, the sky colours, world up in the camera
+    frame, the camera (K (3, 3); R (3, 3), t (3,): world -> camera) and the scene's instances.
+    One light set for single images and sequence views (:mod:`synthgen.generate.materials`).
+    Inside a room the sky ambient (0.25-0.45, :func:`synthgen.render.shadow.draw_sun`) is raised to
+    0.45-0.6: light bounces off the walls, and walls facing away from the sun would look unlit."""
+    R = np.asarray(R, dtype=np.float64)
+    ambient = scene_ambient(scene.kind, ambient)
+    return {"kind": scene.kind, "sun_cam": R @ sun_world, "sun_world": np.asarray(sun_world), "ambient": ambient,
+            "sky": scene.sky, "up_cam": R[:, 2].copy(), "K": np.asarray(K), "R": R, "t": np.asarray(t),
+            "instance_names": list(scene.instance_names), "instance_albedo": scene.instance_albedo}
 
 
 # --- labels --------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from synthgen.images import ImageFactory
 from synthgen.render import raster_gl
 from synthgen.scene import SCENE_PART_NAMES, SceneMesh
 from tests.fixtures.recipes import small_recipe
+from tests.fixtures.shadows import shadow_footprint
 
 BACKENDS = ["torch", pytest.param("gl", marks=pytest.mark.skipif(not raster_gl.gl_available(),
                                                                    reason="no EGL context here"))]
@@ -174,6 +175,48 @@ def test_shaded_ground_under_a_person_is_darker_than_away_from_people():
         ratios.append(luminance[shadow].mean() / luminance[away & band].mean())
     assert len(ratios) >= 2
     assert max(ratios) < 0.8, ratios
+
+
+def test_scene_objects_cast_shadows_on_the_ground_in_the_same_pass():
+    """Ground pixels in the geometric shadow of a yard's objects (crates, pillars, benches, fences:
+    not of the person) are darker than the same ground away from every shadow."""
+    import cv2
+
+    from synthgen.scene import shadow_casters
+
+    factory = ImageFactory(small_recipe(scene={"geometry": "yard", "objects": [6, 9]}, backend={"kind": "shaded"},
+                                        image={"width": 192, "height": 192},
+                                        camera={"high_view_prob": 1.0, "high_elevation_deg": [40.0, 60.0]}))
+    samples = _samples(factory, list(range(8)))
+    factory.finish(samples)
+    ratios = []
+    for sample in samples:
+        scene, camera, world = sample["scene"], sample["camera"], sample["world"]
+        shape = sample["layers"]["mask"].shape
+        sun = np.asarray(world["sun_world"], dtype=np.float64)
+        casters = shadow_casters(scene)
+        objects = shadow_footprint(scene.vertices, scene.faces[casters], sun, camera.R, camera.t, camera.K, shape)
+        people = np.zeros(shape, bool)
+        for member in sample["subjects"]:
+            people |= shadow_footprint(member.vertices, factory.subject_model.mesh(member)[0], sun, camera.R,
+                                       camera.t, camera.K, shape)
+        tri, faces = sample["layers"]["triangle_id"], len(sample["faces"])  # [0, faces): the people
+        scene_face = np.clip(tri - faces, 0, len(scene.faces) - 1)
+        ground = (tri >= faces) & (scene.face_instance[scene_face] == scene.instance_names.index("ground"))
+        kernel = np.ones((5, 5), np.uint8)
+        inside = ground & (cv2.erode(objects.astype(np.uint8), kernel) > 0) & ~(cv2.dilate(
+            people.astype(np.uint8), kernel) > 0)
+        away = ground & (cv2.dilate((objects | people).astype(np.uint8), np.ones((15, 15), np.uint8)) == 0)
+        if inside.sum() < 40 or away.sum() < 300:
+            continue
+        luminance = sample["image"].astype(np.float64).mean(axis=2)
+        depth = sample["layers"]["depth"]  # compare like with like: the same range of distances
+        band = (depth > np.percentile(depth[inside], 5) * 0.9) & (depth < np.percentile(depth[inside], 95) * 1.1)
+        if (away & band).sum() < 100:
+            continue
+        ratios.append(luminance[inside].mean() / luminance[away & band].mean())
+    assert len(ratios) >= 3, ratios
+    assert np.median(ratios) < 0.8, ratios
 
 
 def test_scene_records_and_part_names(tmp_path):

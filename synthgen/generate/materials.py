@@ -40,7 +40,7 @@ def choose_materials(rng: np.random.Generator, kind: str, names: list[str],
         else:
             material = "wood" if rng.random() < 0.3 else "paint"
         colour = {"grass": lambda: _hsv(rng, (35, 55), (0.45, 0.8), (0.3, 0.6)),
-                  "asphalt": lambda: np.full(3, rng.uniform(0.18, 0.35), np.float32),
+                  "asphalt": lambda: np.full(3, rng.uniform(0.3, 0.48), np.float32),
                   "wood": lambda: _hsv(rng, (8, 20), (0.4, 0.7), (0.35, 0.7))}.get(material, lambda: base)()
         size = {"tiles": rng.uniform(0.3, 0.8), "wood": rng.uniform(0.12, 0.22)}.get(material, 0.5)
         out.append((material, np.asarray(colour, dtype=np.float32), float(size)))
@@ -185,8 +185,10 @@ def _shade_scene_at(inst: np.ndarray, depth: np.ndarray, normal: np.ndarray, sun
         albedo[sel] = texture(material, base, size, a[sel], b[sel], footprint[sel], grid)
     sun = np.asarray(world["sun_cam"], dtype=np.float32)
     lit = sunlit.astype(np.float32) * np.float32(1.0 / 255.0)
-    diffuse = np.maximum(cv2.transform(normal, sun[None]), np.float32(0.0))[..., 0] * lit
-    ambient = np.float32(world["ambient"]) * (np.float32(0.75) + np.float32(0.25) * cv2.transform(normal, up[None])[..., 0])
+    # cv2.transform with a (1, 3) matrix gives an (H, W) image: one channel, no trailing axis
+    diffuse = np.maximum(cv2.transform(normal, sun[None]).reshape(height, width), np.float32(0.0)) * lit
+    facing_up = cv2.transform(normal, up[None]).reshape(height, width)
+    ambient = np.float32(world["ambient"]) * (np.float32(0.75) + np.float32(0.25) * facing_up)
     shading = ambient + np.float32(1.0 - world["ambient"]) * diffuse
     cv2.copyTo(albedo * shading[..., None], scene.view(np.uint8), out)
     used = {names[i]: materials[i][0] for i in present}

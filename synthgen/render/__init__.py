@@ -65,15 +65,17 @@ def _rasterizer(backend: str) -> Callable:
 
 
 def rasterize(vertices_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, width: int, height: int,
-              backend: str = "auto") -> dict:
+              backend: str = "auto", depth_only: bool = False, cull_back_faces: bool | None = None) -> dict:
     """The raw raster of one mesh: ``triangle_id``, ``depth``, ``normal``, ``mask`` (see
     :mod:`synthgen.render.raster_gl`). vertices_cam (V, 3) camera frame; faces (F, 3); K (3, 3).
+    depth_only: only ``depth`` and ``mask`` (a shadow map: cheaper).
 
-    Back faces are skipped where they cannot be seen (:func:`culling.can_cull_back_faces`).
+    Back faces are skipped where they cannot be seen (:func:`culling.can_cull_back_faces`), or as
+    ``cull_back_faces`` says when the caller knows.
     """
     vertices_cam = vertices_cam.astype(np.float32)
-    cull = culling.can_cull_back_faces(vertices_cam, faces, NEAR)
-    return _rasterizer(backend)(vertices_cam, faces, K, width, height, cull_back_faces=cull)
+    cull = culling.can_cull_back_faces(vertices_cam, faces, NEAR) if cull_back_faces is None else cull_back_faces
+    return _rasterizer(backend)(vertices_cam, faces, K, width, height, cull_back_faces=cull, depth_only=depth_only)
 
 
 def rasterize_with_scene(vertices_cam: np.ndarray, faces: np.ndarray, scene_vertices_cam: np.ndarray,

@@ -79,3 +79,9 @@ def can_cull_back_faces(vertices_cam: np.ndarray, faces: np.ndarray, near: float
 
 
 _topology_verdict = PerFaces(_verdict_by_bytes)  # by array first: hashing a body's faces is slow
+
+
+def closed_outward(vertices: np.ndarray, faces: np.ndarray) -> bool:
+    """:func:`is_closed_outward`, cached per topology: whether a camera outside the surface (a
+    shadow map's sun) may skip its back faces."""
+    return _topology_verdict(faces, vertices)

@@ -204,7 +204,7 @@ class GLRasterizer:
         return self._vao
 
     def rasterize(self, vertices: np.ndarray, faces: np.ndarray, K: np.ndarray,
-                  width: int, height: int, cull_back_faces: bool = False) -> dict:
+                  width: int, height: int, cull_back_faces: bool = False, depth_only: bool = False) -> dict:
         """Rasterise; arguments and outputs as :func:`rasterize`."""
         pos = np.ascontiguousarray(vertices, dtype=np.float32).reshape(-1, 3)
         faces = np.asarray(faces)
@@ -213,10 +213,12 @@ class GLRasterizer:
         kept = _kept_faces(pos, faces)
         idx = np.ascontiguousarray(faces if kept is None else faces[kept], dtype=np.int32)
         with self._context():  # make current: several instances may coexist
-            fbo = self._draw(pos, faces, idx, K, width, height, cull_back_faces)
-            return _read_back(fbo, kept, width, height, pixel_box(pos, K, width, height) if len(idx) else None)
+            fbo = self._draw(pos, faces, idx, K, width, height, cull_back_faces, depth_only)
+            return _read_back(fbo, kept, width, height, pixel_box(pos, K, width, height) if len(idx) else None,
+                              depth_only)
 
-    def _draw(self, pos, faces, idx, K, width: int, height: int, cull_back_faces: bool = False):
+    def _draw(self, pos, faces, idx, K, width: int, height: int, cull_back_faces: bool = False,
+              depth_only: bool = False):
         """Render kept faces idx (F',3) int32 into the cached FBO; return it."""
         import moderngl
 
@@ -229,7 +231,9 @@ class GLRasterizer:
         if len(idx):
             proj = projection_matrix(K, width, height)
             self._prog["proj"].write(proj.T.astype("f4").tobytes())  # column-major
-            vao = self._vertex_array(pos, vertex_normals(pos, faces), idx)
+            # depth only: zero normals (the shader then writes -ray, never read back)
+            normals = np.zeros_like(pos) if depth_only else vertex_normals(pos, faces)
+            vao = self._vertex_array(pos, normals, idx)
             vao.render(moderngl.TRIANGLES, vertices=3 * len(idx))
         return fbo
 
@@ -276,27 +280,34 @@ def pixel_box(pos: np.ndarray, K: np.ndarray, width: int, height: int) -> tuple[
 
 
 def _read_back(fbo, kept: np.ndarray | None, width: int, height: int,
-               box: tuple[int, int, int, int] | None) -> dict:
+               box: tuple[int, int, int, int] | None, depth_only: bool = False) -> dict:
     """Read the attachments into the output dict (see module docstring), only inside ``box``
     (:func:`pixel_box`): nothing is drawn outside it, and llvmpipe's read-back of float
-    buffers costs about 2.5 ms per full 512x512 attachment."""
-    normal = np.zeros((height, width, 3), np.float32)
+    buffers costs about 2.5 ms per full 512x512 attachment. depth_only: only ``depth`` and
+    ``mask`` (no normals, no triangle ids)."""
+    normal = None if depth_only else np.zeros((height, width, 3), np.float32)
     depth = np.zeros((height, width), np.float32)
-    tid = np.full((height, width), -1, np.int32)
+    tid = None if depth_only else np.full((height, width), -1, np.int32)
+    mask = np.zeros((height, width), bool)
     if box is not None:
         x0, y0, x1, y1 = box
         w, h = x1 - x0, y1 - y0
         window = (slice(y0, y1), slice(x0, x1))
         raw = np.empty((h, w), np.int32)
         fbo.read_into(raw, viewport=(x0, y0, w, h), components=1, attachment=2, dtype="i4")
-        box_normal = np.empty((h, w, 3), np.float32)
         box_depth = np.empty((h, w), np.float32)
-        fbo.read_into(box_normal, viewport=(x0, y0, w, h), components=3, attachment=0, dtype="f4")
         fbo.read_into(box_depth, viewport=(x0, y0, w, h), components=1, attachment=1, dtype="f4")
         drawn = (raw != 0).view(np.uint8)  # normal and depth hold an older frame elsewhere
         np.multiply(box_depth, drawn, out=depth[window])
-        cv2.copyTo(box_normal, drawn, normal[window])
-        tid[window] = raw - 1 if kept is None else np.concatenate([[-1], kept]).astype(np.int32)[raw]
+        if normal is not None:
+            box_normal = np.empty((h, w, 3), np.float32)
+            fbo.read_into(box_normal, viewport=(x0, y0, w, h), components=3, attachment=0, dtype="f4")
+            cv2.copyTo(box_normal, drawn, normal[window])
+        if tid is not None:
+            tid[window] = raw - 1 if kept is None else np.concatenate([[-1], kept]).astype(np.int32)[raw]
+        mask[window] = drawn.view(bool)
+    if depth_only:
+        return dict(depth=depth, mask=mask)
     return dict(triangle_id=tid, depth=depth, normal=normal, mask=tid >= 0)
 
 
@@ -334,7 +345,7 @@ def get_rasterizer() -> GLRasterizer:
 
 
 def rasterize(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray,
-              width: int, height: int, cull_back_faces: bool = False) -> dict:
+              width: int, height: int, cull_back_faces: bool = False, depth_only: bool = False) -> dict:
     """Rasterise a triangle mesh given in the OpenCV camera frame.
 
     Args:
@@ -343,9 +354,10 @@ def rasterize(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray,
         K: (3,3) float pinhole intrinsics (last row [0, 0, 1]).
         width, height: image size in pixels.
         cull_back_faces: skip faces turned away from the camera (see module docstring).
+        depth_only: only ``depth`` and ``mask`` (a shadow map): no vertex normals, normals or ids.
 
     Returns:
         dict with ``triangle_id`` (H,W) int32, ``depth`` (H,W) float32,
         ``normal`` (H,W,3) float32, ``mask`` (H,W) bool (see module docstring).
     """
-    return get_rasterizer().rasterize(vertices, faces, K, width, height, cull_back_faces)
+    return get_rasterizer().rasterize(vertices, faces, K, width, height, cull_back_faces, depth_only)

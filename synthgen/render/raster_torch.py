@@ -52,7 +52,7 @@ _EMPTY = torch.iinfo(torch.int64).max
 
 
 def rasterize(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray,
-              width: int, height: int, cull_back_faces: bool = False) -> dict:
+              width: int, height: int, cull_back_faces: bool = False, depth_only: bool = False) -> dict:
     """Rasterise a triangle mesh given in the OpenCV camera frame.
 
     Args:
@@ -61,6 +61,7 @@ def rasterize(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray,
         K: (3,3) float pinhole intrinsics.
         width, height: image size in pixels.
         cull_back_faces: skip faces turned away from the camera.
+        depth_only: only ``depth`` and ``mask`` (a shadow map).
 
     Returns:
         dict with ``triangle_id`` (H,W) int32, ``depth`` (H,W) float32,
@@ -72,7 +73,18 @@ def rasterize(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray,
     with torch.no_grad():
         setup = _setup_faces(*_project(v, k), f, width, height, cull_back_faces)
         key = _zbuffer(setup, width, height)
+        if depth_only:
+            return _depth_only(key, width, height)
         return _shade(key, setup, v, f, k, width, height)
+
+
+def _depth_only(key, width, height) -> dict:
+    """``depth`` and ``mask`` of the z-buffer (see rasterize): no normals, no triangle ids."""
+    hw = width * height
+    pix = (key != _EMPTY).nonzero().squeeze(1)
+    depth = (key.index_select(0, pix) >> 32).to(torch.int32).view(torch.float32)
+    dep = torch.zeros(hw, dtype=torch.float32).index_put_((pix,), depth).numpy().reshape(height, width)
+    return dict(depth=dep, mask=dep > 0)
 
 
 def _project(v: torch.Tensor, k: torch.Tensor):

@@ -1,10 +1,14 @@
-"""Sunlight and the subjects' shadows on the scene: a shadow-map pass with the same rasteriser.
+"""Sunlight and shadows on the scene: a shadow-map pass with the same rasteriser.
 
-The sun is a directional light. The shadow casters (the subjects) are rasterised from a pinhole
-"sun camera" placed :data:`SUN_DISTANCE_M` away along the sun direction, looking at them with a
-field of view just wide enough to hold them (over a few metres the rays are parallel within a
-degree); each visible scene pixel's 3D point is then moved into that camera and compared with
-the depth it sees there (vectorised NumPy): a caster nearer to the sun than the point shades it.
+The sun is a directional light. The shadow casters (the subjects, and the scene's objects:
+furniture, crates, fences, :func:`synthgen.scene.shadow_casters`) are rasterised in one
+depth-only pass from a pinhole "sun camera" placed at least :data:`SUN_DISTANCE_M` (and 20 times
+the casters' radius) away along the sun direction, looking at them with a field of view just
+wide enough to hold them (their rays are parallel within 3 degrees); the map is a rectangle with
+one texel per :data:`TEXEL_M` of the casters' extent across the light, from a quarter of
+:data:`MAP_SIZE` to :data:`MAX_MAP_SIZE` a side (and at most twice the image's side).
+Each visible scene pixel's 3D point is then moved into that camera and compared with the depth
+it sees there (vectorised NumPy): a caster nearer to the sun than the point shades it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import numpy as np
 from synthgen.render import rasterize
 
 SUN_DISTANCE_M = 100.0
-MAP_SIZE = 256  # shadow-map pixels a side
+MAP_SIZE = 256  # shadow-map pixels a side, at least
+MAX_MAP_SIZE = 1024  # and at most
+TEXEL_M = 0.01  # wanted texel size: the map grows with the casters up to MAX_MAP_SIZE
 BIAS_M = 0.03  # a point must lie this far behind the caster's surface to be in its shadow
 
 
@@ -56,15 +62,19 @@ def _shadow_box(v: np.ndarray, sun: np.ndarray, up: np.ndarray, height: float, K
 
 def sun_visibility(vertices_cam: np.ndarray, faces: np.ndarray, depth: np.ndarray, pixels: np.ndarray,
                    K: np.ndarray, sun_cam: np.ndarray, up_cam: np.ndarray, camera_height: float,
-                   backend: str = "auto", size: int = MAP_SIZE, step: int = 1) -> np.ndarray:
+                   backend: str = "auto", size: int | None = None, step: int = 1,
+                   cull_back_faces: bool | None = None) -> np.ndarray:
     """(H, W) uint8: 255 where a pixel of ``pixels`` sees the sun past the casters, 0 in their
     shadow (and 0 outside ``pixels``).
 
     vertices_cam (V, 3), faces (F, 3): the casters, camera frame; depth (H, W) metric z; pixels
     (H, W) bool, the receivers (scene pixels); K (3, 3); sun_cam (3,) unit direction toward the sun
     in the camera frame; up_cam (3,) world up in the camera frame and camera_height (metres): the
-    ground, which bounds where a shadow can fall (only that image box is tested). step: test every
-    step-th pixel (rows and columns from even multiples), each standing for its step x step block.
+    ground, which bounds where a shadow can fall (only that image box is tested). size: the map's
+    side (None: from the casters' extent, see the module). step: test every step-th pixel (rows and
+    columns from even multiples), each standing for its step x step block. cull_back_faces: draw
+    only the casters' faces toward the sun (None: when :mod:`synthgen.render.culling` finds that
+    safe; the scene's boxes are wound outward, so callers pass the people's verdict with them).
     """
     out = pixels.astype(np.uint8) * np.uint8(255)
     if not len(faces) or not pixels.any():
@@ -73,12 +83,24 @@ def sun_visibility(vertices_cam: np.ndarray, faces: np.ndarray, depth: np.ndarra
     sun = np.asarray(sun_cam, dtype=np.float64) / np.linalg.norm(sun_cam)
     centre = (v.min(axis=0) + v.max(axis=0)) / 2
     radius = float(np.linalg.norm(v.max(axis=0) - v.min(axis=0))) / 2 + 0.05
+    distance = max(SUN_DISTANCE_M, 20.0 * radius)
     R = _look_along(-sun)  # the sun camera looks down the light rays
-    eye = centre + SUN_DISTANCE_M * sun
-    focal = (size / 2) * SUN_DISTANCE_M / (1.05 * radius)
-    K_sun = np.array([[focal, 0.0, (size - 1) / 2], [0.0, focal, (size - 1) / 2], [0.0, 0.0, 1.0]])
-    shadow_depth = rasterize(((v - eye) @ R.T).astype(np.float32), faces, K_sun, size, size, backend)["depth"]
+    eye = centre + distance * sun
+    v_sun = (v - eye) @ R.T
+    # the casters' extent across the light, (x, y) half sides in metres: a yard's spread-out
+    # objects fill a rectangle, and a tall person seen from a high sun a short one
+    half = np.abs(v_sun[:, :2] - (R @ (centre - eye))[:2]).max(axis=0) + 0.05
     height_px, width = depth.shape
+    if size is None:  # one texel per TEXEL_M, no finer than twice the image's resolution
+        largest = max(MAP_SIZE, min(MAX_MAP_SIZE, 2 * max(height_px, width)))
+        map_w, map_h = (int(np.clip(np.ceil(2.1 * h / TEXEL_M), MAP_SIZE // 4, largest)) for h in half)
+    else:
+        map_w = map_h = size
+    near = distance - radius  # the casters' nearest depth from the sun: the widest projection
+    fx, fy = (map_w / 2) * near / (1.05 * half[0]), (map_h / 2) * near / (1.05 * half[1])
+    K_sun = np.array([[fx, 0.0, (map_w - 1) / 2], [0.0, fy, (map_h - 1) / 2], [0.0, 0.0, 1.0]])
+    shadow_depth = rasterize(v_sun.astype(np.float32), faces, K_sun, map_w, map_h, backend,
+                             depth_only=True, cull_back_faces=cull_back_faces)["depth"]
     x0, y0, x1, y1 = _shadow_box(v, sun, np.asarray(up_cam, np.float64), camera_height, K, width, height_px)
     if x1 <= x0 or y1 <= y0:
         return out
@@ -98,7 +120,7 @@ def sun_visibility(vertices_cam: np.ndarray, faces: np.ndarray, depth: np.ndarra
     with np.errstate(divide="ignore", invalid="ignore"):
         u = np.rint(hom[0] / hom[2])
         w = np.rint(hom[1] / hom[2])
-    inside = pixels[box] & (u >= 0) & (u < size) & (w >= 0) & (w < size)
+    inside = pixels[box] & (u >= 0) & (u < map_w) & (w >= 0) & (w < map_h)
     ui = np.where(inside, u, 0).astype(np.int64)
     wi = np.where(inside, w, 0).astype(np.int64)
     caster = np.where(inside, shadow_depth[wi, ui], np.float32(0.0))

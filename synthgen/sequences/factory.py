@@ -43,11 +43,13 @@ import numpy as np
 
 from synthgen import encode
 from synthgen.errors import UserError
+from synthgen.generate.materials import choose_materials
 from synthgen.generate.shaded import draw_appearance
 from synthgen.labels import instance_record, view_record
 from synthgen.recipe import Recipe, recipe_hash
 from synthgen.render import layers as layer_ops
 from synthgen.render import derive_layers, render_layers
+from synthgen.render.shadow import draw_sun
 from synthgen.seeding import label_threads, sample_rng, sample_seed
 from synthgen.sequences.bodies import (PosedFrames, frames_model, ground_heights, seat_under, sitting_shift,
                                        take_frames)
@@ -55,6 +57,7 @@ from synthgen.sequences.imu import imu_readings
 from synthgen.sequences.motion import Motion, MotionFileBank, draw_motion
 from synthgen.sequences.rigs import (SOCKET_BONES, Lens, MountTrack, build_lens, mount_offset, sim_rate,
                                      simulate_mounts, standoff_offset)
+from synthgen.scene import scene_ambient
 from synthgen.sequences.scene import BODY_INSTANCE, SCENE_PART_NAMES, SceneMesh, build_scene, clip_near
 from synthgen.sequences.shading import shade_view
 from synthgen.sequences.views import ControlNetViews, sequence_prompt
@@ -84,8 +87,9 @@ class Sequence:
     mounts: list[dict[str, Any]]   # per mount: jittered offset/look, for the labels
     body_face_albedo: np.ndarray   # (F_body, 3) float32
     body_face_specular: np.ndarray
-    light_world: np.ndarray        # (3,) unit, toward the light
-    ambient: float
+    sun_world: np.ndarray          # (3,) unit, toward the sun (render.shadow.draw_sun)
+    ambient: float                 # sky ambient as drawn (scene.world_light raises a room's)
+    material_seed: int             # the scene's materials (generate.materials), the same every frame
     gain: float
     noise_seed: int
     appearance: dict[str, Any]
@@ -213,10 +217,11 @@ class SequenceFactory:
         # materials (fixed for the sequence), light fixed in the world
         app_rng = sample_rng(seed, s, "appearance")
         appearance = draw_appearance(app_rng, self.subject_model.part_names)
-        az, el = app_rng.uniform(-np.pi, np.pi), np.radians(app_rng.uniform(35.0, 75.0))
-        light = np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
-        ambient, gain = float(app_rng.uniform(0.3, 0.5)), float(app_rng.uniform(0.9, 1.1))
-        noise_seed = int(app_rng.integers(2**63))
+        sun, ambient = draw_sun(app_rng)  # the single-image light set, fixed in the world
+        gain = float(app_rng.uniform(0.9, 1.1))
+        noise_seed, material_seed = int(app_rng.integers(2**63)), int(app_rng.integers(2**63))
+        materials = choose_materials(np.random.default_rng(material_seed), scene.kind, scene.instance_names,
+                                     scene.instance_albedo)  # what shading.shade_view draws again per view
         face_parts = self.subject_model.face_parts
         seq = Sequence(
             index=s, motion=motion, posed=posed, translation=translation, sub_posed=sub_posed,
@@ -224,9 +229,12 @@ class SequenceFactory:
             frame_steps=frame_steps, imu=imu, mounts=mounts,
             body_face_albedo=appearance["albedo"].astype(np.float32)[face_parts],
             body_face_specular=appearance["specular"].astype(np.float32)[face_parts],
-            light_world=light, ambient=ambient, gain=gain, noise_seed=noise_seed,
-            appearance=appearance["summary"] | {"light_dir_world": np.round(light, 4).tolist(),
-                                                "ambient": round(ambient, 4), "gain": round(gain, 4)},
+            sun_world=sun, ambient=ambient, material_seed=material_seed, gain=gain, noise_seed=noise_seed,
+            appearance=appearance["summary"] | {"light_dir_world": np.round(sun, 4).tolist(),
+                                                "ambient": round(scene_ambient(scene.kind, ambient), 4),
+                                                "gain": round(gain, 4),
+                                                "scene_materials": {name: m[0] for name, m in
+                                                                    zip(scene.instance_names[2:], materials[2:])}},
             labels={})
         seq.labels = self._sequence_labels(seq, draw)
         if self.prompter is not None:
@@ -328,7 +336,8 @@ class SequenceFactory:
         if shade:
             albedo = np.concatenate([seq.body_face_albedo, scene.instance_albedo[scene.face_instance]])[src]
             spec = np.concatenate([seq.body_face_specular, np.full(len(scene.faces), 0.05, np.float32)])[src]
-            view["image_float"] = shade_view(layers, albedo, spec, instance, scene, seq, R, t, K)
+            view["image_float"] = shade_view(layers, albedo, spec, scene, seq, R, t, K, body, faces,
+                                             float(c2w[2, 3]), r.render.backend)
         if lens.remaps:
             view["layers"] = self._remap_layers(layers, lens)
             if shade:

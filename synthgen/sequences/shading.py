@@ -1,64 +1,56 @@
-"""Weight-free images of sequence views: the shaded backend with a world-fixed light and scene.
+"""Weight-free images of sequence views: the single-image shaded backend's light set, materials
+and shadows, with the sun fixed in the world for the whole sequence.
 
-The per-pixel light model is :func:`synthgen.generate.shaded.blinn_phong`, the one the
-single-image shaded backend uses.
+The body is lit by :func:`synthgen.generate.shaded.blinn_phong` (the single-image body model);
+the scene by :func:`synthgen.generate.materials.shade_scene` (procedural tiles, grass, asphalt,
+wood, plaster, paint; sun plus sky ambient; sky by ray elevation), with the shadows of the body
+and the scene's objects from one shadow-map pass (:func:`synthgen.render.shadow.sun_visibility`).
+The materials are drawn from a per-sequence seed, so every frame and camera sees the same ones.
 """
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
+from synthgen.generate.materials import shade_scene
 from synthgen.generate.shaded import blinn_phong
-from synthgen.sequences.scene import SceneMesh
+from synthgen.render.culling import closed_outward
+from synthgen.render.shadow import sun_visibility
+from synthgen.scene import BODY_INSTANCE, SceneMesh, shadow_casters, world_light
 
 
-def shade_view(layers: dict, face_albedo: np.ndarray, face_spec: np.ndarray, face_instance: np.ndarray,
-               scene: SceneMesh, seq, R: np.ndarray, t: np.ndarray, K: np.ndarray) -> np.ndarray:
-    """(H, W, 3) float32 linear-ish RGB of one pinhole render: Lambert + Blinn-Phong under the
-    sequence's world-fixed light, floor tiles in world coordinates, sky where nothing was hit."""
-    tri = layers["triangle_id"]
-    covered = tri >= 0
-    ids = np.where(covered, tri, 0)
-    n = layers["normal"]
-    light = (R @ seq.light_world).astype(np.float32)
-    albedo = face_albedo.astype(np.float32, copy=False)[ids]
-    h, w = tri.shape
-    dirs = _pixel_directions(K.tobytes(), w, h)  # (H, W, 3) K^-1 [u, v, 1]
-    if scene.checker:  # back-project the tiled floors' pixels to the world for the pattern
-        sizes = np.zeros(256, np.float32)
-        sizes[list(scene.checker)] = 1.0 / np.asarray(list(scene.checker.values()), dtype=np.float32)
-        inv_tile = sizes[face_instance[ids]]
-        flat = np.flatnonzero(covered & (inv_tile > 0))
-        if len(flat):
-            cam = dirs.reshape(-1, 3)[flat] * layers["depth"].reshape(-1)[flat][:, None]
-            Rxy = R[:, :2].astype(np.float32)
-            world = (cam @ Rxy - (t @ R[:, :2]).astype(np.float32)) * inv_tile.reshape(-1)[flat][:, None]
-            cell = np.floor(world)
-            frac = np.abs(world - cell - np.float32(0.5))
-            parity = (cell[:, 0] + cell[:, 1]) % 2
-            factor = np.where(parity > 0, np.float32(1.08), np.float32(0.92))
-            factor[(frac > 0.485).any(axis=1)] = 0.7  # grout lines
-            albedo.reshape(-1, 3)[flat] *= factor[:, None]
-    out = np.zeros(n.shape, dtype=np.float32)
-    out[covered] = blinn_phong(n[covered], light, albedo[covered],
-                               face_spec.astype(np.float32, copy=False)[ids[covered]], seq.ambient)
-    if scene.sky is not None and not covered.all():  # sky gradient by ray elevation
-        empty = ~covered
-        rays = dirs[empty]
-        up = np.sqrt(np.clip((rays @ R[:, 2].astype(np.float32)) / np.sqrt((rays * rays).sum(axis=1)), 0.0, 1.0))
-        horizon, zenith = (np.asarray(c, dtype=np.float32) for c in scene.sky)
-        out[empty] = horizon + up[:, None] * (zenith - horizon)
-    return out
+def shade_view(layers: dict, face_albedo: np.ndarray, face_spec: np.ndarray, scene: SceneMesh, seq,
+               R: np.ndarray, t: np.ndarray, K: np.ndarray, body_cam: np.ndarray, body_faces: np.ndarray,
+               camera_height: float, backend: str) -> np.ndarray:
+    """(H, W, 3) float32 linear-ish RGB in [0, ~1] of one pinhole render of body and scene.
 
-
-@functools.lru_cache(maxsize=16)
-def _pixel_directions(K_bytes: bytes, width: int, height: int) -> np.ndarray:
-    """(H, W, 3) float32 K^-1 [c, r, 1] of every pixel centre (cached per camera)."""
-    K = np.frombuffer(K_bytes, dtype=np.float64).reshape(3, 3)
-    rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
-    pix = np.stack([cols, rows, np.ones_like(cols)], axis=-1) @ np.linalg.inv(K).T
-    out = pix.astype(np.float32)
-    out.flags.writeable = False
+    layers: the render's ``normal``, ``depth``, ``triangle_id`` and ``instance`` (H, W) uint8
+    (0 none, :data:`BODY_INSTANCE` body, 2+ scene instances); face_albedo (F, 3) and face_spec (F,)
+    float32 per raster face (only the body's are read); R (3, 3), t (3,): world -> camera;
+    K (3, 3); body_cam (V, 3) float32 and body_faces (F_body, 3): the body in the camera frame (a
+    shadow caster); camera_height: the camera's height above the floor (metres); seq: the
+    sequence (``sun_world``, ``ambient``, ``material_seed``).
+    """
+    tri, instance = layers["triangle_id"], layers["instance"]
+    height, width = tri.shape
+    world = world_light(scene, seq.sun_world, seq.ambient, R, t, K)
+    body = instance == BODY_INSTANCE
+    scene_pixels = instance > BODY_INSTANCE
+    casters_v, casters_f, cull = body_cam.astype(np.float32), body_faces, None
+    chosen = shadow_casters(scene)
+    if len(chosen):  # the scene's objects too, in the same pass (boxes wound outward)
+        cull = closed_outward(casters_v, body_faces)
+        used, local = np.unique(scene.faces[chosen], return_inverse=True)
+        scene_cam = (scene.vertices[used] @ np.asarray(R).T + t).astype(np.float32)
+        casters_f = np.concatenate([body_faces, local.reshape(-1, 3) + len(casters_v)])
+        casters_v = np.concatenate([casters_v, scene_cam])
+    sunlit = sun_visibility(casters_v, casters_f, layers["depth"], scene_pixels, K, world["sun_cam"],
+                            world["up_cam"], camera_height, backend, step=2, cull_back_faces=cull)
+    scene_layers = {"scene_instance": np.where(scene_pixels, instance, np.uint8(0)), "depth": layers["depth"],
+                    "normal": layers["normal"], "sunlit": sunlit, "mask": body.view(np.uint8)}
+    out, _ = shade_scene(scene_layers, world, np.random.default_rng(seq.material_seed))
+    if body.any():
+        ids = tri[body]
+        out[body] = blinn_phong(layers["normal"][body], world["sun_cam"], face_albedo[ids], face_spec[ids],
+                                world["ambient"])
     return out

@@ -422,6 +422,19 @@ def test_culled_closed_surfaces_look_the_same(backend, anny_mesh):
 
 
 @pytest.mark.parametrize("rasterize", BACKENDS)
+def test_depth_only_raster_is_the_full_rasters_depth_and_mask(rasterize, anny_mesh):
+    """A shadow map's depth-only pass draws the same depth and coverage as the full raster."""
+    v, f = anny_mesh
+    for eye in ([0, -3.0, 0], [0.3, -2.5, 0.4]):
+        vc = _anny_camera(v, eye)
+        full = rasterize(vc, f, K_BODY, 512, 512, cull_back_faces=True)
+        depth_only = rasterize(vc, f, K_BODY, 512, 512, cull_back_faces=True, depth_only=True)
+        assert set(depth_only) == {"depth", "mask"} and full["mask"].any()
+        assert np.array_equal(depth_only["mask"], full["mask"])
+        assert np.array_equal(depth_only["depth"], full["depth"])
+
+
+@pytest.mark.parametrize("rasterize", BACKENDS)
 def test_a_frame_keeps_nothing_of_the_previous_one(rasterize):
     """GL clears only its id and depth buffers: normal and depth must still read 0 wherever
     this frame drew nothing, after a frame that covered the whole image."""

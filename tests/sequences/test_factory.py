@@ -278,3 +278,44 @@ def test_controlnet_images_keep_one_prompt_per_sequence_and_one_seed_per_camera(
         assert all(v["image"].std() > 0 for v in f["views"])
     again = next(finished_samples(SequenceFactory(recipe), [1]))
     assert all(np.array_equal(a["image"], b["image"]) for a, b in zip(frames[1]["views"], again["views"]))
+
+
+def test_sequence_views_use_the_image_paths_materials_light_and_shadows():
+    """The sequence factory shades with the single-image path's scene module: its sun (elevation
+    25-70 deg) and materials, recorded per sequence; ground pixels in the geometric shadow of the
+    scene's objects and the body are darker than the same ground elsewhere, in every kind of view."""
+    from synthgen.generate.materials import MATERIALS
+    from synthgen.scene import shadow_casters
+    from tests.fixtures.shadows import shadow_footprint
+
+    factory = SequenceFactory(recipe_from_dict({
+        "name": "ego-shadows", "seed": 3, "num_samples": 10, "image": {"width": 128, "height": 128},
+        "render": {"backend": "torch"}, "backend": {"kind": "shaded"}, "sequence": {"frames": 2}}))
+    ratios = []
+    for sample in finished_samples(factory, [0, 2, 4, 6, 8]):  # frame 0 of five sequences
+        appearance = sample["labels"]["sequence"]["appearance"]
+        sun = np.asarray(appearance["light_dir_world"], dtype=np.float64)
+        assert 25.0 - 0.1 <= np.degrees(np.arcsin(sun[2])) <= 70.0 + 0.1
+        seq = factory.sequence(sample["sequence"])
+        scene = seq.scene
+        assert set(appearance["scene_materials"]) == set(scene.instance_names[2:])
+        assert set(appearance["scene_materials"].values()) <= set(MATERIALS)
+        floor = next(i for i, n in enumerate(scene.instance_names) if n in ("ground", "floor"))
+        casters = shadow_casters(scene)
+        for view, lens in zip(sample["views"], factory.lenses):
+            if lens.remaps:  # fisheye: the footprint below is a pinhole projection
+                continue
+            shape = view["image"].shape[:2]
+            R, t = view["R"], view["t"]
+            objects = shadow_footprint(scene.vertices, scene.faces[casters], sun, R, t, lens.K, shape)
+            body = shadow_footprint(sample["world_vertices"], factory.subject_model.faces, sun, R, t, lens.K, shape)
+            ground = view["layers"]["instance"] == floor
+            kernel = np.ones((3, 3), np.uint8)
+            inside = ground & (cv2.erode((objects | body).astype(np.uint8), kernel) > 0)
+            away = ground & (cv2.dilate((objects | body).astype(np.uint8), np.ones((9, 9), np.uint8)) == 0)
+            if inside.sum() < 30 or away.sum() < 100:
+                continue
+            luminance = view["image"].astype(np.float64).mean(axis=2)
+            ratios.append(luminance[inside].mean() / luminance[away].mean())
+    assert len(ratios) >= 3, ratios
+    assert np.median(ratios) < 0.8, ratios

@@ -7,7 +7,7 @@ from scipy.spatial.transform import Rotation
 
 from synthgen.sequences.imu import imu_readings
 from synthgen.sequences.rigs import sim_rate, simulate_mounts
-from synthgen.sequences.config import ImuConfig
+from synthgen.recipe import ImuConfig
 
 
 G = 9.80665

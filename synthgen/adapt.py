@@ -9,12 +9,16 @@ exact and can be audited from its manifest. One :func:`adapt` call runs ``rounds
    measure per sample the miss rate ``1 - PCK@threshold`` (a keypoint misses when it lies further than
    ``threshold`` x the box side from its label), then per attribute bin (each sample's labels record
    its bins: ``labels["bins"]``; the pose class is ``pose_name``);
-3. **target** (with target images): a logistic regression tells the probe crops from the target images
-   by what the regressor makes of them (its features and the keypoint layout it predicts);
-   ``w = p / (1 - p) * n_probe / n_target`` (cross-fitted) is the standard covariate-shift importance
-   weight of a probe sample, and the ``w``-weighted share of the probe samples in each bin estimates how
-   the target is distributed over that attribute's bins (errors and this estimate pool every round's
-   probes: the regressor does not change during the loop);
+3. **target** (with target images): estimate how the target is spread over each attribute's bins from
+   what the images show (:func:`describe`: the regressor's features, its predicted keypoint layout, body
+   proportions and viewpoint cues computed from those keypoints, plain image statistics). Default
+   (``estimator="classify"``, a label-shift estimate): per attribute, a softmax regression learns the bin
+   of every labelled synthetic sample seen (the pooled probes and any ``reference`` runs, e.g. the
+   regressor's own training data) from its features; its mean predicted bin probabilities over the
+   target images are the estimate. ``estimator="importance"``: a probe-vs-target logistic regression
+   gives each probe the covariate-shift weight ``w = p / (1 - p) * n_probe / n_target`` (cross-fitted),
+   and the ``w``-weighted share of the probes in each bin is the estimate (errors and both estimates
+   pool every round's probes: the regressor does not change during the loop);
 4. **next recipe**: per attribute, ``floor + (1 - K floor) * (mix * base + (1 - mix) * focus)`` with
    ``focus ∝ target x error`` (the bins where target mass meets regressor error), so no bin vanishes;
 5. **record**: inputs, per-bin counts, errors, target estimates and the resulting weights go into
@@ -227,6 +231,7 @@ class AdaptConfig:
     seed: int = 0          # round r's probe recipe seed = f(seed, r)
     estimator: str = "classify"  # target estimate: "classify" (bin classifier, label shift) or "importance"
     l2: float = 300.0      # L2 strength of the "classify" estimator's softmax regressions
+    min_skill: float = 0.15  # "classify": adjust the count (BBSE) where the bin classifier has this skill
 
     def check(self, recipe: Recipe) -> None:
         """UserError (field, value, fix) for an unusable setting."""
@@ -603,32 +608,52 @@ def _softmax_regression(x: np.ndarray, y: np.ndarray, k: int, l2: float) -> tupl
     return w.detach().numpy(), b.detach().numpy()
 
 
+def _bin_probabilities(x: np.ndarray, y: np.ndarray, k: int, query: np.ndarray, l2: float) -> np.ndarray:
+    """(M, k) bin probabilities of ``query`` (M, D) from a softmax regression fitted on ``x`` (N, D), ``y`` (N,)."""
+    w, b = _softmax_regression(x, y, k, l2)
+    logits = query @ w + b
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True)
+
+
 def target_shares(labelled: np.ndarray, members: np.ndarray, k: int, target: np.ndarray, l2: float = 300.0,
-                  iterations: int = 0) -> np.ndarray:
-    """(k,) estimated share of the target images in each bin of one attribute (label-shift estimate).
+                  min_skill: float = 0.15, ridge: float = 0.01) -> tuple[np.ndarray, dict[str, float]]:
+    """(k,) estimated share of the target images in each bin of one attribute (a label-shift estimate),
+    and how it was made.
 
     A softmax regression learns each labelled synthetic sample's bin (``members`` (N,)) from its features
-    (``labelled`` (N, D)); its mean predicted bin probabilities over the target images (``target`` (M, D))
-    are then corrected for the labelled set's own bin shares by EM (Saerens, Latinne & Decaestecker 2002):
-    ``p_t(bin | x) ∝ p(bin | x) pi_t / pi_s``, ``pi_t = mean_x p_t(bin | x)``. Bins no labelled sample fell in
-    get 0 (the floor restores them)."""
+    (``labelled`` (N, D)). Cross-fitted over two folds it gives the labelled set's soft confusion matrix
+    ``C[true, predicted]`` and its skill (1 - cross-entropy / the bin shares' own entropy: 0 = it cannot
+    tell the bins apart). Fitted on all, its mean bin probabilities over the target images (``target``
+    (M, D)) are ``mu``. Where the skill reaches ``min_skill`` the estimate is the adjusted count
+    (black-box shift estimation, Lipton et al. 2018): the distribution ``pi`` solving ``C^T pi = mu``
+    (non-negative least squares, summing to 1, ``ridge`` toward the labelled shares); elsewhere ``mu`` itself
+    (probabilistic classify-and-count: shrunk toward the labelled shares, but it cannot run away where the
+    classifier has no skill). Bins no labelled sample fell in get 0 (the floor restores them)."""
+    from scipy.optimize import nnls
+
     present = np.unique(members)
     x = np.concatenate([labelled, target]).astype(np.float64)
     x = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-8)
+    x, xt = x[:len(labelled)], x[len(labelled):]
     y = np.searchsorted(present, members)
-    w, b = _softmax_regression(x[:len(labelled)], y, len(present), l2)
-    logits = x[len(labelled):] @ w + b
-    p = np.exp(logits - logits.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    source = np.bincount(y, minlength=len(present)) / len(y)
-    shares = p.mean(axis=0)
-    for _ in range(iterations):
-        q = p * (shares / source)
-        q /= q.sum(axis=1, keepdims=True)
-        shares = q.mean(axis=0)
+    n = len(present)
+    source = np.bincount(y, minlength=n) / len(y)
+    fold = np.arange(len(y)) % 2
+    held = np.zeros((len(y), n))
+    for f in (0, 1):
+        held[fold == f] = _bin_probabilities(x[fold != f], y[fold != f], n, x[fold == f], l2)
+    skill = 1.0 - float(-np.log(held[np.arange(len(y)), y] + 1e-12).mean() / -np.log(source[y]).mean()) \
+        if n > 1 else 0.0
+    mu = _bin_probabilities(x, y, n, xt, l2).mean(axis=0)
+    shares = mu
+    if skill >= min_skill:
+        confusion = np.stack([held[y == j].mean(axis=0) for j in range(n)])
+        a = np.vstack([confusion.T, math.sqrt(ridge) * np.eye(n), 100.0 * np.ones((1, n))])
+        shares = nnls(a, np.r_[mu, math.sqrt(ridge) * source, 100.0])[0]
     out = np.zeros(k)
-    out[present] = shares
-    return out / out.sum()
+    out[present] = shares / shares.sum()
+    return out, {"skill": round(skill, 6), "adjusted": bool(skill >= min_skill)}
 
 
 def _round(r: int, probe_recipe: Recipe, folder: Path, regressor: Regressor, config: AdaptConfig,
@@ -670,23 +695,26 @@ def _round(r: int, probe_recipe: Recipe, folder: Path, regressor: Regressor, con
             wsum = np.bincount(members, weights=iw, minlength=k)
             tgt = (wsum + config.shrink * base[name]) / (wsum.sum() + config.shrink)
         elif target_features is not None and config.estimator == "classify":
-            tgt = _classify_shares(seen, name, bins[name], target_features, config.l2)
+            tgt, how = _classify_shares(seen, name, bins[name], target_features, config.l2, config.min_skill)
+            record["attributes"][name] = how
         if name in given:
             tgt = np.asarray(given[name], dtype=np.float64) / float(np.sum(given[name]))
         new[name] = next_weights(base[name], error, tgt, config.mix, config.floor)
-        record["attributes"][name] = {"count": _round6(count), "error": _round6(error),
-                                      "target": None if tgt is None else _round6(tgt),
-                                      "next_weights": _round6(new[name])}
+        record["attributes"][name] = record["attributes"].get(name, {}) | {
+            "count": _round6(count), "error": _round6(error), "target": None if tgt is None else _round6(tgt),
+            "next_weights": _round6(new[name])}
     return record, new
 
-def _classify_shares(seen: dict, name: str, bins: dict, target_features: np.ndarray, l2: float) -> np.ndarray:
+
+def _classify_shares(seen: dict, name: str, bins: dict, target_features: np.ndarray, l2: float,
+                     min_skill: float) -> tuple[np.ndarray, dict[str, float]]:
     """The target's share of each bin of ``name``, from bin classifiers taught on every labelled sample
     seen (reference runs and pooled probes) whose labels carry the attribute."""
     members = [value_bin(lab, name, bins) for lab in seen["labels"]]
     keep = np.array([m is not None for m in members])
     features = np.concatenate(seen["features"])[keep]
     return target_shares(features, np.array([m for m in members if m is not None]), len(bins["base"]),
-                         target_features, l2)
+                         target_features, l2, min_skill)
 
 
 def load_regressor(spec: str, checkpoint: str | None = None) -> Regressor:

@@ -263,6 +263,7 @@ def test_the_loop_is_deterministic_and_never_reads_target_labels(tmp_path):
             w = np.array(attr["next_weights"])
             assert abs(w.sum() - 1.0) < 1e-5 and w.min() >= config.floor - 1e-6, name
             assert abs(sum(attr["target"]) - 1.0) < 1e-5 and sum(attr["count"]) == 8 * (record["round"] + 1)
+            assert isinstance(attr["adjusted"], bool) and attr["skill"] <= 1.0  # how the estimate was made
     # the next round's probes were drawn from the weights the previous round wrote
     assert first["rounds"][1]["probe_weights"] == {n: a["next_weights"] for n, a in first["rounds"][0]["attributes"].items()}
 

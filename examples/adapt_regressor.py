@@ -10,7 +10,10 @@ Per seed:
    for scoring;
 3. spend ``--budget`` more samples two ways: uniform (the base recipe) and adapted (``synthgen.adapt``:
    ``--rounds`` rounds of ``budget / rounds`` probe samples, each round's recipe weighted by R0's errors
-   and the target estimate; the probe samples are the adapted training data);
+   and the target estimate, taught also on R0's training run as ``reference``; the probe samples are the
+   adapted training data). ``--arms`` adds ablations that read what the loop never may: ``oracle`` (the
+   loop given the target pool's true bin shares) and ``target`` (the budget drawn from the target recipe:
+   the most any choice of samples could gain);
 4. fine-tune R0 on init + each arm's samples (same steps, same seeds) and score PCK@0.1 on the held-out
    target and on held-out base samples.
 
@@ -165,10 +168,11 @@ def one_seed(args, seed: int, shift: list[str]) -> dict:
                          floor=args.floor, bins=args.bins, estimator=args.estimator)
     reg = TorchKeypointRegressor(r0, names, SIZE, feature_layer="down16")
     manifests = {}
+    loop_tag = f"{args.rounds}x-mix{args.mix:g}-floor{args.floor:g}"  # one folder per loop setting
     for arm in ("adapted", "oracle"):
         if arm not in args.arms:
             continue
-        name = {"adapted": f"adapt-{args.estimator}-{args.rounds}x-mix{args.mix:g}-floor{args.floor:g}", "oracle": f"oracle-{args.rounds}x-mix{args.mix:g}-floor{args.floor:g}"}[arm]
+        name = f"{'adapt-' + args.estimator if arm == 'adapted' else 'oracle'}-{loop_tag}"
         manifests[arm] = adapt(base_recipe(args, 100 * seed + 6, args.budget), reg, shift_dir / name, config,
                                target=target_images, workers=args.workers, reference=[root / "base-init"],
                                target_bins=oracle_bins(args, pool, config) if arm == "oracle" else None)
@@ -184,7 +188,7 @@ def one_seed(args, seed: int, shift: list[str]) -> dict:
         out[f"base_{arm}_pck"] = score(model, names, base_test)
         out[f"{arm}_samples"] = int(len(extra["crops"]))
     manifest = manifests.get("adapted") or manifests.get("oracle") or {"final_weights": {}}
-    name = f"adapt-{args.estimator}-{args.rounds}x-mix{args.mix:g}-floor{args.floor:g}" if "adapted" in manifests else f"oracle-{args.rounds}x-mix{args.mix:g}-floor{args.floor:g}"
+    name = f"adapt-{args.estimator}-{loop_tag}" if "adapted" in manifests else f"oracle-{loop_tag}"
     out["estimates"] = {n: a["target"] for n, a in manifest["rounds"][-1]["attributes"].items()} \
         if manifest.get("rounds") else {}
     out["manifest"] = str(shift_dir / name / "adapt.json")

@@ -15,7 +15,8 @@ exact and can be audited from its manifest. One :func:`adapt` call runs ``rounds
    (``estimator="classify"``, a label-shift estimate): per attribute, a softmax regression learns the bin
    of every labelled synthetic sample seen (the pooled probes and any ``reference`` runs, e.g. the
    regressor's own training data) from its features; its mean predicted bin probabilities over the
-   target images are the estimate. ``estimator="importance"``: a probe-vs-target logistic regression
+   target images, adjusted by its cross-fitted confusion matrix where it has skill
+   (:func:`target_shares`), are the estimate. ``estimator="importance"``: a probe-vs-target logistic regression
    gives each probe the covariate-shift weight ``w = p / (1 - p) * n_probe / n_target`` (cross-fitted),
    and the ``w``-weighted share of the probes in each bin is the estimate (errors and both estimates
    pool every round's probes: the regressor does not change during the loop);

@@ -10,12 +10,17 @@ exact and can be audited from its manifest. One :func:`adapt` call runs ``rounds
    measure per sample the miss rate ``1 - PCK@threshold`` (a keypoint misses when it lies further than
    ``threshold`` x the box side from its label), then per attribute bin (each sample's labels record
    its bins: ``labels["bins"]``; the pose class is ``pose_name``);
-3. **target** (with target images): a logistic regression tells the probe crops from the target images
-   by what the regressor makes of them (its features and the keypoint layout it predicts);
-   ``w = p / (1 - p) * n_probe / n_target`` (cross-fitted) is the standard covariate-shift importance
-   weight of a probe sample, and the ``w``-weighted share of the probe samples in each bin estimates how
-   the target is distributed over that attribute's bins (errors and this estimate pool every round's
-   probes: the regressor does not change during the loop);
+3. **target** (with target images): estimate how the target is spread over each attribute's bins from
+   what the images show (:func:`describe`: the regressor's features, its predicted keypoint layout, body
+   proportions and viewpoint cues computed from those keypoints, plain image statistics). Default
+   (``estimator="classify"``, a label-shift estimate): per attribute, a softmax regression learns the bin
+   of every labelled synthetic sample seen (the pooled probes and any ``reference`` runs, e.g. the
+   regressor's own training data) from its features; its mean predicted bin probabilities over the
+   target images, adjusted by its cross-fitted confusion matrix where it has skill
+   (:func:`target_shares`), are the estimate. ``estimator="importance"``: a probe-vs-target logistic regression
+   gives each probe the covariate-shift weight ``w = p / (1 - p) * n_probe / n_target`` (cross-fitted),
+   and the ``w``-weighted share of the probes in each bin is the estimate (errors and both estimates
+   pool every round's probes: the regressor does not change during the loop);
 4. **next recipe**: per attribute, ``floor + (1 - K floor) * (mix * base + (1 - mix) * focus)`` with
    ``focus ∝ target x error`` (the bins where target mass meets regressor error), so no bin vanishes;
 5. **record**: inputs, per-bin counts, errors, target estimates and the resulting weights go into
@@ -226,6 +231,9 @@ class AdaptConfig:
     shrink: float = 4.0    # per-bin errors shrink toward the mean as if this many mean samples were added
     pad: float = 1.2       # probe crop = pad x box side
     seed: int = 0          # round r's probe recipe seed = f(seed, r)
+    estimator: str = "classify"  # target estimate: "classify" (bin classifier, label shift) or "importance"
+    l2: float = 300.0      # L2 strength of the "classify" estimator's softmax regressions
+    min_skill: float = 0.15  # "classify": adjust the count (BBSE) where the bin classifier has this skill
 
     def check(self, recipe: Recipe) -> None:
         """UserError (field, value, fix) for an unusable setting."""
@@ -238,7 +246,9 @@ class AdaptConfig:
                   ("probe", self.probe >= 8, "use 8 or more samples a round"),
                   ("mix", 0.0 <= self.mix <= 1.0, "use a value in [0, 1]"),
                   ("threshold", 0.0 < self.threshold <= 1.0, "use a value in (0, 1]"),
-                  ("shrink", self.shrink >= 0.0, "use a value >= 0"), ("pad", 1.0 <= self.pad <= 3.0, "use 1..3")]
+                  ("shrink", self.shrink >= 0.0, "use a value >= 0"), ("pad", 1.0 <= self.pad <= 3.0, "use 1..3"),
+                  ("estimator", self.estimator in ("classify", "importance"), "use classify or importance"),
+                  ("l2", self.l2 > 0.0, "use a value > 0")]
         for name, ok, fix in checks:
             if not ok:
                 raise UserError(f"--{name}={getattr(self, name)}: {fix}")
@@ -431,6 +441,25 @@ def sample_bin(labels: dict[str, Any], name: str, bins: dict[str, Any]) -> int:
     return int(labels["bins"][name])
 
 
+LABEL_VALUES = {  # where each adapted attribute's drawn value lies in a sample's labels
+    "subject.shape.age_years": lambda lab: lab["instances"][0]["params"]["age_years"],
+    "camera.elevation_deg": lambda lab: lab["camera"]["elevation_deg"],
+    "camera.azimuth_deg": lambda lab: lab["camera"]["azimuth_deg"],
+    "camera.fov_deg": lambda lab: lab["camera"]["fov_deg"],
+    "camera.subject_fraction": lambda lab: lab["camera"]["subject_fraction_target"]}
+
+
+def value_bin(labels: dict[str, Any], name: str, bins: dict[str, Any]) -> int | None:
+    """The bin of attribute ``name`` a labelled sample of any recipe falls in, from its drawn value (a
+    sample of a plain-range recipe records no bins); None where the labels do not carry the value."""
+    if "bins" in labels and name in labels["bins"] or name == POSE_ATTRIBUTE:
+        return sample_bin(labels, name, bins)
+    if name not in LABEL_VALUES:
+        return None
+    edges = np.asarray(bins["edges"])
+    return int(np.clip(np.searchsorted(edges, LABEL_VALUES[name](labels), side="right") - 1, 0, len(edges) - 2))
+
+
 def per_bin(values: np.ndarray, members: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(K,) counts and (K,) sums of ``values`` (N,) by bin ``members`` (N,)."""
     return np.bincount(members, minlength=k).astype(float), np.bincount(members, weights=values, minlength=k)
@@ -448,7 +477,7 @@ def round_seed(seed: int, r: int) -> int:
 
 def adapt(recipe: Recipe, regressor: Regressor, out_dir: str | Path, config: AdaptConfig | None = None,
           target: str | Path | np.ndarray | None = None, workers: int = 1,
-          target_bins: dict[str, Any] | None = None) -> dict[str, Any]:
+          target_bins: dict[str, Any] | None = None, reference: list[str | Path] = ()) -> dict[str, Any]:
     """Run the loop (see the module docstring); returns the manifest written to ``OUT/adapt.json``.
 
     target: a folder / tar shard(s) of person-crop images, or an array (N, S, S, 3) uint8 of them;
@@ -456,6 +485,8 @@ def adapt(recipe: Recipe, regressor: Regressor, out_dir: str | Path, config: Ada
     target_bins: attribute -> the target's known probability of each of its bins (``manifest["bins"]``
     order), used in place of the image estimate for those attributes (when the target's camera heights
     or ages are known from elsewhere; the example uses it as an oracle ablation).
+    reference: labelled synthetic runs (e.g. the regressor's own training data) that join the probes
+    in teaching the "classify" target estimate which image goes with which bin (never the errors).
     """
     from synthgen.run import generate
 
@@ -483,6 +514,14 @@ def adapt(recipe: Recipe, regressor: Regressor, out_dir: str | Path, config: Ada
         "rounds": []}
     weights = dict(base)
     seen: dict[str, list] = {"errors": [], "features": [], "labels": []}  # every round's probes so far
+    if target_images is not None and config.estimator == "classify":
+        for run in reference:  # labelled synthetic samples: features and labels for the bin classifiers
+            ref = read_probe(Path(run), regressor.input_size, config.pad, regressor.keypoint_names)
+            with label_threads():
+                seen["features"].append(describe(regressor, ref["crops"]))
+            seen["labels"] += ref["labels"]
+    seen["reference"] = len(seen["labels"])
+    manifest["reference_samples"] = seen["reference"]
     for r in range(config.rounds):
         probe_recipe = recipe_with_weights(recipe, bins, weights, round_seed(config.seed, r), config.probe)
         folder = out / f"round-{r}"
@@ -502,12 +541,121 @@ def adapt(recipe: Recipe, regressor: Regressor, out_dir: str | Path, config: Ada
     return manifest
 
 
+def keypoint_geometry(points: np.ndarray, size: int) -> np.ndarray:
+    """(B, 2 + K(K-1)/2) body proportions and viewpoint from predicted keypoints (B, K, 2) in crop pixels:
+    the log spread of the keypoints (RMS radius / crop side: how much of the crop the body fills), the log
+    of their vertical / horizontal extent (foreshortening), and every pairwise distance / spread (limb-length
+    ratios, head-to-body proportions: what tells a child from an adult and a high camera from a level one)."""
+    p = np.asarray(points, dtype=np.float64)
+    centred = p - p.mean(axis=1, keepdims=True)
+    spread = np.sqrt((centred**2).sum(axis=-1).mean(axis=1)) + 1e-6
+    extent = p.max(axis=1) - p.min(axis=1) + 1e-6
+    i, j = np.triu_indices(p.shape[1], k=1)
+    pairs = np.linalg.norm(p[:, i] - p[:, j], axis=-1) / spread[:, None]
+    return np.concatenate([np.log(spread / size)[:, None], np.log(extent[:, 1] / extent[:, 0])[:, None], pairs],
+                          axis=1)
+
+
+def image_statistics(images: np.ndarray, side: int = 64, cells: int = 4, orientations: int = 9) -> np.ndarray:
+    """(B, cells² x orientations + 24) what any crop shows without a model: gradient-orientation
+    histograms of the grey crop on a ``cells`` x ``cells`` grid (silhouette and background layout, HOG-like,
+    each cell L2-normalised) and 8-bin hue, saturation and value histograms (e.g. floor seen from above vs
+    walls and sky seen from the ground). Images (B, S, S, 3) uint8."""
+    out = []
+    step = side // cells
+    for image in images:
+        if image.shape[0] != side:
+            image = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA)
+        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float64)
+        gy, gx = np.gradient(grey)
+        magnitude = np.hypot(gx, gy)
+        angle = (np.arctan2(gy, gx) % np.pi) / np.pi * orientations
+        cell = (np.arange(side) // step).clip(max=cells - 1)
+        index = ((cell[:, None] * cells + cell[None, :]) * orientations + angle.astype(int).clip(max=orientations - 1))
+        hog = np.bincount(index.ravel(), weights=magnitude.ravel(), minlength=cells * cells * orientations)
+        hog = hog.reshape(cells * cells, orientations)
+        hog /= np.linalg.norm(hog, axis=1, keepdims=True) + 1e-6
+        hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+        hists = [np.histogram(hsv[..., c], bins=8, range=(0, top))[0] / float(side * side)
+                 for c, top in ((0, 180), (1, 256), (2, 256))]
+        out.append(np.concatenate([hog.ravel(), *hists]))
+    return np.stack(out)
+
+
 def describe(regressor: Regressor, images: np.ndarray) -> np.ndarray:
-    """(N, D + 2K) what the probe-vs-target classifier sees of images: the regressor's features and
-    the keypoint layout it predicts (crop units), which carries body proportions and viewpoint."""
-    layout = np.asarray(regressor.predict(images), dtype=np.float64) / regressor.input_size - 0.5
+    """(N, D + 2K + G + 168) what the target estimate sees of images (never a label): the regressor's
+    features, the keypoint layout it predicts (crop units), body proportions and viewpoint cues computed
+    from those keypoints (:func:`keypoint_geometry`) and plain image statistics (:func:`image_statistics`)."""
+    predicted = np.asarray(regressor.predict(images), dtype=np.float64)
+    layout = predicted / regressor.input_size - 0.5
     return np.concatenate([np.asarray(regressor.features(images), dtype=np.float64),
-                           layout.reshape(len(images), -1)], axis=1)
+                           layout.reshape(len(images), -1), keypoint_geometry(predicted, regressor.input_size),
+                           image_statistics(images)], axis=1)
+
+
+def _softmax_regression(x: np.ndarray, y: np.ndarray, k: int, l2: float) -> tuple[np.ndarray, np.ndarray]:
+    """L2-regularised multinomial logistic regression (torch L-BFGS, float64): weights (D, k), bias (k,)."""
+    X, Y = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+    w = torch.zeros(x.shape[1], k, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(k, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=300, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
+
+    def loss():
+        opt.zero_grad()
+        value = torch.nn.functional.cross_entropy(X @ w + b, Y) + 0.5 * l2 * (w * w).sum() / len(Y)
+        value.backward()
+        return value
+
+    opt.step(loss)
+    return w.detach().numpy(), b.detach().numpy()
+
+
+def _bin_probabilities(x: np.ndarray, y: np.ndarray, k: int, query: np.ndarray, l2: float) -> np.ndarray:
+    """(M, k) bin probabilities of ``query`` (M, D) from a softmax regression fitted on ``x`` (N, D), ``y`` (N,)."""
+    w, b = _softmax_regression(x, y, k, l2)
+    logits = query @ w + b
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def target_shares(labelled: np.ndarray, members: np.ndarray, k: int, target: np.ndarray, l2: float = 300.0,
+                  min_skill: float = 0.15, ridge: float = 0.01) -> tuple[np.ndarray, dict[str, float]]:
+    """(k,) estimated share of the target images in each bin of one attribute (a label-shift estimate),
+    and how it was made.
+
+    A softmax regression learns each labelled synthetic sample's bin (``members`` (N,)) from its features
+    (``labelled`` (N, D)). Cross-fitted over two folds it gives the labelled set's soft confusion matrix
+    ``C[true, predicted]`` and its skill (1 - cross-entropy / the bin shares' own entropy: 0 = it cannot
+    tell the bins apart). Fitted on all, its mean bin probabilities over the target images (``target``
+    (M, D)) are ``mu``. Where the skill reaches ``min_skill`` the estimate is the adjusted count
+    (black-box shift estimation, Lipton et al. 2018): the distribution ``pi`` solving ``C^T pi = mu``
+    (non-negative least squares, summing to 1, ``ridge`` toward the labelled shares); elsewhere ``mu`` itself
+    (probabilistic classify-and-count: shrunk toward the labelled shares, but it cannot run away where the
+    classifier has no skill). Bins no labelled sample fell in get 0 (the floor restores them)."""
+    from scipy.optimize import nnls
+
+    present = np.unique(members)
+    x = np.concatenate([labelled, target]).astype(np.float64)
+    x = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-8)
+    x, xt = x[:len(labelled)], x[len(labelled):]
+    y = np.searchsorted(present, members)
+    n = len(present)
+    source = np.bincount(y, minlength=n) / len(y)
+    fold = np.arange(len(y)) % 2
+    held = np.zeros((len(y), n))
+    for f in (0, 1):
+        held[fold == f] = _bin_probabilities(x[fold != f], y[fold != f], n, x[fold == f], l2)
+    skill = 1.0 - float(-np.log(held[np.arange(len(y)), y] + 1e-12).mean() / -np.log(source[y]).mean()) \
+        if n > 1 else 0.0
+    mu = _bin_probabilities(x, y, n, xt, l2).mean(axis=0)
+    shares = mu
+    if skill >= min_skill:
+        confusion = np.stack([held[y == j].mean(axis=0) for j in range(n)])
+        a = np.vstack([confusion.T, math.sqrt(ridge) * np.eye(n), 100.0 * np.ones((1, n))])
+        shares = nnls(a, np.r_[mu, math.sqrt(ridge) * source, 100.0])[0]
+    out = np.zeros(k)
+    out[present] = shares / shares.sum()
+    return out, {"skill": round(skill, 6), "adjusted": bool(skill >= min_skill)}
 
 
 def _round(r: int, probe_recipe: Recipe, folder: Path, regressor: Regressor, config: AdaptConfig,
@@ -529,8 +677,9 @@ def _round(r: int, probe_recipe: Recipe, folder: Path, regressor: Regressor, con
     seen["errors"].append(errors)
     seen["labels"] += probe["labels"]
     errors_all = np.concatenate(seen["errors"])
-    iw, classifier = (None, {}) if target_features is None else importance_weights(
-        np.concatenate(seen["features"]), target_features)
+    probe_labels = seen["labels"][seen["reference"]:]
+    iw, classifier = (None, {}) if target_features is None or config.estimator != "importance" else \
+        importance_weights(np.concatenate(seen["features"]), target_features)
     record = {"round": r, "recipe_hash": recipe_hash(probe_recipe), "seed": probe_recipe.seed,
               "probe_samples": len(errors), "probe_pck": round(pck(predicted, probe, config.threshold), 6),
               "pooled_samples": len(errors_all), "probe_weights": {n: _round6(w) for n, w in weights.items()},
@@ -539,7 +688,7 @@ def _round(r: int, probe_recipe: Recipe, folder: Path, regressor: Regressor, con
     new = {}
     for name in config.attributes:
         k = len(base[name])
-        members = np.array([sample_bin(lab, name, bins[name]) for lab in seen["labels"]])
+        members = np.array([sample_bin(lab, name, bins[name]) for lab in probe_labels])
         count, total = per_bin(errors_all, members, k)
         error = np.full(k, mean_error)  # shrunk toward the mean; a bin no probe fell in gets the mean
         np.divide(total + config.shrink * mean_error, count + config.shrink, out=error, where=count + config.shrink > 0)
@@ -547,13 +696,28 @@ def _round(r: int, probe_recipe: Recipe, folder: Path, regressor: Regressor, con
         if iw is not None:  # E_probe[w 1{bin}] = P_target(bin); `shrink` samples' worth of base smooth it
             wsum = np.bincount(members, weights=iw, minlength=k)
             tgt = (wsum + config.shrink * base[name]) / (wsum.sum() + config.shrink)
+        elif target_features is not None and config.estimator == "classify":
+            tgt, how = _classify_shares(seen, name, bins[name], target_features, config.l2, config.min_skill)
+            record["attributes"][name] = how
         if name in given:
             tgt = np.asarray(given[name], dtype=np.float64) / float(np.sum(given[name]))
         new[name] = next_weights(base[name], error, tgt, config.mix, config.floor)
-        record["attributes"][name] = {"count": _round6(count), "error": _round6(error),
-                                      "target": None if tgt is None else _round6(tgt),
-                                      "next_weights": _round6(new[name])}
+        record["attributes"][name] = record["attributes"].get(name, {}) | {
+            "count": _round6(count), "error": _round6(error), "target": None if tgt is None else _round6(tgt),
+            "next_weights": _round6(new[name])}
     return record, new
+
+
+def _classify_shares(seen: dict, name: str, bins: dict, target_features: np.ndarray, l2: float,
+                     min_skill: float) -> tuple[np.ndarray, dict[str, float]]:
+    """The target's share of each bin of ``name``, from bin classifiers taught on every labelled sample
+    seen (reference runs and pooled probes) whose labels carry the attribute."""
+    members = [value_bin(lab, name, bins) for lab in seen["labels"]]
+    keep = np.array([m is not None for m in members])
+    features = np.concatenate(seen["features"])[keep]
+    return target_shares(features, np.array([m for m in members if m is not None]), len(bins["base"]),
+                         target_features, l2, min_skill)
+
 
 def load_regressor(spec: str, checkpoint: str | None = None) -> Regressor:
     """The regressor a ``FILE.py:FUNCTION`` or ``module:FUNCTION`` factory returns (called with the

@@ -90,6 +90,11 @@ def _parser() -> argparse.ArgumentParser:
     ada.add_argument("--attributes", nargs="+", help="attributes to adapt (default: age, elevation, fov, "
                      "subject fraction, pose class)")
     ada.add_argument("--seed", type=int, default=0, help="seed of the rounds' probe recipes")
+    ada.add_argument("--estimator", default="classify", choices=["classify", "importance"],
+                     help="target estimate: classify (bin classifiers taught on labelled synthetic samples, "
+                     "label-shift) or importance (probe-vs-target covariate-shift weights)")
+    ada.add_argument("--reference", nargs="+", default=[], help="labelled synthetic runs (e.g. the regressor's "
+                     "training run) that also teach the classify estimate")
     ada.add_argument("--workers", type=int, default=1)
 
     exp = sub.add_parser("export", help="write a run as COCO person keypoints or BEDLAM labels")
@@ -231,10 +236,13 @@ def _cmd_adapt(args) -> int:
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     config = AdaptConfig(attributes=list(args.attributes or ATTRIBUTES), bins=args.bins, rounds=args.rounds,
-                         probe=args.probe, mix=args.mix, floor=args.floor, seed=args.seed)
+                         probe=args.probe, mix=args.mix, floor=args.floor, seed=args.seed, estimator=args.estimator)
     config.check(recipe)  # before the regressor is loaded
+    for run in args.reference:
+        if not Path(run).is_dir():
+            raise UserError(f"--reference {run}: no such run folder; give the --out folder of a synthgen run")
     manifest = adapt(recipe, load_regressor(args.regressor, args.checkpoint), args.out, config,
-                     target=args.target, workers=args.workers)
+                     target=args.target, workers=args.workers, reference=args.reference)
     log.info("%d rounds; probe PCK %s; next recipe %s/recipe.yaml, record %s/adapt.json", len(manifest["rounds"]),
              [r["probe_pck"] for r in manifest["rounds"]], args.out, args.out)
     sys.stdout.write(json.dumps({"final_weights": manifest["final_weights"],

@@ -163,12 +163,50 @@ def test_importance_weights_favour_probes_that_look_like_the_target():
     assert np.corrcoef(w, probe.sum(axis=1))[0, 1] > 0.5
 
 
+def test_bin_classifier_estimates_how_the_target_spreads_over_bins():
+    """Label-shift estimate: labelled samples of 3 bins (features centred per bin), a target drawn 80% from
+    bin 2: the estimated share of bin 2 rises far above its labelled share, and the estimate is a
+    distribution."""
+    from synthgen.adapt import target_shares
+
+    rng = np.random.default_rng(1)
+    centres = np.array([[0, 0, 0, 0], [2, 0, 0, 0], [0, 2, 0, 0]], dtype=float)
+    members = rng.integers(0, 3, 600)
+    labelled = centres[members] + rng.normal(0, 0.7, (600, 4))
+    drawn = rng.choice(3, 200, p=[0.1, 0.1, 0.8])
+    target = centres[drawn] + rng.normal(0, 0.7, (200, 4))
+    plain, how = target_shares(labelled, members, 4, target, l2=1.0, min_skill=2.0)  # never adjusted
+    assert not how["adjusted"] and how["skill"] > 0.3
+    assert plain.shape == (4,) and abs(plain.sum() - 1.0) < 1e-9 and plain[3] == 0.0  # bin 3: no sample
+    assert plain[2] > 0.6 and plain[0] < 0.2
+    adjusted, how = target_shares(labelled, members, 4, target, l2=1.0)
+    assert how["adjusted"] and abs(adjusted.sum() - 1.0) < 1e-9 and adjusted.min() >= 0.0
+    assert abs(adjusted[2] - 0.8) < abs(plain[2] - 0.8)  # the adjusted count undoes the pull toward 1/3
+    # features that carry nothing about the bins: no skill, and the estimate stays near the labelled shares
+    noise, how = target_shares(rng.normal(0, 1, (600, 4)), members, 4, rng.normal(0, 1, (200, 4)), l2=1.0)
+    assert not how["adjusted"] and np.abs(noise[:3] - np.bincount(members) / 600).max() < 0.05
+
+
+def test_keypoint_geometry_sees_proportions_not_position_or_size():
+    from synthgen.adapt import keypoint_geometry
+
+    rng = np.random.default_rng(2)
+    points = rng.uniform(10, 50, (3, 6, 2))
+    moved = points * 0.5 + np.array([7.0, -3.0])
+    a, b = keypoint_geometry(points, 64), keypoint_geometry(moved, 64)
+    assert a.shape == (3, 2 + 15)
+    assert np.allclose(a[:, 1:], b[:, 1:]) and np.allclose(a[:, 0] - b[:, 0], np.log(2.0))
+    stretched = points * np.array([1.0, 2.0])  # taller: the vertical/horizontal extent ratio grows
+    assert (keypoint_geometry(stretched, 64)[:, 1] > a[:, 1]).all()
+
+
 def test_bad_loop_settings_are_one_line_errors():
     from synthgen.adapt import AdaptConfig
 
     recipe = recipe_from_dict({})
     for config, words in ((AdaptConfig(floor=0.2), "--floor=0.2"), (AdaptConfig(attributes=["camera.roll"]), "camera.roll"),
-                          (AdaptConfig(rounds=0), "--rounds=0"), (AdaptConfig(mix=2.0), "--mix=2.0")):
+                          (AdaptConfig(rounds=0), "--rounds=0"), (AdaptConfig(mix=2.0), "--mix=2.0"),
+                          (AdaptConfig(estimator="guess"), "--estimator=guess")):
         with pytest.raises(UserError, match=words.replace(".", r"\.").replace("[", r"\[")):
             config.check(recipe)
 
@@ -225,6 +263,7 @@ def test_the_loop_is_deterministic_and_never_reads_target_labels(tmp_path):
             w = np.array(attr["next_weights"])
             assert abs(w.sum() - 1.0) < 1e-5 and w.min() >= config.floor - 1e-6, name
             assert abs(sum(attr["target"]) - 1.0) < 1e-5 and sum(attr["count"]) == 8 * (record["round"] + 1)
+            assert isinstance(attr["adjusted"], bool) and attr["skill"] <= 1.0  # how the estimate was made
     # the next round's probes were drawn from the weights the previous round wrote
     assert first["rounds"][1]["probe_weights"] == {n: a["next_weights"] for n, a in first["rounds"][0]["attributes"].items()}
 

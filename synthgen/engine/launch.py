@@ -437,13 +437,14 @@ def _generate(factory_class: type, recipe: Recipe, folder: RunFolder, ranks: Ran
     uses_device = factory_class.uses_device(recipe)
     workers = max(1, workers if uses_device else min(workers, len(mine)))
     failure = None
+    cluster: dict[str, Any] = {}  # the Ray engine's: nodes, CPUs, GPUs, shards made per node
     try:
         if not mine:
             pass
         elif engine == "ray":
             from synthgen.engine.ray_engine import run_shards
 
-            run_shards(factory_class, recipe, folder, mine, tasks, bar.tick, stop.is_set, ray_address)
+            cluster = run_shards(factory_class, recipe, folder, mine, tasks, bar.tick, stop.is_set, ray_address)
         elif uses_device:
             loaders = workers if loader_workers is None else loader_workers
             _run_in_process(factory_class, recipe, folder, mine, tasks, ranks.device, bar.tick, loaders, stop)
@@ -460,8 +461,8 @@ def _generate(factory_class: type, recipe: Recipe, folder: RunFolder, ranks: Ran
         made = sum(t.stop - t.start for t in mine)
         stats = {"last_run_seconds": round(elapsed, 3), "last_run_samples": made,
                  "last_run_samples_per_second": round(made / elapsed, 3) if elapsed > 0 else None,
-                 "workers": workers, "world_size": ranks.world} | ({"tasks": ranks.world} if ranks.task else {}) \
-            | ({"engine": engine} if engine != "local" else {})
+                 "world_size": ranks.world} | ({"tasks": ranks.world} if ranks.task else {}) \
+            | ({"engine": engine, "ray": cluster} if engine == "ray" else {"workers": workers})
         failure = failure or ("interrupted" if stop.is_set() else None)
         with contextlib.suppress(Exception):  # the run's own error is the one to report
             if ranks.world > 1 and not ranks.task:  # rank 0 waits for these, not a collective

@@ -17,7 +17,7 @@ the wall time of the command) and the object store's overhead.
 
 ``--engine ray`` compares the Ray engine with the local one instead (see :func:`ray_main`):
 
-    python benchmarks/scaling.py --engine ray [--samples 96] [--shard-size 8] [--delay S] [--repeats 2]
+    python benchmarks/scaling.py --engine ray [--samples 192] [--shard-size 4] [--delay S] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -58,11 +58,17 @@ def run_storage(out: str, recipe: str, samples: int, workers: int, overrides: li
                 read_manifest) -> dict:
     cmd = [sys.executable, "-m", "synthgen", "generate", recipe, "--out", out, "--num-samples", str(samples),
            "--workers", str(workers), "--no-progress", *overrides]
-    start = time.perf_counter()
+    import resource
+
+    def cpu() -> float:  # this process's waited-for descendants: the run, its workers
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    start, cpu_start = time.perf_counter(), cpu()
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, env=env)
-    wall = time.perf_counter() - start
+    wall, used = time.perf_counter() - start, cpu() - cpu_start
     stats = read_manifest()["stats"]
-    return {"wall": samples / wall, "run": stats["last_run_samples_per_second"]}
+    return {"wall": samples / wall, "run": stats["last_run_samples_per_second"], "cpu_ms": 1000 * used / samples}
 
 
 class MotoServer:
@@ -144,6 +150,10 @@ def storage_table(recipe: str, samples: int, workers: int, repeats: int, overrid
         means[name] = run_mean
         each = ", ".join(f"{r['run']:.2f}" for r in runs)
         print(f"{name:>16} | {run_mean:>17.2f} ± {run_sd:<6.2f} | {wall_mean:>18.2f} ± {wall_sd:<6.2f} | {each}")
+    cpu = {name: _mean_spread([r["cpu_ms"] for r in runs]) for name, runs in rows.items()}
+    print("CPU per sample, the run's processes (less sensitive to company on the machine than rates): " +
+          ", ".join(f"{name} {m:.0f} ± {sd:.0f} ms" for name, (m, sd) in cpu.items()) +
+          f"; the S3 server {1000 * sum(server_cpu) / len(server_cpu) / samples:.0f} ms more")
     local, s3 = means["local folder"], means["s3 (moto, HTTP)"]
     pairs = [100 * (a["run"] - b["run"]) / a["run"] for a, b in zip(rows["local folder"], rows["s3 (moto, HTTP)"])]
     pair_mean, pair_sd = _mean_spread(pairs)
@@ -161,7 +171,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="--storage, --engine ray: runs of each, alternated")
     parser.add_argument("--engine", choices=["local", "ray"], default="local",
                         help="ray: the Ray engine beside the local one, balanced and with a slowed node")
-    parser.add_argument("--shard-size", type=int, default=8, help="--engine ray: samples per shard")
+    parser.add_argument("--shard-size", type=int, default=4, help="--engine ray: samples per shard (many "
+                        "shards, so that balancing can act)")
     parser.add_argument("--delay", type=float, default=None, help="--engine ray: seconds added per sample "
                         "on the slowed node (default: one sample's measured time, so it is about 2x slower)")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value recipe overrides")
@@ -205,12 +216,20 @@ def _timed(action) -> float:
     return time.perf_counter() - start
 
 
+def _span(out: str) -> float:
+    """Seconds from the first shard's start to the last shard's commit, from the sidecars: the
+    generation itself, without process start-up, model loading or joining a cluster."""
+    sidecars = [json.loads(p.read_text()) for p in Path(out, "shards").glob("*.json")]
+    return max(i["finished_at"] for i in sidecars) - min(i["finished_at"] - i["seconds"] for i in sidecars)
+
+
 def _static_split(recipe: str, out: str, samples: int, shard_size: int, overrides: list[str], delay: float) -> None:
-    """Two independent tasks at once (``--task K/2``: shards k % 2 == K), the first on the slowed
-    "node" (the test-only delay in its environment), then ``finalize``."""
+    """Two independent tasks at once (``--task K/2``: shards k % 2 == K), each pinned to a core of
+    its own, the second on the slowed "node" (the test-only delay in its environment), then
+    ``finalize``."""
     slow = dict(_env(), SYNTHGEN_TEST_SAMPLE_DELAY_S=str(delay))
     runs = [_generate(recipe, out, samples, shard_size, overrides, ["--task", f"{k}/2", "--workers", "1"],
-                      env=slow if k == 0 else None, background=True, core=k) for k in range(2)]
+                      env=slow if k == 1 else None, background=True, core=k) for k in range(2)]
     for run in runs:
         _, err = run.communicate()
         if run.returncode != 0:
@@ -220,82 +239,98 @@ def _static_split(recipe: str, out: str, samples: int, shard_size: int, override
 
 
 def ray_main(args) -> None:
-    """The Ray engine beside the local one on this machine (2 cores):
+    """The Ray engine beside the local one on this machine (2 cores), ``--repeats`` alternated rounds:
 
     1. balanced: the local engine (``--workers 2``), the Ray engine on a running two-node cluster
-       (one CPU each; the cluster's start not counted) and on a local Ray it starts itself;
+       (one CPU each) and on a local Ray it starts itself;
     2. one node slowed on purpose (``SYNTHGEN_TEST_SAMPLE_DELAY_S``, test-only, on that node):
-       the static split (two ``--task K/2`` processes, one slowed) against the Ray engine on a
-       two-node cluster whose second node is slowed. Each "node" (task, Ray node) is pinned to a
+       the static split (two ``--task K/2`` processes, the second slowed) against the Ray engine on
+       a two-node cluster whose second node is slowed. Each "node" (task, Ray node) is pinned to a
        core of its own (taskset), as on two machines: otherwise the slowed one's sleep would lend
-       its core to the other. Shards are handed out as they finish, so the slow node makes fewer.
+       its core to the other. Ray hands shards out as they finish, so the slow node makes fewer.
 
+    Two clocks per run: ``wall`` (the command: process start-up, model load, joining the cluster,
+    every shard) and ``span`` (first shard started to last shard committed, from the sidecars:
+    the generation alone, where balancing acts). Each cluster is started before the timed runs
+    and serves all of its rounds (every run is a new Ray job with its own worker processes).
     Every run's shards are checked byte-identical to the first local run's."""
+    import statistics
+
     sys.path.insert(0, str(ROOT))
     from tests.ray_cluster import LocalCluster
 
     common = (args.recipe, args.samples, args.shard_size, args.overrides)
-    rows: dict[str, list[float]] = {}
+    rows: dict[str, dict[str, list[float]]] = {}
     reference: dict[str, bytes] = {}
-    shard_seconds: dict[str, list[float]] = {}  # seconds per sample inside shards (no start-up)
+    shard_seconds: list[float] = []  # the local engine's seconds per sample inside shards
     per_node: dict[str, list[list[int]]] = {}  # shards made on each node, per run
 
     def case(name: str, action) -> None:
         with tempfile.TemporaryDirectory() as out:
-            logged: list = []
-            wall = _timed(lambda: logged.append(action(out)))
-            nodes = re.search(r"shards made per node: (.*)", logged[0] or "")
-            if nodes:  # the Ray engine's own count: a slow node makes fewer shards
-                counts = sorted((int(n) for n in re.findall(r": (\d+)", nodes.group(1))), reverse=True)
-                per_node.setdefault(name, []).append(counts)
+            wall = _timed(lambda: action(out))
+            span = _span(out)
+            manifest = json.loads(Path(out, "manifest.json").read_text())
+            ray_stats = manifest.get("stats", {}).get("ray")
+            if ray_stats:  # the Ray engine's own count: a slow node makes fewer shards
+                per_node.setdefault(name, []).append(sorted(ray_stats["shards_per_node"].values(), reverse=True))
+            if name.startswith("local"):
+                sidecars = [json.loads(p.read_text()) for p in Path(out, "shards").glob("*.json")]
+                shard_seconds.append(sum(i["seconds"] for i in sidecars) / args.samples)
             shards = {p.name: p.read_bytes() for p in sorted(Path(out, "shards").glob("*.tar"))}
-            sidecars = [json.loads(p.read_text()) for p in Path(out, "shards").glob("*.json")]
-            shard_seconds.setdefault(name, []).append(sum(i["seconds"] for i in sidecars) / args.samples)
             if not reference:
                 reference.update(shards)
             elif shards != reference:
                 raise RuntimeError(f"{name}: shards differ from the local engine's")
-        rows.setdefault(name, []).append(wall)
-        print(f"  {name}: {wall:.1f} s", flush=True)
+        rows.setdefault(name, {"wall": [], "span": []})
+        rows[name]["wall"].append(wall)
+        rows[name]["span"].append(span)
+        print(f"  {name}: wall {wall:.1f} s, span {span:.1f} s", flush=True)
 
-    def local(out):
-        return _generate(args.recipe, out, args.samples, args.shard_size, args.overrides, ["--workers", "2"])
+    def on(cluster):
+        return lambda out: _generate(*common[:1], out, *common[1:], ["--engine", "ray", "--ray-address",
+                                                                       cluster.address], env=cluster.env)
 
-    def ray_started_here(out):
-        return _generate(args.recipe, out, args.samples, args.shard_size, args.overrides, ["--engine", "ray"],
-                  env=dict(_env(), RAY_AUTH_MODE="disabled"))
+    cluster = LocalCluster()
+    try:
+        for _ in range(args.repeats):
+            case("local engine, 2 workers", lambda out: _generate(*common[:1], out, *common[1:], ["--workers", "2"]))
+            case("ray, 2-node cluster running", on(cluster))
+            case("ray, local Ray started for the run", lambda out: _generate(
+                *common[:1], out, *common[1:], ["--engine", "ray"], env=dict(_env(), RAY_AUTH_MODE="disabled")))
+    finally:
+        cluster.stop()
+    delay = args.delay if args.delay is not None else round(statistics.median(shard_seconds), 3)
+    print(f"slowed node: +{delay:.3f} s per sample (about {1 + delay / statistics.median(shard_seconds):.1f}x "
+          f"slower)", flush=True)
+    cluster = LocalCluster(node2_delay_s=delay, pin=True)
+    try:
+        for _ in range(args.repeats):
+            case("static split (--task K/2), one slowed", lambda out: _static_split(*common[:1], out, *common[1:],
+                                                                                    delay))
+            case("ray, 2-node cluster, one slowed", on(cluster))
+    finally:
+        cluster.stop()
+    _ray_table(args, rows, per_node)
 
-    for _ in range(args.repeats):
-        case("local engine, 2 workers", local)
-        cluster = LocalCluster()
-        try:
-            case("ray, 2-node cluster running", lambda out: _generate(
-                *common[:1], out, *common[1:], ["--engine", "ray", "--ray-address", cluster.address], env=cluster.env))
-        finally:
-            cluster.stop()
-        case("ray, local Ray started for the run", ray_started_here)
-    per_sample = min(shard_seconds["local engine, 2 workers"])  # one worker's seconds per sample
-    delay = args.delay if args.delay is not None else round(per_sample, 3)
-    print(f"slowed node: +{delay:.3f} s per sample", flush=True)
-    for _ in range(args.repeats):
-        case("static split (--task K/2), one slowed", lambda out: _static_split(*common[:1], out, *common[1:], delay))
-        cluster = LocalCluster(node2_delay_s=delay, pin=True)
-        try:
-            case("ray, 2-node cluster, one slowed", lambda out: _generate(
-                *common[:1], out, *common[1:], ["--engine", "ray", "--ray-address", cluster.address], env=cluster.env))
-        finally:
-            cluster.stop()
-    base = min(rows["local engine, 2 workers"])
-    print(f"\n{args.samples} samples, shards of {args.shard_size}, {args.recipe}; best of {args.repeats} "
-          f"(each run: process start-up, model load, every shard written; all runs byte-identical)")
-    print(f"{'case':<42} | {'wall (s), each run':>22} | {'samples/s':>9} | {'vs local':>8}")
-    print("-" * 92)
-    for name, walls in rows.items():
-        best = min(walls)
-        print(f"{name:<42} | {', '.join(f'{w:.1f}' for w in walls):>22} | {args.samples / best:>9.2f} | "
-              f"{base / best:>7.2f}x")
-    static, ray_slow = min(rows["static split (--task K/2), one slowed"]), min(rows["ray, 2-node cluster, one slowed"])
-    print(f"one node slowed: the Ray engine finishes {static / ray_slow:.2f}x sooner than the static split")
+
+def _ray_table(args, rows: dict[str, dict[str, list[float]]], per_node: dict[str, list[list[int]]]) -> None:
+    import statistics
+
+    base = {k: statistics.mean(rows["local engine, 2 workers"][k]) for k in ("wall", "span")}
+    print(f"\n{args.samples} samples, shards of {args.shard_size}, {args.recipe}; {args.repeats} alternated rounds; "
+          f"all runs byte-identical. wall: the command; span: first shard started to last committed")
+    print(f"{'case':<40} | {'wall (s), each run':>22} | {'span (s), each run':>22} | {'local/this, wall':>16} | "
+          f"{'span':>5}")
+    print("-" * 118)
+    for name, clocks in rows.items():
+        walls, spans = clocks["wall"], clocks["span"]
+        print(f"{name:<40} | {', '.join(f'{w:.1f}' for w in walls):>22} | {', '.join(f'{w:.1f}' for w in spans):>22} | "
+              f"{base['wall'] / statistics.mean(walls):>15.2f}x | {base['span'] / statistics.mean(spans):>4.2f}x")
+    static, slowed = rows["static split (--task K/2), one slowed"], rows["ray, 2-node cluster, one slowed"]
+    for clock in ("span", "wall"):
+        each = [a / b for a, b in zip(static[clock], slowed[clock])]
+        print(f"one node slowed, {clock}: the Ray engine finishes {', '.join(f'{x:.2f}x' for x in each)} sooner than "
+              f"the static split (mean {statistics.mean(each):.2f}x; target >= 1.3x)")
     for name, counts in per_node.items():
         print(f"shards per node, {name}: " + "; ".join(" / ".join(map(str, c)) for c in counts))
 

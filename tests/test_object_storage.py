@@ -192,6 +192,36 @@ def test_a_background_upload_killed_leaves_no_sidecar_status_shows_it_being_writ
     assert list((tmp_path / "staging").iterdir()) == []  # the staged tars went once put
 
 
+def test_sigterm_drops_a_background_upload_that_outlasts_the_grace_and_the_rerun_is_identical(s3, local_run,
+                                                                                                tmp_path):
+    """--workers 2, shard 1's tar PUT held (it never ends): SIGTERM with output.grace_s=2 starts no
+    new shard, lets the rest finish, then drops the held upload before its sidecar; one line, exit
+    143, no staged file, no marker left for it; the rerun completes, identical."""
+    relay = HoldingRelay(s3.port, b"PUT /bucket/term/shards/shard-000001.tar")
+    staging = tmp_path / "staging"
+    env = dict(s3.process_env(relay.url), SYNTHGEN_STAGING=str(staging))
+    proc = _generate("s3://bucket/term", "--workers", "2", "output.grace_s=2", env=env)
+    try:
+        assert relay.held.wait(timeout=300), proc.stderr.read() if proc.poll() is not None else "no upload seen"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        relay.close()
+    stderr = proc.stderr.read()
+    line = stderr.strip().splitlines()[-1]
+    assert "Traceback" not in stderr and line.startswith("synthgen: interrupted: ") and \
+        line.endswith("of 3 shards complete; rerun the same command to resume"), stderr[-2000:]
+    s3.fs.invalidate_cache()
+    assert not s3.fs.exists("bucket/term/shards/shard-000001.json")
+    assert not s3.fs.exists("bucket/term/logs/shard-000001.writing")
+    assert list(staging.iterdir()) == []
+    proc = _generate("s3://bucket/term", "--workers", "2", env=dict(env, AWS_ENDPOINT_URL=s3.url))
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    assert _s3_shards(s3, "bucket/term") == _local_shards(local_run)
+
+
 def test_unknown_scheme_and_missing_backend_are_one_line_and_write_nothing(tmp_path):
     proc = _cli("generate", RECIPE, "--out", "foo://bucket/run", "--no-progress", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("synthgen: error: foo://")

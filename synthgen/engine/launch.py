@@ -279,9 +279,9 @@ def _run_in_pool(factory_class: type, recipe: Recipe, folder: RunFolder, tasks: 
 
 
 class _Uploads:
-    """Staged shards put to an object store from this process, each in a thread of its own
-    (named ``synthgen-writer-upload-*``: a stopped run waits for them, see
-    :func:`exit_status_after_stop`). ``running``: future -> shard; ``seen``: their futures."""
+    """Staged shards put to an object store from this process, each in a daemon thread of its own.
+    After :meth:`abort` nothing waits for them: one still inside a put ends with the process, and
+    its shard has no sidecar. ``running``: future -> shard; ``seen``: their futures."""
 
     def __init__(self, folder: RunFolder):
         self.folder = folder
@@ -300,7 +300,7 @@ class _Uploads:
 
         self.running[future] = staged.task
         self.seen.add(future)
-        threading.Thread(target=put, name=f"synthgen-writer-upload-{staged.task.name}", daemon=True).start()
+        threading.Thread(target=put, name=f"synthgen-upload-{staged.task.name}", daemon=True).start()
 
     def abort(self) -> list[ShardTask]:
         """Tell the uploads in flight to drop their shard at their next step (no sidecar is
@@ -575,7 +575,7 @@ class _UploadedLog(_QuietFileHandler):
         self.flush()
         size = os.path.getsize(self.baseFilename)
         if size != self.put_size:
-            self.folder.put_file(self.baseFilename, self.rel)
+            self.folder.put_file(self.baseFilename, self.rel, retry=False)  # the next beat tries again
             self.put_size = size
 
     def _keep_up(self, every_s: float) -> None:

@@ -423,10 +423,12 @@ class RunFolder:
         else:
             os.replace(tmp, self._full(rel))
 
-    def put_file(self, local: str | Path, rel: str) -> None:
-        """Copy the local file ``local`` to ``rel`` whole (object store: one put; folder: copy then rename)."""
+    def put_file(self, local: str | Path, rel: str, retry: bool = True) -> None:
+        """Copy the local file ``local`` to ``rel`` whole (object store: one put, retried with
+        backoff unless ``retry`` is false; folder: copy then rename)."""
         if self.remote:
-            self._retry(lambda: self.fs.put_file(str(local), self._full(rel)), rel)
+            put = lambda: self.fs.put_file(str(local), self._full(rel))  # noqa: E731
+            self._retry(put, rel) if retry else put()
             return
         self.write_text(rel, Path(local).read_text(errors="replace"))
 

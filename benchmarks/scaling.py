@@ -257,7 +257,7 @@ def ray_main(args) -> None:
     import statistics
 
     sys.path.insert(0, str(ROOT))
-    from tests.ray_cluster import LocalCluster
+    from synthgen.testing.ray_cluster import LocalCluster
 
     common = (args.recipe, args.samples, args.shard_size, args.overrides)
     rows: dict[str, dict[str, list[float]]] = {}

@@ -3,7 +3,7 @@ node joined with ``ray start --address``, one CPU each, no GPU): the same shard 
 engine for the quickstart and for a tiny ControlNet + SAM recipe (the device actor with
 ``num_gpus=0``), and a run that loses the second node mid-shard still completes with the same bytes.
 
-The cluster (:mod:`tests.ray_cluster`) is stopped by killing its own processes by PID, never with
+The cluster (:mod:`synthgen.testing.ray_cluster`) is stopped by killing its own processes by PID, never with
 ``ray stop``, which would stop every Ray on the machine."""
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def cluster(s3_endpoint):
     pytest.importorskip("psutil")
     import ray
 
-    from tests.ray_cluster import LocalCluster
+    from synthgen.testing.ray_cluster import LocalCluster
 
     names = ("RAY_AUTH_MODE", "RAY_ADDRESS", *(s3_endpoint.env if s3_endpoint else ()))
     saved = {k: os.environ.get(k) for k in names}
@@ -272,6 +272,6 @@ def _title(proc) -> str:
 
 
 def _kill_all(procs: list) -> None:
-    from tests.ray_cluster import _kill
+    from synthgen.testing.ray_cluster import kill_processes
 
-    _kill(procs)
+    kill_processes(procs)

@@ -1,4 +1,4 @@
-"""A real Ray cluster on this machine for tests and benchmarks: a head (``ray start --head``) and a
+"""A real Ray cluster on this machine for tests and benchmarks (needs ray and psutil): a head (``ray start --head``) and a
 second node (``ray start --address``), one CPU each, ports and a temporary folder of their own.
 
 :meth:`LocalCluster.stop` kills the cluster's own processes by PID (found by its folder and port),
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the folder holding this synthgen: the workers import it
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -90,10 +90,10 @@ class LocalCluster:
         return []
 
     def kill_node2(self) -> None:
-        _kill(self.node2_processes())
+        kill_processes(self.node2_processes())
 
     def stop(self) -> None:
-        _kill(self.processes())
+        kill_processes(self.processes())
         shutil.rmtree(self.temp, ignore_errors=True)
 
 
@@ -104,7 +104,8 @@ def _children(proc) -> list:
         return []
 
 
-def _kill(procs: list) -> None:
+def kill_processes(procs: list) -> None:
+    """SIGKILL ``procs`` (psutil processes) and wait up to 10 s for them."""
     for proc in procs:
         try:
             proc.send_signal(signal.SIGKILL)

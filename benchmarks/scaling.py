@@ -141,7 +141,8 @@ def storage_table(recipe: str, samples: int, workers: int, repeats: int, overrid
           f"the S3 endpoint is moto's server in its own process on the same 2 cores, standing for a remote "
           f"service (it used {sum(server_cpu) / len(server_cpu):.1f} CPU s per run here, which a remote "
           f"store would not take from the workers)")
-    print(f"{'output':>16} | {'samples/s (run), mean ± sd':>26} | {'samples/s (wall), mean ± sd':>27} | each run (run rate)")
+    print(f"{'output':>16} | {'samples/s (run), mean ± sd':>26} | {'samples/s (wall), mean ± sd':>27} | "
+          f"each run (run rate)")
     print("-" * 104)
     means = {}
     for name, runs in rows.items():

@@ -1,1 +1,2 @@
-"""Helpers for tests and benchmarks (tiny seeded random-weight models, a local Ray cluster); no run imports this package."""
+"""Helpers for tests and benchmarks (tiny seeded random-weight models, a local Ray cluster); no run
+imports this package."""

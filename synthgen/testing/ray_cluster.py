@@ -1,5 +1,6 @@
-"""A real Ray cluster on this machine for tests and benchmarks (needs ray and psutil): a head (``ray start --head``) and a
-second node (``ray start --address``), one CPU each, ports and a temporary folder of their own.
+"""A real Ray cluster on this machine for tests and benchmarks (needs ray and psutil): a head
+(``ray start --head``) and a second node (``ray start --address``), one CPU each, ports and a
+temporary folder of their own.
 
 :meth:`LocalCluster.stop` kills the cluster's own processes by PID (found by its folder and port),
 never ``ray stop``, which would stop every Ray on the machine.

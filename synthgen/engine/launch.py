@@ -214,8 +214,8 @@ def _run_in_pool(factory_class: type, recipe: Recipe, folder: RunFolder, tasks: 
     starts nothing new; a shard the storage refuses counts against the error budget.
 
     On an object store a worker stages its shard and goes on to the next while this process puts
-    it (:class:`_Uploads`): at most ``workers`` uploads at once, and no new shard starts while as
-    many are waiting, so local staging holds at most ``2 * workers`` shards.
+    it (:class:`_Uploads`); a new shard starts only while fewer than ``2 * workers`` are being
+    made or put, so local staging holds at most ``2 * workers`` shards.
 
     A ``ProcessPoolExecutor``, not a ``multiprocessing.Pool``: a Pool replaces killed workers and
     its ``terminate`` can then wait forever on a queue lock a dead worker held."""
@@ -245,7 +245,7 @@ def _run_in_pool(factory_class: type, recipe: Recipe, folder: RunFolder, tasks: 
                                                  threads, os.getpid()))
             try:
                 while pending or running or uploads.running:
-                    while pending and len(running) < workers and len(uploads.running) < workers \
+                    while pending and len(running) < workers and len(running) + len(uploads.running) < 2 * workers \
                             and not stop.is_set():
                         task = pending.pop(0)
                         running[pool.submit(_run_shard, (folder, task, all_tasks))] = task

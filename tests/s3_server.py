@@ -24,6 +24,10 @@ class S3Endpoint:
     def __init__(self):
         moto_server = pytest.importorskip("moto.server")
         pytest.importorskip("s3fs")
+        import s3fs
+
+        # a filesystem cached for an earlier endpoint (same arguments, other AWS_ENDPOINT_URL) is stale
+        s3fs.S3FileSystem.clear_instance_cache()
         self.port = free_port()
         self.server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self.server.start()

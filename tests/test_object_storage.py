@@ -188,7 +188,8 @@ def test_a_background_upload_killed_leaves_no_sidecar_status_shows_it_being_writ
     status = _cli("status", "s3://bucket/background", env=s3.process_env())
     assert "3/3 complete, 0 being written" in status.stdout, status.stdout + status.stderr
     log_text = s3.fs.cat_file("bucket/background/logs/rank-0.log").decode()
-    assert log_text.count("shards to write into s3://bucket/background") == 2  # both runs, appended
+    # the rerun's records at least (the killed run's are put every 30 s: a kill may come first)
+    assert "shards to write into s3://bucket/background" in log_text
     assert list((tmp_path / "staging").iterdir()) == []  # the staged tars went once put
 
 

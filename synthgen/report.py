@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from synthgen.engine.run_folder import SHARD_DIR, RunFolder, check_writable_folder, plan_shards
+from synthgen.engine.run_folder import RunFolder, check_writable_folder, plan_shards
 from synthgen.errors import UserError
 from synthgen.labels import views_of
 
@@ -40,9 +40,7 @@ def run_status(out_dir: str | Path) -> dict[str, Any]:
     if stamps:
         span = max(stamps) - min(s - d for s, d in zip(stamps, seconds))
         rate = done / span if span > 0 else None
-    in_progress = [] if folder.remote else sorted(
-        p.name for p in (Path(folder.root) / SHARD_DIR).glob("*.partial-*")) \
-        if (Path(folder.root) / SHARD_DIR).is_dir() else []
+    in_progress = folder.in_flight(tasks)
     return {"recipe": recipe.name, "recipe_hash": manifest["recipe_hash"], "total": recipe.num_samples,
             "done": done, "written": written, "rejected": rejected, "errors": errors,
             "acceptance": written / (written + rejected) if written + rejected else None,

@@ -34,7 +34,7 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from synthgen.engine.contract import Factory
 from synthgen.engine.memory import keep_freed_memory
-from synthgen.engine.run_folder import LOG_DIR, RunFolder, ShardTask, plan_shards, shards_of
+from synthgen.engine.run_folder import LOG_DIR, RunFolder, ShardTask, StagedShard, plan_shards, shards_of
 from synthgen.engine.shards import _check_budget, error_budget, write_shards
 from synthgen.errors import Interrupted, StorageError, UserError
 from synthgen.recipe import Recipe
@@ -160,11 +160,18 @@ def _init_worker(factory_class: type, recipe_json: dict, progress_queue, threads
     _PROGRESS = progress_queue
 
 
-def _run_shard(args: tuple[RunFolder, ShardTask, list]) -> dict[str, Any]:
+_FOLDERS: dict[tuple, RunFolder] = {}
+
+
+def _run_shard(args: tuple[RunFolder, ShardTask, list]) -> dict[str, Any] | StagedShard:
+    """One shard in a pool worker: committed here (local folder), or staged for the main process
+    to upload (object store) while this worker makes its next shard."""
     folder, task, all_tasks = args
     assert _FACTORY is not None
+    # this process's copy, kept across shards: it remembers the sidecars it has read
+    folder = _FOLDERS.setdefault((folder.location, repr(sorted(folder.storage_options.items()))), folder)
     return write_shards(_FACTORY, folder, [task], 0, lambda: _PROGRESS.put(1),
-                        lambda: errors_elsewhere(folder, all_tasks, [task]))[0]
+                        lambda: errors_elsewhere(folder, all_tasks, [task]), stage_only=folder.remote)[0]
 
 
 def errors_elsewhere(folder: RunFolder, all_tasks: list[ShardTask], own: list[ShardTask]) -> int:
@@ -206,6 +213,10 @@ def _run_in_pool(factory_class: type, recipe: Recipe, folder: RunFolder, tasks: 
     """Whole shards over ``workers`` processes, at most one in flight per worker, so that a stop
     starts nothing new; a shard the storage refuses counts against the error budget.
 
+    On an object store a worker stages its shard and goes on to the next while this process puts
+    it (:class:`_Uploads`); a new shard starts only while fewer than ``2 * workers`` are being
+    made or put, so local staging holds at most ``2 * workers`` shards.
+
     A ``ProcessPoolExecutor``, not a ``multiprocessing.Pool``: a Pool replaces killed workers and
     its ``terminate`` can then wait forever on a queue lock a dead worker held."""
     ctx = mp.get_context("spawn")
@@ -220,30 +231,41 @@ def _run_in_pool(factory_class: type, recipe: Recipe, folder: RunFolder, tasks: 
     listener.start()
     before = set(mp.active_children())
     pending, running, lost = list(tasks), {}, []
+    uploads = _Uploads(folder)
+
+    def failed(task: ShardTask, exc: StorageError) -> None:
+        lost.append(exc)
+        failures = errors_elsewhere(folder, all_tasks, []) + recipe.output.shard_size * len(lost)
+        _check_budget(recipe, failures, error_budget(recipe))
+
     try:
         with _worker_thread_limits(threads):
             pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                        initargs=(factory_class, recipe.model_dump(mode="json"), progress,
                                                  threads, os.getpid()))
             try:
-                while pending or running:
-                    while pending and len(running) < workers and not stop.is_set():
+                while pending or running or uploads.running:
+                    while pending and len(running) < workers and len(running) + len(uploads.running) < 2 * workers \
+                            and not stop.is_set():
                         task = pending.pop(0)
                         running[pool.submit(_run_shard, (folder, task, all_tasks))] = task
-                    if not running:
+                    if not running and not uploads.running:
                         break
-                    done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
+                    done, _ = wait([*running, *uploads.running], timeout=1.0, return_when=FIRST_COMPLETED)
                     for future in done:
-                        running.pop(future)
+                        task = running.pop(future, None) or uploads.running.pop(future)
                         try:
-                            future.result()
-                        except StorageError as exc:  # logged by the worker; the others go on
-                            lost.append(exc)
-                            failed = errors_elsewhere(folder, all_tasks, []) + recipe.output.shard_size * len(lost)
-                            _check_budget(recipe, failed, error_budget(recipe))
+                            result = future.result()
+                        except StorageError as exc:  # the others go on
+                            if future in uploads.seen:  # a worker logs its own
+                                log.error("%s not stored: %s", task.name, exc)
+                            failed(task, exc)
+                            continue
+                        if isinstance(result, StagedShard):
+                            uploads.start(result)
             except BaseException:
                 _kill_children(before)  # they ignore SIGTERM and SIGINT: the main process decides
-                for task in running.values():
+                for task in [*running.values(), *uploads.abort()]:
                     folder.drop_partials(task)
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
@@ -254,6 +276,37 @@ def _run_in_pool(factory_class: type, recipe: Recipe, folder: RunFolder, tasks: 
     if lost:
         raise StorageError(f"{len(lost)} shard(s) could not be stored ({lost[0]}); complete shards are kept, "
                            f"rerun the same command to make the others")
+
+
+class _Uploads:
+    """Staged shards put to an object store from this process, each in a daemon thread of its own.
+    After :meth:`abort` nothing waits for them: one still inside a put ends with the process, and
+    its shard has no sidecar. ``running``: future -> shard; ``seen``: their futures."""
+
+    def __init__(self, folder: RunFolder):
+        self.folder = folder
+        self.running: dict[Future, ShardTask] = {}
+        self.seen: set[Future] = set()
+        self.stopped = threading.Event()
+
+    def start(self, staged: StagedShard) -> None:
+        future: Future = Future()
+
+        def put() -> None:
+            try:
+                future.set_result(self.folder.publish_shard(staged, abort=self.stopped.is_set))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        self.running[future] = staged.task
+        self.seen.add(future)
+        threading.Thread(target=put, name=f"synthgen-upload-{staged.task.name}", daemon=True).start()
+
+    def abort(self) -> list[ShardTask]:
+        """Tell the uploads in flight to drop their shard at their next step (no sidecar is
+        written after this); returns their shards."""
+        self.stopped.set()
+        return list(self.running.values())
 
 
 def _kill_children(before: set) -> None:
@@ -373,6 +426,7 @@ def _make_shards(factory_class: type, recipe: Recipe, folder: RunFolder, ranks: 
     rank_log = _log_to_file(folder, ranks)
     complete = folder.complete(tasks)
     mine = [t for t in own if t.index not in complete]
+    folder.clear_in_flight(mine)  # what a killed run left; each shard marks itself when it starts
     log.info("%s %d/%d: %d of %d shards to write into %s", "task" if ranks.task else "rank", ranks.rank,
              ranks.world, len(mine), len(tasks), folder)
     shown = own if ranks.task else tasks
@@ -383,13 +437,14 @@ def _make_shards(factory_class: type, recipe: Recipe, folder: RunFolder, ranks: 
     uses_device = factory_class.uses_device(recipe)
     workers = max(1, workers if uses_device else min(workers, len(mine)))
     failure = None
+    cluster: dict[str, Any] = {}  # the Ray engine's: nodes, CPUs, GPUs, shards made per node
     try:
         if not mine:
             pass
         elif engine == "ray":
             from synthgen.engine.ray_engine import run_shards
 
-            run_shards(factory_class, recipe, folder, mine, tasks, bar.tick, stop.is_set, ray_address)
+            cluster = run_shards(factory_class, recipe, folder, mine, tasks, bar.tick, stop.is_set, ray_address)
         elif uses_device:
             loaders = workers if loader_workers is None else loader_workers
             _run_in_process(factory_class, recipe, folder, mine, tasks, ranks.device, bar.tick, loaders, stop)
@@ -406,8 +461,8 @@ def _make_shards(factory_class: type, recipe: Recipe, folder: RunFolder, ranks: 
         made = sum(t.stop - t.start for t in mine)
         stats = {"last_run_seconds": round(elapsed, 3), "last_run_samples": made,
                  "last_run_samples_per_second": round(made / elapsed, 3) if elapsed > 0 else None,
-                 "workers": workers, "world_size": ranks.world} | ({"tasks": ranks.world} if ranks.task else {}) \
-            | ({"engine": engine} if engine != "local" else {})
+                 "world_size": ranks.world} | ({"tasks": ranks.world} if ranks.task else {}) \
+            | ({"engine": engine, "ray": cluster} if engine == "ray" else {"workers": workers})
         failure = failure or ("interrupted" if stop.is_set() else None)
         with contextlib.suppress(Exception):  # the run's own error is the one to report
             if ranks.world > 1 and not ranks.task:  # rank 0 waits for these, not a collective
@@ -500,13 +555,54 @@ class _QuietFileHandler(logging.FileHandler):
         pass
 
 
-def _log_to_file(folder: RunFolder, ranks: Ranks) -> logging.Handler | None:
-    """Append this process's synthgen log records to DIR/logs/NAME.log (local folders)."""
+class _UploadedLog(_QuietFileHandler):
+    """An object store's ``logs/NAME.log``: written to a local staging file (after the text an
+    earlier run left there: local logs are appended to, objects cannot be) and put whole every
+    ``every_s`` seconds while it grows, and at :meth:`close`."""
+
+    def __init__(self, folder: RunFolder, rel: str, every_s: float = 30.0):
+        self.folder, self.rel = folder, rel
+        local = folder.staging_file(rel)
+        local.write_text(folder.read_text(rel) or "")
+        super().__init__(local)
+        self.put_size = -1
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._keep_up, args=(every_s,), daemon=True,
+                                       name="synthgen-log-upload")
+        self.thread.start()
+
+    def _put(self) -> None:
+        self.flush()
+        size = os.path.getsize(self.baseFilename)
+        if size != self.put_size:
+            self.folder.put_file(self.baseFilename, self.rel, retry=False)  # the next beat tries again
+            self.put_size = size
+
+    def _keep_up(self, every_s: float) -> None:
+        while not self.stopped.wait(every_s):
+            try:
+                self._put()
+            except Exception as exc:  # the log is a courtesy: never a reason to stop a run
+                log.debug("%s: %s", self.rel, exc)
+
+    def close(self) -> None:
+        self.stopped.set()
+        with contextlib.suppress(Exception):
+            self._put()
+        super().close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.baseFilename)
+
+
+def _log_to_file(folder: RunFolder, ranks: Ranks) -> logging.Handler:
+    """Append this process's synthgen log records to DIR/logs/NAME.log (on an object store: put
+    there every 30 s and at the end)."""
     if folder.remote:
-        return None
-    path = os.path.join(folder.root, LOG_DIR, f"{ranks.name}.log")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    handler = _QuietFileHandler(path)
+        handler: logging.Handler = _UploadedLog(folder, f"{LOG_DIR}/{ranks.name}.log")
+    else:
+        path = os.path.join(folder.root, LOG_DIR, f"{ranks.name}.log")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        handler = _QuietFileHandler(path)
     handler.setFormatter(logging.Formatter(
         f"%(asctime)s {ranks.name}/{ranks.world} %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)

@@ -197,8 +197,10 @@ class Counter:
 # --- in the driver ------------------------------------------------------------------------------
 def run_shards(factory_class: type, recipe: Recipe, folder: RunFolder, tasks: list[ShardTask],
                all_tasks: list[ShardTask], tick: Callable[[], None], stopping: Callable[[], bool],
-               address: str | None = None) -> None:
-    """Make ``tasks`` (the missing shards of ``all_tasks``) on a Ray cluster.
+               address: str | None = None) -> dict[str, Any]:
+    """Make ``tasks`` (the missing shards of ``all_tasks``) on a Ray cluster; returns what ran
+    them (``nodes``, ``cpus``, ``gpus`` of the cluster, ``device_actors``, ``shards_per_node``:
+    the run's ``stats.ray``; the local engine's ``stats.workers`` has no meaning here).
 
     ``address``: a running cluster (``ray://head:10001``, ``head:6379``, ``auto``); default
     ``$RAY_ADDRESS``; without either, a local Ray is started for this run and stopped after.
@@ -208,12 +210,11 @@ def run_shards(factory_class: type, recipe: Recipe, folder: RunFolder, tasks: li
     """
     ray = _import_ray()
     if ray.is_initialized():  # a notebook that called ray.init() itself: its cluster, left as it is
-        _schedule(ray, factory_class, recipe, folder, tasks, all_tasks, tick, stopping)
-        return
+        return _schedule(ray, factory_class, recipe, folder, tasks, all_tasks, tick, stopping)
     with _signal_handlers_kept():  # ray.init installs its own SIGTERM handler; the run's decides
         _connect(ray, address)
     try:
-        _schedule(ray, factory_class, recipe, folder, tasks, all_tasks, tick, stopping)
+        return _schedule(ray, factory_class, recipe, folder, tasks, all_tasks, tick, stopping)
     finally:
         ray.shutdown()  # disconnects from a cluster; stops the local Ray started for the run
 
@@ -251,14 +252,16 @@ def _connect(ray, address: str | None) -> None:
 
 
 def _schedule(ray, factory_class: type, recipe: Recipe, folder: RunFolder, tasks: list[ShardTask],
-              all_tasks: list[ShardTask], tick: Callable[[], None], stopping: Callable[[], bool]) -> None:
+              all_tasks: list[ShardTask], tick: Callable[[], None], stopping: Callable[[], bool]) -> dict[str, Any]:
     retries = recipe.output.ray.max_retries
     counter = ray.remote(num_cpus=0)(Counter).remote()
     resources = ray.cluster_resources()
-    log.info("Ray cluster: %d nodes, %g CPUs, %g GPUs", len([n for n in ray.nodes() if n.get("Alive")]),
-             resources.get("CPU", 0), resources.get("GPU", 0))
+    summary: dict[str, Any] = {"nodes": len([n for n in ray.nodes() if n.get("Alive")]),
+                               "cpus": resources.get("CPU", 0), "gpus": resources.get("GPU", 0)}
+    log.info("Ray cluster: %d nodes, %g CPUs, %g GPUs", summary["nodes"], summary["cpus"], summary["gpus"])
     if factory_class.uses_device(recipe):
         start, slots = _device_pool(ray, factory_class, recipe, folder, all_tasks, counter, retries)
+        summary["device_actors"] = slots()
     else:
         remote = ray.remote(make_shard).options(num_cpus=1, max_retries=retries, retry_exceptions=False)
 
@@ -286,6 +289,7 @@ def _schedule(ray, factory_class: type, recipe: Recipe, folder: RunFolder, tasks
                 log.debug("%s made on node %s", task.name, node)
         _progress(ray, counter, seen, tick)
         log.info("shards made per node: %s", ", ".join(f"{node}: {n}" for node, n in sorted(per_node.items())))
+        return summary | {"shards_per_node": dict(sorted(per_node.items()))}
     except BaseException:
         for ref, task in running.items():  # a stop after the grace period, or another shard's error
             try:

@@ -9,7 +9,8 @@ Layout (a local folder or any fsspec URL: ``s3://``, ``gs://``, ``az://``, ``fil
     shards/shard-K.tar       samples [K*S, min((K+1)*S, N)), webdataset records
     shards/shard-K.json      the sidecar: sample range, counts, rejects, failures, timings
     rejected/shard-K.tar     rejected samples (``filter.write_rejected``), for inspection
-    logs/                    rank logs (local folders), rank/task markers, progress counts
+    logs/                    rank / task logs, rank/task markers, progress counts, and on object
+                             stores the in-flight markers shard-K.writing (never data)
 
 Commit protocol. A shard is complete when its tar and its sidecar both exist and the sidecar's
 range is the planned one; readers and resume trust nothing else.
@@ -20,6 +21,8 @@ range is the planned one; readers and resume trust nothing else.
   put whole under its final key (multipart for large files), then the sidecar is put: the sidecar
   is the completion marker, so an interrupted upload leaves nothing a reader takes for data.
   Transient storage errors are retried with backoff; then the shard fails (:class:`StorageError`).
+  The two halves (:meth:`RunFolder.stage_shard`, :meth:`RunFolder.publish_shard`) may run in
+  different threads or processes of one machine, so that an upload need not hold up the next shard.
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ UPLOAD_TRIES = 5
 UPLOAD_BACKOFF_S = 0.5
 
 
+class ShardDropped(Exception):
+    """A staged shard was not published because the run is being stopped."""
+
+
 # --- the plan ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ShardTask:
@@ -65,6 +72,18 @@ class ShardTask:
     @property
     def name(self) -> str:
         return f"shard-{self.index:06d}"
+
+
+@dataclass(frozen=True)
+class StagedShard:
+    """A shard written to local staging files (:meth:`RunFolder.stage_shard`), not yet published:
+    ``tar`` and ``rejected`` are local paths, ``info`` its sidecar. Picklable: a worker process
+    stages, another thread or process may publish on the same machine."""
+
+    task: ShardTask
+    tar: str
+    rejected: str | None
+    info: dict
 
 
 def plan_shards(num_samples: int, shard_size: int) -> list[ShardTask]:
@@ -276,24 +295,100 @@ class RunFolder:
 
         ``extra`` (rejected/failed sample lists, timings) is read after ``records`` is exhausted,
         so a generator may fill it. ``rejected()`` gives records for ``rejected/`` (inspection
-        only). Returns the sidecar info (sample range, count, bytes, extra)."""
-        tmp, count = _write_tar(self._staging(self.shard_rel(task)), records)
+        only). Returns the sidecar info (sample range, count, bytes, extra).
+        :meth:`stage_shard` then :meth:`publish_shard`, in this thread."""
+        return self.publish_shard(self.stage_shard(task, records, extra, rejected))
+
+    def stage_shard(self, task: ShardTask, records: Iterable[dict[str, Any]],
+                    extra: dict[str, Any] | None = None,
+                    rejected: Callable[[], list[dict[str, Any]]] | None = None) -> "StagedShard":
+        """The first half of :meth:`commit_shard`: the shard's tar (and its rejected samples' tar)
+        written to staging files, nothing a reader trusts yet. On an object store a small
+        in-flight marker (``logs/shard-K.writing``, never data) tells ``status`` it is being
+        written until :meth:`publish_shard` (or :meth:`drop_partials`) removes it."""
+        if self.remote:
+            marker = json.dumps({"started_at": round(time.time(), 3), "pid": os.getpid()}).encode()
+            try:  # one try: only status reads it, the shard's own puts are the ones retried
+                self.fs.pipe_file(self._full(self.in_flight_rel(task)), marker)
+            except Exception as exc:
+                log.debug("%s: %s", self.in_flight_rel(task), exc)
         try:
-            kept_aside = rejected() if rejected is not None else []
-            if kept_aside:
-                side_tmp, _ = _write_tar(self._staging(f"{REJECTED_DIR}/{task.name}.tar"), kept_aside)
-                self._publish(side_tmp, f"{REJECTED_DIR}/{task.name}.tar")
-            info = {"shard": f"{task.name}.tar", "start": task.start, "stop": task.stop, "samples": count,
-                    "bytes": tmp.stat().st_size, "finished_at": round(time.time(), 3)} | (extra or {})
+            tmp, count = _write_tar(self._staging(self.shard_rel(task)), records, durable=not self.remote)
+            try:
+                kept_aside = rejected() if rejected is not None else []
+                side = _write_tar(self._staging(f"{REJECTED_DIR}/{task.name}.tar"), kept_aside,
+                                  durable=not self.remote)[0] if kept_aside else None
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        except BaseException:
+            self._forget_in_flight(task)
+            raise
+        info = {"shard": f"{task.name}.tar", "start": task.start, "stop": task.stop, "samples": count,
+                "bytes": tmp.stat().st_size, "finished_at": round(time.time(), 3)} | (extra or {})
+        return StagedShard(task, str(tmp), str(side) if side else None, info)
+
+    def publish_shard(self, staged: "StagedShard", abort: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+        """The second half of :meth:`commit_shard`: make a staged shard complete; returns its sidecar info.
+
+        Local: the sidecar, then the tar renamed into place. Object store: the tar put whole, then
+        the sidecar that vouches for it, so an upload cut short leaves nothing a reader trusts.
+        ``abort()`` (asked before each put) drops the shard instead: its tar, if already put, is
+        removed, and no sidecar is written. The staging files are removed either way."""
+        task, tmp = staged.task, Path(staged.tar)
+        try:
+            if staged.rejected:
+                self._publish(Path(staged.rejected), f"{REJECTED_DIR}/{task.name}.tar")
+            text = json.dumps(staged.info, sort_keys=True)
             if self.remote:  # the tar, then the sidecar that vouches for it
+                if abort():
+                    raise ShardDropped(task.name)
                 self._publish(tmp, self.shard_rel(task))
-                self.write_text(self.sidecar_rel(task), json.dumps(info, sort_keys=True))
+                if abort():
+                    self.remove(self.shard_rel(task))
+                    raise ShardDropped(task.name)
+                self.write_text(self.sidecar_rel(task), text)
             else:  # the sidecar, then the tar renamed into place
-                self.write_text(self.sidecar_rel(task), json.dumps(info, sort_keys=True))
+                self.write_text(self.sidecar_rel(task), text)
                 os.replace(tmp, self._full(self.shard_rel(task)))
         finally:
             tmp.unlink(missing_ok=True)
-        return info
+            if staged.rejected:
+                Path(staged.rejected).unlink(missing_ok=True)
+            self._forget_in_flight(task)
+        return staged.info
+
+    @staticmethod
+    def in_flight_rel(task: ShardTask) -> str:
+        return f"{LOG_DIR}/{task.name}.writing"
+
+    def _forget_in_flight(self, task: ShardTask) -> None:
+        if self.remote:
+            try:
+                self.remove(self.in_flight_rel(task))
+            except Exception as exc:  # only status reads it; a stale one is removed at the next run's start
+                log.debug("%s: %s", self.in_flight_rel(task), exc)
+
+    def in_flight(self, tasks: list[ShardTask]) -> list[str]:
+        """Names of the shards of ``tasks`` being written now (those a killed writer left too, until
+        a run makes them): local partial files, or an object store's in-flight markers, less the
+        shards already complete."""
+        if not self.remote:
+            shards = Path(self._full(SHARD_DIR))
+            return sorted(p.name for p in shards.glob("*.partial-*")) if shards.is_dir() else []
+        marked = {name[:-len(".writing")] for name in self.names(LOG_DIR) if name.endswith(".writing")}
+        wanted = [t for t in tasks if t.name in marked]
+        complete = set(self.read_sidecars(wanted)) if wanted else set()
+        return sorted(t.name for t in wanted if t.index not in complete)
+
+    def clear_in_flight(self, tasks: list[ShardTask]) -> None:
+        """Remove the in-flight markers of ``tasks`` that an earlier, killed run left (object stores)."""
+        if not self.remote:
+            return
+        names = set(self.names(LOG_DIR))
+        for task in tasks:
+            if f"{task.name}.writing" in names:
+                self.remove(self.in_flight_rel(task))
 
     def _staging(self, rel: str) -> Path:
         """Where ``rel`` is written before it is published; stale partials of it are removed.
@@ -311,17 +406,32 @@ class RunFolder:
             stale.unlink(missing_ok=True)  # left by a killed run: only this shard's owner writes here
         return final.with_name(f"{final.name}.partial-{os.getpid()}")
 
+    def staging_file(self, rel: str) -> Path:
+        """A local file this process may write ``rel`` to before it is published (stale copies
+        of it removed): beside ``rel`` in a local folder, in ``$SYNTHGEN_STAGING`` for a store."""
+        return self._staging(rel)
+
     def drop_partials(self, task: ShardTask) -> None:
         """Remove what a killed writer of ``task`` left (never a complete shard)."""
         for rel in (self.shard_rel(task), f"{REJECTED_DIR}/{task.name}.tar"):
             staged = self._staging(rel)
             staged.unlink(missing_ok=True)
+        self._forget_in_flight(task)
 
     def _publish(self, tmp: Path, rel: str) -> None:
         if self.remote:
             self._retry(lambda: self.fs.put_file(str(tmp), self._full(rel)), rel)
         else:
             os.replace(tmp, self._full(rel))
+
+    def put_file(self, local: str | Path, rel: str, retry: bool = True) -> None:
+        """Copy the local file ``local`` to ``rel`` whole (object store: one put, retried with
+        backoff unless ``retry`` is false; folder: copy then rename)."""
+        if self.remote:
+            put = lambda: self.fs.put_file(str(local), self._full(rel))  # noqa: E731
+            self._retry(put, rel) if retry else put()
+            return
+        self.write_text(rel, Path(local).read_text(errors="replace"))
 
     # --- the manifest --------------------------------------------------------------------------
     def read_manifest(self) -> dict[str, Any]:
@@ -469,8 +579,9 @@ def _read_or_none(path: Path) -> str | None:
         return None
 
 
-def _write_tar(tmp: Path, records: Iterable[dict[str, Any]]) -> tuple[Path, int]:
-    """Write records to ``tmp`` (fsynced); returns it and the count. Removed on any failure."""
+def _write_tar(tmp: Path, records: Iterable[dict[str, Any]], durable: bool = True) -> tuple[Path, int]:
+    """Write records to ``tmp`` (fsynced when ``durable``: not a staging copy of an upload, which a
+    crash makes useless anyway); returns it and the count. Removed on any failure."""
     count = 0
     try:
         with open(tmp, "wb") as stream:
@@ -481,7 +592,8 @@ def _write_tar(tmp: Path, records: Iterable[dict[str, Any]]) -> tuple[Path, int]
                     sink.write(record)
                     count += 1
             stream.flush()
-            os.fsync(stream.fileno())
+            if durable:
+                os.fsync(stream.fileno())
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

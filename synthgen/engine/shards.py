@@ -40,8 +40,9 @@ def write_shards(factory: Factory, folder: RunFolder, tasks: list[ShardTask], lo
                  on_sample: Callable[[], None] | None = None,
                  errors_before: Callable[[], int] = lambda: 0,
                  ahead: int = WRITE_AHEAD,
-                 stopping: Callable[[], bool] = lambda: False) -> list[dict[str, Any]]:
-    """Write ``tasks`` from one sample stream (so loader workers start once); returns the sidecars.
+                 stopping: Callable[[], bool] = lambda: False, stage_only: bool = False) -> list[Any]:
+    """Write ``tasks`` from one sample stream (so loader workers start once); returns the sidecars
+    (``stage_only``: the :class:`~.run_folder.StagedShard` of each, for the caller to publish).
 
     ``errors_before()`` counts failures recorded in shards other than ``tasks`` (earlier runs,
     other processes); this call's own failures are counted here, from its reports, so a shard
@@ -59,11 +60,14 @@ def write_shards(factory: Factory, folder: RunFolder, tasks: list[ShardTask], lo
     depth = ahead * factory.batch_size
     writers: list[_Writer] = []
     infos: list[dict[str, Any]] = []
+    results: list[Any] = []
     lost: list[tuple[ShardTask, StorageError]] = []
+    commit = folder.stage_shard if stage_only else folder.commit_shard
 
-    def collect(task: ShardTask, result: Callable[[], dict[str, Any]]) -> None:
+    def collect(task: ShardTask, result: Callable[[], Any]) -> None:
         try:
-            infos.append(result())
+            results.append(result())
+            infos.append(results[-1].info if stage_only else results[-1])
         except StorageError as exc:
             log.error("%s not stored: %s", task.name, exc)
             lost.append((task, exc))
@@ -78,9 +82,9 @@ def write_shards(factory: Factory, folder: RunFolder, tasks: list[ShardTask], lo
                 sum(t.stop - t.start for t, _ in lost)
             report, accepted = _shard_samples(factory, task, stream, on_sample, errors_before() + own)
             if depth <= 0:
-                collect(task, lambda: _write_now(factory, folder, task, accepted, report))
+                collect(task, lambda: _write_now(factory, commit, task, accepted, report))
                 continue
-            writer = _Writer(factory, folder, task, report, depth)
+            writer = _Writer(factory, commit, task, report, depth)
             writers.append(writer)  # before its thread opens a partial file: an interruption aborts it
             writer.start()
             for sample in accepted:
@@ -97,7 +101,7 @@ def write_shards(factory: Factory, folder: RunFolder, tasks: list[ShardTask], lo
     if lost:
         raise StorageError(f"{len(lost)} shard(s) could not be stored ({lost[0][1]}); complete shards are "
                            f"kept, rerun the same command to make the others")
-    return infos
+    return results
 
 
 def _abort(writers: list["_Writer"], stream) -> None:
@@ -132,13 +136,13 @@ def _with_test_delay(on_sample: Callable[[], None] | None) -> Callable[[], None]
     return slowed
 
 
-def _write_now(factory: Factory, folder: RunFolder, task: ShardTask, accepted: Iterator[dict[str, Any]],
-               report: dict[str, Any]) -> dict[str, Any]:
-    """Encode and write ``accepted`` in this thread (``ahead=0``)."""
+def _write_now(factory: Factory, commit: Callable[..., Any], task: ShardTask,
+               accepted: Iterator[dict[str, Any]], report: dict[str, Any]) -> Any:
+    """Encode and write ``accepted`` in this thread (``ahead=0``) with ``commit``
+    (:meth:`RunFolder.commit_shard` or :meth:`RunFolder.stage_shard`)."""
     times = {"encode": 0.0, "write": 0.0}
-    info = folder.commit_shard(task, _encoded(factory, accepted, times, report), report,
-                               rejected=lambda: report.pop("_rejected_records"))
-    return info
+    return commit(task, _encoded(factory, accepted, times, report), report,
+                  rejected=lambda: report.pop("_rejected_records"))
 
 
 def _encoded(factory: Factory, samples: Iterator[dict[str, Any]], times: dict[str, float],
@@ -165,17 +169,18 @@ class _Aborted(Exception):
 class _Writer(threading.Thread):
     """Encodes and writes one shard from a bounded queue of accepted samples (its own thread).
 
-    The commit protocol is :meth:`RunFolder.commit_shard`'s: the shard is published only after
-    every record is written, so an abort or a kill leaves no shard.
+    The commit protocol is :meth:`RunFolder.commit_shard`'s (``commit``; or
+    :meth:`RunFolder.stage_shard`, publishing left to the caller): the shard is published only
+    after every record is written, so an abort or a kill leaves no shard.
     """
 
-    def __init__(self, factory: Factory, folder: RunFolder, task: ShardTask, report: dict[str, Any],
+    def __init__(self, factory: Factory, commit: Callable[..., Any], task: ShardTask, report: dict[str, Any],
                  depth: int):
         super().__init__(name=f"synthgen-writer-{task.name}", daemon=True)
-        self.factory, self.folder, self.task, self.report = factory, folder, task, report
+        self.factory, self.commit, self.task, self.report = factory, commit, task, report
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self.stop = threading.Event()
-        self.info: dict[str, Any] | None = None
+        self.info: Any = None
         self.error: BaseException | None = None
         self.times = {"encode": 0.0, "write": 0.0}
 
@@ -193,7 +198,7 @@ class _Writer(threading.Thread):
 
     def run(self) -> None:
         try:
-            self.info = self.folder.commit_shard(
+            self.info = self.commit(
                 self.task, _encoded(self.factory, self._samples(), self.times, self.report),
                 self.report, rejected=lambda: self.report.pop("_rejected_records"))
         except BaseException as exc:  # re-raised in the device thread
@@ -214,8 +219,8 @@ class _Writer(threading.Thread):
     def close(self) -> None:
         self.put(_END)
 
-    def result(self) -> dict[str, Any]:
-        """The shard's sidecar info, once written; the writer's error otherwise."""
+    def result(self) -> Any:
+        """What ``commit`` returned (the sidecar info, or the staged shard); the writer's error otherwise."""
         self.join()
         if self.error is not None:
             raise self.error

@@ -1,1 +1,2 @@
-"""Helpers shared by the tests and the benchmarks (tiny seeded random-weight models, a local Ray cluster); no run imports this package."""
+"""Helpers for tests and benchmarks (tiny seeded random-weight models, a local Ray cluster); no run
+imports this package."""

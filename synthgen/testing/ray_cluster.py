@@ -1,5 +1,6 @@
-"""A real Ray cluster on this machine for tests and benchmarks: a head (``ray start --head``) and a
-second node (``ray start --address``), one CPU each, ports and a temporary folder of their own.
+"""A real Ray cluster on this machine for tests and benchmarks (needs ray and psutil): a head
+(``ray start --head``) and a second node (``ray start --address``), one CPU each, ports and a
+temporary folder of their own.
 
 :meth:`LocalCluster.stop` kills the cluster's own processes by PID (found by its folder and port),
 never ``ray stop``, which would stop every Ray on the machine.
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]  # the folder holding this synthgen: the workers import it
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -105,6 +106,7 @@ def _children(proc) -> list:
 
 
 def kill_processes(procs: list) -> None:
+    """SIGKILL ``procs`` (psutil processes) and wait up to 10 s for them."""
     for proc in procs:
         try:
             proc.send_signal(signal.SIGKILL)

@@ -33,15 +33,35 @@ def test_the_ray_engine_refuses_a_task_split_in_one_line(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def s3_endpoint():
+    """moto's S3 server (None without moto / s3fs); its variables are in every node's environment
+    (as on a cluster whose pods carry AWS_*), set before the cluster starts."""
+    import importlib.util
+
+    if importlib.util.find_spec("moto") is None or importlib.util.find_spec("s3fs") is None:
+        yield None
+        return
+    from tests.fixtures.s3_server import S3Endpoint
+
+    endpoint = S3Endpoint()
+    try:
+        yield endpoint
+    finally:
+        endpoint.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_endpoint):
     pytest.importorskip("ray")
     pytest.importorskip("psutil")
     import ray
 
     from synthgen.testing.ray_cluster import LocalCluster
 
+    names = ("RAY_AUTH_MODE", "RAY_ADDRESS", *(s3_endpoint.env if s3_endpoint else ()))
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ.update(s3_endpoint.env if s3_endpoint else {})
     cluster = LocalCluster(node2_delay_s=SLOW_NODE_DELAY_S)
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
     os.environ["RAY_AUTH_MODE"] = "disabled"
     os.environ.pop("RAY_ADDRESS", None)
     try:
@@ -85,6 +105,28 @@ def test_quickstart_on_two_nodes_is_byte_identical_to_the_local_engine(cluster, 
     assert _shard_bytes(tmp_path / "ray") == quickstart_reference
     status = run_status(str(tmp_path / "ray"))  # status reads a Ray run as any other
     assert status["done"] == status["total"] == 8
+
+
+def test_the_ray_engine_writes_to_s3_byte_identical_to_the_local_engine(cluster, s3_endpoint,
+                                                                         quickstart_reference):
+    """Output to s3:// (moto's server over HTTP) from both nodes: each Ray task stages its shard on
+    its own node and puts it, sidecar last; the bucket holds the local engine's bytes, status reads
+    it, no in-flight marker is left, and stats.ray says what made the shards (not stats.workers)."""
+    if s3_endpoint is None:
+        pytest.skip("needs moto[server] and s3fs")
+    from synthgen.report import run_status
+
+    manifest = generate(_quickstart(), "s3://bucket/ray", progress=False, engine="ray", ray_address=cluster.address)
+    assert manifest["complete"] and manifest["num_samples_written"] == 8
+    assert "workers" not in manifest["stats"] and manifest["stats"]["ray"]["nodes"] == 2
+    assert sum(manifest["stats"]["ray"]["shards_per_node"].values()) == 4
+    fs = s3_endpoint.fs
+    fs.invalidate_cache()
+    stored = {p.rsplit("/", 1)[1]: fs.cat_file(p) for p in sorted(fs.glob("bucket/ray/shards/shard-*.tar"))}
+    assert stored == quickstart_reference
+    assert not [p for p in fs.ls("bucket/ray/logs") if p.endswith(".writing")]
+    status = run_status("s3://bucket/ray")
+    assert status["done"] == status["total"] == 8 and status["in_progress"] == []
 
 
 def test_failing_samples_count_against_the_error_budget_as_under_the_local_engine(cluster, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import webdataset as wds
 
 import synthgen.data  # noqa: F401  (the reader: lets webdataset open fsspec URLs)
-from synthgen.engine.run_folder import RunFolder, ShardTask
+from synthgen.engine.run_folder import RunFolder, ShardDropped, ShardTask
 from synthgen.errors import StorageError, UserError
 from tests.fixtures.recipes import ROOT
 from tests.fixtures.s3_server import SERVER_ERROR, HoldingRelay, S3Endpoint
@@ -124,13 +124,16 @@ def test_a_run_killed_during_an_upload_resumes_to_the_same_bytes(s3, local_run, 
     assert manifest["complete"] and manifest["num_samples_written"] == N
 
 
-def test_a_shard_the_store_keeps_refusing_fails_in_one_line_and_the_rest_is_kept(s3):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_shard_the_store_keeps_refusing_fails_in_one_line_and_the_rest_is_kept(s3, workers):
     """Every PUT of shard 1's tar gets a 503: retried with backoff, then that shard fails with one
     line and counts against output.max_errors; the other shards are stored, the run exits 1, and
-    the rerun (the store healthy again) completes."""
-    relay = HoldingRelay(s3.port, b"PUT /bucket/refused/shards/shard-000001.tar", reply=SERVER_ERROR)
+    the rerun (the store healthy again) completes. With 2 workers the tar is put by the main
+    process while the workers make the next shards (a background upload): the same line."""
+    prefix = f"bucket/refused{workers}"
+    relay = HoldingRelay(s3.port, f"PUT /{prefix}/shards/shard-000001.tar".encode(), reply=SERVER_ERROR)
     try:
-        proc = _generate("s3://bucket/refused", "output.max_errors=10",
+        proc = _generate(f"s3://{prefix}", "output.max_errors=10", "--workers", workers,
                          "output.storage_options={config_kwargs: {retries: {max_attempts: 1}}}",
                          env=s3.process_env(relay.url))
         assert proc.wait(timeout=600) == 1
@@ -139,16 +142,85 @@ def test_a_shard_the_store_keeps_refusing_fails_in_one_line_and_the_rest_is_kept
     stderr = proc.stderr.read()
     assert "Traceback" not in stderr and relay.held.is_set()
     line = stderr.strip().splitlines()[-1]
-    assert line.startswith("synthgen: stopped: 1 shard(s) could not be stored (s3://bucket/refused/shards/"
+    assert line.startswith(f"synthgen: stopped: 1 shard(s) could not be stored (s3://{prefix}/shards/"
                            "shard-000001.tar: storage error after 5 tries")
-    kept = _s3_shards(s3, "bucket/refused")
+    assert stderr.count("shard-000001 not stored") == 1  # logged once, by whoever uploaded it
+    kept = _s3_shards(s3, prefix)
     assert sorted(kept) == ["shard-000000.tar", "shard-000002.tar"]
-    proc = _generate("s3://bucket/refused", "output.max_errors=10", env=s3.process_env())
+    proc = _generate(f"s3://{prefix}", "output.max_errors=10", "--workers", workers, env=s3.process_env())
     assert proc.wait(timeout=600) == 0, proc.stderr.read()
-    after = _s3_shards(s3, "bucket/refused")
+    after = _s3_shards(s3, prefix)
     assert sorted(after) == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
     assert all(after[name] == data for name, data in kept.items())  # complete shards are never rewritten
-    assert json.loads(s3.fs.cat_file("bucket/refused/manifest.json"))["complete"]
+    assert json.loads(s3.fs.cat_file(f"{prefix}/manifest.json"))["complete"]
+
+
+def test_a_background_upload_killed_leaves_no_sidecar_status_shows_it_being_written_and_logs_are_stored(
+        s3, local_run, tmp_path):
+    """--workers 2: the main process puts each staged shard while the workers make the next ones.
+    Shard 1's tar PUT is held: meanwhile `status` on the URL counts it as being written (its
+    in-flight marker, no sidecar); then the run is killed -9. No sidecar, so no reader trusts it;
+    the rerun makes it again, identical; no marker is left; the rank log is in logs/ on the store."""
+    relay = HoldingRelay(s3.port, b"PUT /bucket/background/shards/shard-000001.tar")
+    env = dict(s3.process_env(relay.url), SYNTHGEN_STAGING=str(tmp_path / "staging"))
+    proc = _generate("s3://bucket/background", "--workers", "2", env=env, start_new_session=True)
+    try:
+        assert relay.held.wait(timeout=300), proc.stderr.read() if proc.poll() is not None else "no upload seen"
+        status = _cli("status", "s3://bucket/background", env=s3.process_env())
+        assert status.returncode == 0, status.stderr
+        writing = int(status.stdout.split(" being written")[0].rsplit(", ", 1)[1])
+        assert writing >= 1  # shard 1 at least (shard 2 may be on its way too)
+        folder = RunFolder("s3://bucket/background", {"endpoint_url": s3.url, "key": "testing",
+                                                      "secret": "testing"})
+        assert "shard-000001" in folder.in_flight([ShardTask(k, 2 * k, 2 * k + 2) for k in range(3)])
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        relay.close()
+    s3.fs.invalidate_cache()
+    assert not s3.fs.exists("bucket/background/shards/shard-000001.json")
+    assert not s3.fs.exists("bucket/background/shards/shard-000001.tar")  # its PUT never reached the store
+
+    proc = _generate("s3://bucket/background", "--workers", "2", env=dict(env, AWS_ENDPOINT_URL=s3.url))
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    assert _s3_shards(s3, "bucket/background") == _local_shards(local_run)
+    assert [p for p in s3.fs.ls("bucket/background/logs") if p.endswith(".writing")] == []
+    status = _cli("status", "s3://bucket/background", env=s3.process_env())
+    assert "3/3 complete, 0 being written" in status.stdout, status.stdout + status.stderr
+    log_text = s3.fs.cat_file("bucket/background/logs/rank-0.log").decode()
+    # the rerun's records at least (the killed run's are put every 30 s: a kill may come first)
+    assert "shards to write into s3://bucket/background" in log_text
+    assert list((tmp_path / "staging").iterdir()) == []  # the staged tars went once put
+
+
+def test_sigterm_drops_a_background_upload_that_outlasts_the_grace_and_the_rerun_is_identical(s3, local_run,
+                                                                                                tmp_path):
+    """--workers 2, shard 1's tar PUT held (it never ends): SIGTERM with output.grace_s=2 starts no
+    new shard, lets the rest finish, then drops the held upload before its sidecar; one line, exit
+    143, no staged file, no marker left for it; the rerun completes, identical."""
+    relay = HoldingRelay(s3.port, b"PUT /bucket/term/shards/shard-000001.tar")
+    staging = tmp_path / "staging"
+    env = dict(s3.process_env(relay.url), SYNTHGEN_STAGING=str(staging))
+    proc = _generate("s3://bucket/term", "--workers", "2", "output.grace_s=2", env=env)
+    try:
+        assert relay.held.wait(timeout=300), proc.stderr.read() if proc.poll() is not None else "no upload seen"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        relay.close()
+    stderr = proc.stderr.read()
+    line = stderr.strip().splitlines()[-1]
+    assert "Traceback" not in stderr and line.startswith("synthgen: interrupted: ") and \
+        line.endswith("of 3 shards complete; rerun the same command to resume"), stderr[-2000:]
+    s3.fs.invalidate_cache()
+    assert not s3.fs.exists("bucket/term/shards/shard-000001.json")
+    assert not s3.fs.exists("bucket/term/logs/shard-000001.writing")
+    assert list(staging.iterdir()) == []
+    proc = _generate("s3://bucket/term", "--workers", "2", env=dict(env, AWS_ENDPOINT_URL=s3.url))
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    assert _s3_shards(s3, "bucket/term") == _local_shards(local_run)
 
 
 def test_unknown_scheme_and_missing_backend_are_one_line_and_write_nothing(tmp_path):
@@ -182,6 +254,12 @@ def test_the_object_store_commit_protocol_in_memory():
     info = folder.commit_shard(task, iter(records))
     assert folder.names("shards") == ["shard-000000.json", "shard-000000.tar"] and folder.is_complete(task)
     assert info["samples"] == 2
+    staged = folder.stage_shard(ShardTask(1, 2, 3), iter(records[:1]))
+    assert folder.in_flight([ShardTask(1, 2, 3)]) == ["shard-000001"]  # a marker, never data
+    with pytest.raises(ShardDropped):
+        folder.publish_shard(staged, abort=lambda: True)  # a stopped run: no sidecar, nothing staged
+    assert folder.names("shards") == ["shard-000000.json", "shard-000000.tar"]
+    assert folder.in_flight([ShardTask(1, 2, 3)]) == [] and not os.path.exists(staged.tar)
     folder.remove("shards/shard-000000.json")  # a tar without its sidecar is not a shard
     assert not folder.is_complete(task)
     samples = list(wds.WebDataset(folder.url("shards/shard-000000.tar"), shardshuffle=False, empty_check=False))

@@ -58,7 +58,7 @@ import yaml
 
 from synthgen.errors import UserError
 from synthgen.recipe import Histogram, Recipe, dist_bounds, recipe_from_dict, recipe_hash
-from synthgen.seeding import _seed63, label_threads
+from synthgen.seeding import seed63, label_threads
 
 log = logging.getLogger(__name__)
 
@@ -472,7 +472,7 @@ def _round6(x) -> list[float]:
 
 def round_seed(seed: int, r: int) -> int:
     """The probe recipe seed of round ``r``."""
-    return _seed63(seed, ADAPT_TAG, r) % (2**62)
+    return seed63(seed, ADAPT_TAG, r) % (2**62)
 
 
 def adapt(recipe: Recipe, regressor: Regressor, out_dir: str | Path, config: AdaptConfig | None = None,

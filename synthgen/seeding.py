@@ -42,7 +42,7 @@ STREAMS = {
 }
 
 
-def _seed63(*entropy: int) -> int:
+def seed63(*entropy: int) -> int:
     """A 63-bit seed from integers (numpy's SeedSequence hashing)."""
     state = np.random.SeedSequence(list(entropy)).generate_state(2, dtype=np.uint32)
     return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
@@ -51,18 +51,18 @@ def _seed63(*entropy: int) -> int:
 def attempt_seed(recipe_seed: int, attempt: int) -> int:
     """The seed every stream of sample attempt ``attempt`` is drawn from: the recipe seed for the
     first attempt, an independent 63-bit seed for each redraw of a rejected sample."""
-    return recipe_seed if attempt == 0 else _seed63(recipe_seed, REDRAW_TAG, attempt)
+    return recipe_seed if attempt == 0 else seed63(recipe_seed, REDRAW_TAG, attempt)
 
 
 def member_seed(seed: int, member: int) -> int:
     """The seed member ``member`` of a group is drawn from (as :func:`attempt_seed` is for
     attempts): ``seed`` itself for the first member, so a group of one is the single subject."""
-    return seed if member == 0 else _seed63(seed, MEMBER_TAG, member)
+    return seed if member == 0 else seed63(seed, MEMBER_TAG, member)
 
 
 def sample_seed(recipe_seed: int, index: int) -> int:
     """The 63-bit seed recorded in sample ``index``'s labels (and used by torch generators)."""
-    return _seed63(recipe_seed, index)
+    return seed63(recipe_seed, index)
 
 
 def sample_rng(recipe_seed: int, index: int, stream: str) -> np.random.Generator:

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from synthgen.engine.contract import Factory
 from synthgen.engine.memory import keep_freed_memory
 from synthgen.engine.run_folder import LOG_DIR, RunFolder, ShardTask, StagedShard, plan_shards, shards_of
-from synthgen.engine.shards import _check_budget, error_budget, write_shards
+from synthgen.engine.shards import check_budget, error_budget, write_shards
 from synthgen.errors import Interrupted, StorageError, UserError
 from synthgen.recipe import Recipe
 
@@ -236,7 +236,7 @@ def _run_in_pool(factory_class: type, recipe: Recipe, folder: RunFolder, tasks: 
     def failed(task: ShardTask, exc: StorageError) -> None:
         lost.append(exc)
         failures = errors_elsewhere(folder, all_tasks, []) + recipe.output.shard_size * len(lost)
-        _check_budget(recipe, failures, error_budget(recipe))
+        check_budget(recipe, failures, error_budget(recipe))
 
     try:
         with _worker_thread_limits(threads):

@@ -39,7 +39,7 @@ from typing import Any
 from synthgen.engine.contract import Factory
 from synthgen.engine.run_folder import RunFolder, ShardTask
 from synthgen.engine.shards import write_shards
-from synthgen.engine.streams import _chunks
+from synthgen.engine.streams import split_in_chunks
 from synthgen.errors import UserError, WorkLost
 from synthgen.recipe import Recipe, recipe_hash
 
@@ -148,7 +148,7 @@ class _RemoteCpuStages:
     def prepared(self, indices: list[int], attempt: int = 0) -> Iterator[dict[str, Any]]:
         import ray
 
-        chunks = iter(_chunks(indices, max(1, self._factory.cpu_chunk)))
+        chunks = iter(split_in_chunks(indices, max(1, self._factory.cpu_chunk)))
         in_flight: collections.deque = collections.deque()
         for chunk in chunks:
             in_flight.append(self._prepare.remote(self._class, self._recipe, chunk, attempt))

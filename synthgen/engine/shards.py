@@ -72,7 +72,7 @@ def write_shards(factory: Factory, folder: RunFolder, tasks: list[ShardTask], lo
             log.error("%s not stored: %s", task.name, exc)
             lost.append((task, exc))
             own = sum(len(r["errors"]) for r in infos) + sum(t.stop - t.start for t, _ in lost)
-            _check_budget(factory.recipe, errors_before() + own, error_budget(factory.recipe))
+            check_budget(factory.recipe, errors_before() + own, error_budget(factory.recipe))
 
     try:
         for task in tasks:
@@ -243,7 +243,7 @@ def _shard_samples(factory: Factory, task: ShardTask, stream: Iterator[dict[str,
         attempt = sample.get("attempt", 0)
         if "error" in sample:
             report["errors"].append({"index": sample["index"], "attempt": attempt, "error": sample["error"]})
-            _check_budget(factory.recipe, errors_before + len(report["errors"]), budget)
+            check_budget(factory.recipe, errors_before + len(report["errors"]), budget)
             return False
         verdict = sample.get("filter") or {"accepted": True}
         if "filter" in sample:  # every verdict with its scores, for re-thresholding later
@@ -283,7 +283,7 @@ def _shard_samples(factory: Factory, task: ShardTask, stream: Iterator[dict[str,
     return report, samples()
 
 
-def _check_budget(recipe: Recipe, failed: int, budget: int) -> None:
+def check_budget(recipe: Recipe, failed: int, budget: int) -> None:
     if failed > budget:
         raise ErrorBudgetExceeded(
             f"{failed} samples failed, more than output.max_errors={recipe.output.max_errors} allows; "

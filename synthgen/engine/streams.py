@@ -126,7 +126,7 @@ def _batched(items: Iterator, size: int) -> Iterator[list]:
         yield batch
 
 
-def _chunks(indices: list[int], chunk: int) -> list[list[int]]:
+def split_in_chunks(indices: list[int], chunk: int) -> list[list[int]]:
     """Runs of consecutive indices that share ``index // chunk`` (a sequence, a posing batch)."""
     out: list[list[int]] = []
     for index in indices:
@@ -165,7 +165,7 @@ def _as_is(item):
 
 def loader_stream(factory_class: type, recipe: Recipe, indices: list[int], chunk: int, workers: int,
                    depth: int, attempt: int) -> Iterator[dict[str, Any]]:
-    chunks = _chunks(indices, max(1, chunk))
+    chunks = split_in_chunks(indices, max(1, chunk))
     dataset = _PreparedChunks(factory_class, recipe.model_dump(mode="json"), chunks, attempt)
     per_chunk = max(1, len(indices) // max(1, len(chunks)))
     ahead = max(1, -(-depth // (workers * per_chunk)))  # chunks per worker covering ``depth`` samples

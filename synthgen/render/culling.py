@@ -9,8 +9,7 @@ per view, never assumed.
 
 The one case where culling changes a pixel is a skinning fold that turns the surface inside
 out (an elbow bent past its limit): there the camera meets a back face first, and culling shows
-the front face just behind it (measured on 96 quickstart samples: 90 of 2.55 M body pixels,
-none on the silhouette, depths within 1.2 mm).
+the front face just behind it (a few pixels, never on the silhouette: see benchmarks/README.md).
 """
 
 from __future__ import annotations

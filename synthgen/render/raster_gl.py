@@ -172,7 +172,7 @@ class GLRasterizer:
     def _framebuffer(self, width: int, height: int):
         """Cached (FBO, cleared FBO): RGB32F normal, R32F z, R32I id + 1, depth buffer; the
         second holds only the id and depth buffers, the ones a frame must start cleared (the
-        others are read where an id was drawn: clearing float RGB costs llvmpipe 2 ms)."""
+        others are read where an id was drawn: clearing float RGB is slow on llvmpipe)."""
         fbos = self._fbos.get((width, height))
         if fbos is None:
             ctx, size = self._ctx, (width, height)
@@ -283,7 +283,7 @@ def _read_back(fbo, kept: np.ndarray | None, width: int, height: int,
                box: tuple[int, int, int, int] | None, depth_only: bool = False) -> dict:
     """Read the attachments into the output dict (see module docstring), only inside ``box``
     (:func:`pixel_box`): nothing is drawn outside it, and llvmpipe's read-back of float
-    buffers costs about 2.5 ms per full 512x512 attachment. depth_only: only ``depth`` and
+    buffers is slow. depth_only: only ``depth`` and
     ``mask`` (no normals, no triangle ids)."""
     normal = None if depth_only else np.zeros((height, width, 3), np.float32)
     depth = np.zeros((height, width), np.float32)

@@ -1,3 +1,4 @@
+# Over 500 lines: one factory, the sequence pipeline read top to bottom (motion, body, rig, IMU, scene, views).
 """Sequences seen by body-worn cameras (EgoSim-style): motion -> body -> rig -> IMU -> scene ->
 per-frame, per-camera layers and images -> one WebDataset sample per frame.
 

@@ -6,21 +6,9 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from synthgen.sequences.imu import imu_readings
-from synthgen.sequences.rigs import sim_rate, simulate_mounts
+from synthgen.sequences.rigs import sim_rate
 from synthgen.recipe import ImuConfig
-
-
-G = 9.80665
-IMU = ImuConfig(rate_hz=200)
-
-
-def _track(t_frames, positions, rotations, spring=None, rate=1200):
-    """One mount following the given per-frame poses."""
-    return simulate_mounts(t_frames, positions[:, None], rotations[:, None], [spring], rate)
-
-
-def _interior(t, margin=0.25):
-    return (t > t[0] + margin) & (t < t[-1] - margin)
+from tests.fixtures.mounts import G, IMU, interior, one_mount
 
 
 def test_imu_on_a_circle_at_constant_speed_matches_the_closed_form():
@@ -30,9 +18,9 @@ def test_imu_on_a_circle_at_constant_speed_matches_the_closed_form():
     pos = np.stack([r * np.cos(w * t), r * np.sin(w * t), np.full_like(t, 1.2)], 1)
     R0 = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])  # cam x, y, z -> world columns
     rot = Rotation.from_rotvec(np.outer(w * t, [0, 0, 1])).as_matrix() @ R0
-    track = _track(t, pos, rot, rate=sim_rate(fps, IMU.rate_hz, 1000))
+    track = one_mount(t, pos, rot, rate=sim_rate(fps, IMU.rate_hz, 1000))
     imu = imu_readings(track, 0, IMU, rng=None)
-    inside = _interior(imu["t"])
+    inside = interior(imu["t"])
     expected_accel = np.array([-r * w * w, -G, 0.0])  # centripetal (to the camera's left) + gravity up
     expected_gyro = np.array([0.0, -w, 0.0])          # yaw about world up = -y of the camera
     assert np.abs(imu["accel"][inside] - expected_accel).max() < 2e-3    # m/s^2
@@ -52,11 +40,11 @@ def test_imu_in_free_fall_reads_zero_force_and_constant_spin():
     spin = np.array([0.3, -1.1, 2.0])  # world-frame angular velocity, rad/s
     R0 = Rotation.from_euler("xyz", [0.3, -0.4, 1.0]).as_matrix()
     rot = Rotation.from_rotvec(np.outer(t, spin)).as_matrix() @ R0
-    imu = imu_readings(_track(t, pos, rot), 0, IMU, rng=None)
+    imu = imu_readings(one_mount(t, pos, rot), 0, IMU, rng=None)
     assert np.abs(imu["accel"]).max() < 1e-9          # a cubic spline is exact on a parabola
     assert np.abs(imu["gyro"] - R0.T @ spin).max() < 1e-7  # constant in the body frame
     # at rest the accelerometer reads gravity upward, in the sensor frame
-    still = imu_readings(_track(t, np.tile(p0, (len(t), 1)), np.tile(R0, (len(t), 1, 1))), 0, IMU, rng=None)
+    still = imu_readings(one_mount(t, np.tile(p0, (len(t), 1)), np.tile(R0, (len(t), 1, 1))), 0, IMU, rng=None)
     assert np.allclose(still["accel"], R0.T @ [0, 0, G], atol=1e-12)
     assert np.allclose(still["gyro"], 0.0, atol=1e-12)
 
@@ -66,7 +54,7 @@ def test_imu_noise_statistics():
     pos, rot = np.zeros((len(t), 3)), np.tile(np.eye(3), (len(t), 1, 1))
     config = ImuConfig(rate_hz=200, accel_bias_sd=0.0, accel_bias_walk=0.0, gyro_bias_sd=0.1,
                        gyro_bias_walk=0.0, accel_noise_density=0.01, gyro_noise_density=0.0)
-    imu = imu_readings(_track(t, pos, rot), 0, config, np.random.default_rng(0))
+    imu = imu_readings(one_mount(t, pos, rot), 0, config, np.random.default_rng(0))
     noise = imu["accel"] - imu["accel_true"]
     assert abs(noise.std() - 0.01 * np.sqrt(200)) < 0.01 * np.sqrt(200) * 0.05
     gyro_err = imu["gyro"] - imu["gyro_true"]

@@ -9,26 +9,11 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from synthgen.sequences.imu import imu_readings
-from synthgen.sequences.rigs import Lens, build_lens, mount_offset, project_fisheye, simulate_mounts, unproject_fisheye
+from synthgen.sequences.rigs import Lens, build_lens, mount_offset, project_fisheye, unproject_fisheye
 from synthgen.sequences.scene import clip_near
-from synthgen.recipe import (
-    DistortionConfig,
-    ImuConfig,
-    MountConfig,
-    SpringConfig,
-)
+from synthgen.recipe import DistortionConfig, ImuConfig, MountConfig, SpringConfig
+from tests.fixtures.mounts import G, one_mount
 
-G = 9.80665
-IMU = ImuConfig(rate_hz=200)
-
-
-def _track(t_frames, positions, rotations, spring=None, rate=1200):
-    """One mount following the given per-frame poses."""
-    return simulate_mounts(t_frames, positions[:, None], rotations[:, None], [spring], rate)
-
-
-def _interior(t, margin=0.25):
-    return (t > t[0] + margin) & (t < t[-1] - margin)
 
 
 def test_spring_mount_in_free_fall_follows_the_damped_step_response():
@@ -38,7 +23,7 @@ def test_spring_mount_in_free_fall_follows_the_damped_step_response():
     t = np.arange(61) / fps
     pos = np.stack([np.zeros_like(t), np.zeros_like(t), 10.0 - 0.5 * G * t * t], 1)
     rot = np.tile(np.eye(3), (len(t), 1, 1))
-    track = _track(t, pos, rot, spring, rate=12000)
+    track = one_mount(t, pos, rot, spring, rate=12000)
     imu = imu_readings(track, 0, ImuConfig(rate_hz=200), rng=None)
     sigma, wd = c / 2.0, np.sqrt(k - (c / 2.0) ** 2)
     tt = imu["t"]
@@ -48,7 +33,7 @@ def test_spring_mount_in_free_fall_follows_the_damped_step_response():
     lag = track.position[:, 0, 2] - pos[-1, 2]
     assert abs(lag[-1] - G / k) < 1e-3  # settles g/k above the falling socket
     # with the spring off, the same mount falls with its socket and reads nothing
-    rigid = imu_readings(_track(t, pos, rot), 0, ImuConfig(rate_hz=200), rng=None)
+    rigid = imu_readings(one_mount(t, pos, rot), 0, ImuConfig(rate_hz=200), rng=None)
     assert np.abs(rigid["accel"]).max() < 1e-9
 
 
@@ -60,7 +45,7 @@ def test_spring_mount_lags_a_turning_socket_and_settles():
     rot = Rotation.from_euler("z", yaw[:, None]).as_matrix()
     pos = np.zeros((len(t), 3))
     spring = SpringConfig(angular_stiffness=600.0, angular_damping=20.0)
-    track = _track(t, pos, rot, spring, rate=3000)
+    track = one_mount(t, pos, rot, spring, rate=3000)
     steps = np.arange(len(t)) * (track.rate // fps)
     got = Rotation.from_matrix(track.rotation[steps, 0]).as_euler("xyz")[:, 2]
     assert np.abs(got[t < 0.9]).max() < 2e-3                 # ~at rest until the socket moves

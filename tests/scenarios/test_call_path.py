@@ -14,11 +14,10 @@ from __future__ import annotations
 import sys
 import threading
 from collections import Counter
-from pathlib import Path
 
 from synthgen import cli
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.fixtures.recipes import ROOT
 MAX_REENTRIES = 2
 
 

@@ -265,6 +265,7 @@ def ray_main(args) -> None:
     reference: dict[str, bytes] = {}
     shard_seconds: list[float] = []  # the local engine's seconds per sample inside shards
     per_node: dict[str, list[list[int]]] = {}  # shards made on each node, per run
+    slowdown: list[float] = []  # the slowed static task's seconds per sample over the other's
 
     def case(name: str, action) -> None:
         with tempfile.TemporaryDirectory() as out:
@@ -277,6 +278,13 @@ def ray_main(args) -> None:
             if name.startswith("local"):
                 sidecars = [json.loads(p.read_text()) for p in Path(out, "shards").glob("*.json")]
                 shard_seconds.append(sum(i["seconds"] for i in sidecars) / args.samples)
+            if name.startswith("static"):  # how much slower the slowed task really was, per sample
+                per_task = [[], []]
+                for p in Path(out, "shards").glob("shard-*.json"):
+                    info = json.loads(p.read_text())
+                    per_task[int(p.stem.split("-")[1]) % 2].append(info["seconds"] / max(1, info["samples"]))
+                slowdown.append(statistics.mean(per_task[1]) / statistics.mean(per_task[0]))
+                print(f"  slowed task: {slowdown[-1]:.2f}x the other's seconds per sample", flush=True)
             shards = {p.name: p.read_bytes() for p in sorted(Path(out, "shards").glob("*.tar"))}
             if not reference:
                 reference.update(shards)

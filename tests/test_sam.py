@@ -198,3 +198,19 @@ def test_sam_resizes_a_batch_in_one_interpolation(tiny_sam, monkeypatch):
     batched = aligner.pixel_values(images + [torch.from_numpy(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))])
     assert calls == [(4, 3, 96, 64), (1, 3, 48, 64)]  # one call per image size
     assert torch.equal(batched[:4], one_by_one)
+
+
+def test_sam_returns_one_mask_for_box_and_points(tmp_path):
+    from synthgen.filter import SamAligner
+    from synthgen.recipe import SamConfig
+    from synthgen.testing.tiny_models import build_tiny_sam
+
+    aligner = SamAligner(SamConfig(model=str(build_tiny_sam(tmp_path / "sam"))))
+    seen = []
+    aligner.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("multimask_output")),
+                                            with_kwargs=True)
+    image = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    masks = aligner.masks([image, image], [[5, 5, 40, 40], [10, 2, 60, 30]],
+                          [np.array([[20.0, 20.0], [30.0, 25.0]]), None])
+    assert [m.shape for m in masks] == [(48, 64)] * 2 and masks[0].dtype == bool
+    assert seen == [False, False]

@@ -12,7 +12,7 @@ import webdataset as wds
 
 from synthgen.images import ImageFactory
 from synthgen.render import raster_gl
-from synthgen.scene import SCENE_PART_NAMES, SceneMesh
+from synthgen.scene import SCENE_PART_NAMES, SceneMesh, clip_near
 from tests.fixtures.recipes import small_recipe
 from tests.fixtures.shadows import shadow_footprint
 
@@ -310,3 +310,15 @@ def test_a_backdrop_folder_with_scene_geometry_is_one_line_naming_the_fix(tmp_pa
     assert done.returncode == 2
     line = done.stderr.strip().splitlines()[-1]
     assert "backend.shaded.background=folder" in line and "set scene.geometry=none" in line
+
+
+def test_near_plane_clipping_keeps_the_visible_part():
+    # a square in the plane y = 0 spanning z in [-1, 1]: what is left in front of z = 0.02
+    v = np.array([[-1.0, 0.0, -1.0], [1.0, 0.0, -1.0], [1.0, 0.0, 1.0], [-1.0, 0.0, 1.0]])
+    f = np.array([[0, 1, 2], [0, 2, 3]])
+    verts, faces, src = clip_near(v, f, 0.02)
+    tri = verts[faces]
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1).sum()
+    assert area == pytest.approx(2.0 * 0.98)
+    assert tri[..., 2].min() >= 0.02 - 1e-12
+    assert set(src) <= {0, 1}

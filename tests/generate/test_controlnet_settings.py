@@ -1,5 +1,5 @@
 """The flagship settings on tiny real components: VAE override, DDIM eta, long prompts (compel),
-CPU noise generators, SAM pre-flight and single-mask output, verdicts in shard sidecars."""
+CPU noise generators, verdicts in shard sidecars."""
 
 from __future__ import annotations
 
@@ -175,37 +175,6 @@ def test_long_prompt_embeddings_come_in_few_lengths(sd15):
     assert max_diff(alone, mixed) <= 1
     with pytest.raises(UserError, match="text-encoder windows"):
         backend.generate([_sample(32, LONG * 9)])
-
-
-def test_missing_controlnet_and_sam_reported_together(tmp_path, monkeypatch):
-    from synthgen.generate import check_backend_models
-    from tests.fixtures.recipes import small_recipe
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    recipe = small_recipe(backend={"kind": "controlnet", "controlnet": {
-        "base_model": str(tmp_path / "no_base"), "controlnets": [{"model": str(tmp_path / "no_cn"), "layer": "normal"}]}},
-        filter={"sam": {"model": str(tmp_path / "no_sam")}})
-    with pytest.raises(MissingModelError) as info:
-        check_backend_models(recipe)
-    message = str(info.value)
-    assert "\n" not in message and "no_base" in message and "no_cn" in message
-    assert "filter.sam.model=" in message and "no_sam" in message
-
-
-def test_sam_returns_one_mask_for_box_and_points(tmp_path):
-    from synthgen.filter import SamAligner
-    from synthgen.recipe import SamConfig
-    from synthgen.testing.tiny_models import build_tiny_sam
-
-    aligner = SamAligner(SamConfig(model=str(build_tiny_sam(tmp_path / "sam"))))
-    seen = []
-    aligner.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("multimask_output")),
-                                            with_kwargs=True)
-    image = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
-    masks = aligner.masks([image, image], [[5, 5, 40, 40], [10, 2, 60, 30]],
-                          [np.array([[20.0, 20.0], [30.0, 25.0]]), None])
-    assert [m.shape for m in masks] == [(48, 64)] * 2 and masks[0].dtype == bool
-    assert seen == [False, False]
 
 
 def test_verdicts_and_scores_in_shard_sidecars(tmp_path, sd15):

@@ -83,3 +83,15 @@ def test_backend_check_fails_on_a_missing_sam_before_any_work(tmp_path):
     with pytest.raises(MissingModelError, match="filter.sam.model=.*no such local folder"):
         check_backend_models(recipe)
     check_backend_models(small_recipe())  # no SAM, shaded backend: nothing to check
+
+
+def test_missing_controlnet_and_sam_reported_together(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recipe = small_recipe(backend={"kind": "controlnet", "controlnet": {
+        "base_model": str(tmp_path / "no_base"), "controlnets": [{"model": str(tmp_path / "no_cn"), "layer": "normal"}]}},
+        filter={"sam": {"model": str(tmp_path / "no_sam")}})
+    with pytest.raises(MissingModelError) as info:
+        check_backend_models(recipe)
+    message = str(info.value)
+    assert "\n" not in message and "no_base" in message and "no_cn" in message
+    assert "filter.sam.model=" in message and "no_sam" in message

@@ -1,16 +1,14 @@
-"""Rig mounts, lenses and near-plane clipping against closed forms (no body, no rendering); the IMU
+"""Rig mounts and lenses against closed forms (no body, no rendering); the IMU
 readings of spring mounts check the mount."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
-import pytest
 from scipy.spatial.transform import Rotation
 
 from synthgen.sequences.imu import imu_readings
 from synthgen.sequences.rigs import Lens, build_lens, mount_offset, project_fisheye, unproject_fisheye
-from synthgen.sequences.scene import clip_near
 from synthgen.recipe import DistortionConfig, ImuConfig, MountConfig, SpringConfig
 from tests.fixtures.mounts import G, one_mount
 
@@ -89,15 +87,3 @@ def test_mount_offset_axes():
     assert np.allclose(mount_offset((0, 0, 0), (0, 90, 0))[:3, 2], [0, 1, 0])  # pitch up
     rolled = mount_offset((0, 0, 0), (0, 0, 90))
     assert np.allclose(rolled[:3, 2], [0, 0, 1]) and np.allclose(rolled[:3, 0], [0, -1, 0])
-
-
-def test_near_plane_clipping_keeps_the_visible_part():
-    # a square in the plane y = 0 spanning z in [-1, 1]: what is left in front of z = 0.02
-    v = np.array([[-1.0, 0.0, -1.0], [1.0, 0.0, -1.0], [1.0, 0.0, 1.0], [-1.0, 0.0, 1.0]])
-    f = np.array([[0, 1, 2], [0, 2, 3]])
-    verts, faces, src = clip_near(v, f, 0.02)
-    tri = verts[faces]
-    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1).sum()
-    assert area == pytest.approx(2.0 * 0.98)
-    assert tri[..., 2].min() >= 0.02 - 1e-12
-    assert set(src) <= {0, 1}

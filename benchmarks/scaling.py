@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -174,8 +173,8 @@ def main() -> None:
                         help="ray: the Ray engine beside the local one, balanced and with a slowed node")
     parser.add_argument("--shard-size", type=int, default=4, help="--engine ray: samples per shard (many "
                         "shards, so that balancing can act)")
-    parser.add_argument("--delay", type=float, default=None, help="--engine ray: seconds added per sample "
-                        "on the slowed node (default: one sample's measured time, so it is about 2x slower)")
+    parser.add_argument("--delay", type=float, default=None, help="--engine ray: CPU seconds added per "
+                        "sample on the slowed node (default: one sample's measured time, so it is about 2x slower)")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value recipe overrides")
     args = parser.parse_args()
     if args.samples is None:
@@ -226,9 +225,9 @@ def _span(out: str) -> float:
 
 def _static_split(recipe: str, out: str, samples: int, shard_size: int, overrides: list[str], delay: float) -> None:
     """Two independent tasks at once (``--task K/2``: shards k % 2 == K), each pinned to a core of
-    its own, the second on the slowed "node" (the test-only delay in its environment), then
-    ``finalize``."""
-    slow = dict(_env(), SYNTHGEN_TEST_SAMPLE_DELAY_S=str(delay))
+    its own, the second on the slowed "node" (the test-only extra CPU per sample in its
+    environment), then ``finalize``."""
+    slow = dict(_env(), SYNTHGEN_TEST_SAMPLE_CPU_S=str(delay))
     runs = [_generate(recipe, out, samples, shard_size, overrides, ["--task", f"{k}/2", "--workers", "1"],
                       env=slow if k == 1 else None, background=True, core=k) for k in range(2)]
     for run in runs:
@@ -244,18 +243,18 @@ def ray_main(args) -> None:
 
     1. balanced: the local engine (``--workers 2``), the Ray engine on a running two-node cluster
        (one CPU each) and on a local Ray it starts itself;
-    2. one node slowed on purpose (``SYNTHGEN_TEST_SAMPLE_DELAY_S``, test-only, on that node):
-       the static split (two ``--task K/2`` processes, the second slowed) against the Ray engine on
-       a two-node cluster whose second node is slowed. Each "node" (task, Ray node) is pinned to a
-       core of its own (taskset), as on two machines: otherwise the slowed one's sleep would lend
-       its core to the other. Ray hands shards out as they finish, so the slow node makes fewer.
+    2. one node slowed on purpose (``SYNTHGEN_TEST_SAMPLE_CPU_S``, test-only: CPU seconds spent
+       per sample on that node): the static split (two ``--task K/2`` processes, the second
+       slowed) against the Ray engine on a cluster whose second worker node is slowed. Each "node"
+       (task, Ray worker node) is pinned to a core of its own (taskset), as on two machines; the
+       Ray head takes no work (``--num-cpus 0``) and floats. Ray hands shards out as they finish,
+       so the slow node makes fewer.
 
     Two clocks per run: ``wall`` (the command: process start-up, model load, joining the cluster,
     every shard) and ``span`` (first shard started to last shard committed, from the sidecars:
     the generation alone, where balancing acts). Each cluster is started before the timed runs
     and serves all of its rounds (every run is a new Ray job with its own worker processes).
     Every run's shards are checked byte-identical to the first local run's."""
-    import statistics
 
     sys.path.insert(0, str(ROOT))
     from synthgen.testing.ray_cluster import LocalCluster
@@ -263,9 +262,8 @@ def ray_main(args) -> None:
     common = (args.recipe, args.samples, args.shard_size, args.overrides)
     rows: dict[str, dict[str, list[float]]] = {}
     reference: dict[str, bytes] = {}
-    shard_seconds: list[float] = []  # the local engine's seconds per sample inside shards
     per_node: dict[str, list[list[int]]] = {}  # shards made on each node, per run
-    slowdown: list[float] = []  # the slowed static task's seconds per sample over the other's
+    slowdown: list[float] = []  # the slowed static task's span over the other's (same shard count)
 
     def case(name: str, action) -> None:
         with tempfile.TemporaryDirectory() as out:
@@ -275,16 +273,16 @@ def ray_main(args) -> None:
             ray_stats = manifest.get("stats", {}).get("ray")
             if ray_stats:  # the Ray engine's own count: a slow node makes fewer shards
                 per_node.setdefault(name, []).append(sorted(ray_stats["shards_per_node"].values(), reverse=True))
-            if name.startswith("local"):
-                sidecars = [json.loads(p.read_text()) for p in Path(out, "shards").glob("*.json")]
-                shard_seconds.append(sum(i["seconds"] for i in sidecars) / args.samples)
-            if name.startswith("static"):  # how much slower the slowed task really was, per sample
-                per_task = [[], []]
+            if name.startswith("static"):  # how much slower the slowed task really was: its own span
+                per_task = [[], []]  # (start, end) of each task's shards; equal shard counts
                 for p in Path(out, "shards").glob("shard-*.json"):
                     info = json.loads(p.read_text())
-                    per_task[int(p.stem.split("-")[1]) % 2].append(info["seconds"] / max(1, info["samples"]))
-                slowdown.append(statistics.mean(per_task[1]) / statistics.mean(per_task[0]))
-                print(f"  slowed task: {slowdown[-1]:.2f}x the other's seconds per sample", flush=True)
+                    per_task[int(p.stem.split("-")[1]) % 2].append(
+                        (info["finished_at"] - info["seconds"], info["finished_at"]))
+                fast, slow = (max(e for _, e in t) - min(s for s, _ in t) for t in per_task)
+                slowdown.append(slow / fast)
+                print(f"  slowed task: its shards took {slowdown[-1]:.2f}x the other's span "
+                      f"({slow:.1f} s against {fast:.1f} s)", flush=True)
             shards = {p.name: p.read_bytes() for p in sorted(Path(out, "shards").glob("*.tar"))}
             if not reference:
                 reference.update(shards)
@@ -308,10 +306,12 @@ def ray_main(args) -> None:
                 *common[:1], out, *common[1:], ["--engine", "ray"], env=dict(_env(), RAY_AUTH_MODE="disabled")))
     finally:
         cluster.stop()
-    delay = args.delay if args.delay is not None else round(statistics.median(shard_seconds), 3)
-    print(f"slowed node: +{delay:.3f} s per sample (about {1 + delay / statistics.median(shard_seconds):.1f}x "
-          f"slower)", flush=True)
-    cluster = LocalCluster(node2_delay_s=delay, pin=True)
+    # one sample's CPU seconds on one core: the balanced local runs' fastest span x 2 workers / samples
+    per_sample = 2 * min(rows["local engine, 2 workers"]["span"]) / args.samples
+    delay = args.delay if args.delay is not None else round(per_sample, 3)
+    print(f"slowed node: +{delay:.3f} CPU s per sample (one sample takes ~{per_sample:.3f} s on a core: about "
+          f"{1 + delay / per_sample:.1f}x slower)", flush=True)
+    cluster = LocalCluster(node2_cpu_s=delay, pin=True)
     try:
         for _ in range(args.repeats):
             case("static split (--task K/2), one slowed", lambda out: _static_split(*common[:1], out, *common[1:],
@@ -320,6 +320,8 @@ def ray_main(args) -> None:
     finally:
         cluster.stop()
     _ray_table(args, rows, per_node)
+    print("the slowed static task's span over the other's (how much slower that node really was): " +
+          ", ".join(f"{x:.2f}x" for x in slowdown))
 
 
 def _ray_table(args, rows: dict[str, dict[str, list[float]]], per_node: dict[str, list[list[int]]]) -> None:

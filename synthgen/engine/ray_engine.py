@@ -46,6 +46,7 @@ from synthgen.recipe import Recipe, recipe_hash
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0          # the driver refreshes progress and looks for finished shards this often
+QUEUED_PER_CPU = 1    # shards submitted beyond the free CPUs: a worker that finishes one starts the next at once
 PREPARE_AHEAD = 4     # chunks of CPU stages in flight per device actor, at least
 
 
@@ -116,6 +117,7 @@ def make_shard(factory_class: type, recipe: Recipe, folder: RunFolder, task: Sha
                all_tasks: list[ShardTask], counter) -> tuple[dict[str, Any], str]:
     """A whole shard in this worker: CPU stages, the weight-free image, encoding, the commit;
     returns its sidecar info and the node that made it."""
+    counter.start.remote(task.name)
     factory, ticks = _factory(factory_class, recipe), _Ticks(counter)
     info = write_shards(factory, folder, [task], 0, ticks, lambda: _errors_in_other_shards(folder, all_tasks, task))[0]
     ticks.flush()
@@ -182,16 +184,23 @@ class DeviceShards:
 
 
 class Counter:
-    """Samples made so far, across the cluster (progress only; a retried shard counts again)."""
+    """Samples made so far, across the cluster (progress only; a retried shard counts again), and
+    the shards that have started (so that a stop withdraws only the ones still queued)."""
 
     def __init__(self):
-        self.samples = 0
+        self.samples, self.started = 0, set()
 
     def add(self, n: int) -> None:
         self.samples += n
 
     def total(self) -> int:
         return self.samples
+
+    def start(self, name: str) -> None:
+        self.started.add(name)
+
+    def started_names(self) -> set[str]:
+        return self.started
 
 
 # --- in the driver ------------------------------------------------------------------------------
@@ -254,7 +263,7 @@ def _connect(ray, address: str | None) -> None:
 def _schedule(ray, factory_class: type, recipe: Recipe, folder: RunFolder, tasks: list[ShardTask],
               all_tasks: list[ShardTask], tick: Callable[[], None], stopping: Callable[[], bool]) -> dict[str, Any]:
     retries = recipe.output.ray.max_retries
-    counter = ray.remote(num_cpus=0)(Counter).remote()
+    counter = _counter(ray)
     resources = ray.cluster_resources()
     summary: dict[str, Any] = {"nodes": len([n for n in ray.nodes() if n.get("Alive")]),
                                "cpus": resources.get("CPU", 0), "gpus": resources.get("GPU", 0)}
@@ -268,10 +277,11 @@ def _schedule(ray, factory_class: type, recipe: Recipe, folder: RunFolder, tasks
         def start(task: ShardTask):
             return remote.remote(factory_class, recipe, folder, task, all_tasks, counter)
 
-        def slots() -> int:
-            return max(1, int(ray.cluster_resources().get("CPU", 1)))
+        def slots() -> int:  # the free CPUs, and one shard waiting for each
+            return (1 + QUEUED_PER_CPU) * max(1, int(ray.cluster_resources().get("CPU", 1)))
 
     pending, running, seen = list(tasks), {}, 0
+    withdrawn: set = set()  # queued shards cancelled by a stop
     per_node: collections.Counter = collections.Counter()
     try:
         while pending or running:
@@ -280,10 +290,16 @@ def _schedule(ray, factory_class: type, recipe: Recipe, folder: RunFolder, tasks
                 running[start(task)] = task
             if not running:
                 break
+            if stopping() and not withdrawn:
+                withdrawn = _withdraw_queued(ray, counter, running, folder)
             done, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
             seen = _progress(ray, counter, seen, tick)
             for ref in done:
                 task = running.pop(ref)
+                if ref in withdrawn and _cancelled(ray, ref):
+                    with contextlib.suppress(Exception):
+                        folder.drop_partials(task)
+                    continue
                 _, node = _result(ray, ref, task, retries)
                 per_node[node] += 1
                 log.debug("%s made on node %s", task.name, node)
@@ -300,6 +316,40 @@ def _schedule(ray, factory_class: type, recipe: Recipe, folder: RunFolder, tasks
             with contextlib.suppress(Exception):
                 folder.drop_partials(task)
         raise
+
+
+def _withdraw_queued(ray, counter, running: dict, folder: RunFolder) -> set:
+    """A stop: cancel the submitted shards that have not started (no new shard starts; the ones
+    in flight finish). Returns the refs withdrawn (a non-empty set, so this runs once). A shard
+    that starts just as it is withdrawn is interrupted: its partial file is dropped, a rerun makes it."""
+    try:
+        started = ray.get(counter.started_names.remote(), timeout=10 * POLL_S)
+    except Exception:  # no answer: leave every shard to finish
+        return {None}
+    withdrawn = {ref for ref, task in running.items() if task.name not in started}
+    for ref in withdrawn:
+        with contextlib.suppress(Exception):
+            ray.cancel(ref)
+            folder.drop_partials(running[ref])
+    return withdrawn | {None}
+
+
+def _cancelled(ray, ref) -> bool:
+    try:
+        ray.get(ref, timeout=0)
+    except ray.exceptions.TaskCancelledError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def _counter(ray):
+    """The progress counter, an actor on the head node: on a worker node its process would take
+    time from a core that makes shards; a head that takes no work (``--num-cpus 0``, as Ray advises
+    for a busy cluster) runs it for free."""
+    on_head = {"node:__internal_head__": 0.001}  # every Ray cluster has exactly one head
+    return ray.remote(num_cpus=0, resources=on_head)(Counter).remote()
 
 
 def _device_pool(ray, factory_class: type, recipe: Recipe, folder: RunFolder, all_tasks: list[ShardTask],

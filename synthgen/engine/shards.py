@@ -80,7 +80,8 @@ def write_shards(factory: Factory, folder: RunFolder, tasks: list[ShardTask], lo
                 break
             own = sum(len(r["errors"]) for r in [*(w.report for w in writers), *infos]) + \
                 sum(t.stop - t.start for t, _ in lost)
-            report, accepted = _shard_samples(factory, task, stream, on_sample, errors_before() + own)
+            report, accepted = _shard_samples(factory, task, stream, on_sample,
+                                              lambda own=own: errors_before() + own)
             if depth <= 0:
                 collect(task, lambda: _write_now(factory, commit, task, accepted, report))
                 continue
@@ -118,18 +119,29 @@ def _abort(writers: list["_Writer"], stream) -> None:
 
 
 TEST_DELAY_VARIABLE = "SYNTHGEN_TEST_SAMPLE_DELAY_S"
+TEST_CPU_VARIABLE = "SYNTHGEN_TEST_SAMPLE_CPU_S"
 
 
 def _with_test_delay(on_sample: Callable[[], None] | None) -> Callable[[], None] | None:
-    """Tests and benchmarks only: with ``SYNTHGEN_TEST_SAMPLE_DELAY_S`` set in a process's
-    environment, each sample made there takes that many seconds longer (a slow node on purpose,
-    for the Ray engine's balancing benchmark). Never set it for real runs."""
+    """Tests and benchmarks only, never for real runs: each sample made in a process whose
+    environment has
+
+    - ``SYNTHGEN_TEST_SAMPLE_DELAY_S``: sleeps that many seconds more (keeps a shard in flight, for
+      the fault tests);
+    - ``SYNTHGEN_TEST_SAMPLE_CPU_S``: spends that many more CPU seconds, on this thread's own
+      clock (a slower node, for the balancing benchmark: a sleep would leave the core to the
+      node's other threads, the CPU stages ahead and the writer, so the node would lose less
+      throughput than its shard times say; spent CPU slows the node as slower hardware would)."""
     delay = float(os.environ.get(TEST_DELAY_VARIABLE) or 0)
-    if delay <= 0:
+    cpu = float(os.environ.get(TEST_CPU_VARIABLE) or 0)
+    if delay <= 0 and cpu <= 0:
         return on_sample
 
     def slowed() -> None:
         time.sleep(delay)
+        until = time.thread_time() + cpu
+        while time.thread_time() < until:
+            pass
         if on_sample is not None:
             on_sample()
 
@@ -230,12 +242,15 @@ class _Writer(threading.Thread):
 
 def _shard_samples(factory: Factory, task: ShardTask, stream: Iterator[dict[str, Any]],
                    on_sample: Callable[[], None] | None,
-                   errors_before: int) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
+                   errors_before: Callable[[], int]) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
     """The shard's report (filled as it goes) and a generator of its accepted samples, in
     order: the first draws of ``task``'s indices from ``stream``, then redraws of the rejected
-    ones. Runs the device stages (in the caller's thread)."""
+    ones. Runs the device stages (in the caller's thread). ``errors_before()``, the failures
+    counted elsewhere, is asked for at this shard's first failure only (on an object store it
+    reads other shards' sidecars)."""
     report: dict[str, Any] = {"rejected": [], "errors": [], "filter": [], "_rejected_records": []}
     budget = error_budget(factory.recipe)
+    base: list[int] = []  # errors_before(), once asked
     start, timing_before = time.perf_counter(), dict(factory.timing)
 
     def accepted(sample: dict[str, Any]) -> bool:
@@ -243,7 +258,9 @@ def _shard_samples(factory: Factory, task: ShardTask, stream: Iterator[dict[str,
         attempt = sample.get("attempt", 0)
         if "error" in sample:
             report["errors"].append({"index": sample["index"], "attempt": attempt, "error": sample["error"]})
-            check_budget(factory.recipe, errors_before + len(report["errors"]), budget)
+            if not base:
+                base.append(errors_before())
+            check_budget(factory.recipe, base[0] + len(report["errors"]), budget)
             return False
         verdict = sample.get("filter") or {"accepted": True}
         if "filter" in sample:  # every verdict with its scores, for re-thresholding later

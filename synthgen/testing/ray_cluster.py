@@ -38,32 +38,40 @@ def _free_ports(count: int) -> list[int]:
 
 class LocalCluster:
     """A head and a second node on this machine, each with one CPU, in a temporary folder of their own;
-    ``node2_delay_s``: each sample made on the second node takes that much longer (a slow node)."""
+    ``node2_delay_s``: each sample made on the second node sleeps that much longer (keeps its shards
+    in flight); ``node2_cpu_s``: each costs that many more CPU seconds there (a slower node).
 
-    def __init__(self, node2_delay_s: float = 0.0, pin: bool = False):
-        self.pin = pin  # node 1 on core 0, node 2 on core 1 (taskset): two machines, not one shared pair
+    ``pin``: two machines, not one shared pair of cores. The head takes no work (``--num-cpus 0``, as
+    Ray advises for a head that schedules a busy cluster) and floats; two worker nodes of one CPU
+    each are pinned to core 0 and core 1 (taskset), so the slowed node cannot lend its core."""
+
+    def __init__(self, node2_delay_s: float = 0.0, node2_cpu_s: float = 0.0, pin: bool = False):
+        self.pin = pin
         self.temp = tempfile.mkdtemp(prefix="sg-ray-", dir="/tmp")  # socket paths must stay short
-        self._free = iter(_free_ports(16))  # every port this cluster names, distinct
+        self._free = iter(_free_ports(24))  # every port this cluster names, distinct
         self.port = next(self._free)
         self.address = f"127.0.0.1:{self.port}"
         self.env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
         self.env.pop("RAY_ADDRESS", None)
         self._start(["--head", "--port", str(self.port), "--include-dashboard=false",
-                     *self._ports("ray-client-server-port", "dashboard-port")])
+                     *self._ports("ray-client-server-port", "dashboard-port")], cpus=0 if pin else 1)
+        if pin:
+            self._start(["--address", self.address, "--node-manager-port", str(next(self._free))], core=0)
         self.node2_port = next(self._free)
-        self._start(["--address", self.address, "--node-manager-port", str(self.node2_port)], core=1,
-                    SYNTHGEN_TEST_SAMPLE_DELAY_S=str(node2_delay_s))
+        self._start(["--address", self.address, "--node-manager-port", str(self.node2_port)],
+                    core=1 if pin else None, SYNTHGEN_TEST_SAMPLE_DELAY_S=str(node2_delay_s),
+                    SYNTHGEN_TEST_SAMPLE_CPU_S=str(node2_cpu_s))
 
     def _ports(self, *names: str) -> list[str]:
         return [arg for name in names for arg in (f"--{name}", str(next(self._free)))]
 
-    def _start(self, args: list[str], core: int = 0, **env) -> None:
-        """``ray start`` with one CPU, this cluster's folder, and ports of its own (not Ray's fixed
-        defaults, which other Ray clusters on the machine may hold)."""
-        common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--temp-dir", self.temp,
+    def _start(self, args: list[str], cpus: int = 1, core: int | None = None, **env) -> None:
+        """``ray start`` with ``cpus`` CPUs (pinned to ``core`` if given), this cluster's folder, and
+        ports of its own (not Ray's fixed defaults, which other Ray clusters on the machine may hold)."""
+        common = ["--num-cpus", str(cpus), "--node-ip-address", "127.0.0.1", "--temp-dir", self.temp,
                   "--disable-usage-stats", *self._ports("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                                                         "runtime-env-agent-port", "metrics-export-port")]
-        pinned = ["taskset", "-c", str(core)] if self.pin else []
+        pinned = ["taskset", "-c", str(core)] if core is not None else []
         result = subprocess.run([*pinned, RAY, "start", *args, *common], env=self.env | env, capture_output=True,
                                 text=True, timeout=180)
         if result.returncode != 0:

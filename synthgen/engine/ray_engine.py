@@ -5,19 +5,21 @@ Same plan, same per-shard code, same commit as the local engine: every shard is 
 through the :class:`~.run_folder.RunFolder` (a folder every node sees, or an object-store URL),
 so a shard's bytes do not depend on which node made it, in which order, or how often it was tried.
 
-- A factory that does not use the device: one Ray task per shard (``num_cpus=1``: CPU stages,
-  the weight-free image, encoding and the commit), on any node. At most as many shards are in
-  flight as the cluster has CPUs; the next one starts where a CPU frees up, so a node twice as
-  slow ends up with about half the shards.
+- A factory that does not use the device: a pool of shard makers, one actor per CPU of the
+  cluster (``num_cpus=1``, on any node; more join as CPUs appear), each building the factory
+  once and making whole shards (CPU stages, the weight-free image, encoding, the commit). The
+  driver hands a shard to a maker as soon as it is free (a direct call: no worker lease per
+  shard), so a node twice as slow ends up with about half the shards.
 - A factory that uses the device: a pool of device actors, one per GPU (``num_gpus=1``; one actor
   with ``num_gpus=0`` on a cluster without GPUs), each loading its models once and taking the
   next shard when it is free. Inside a shard, the CPU stages of each chunk of
   ``factory.cpu_chunk`` samples run as Ray tasks on any node, a few chunks ahead; the actor runs
   the device stages (diffusion, SAM) in the recipe's fixed batch shapes, then writes the shard.
 
-Faults: a worker process or node that dies takes its shard with it; Ray runs the task again
-(the device actor is restarted, reloading its models, and the call is run again), up to
-``output.ray.max_retries`` times; partial files of the lost attempt are never taken for data
+Faults: a worker process or node that dies takes its shard with it; the shard is made again
+(a lost shard maker's shard goes to another maker, the maker is not restarted where no CPU is
+free; a device actor is restarted by Ray, reloading its models, and the call is run again), up
+to ``output.ray.max_retries`` times; partial files of the lost attempt are never taken for data
 (the commit protocol). A sample that raises is not a fault: it is recorded in its shard's
 sidecar and counts against ``output.max_errors`` exactly as under the local engine.
 
@@ -46,7 +48,6 @@ from synthgen.recipe import Recipe, recipe_hash
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0          # the driver refreshes progress and looks for finished shards this often
-QUEUED_PER_CPU = 1    # shards submitted beyond the free CPUs: a worker that finishes one starts the next at once
 PREPARE_AHEAD = 4     # chunks of CPU stages in flight per device actor, at least
 
 
@@ -113,15 +114,24 @@ class _Ticks:
         self.unsent, self.last = 0, time.monotonic()
 
 
-def make_shard(factory_class: type, recipe: Recipe, folder: RunFolder, task: ShardTask,
-               all_tasks: list[ShardTask], counter) -> tuple[dict[str, Any], str]:
-    """A whole shard in this worker: CPU stages, the weight-free image, encoding, the commit;
-    returns its sidecar info and the node that made it."""
-    counter.start.remote(task.name)
-    factory, ticks = _factory(factory_class, recipe), _Ticks(counter)
-    info = write_shards(factory, folder, [task], 0, ticks, lambda: _errors_in_other_shards(folder, all_tasks, task))[0]
-    ticks.flush()
-    return info, _node()
+class ShardMaker:
+    """A CPU actor: the factory built once; :meth:`make` writes one whole shard (CPU stages, the
+    weight-free image, encoding, the commit)."""
+
+    def __init__(self, factory_class: type, recipe: Recipe):
+        self.factory = _factory(factory_class, recipe)
+
+    def ready(self) -> bool:
+        return True
+
+    def make(self, folder: RunFolder, task: ShardTask, all_tasks: list[ShardTask],
+             counter) -> tuple[dict[str, Any], str]:
+        """The shard's sidecar info and the node that made it."""
+        ticks = _Ticks(counter)
+        info = write_shards(self.factory, folder, [task], 0, ticks,
+                            lambda: _errors_in_other_shards(folder, all_tasks, task))[0]
+        ticks.flush()
+        return info, _node()
 
 
 def _node() -> str:
@@ -184,23 +194,16 @@ class DeviceShards:
 
 
 class Counter:
-    """Samples made so far, across the cluster (progress only; a retried shard counts again), and
-    the shards that have started (so that a stop withdraws only the ones still queued)."""
+    """Samples made so far, across the cluster (progress only; a retried shard counts again)."""
 
     def __init__(self):
-        self.samples, self.started = 0, set()
+        self.samples = 0
 
     def add(self, n: int) -> None:
         self.samples += n
 
     def total(self) -> int:
         return self.samples
-
-    def start(self, name: str) -> None:
-        self.started.add(name)
-
-    def started_names(self) -> set[str]:
-        return self.started
 
 
 # --- in the driver ------------------------------------------------------------------------------
@@ -271,17 +274,13 @@ def _schedule(ray, factory_class: type, recipe: Recipe, folder: RunFolder, tasks
     if factory_class.uses_device(recipe):
         start, slots = _device_pool(ray, factory_class, recipe, folder, all_tasks, counter, retries)
         summary["device_actors"] = slots()
+        lost = None
     else:
-        remote = ray.remote(make_shard).options(num_cpus=1, max_retries=retries, retry_exceptions=False)
-
-        def start(task: ShardTask):
-            return remote.remote(factory_class, recipe, folder, task, all_tasks, counter)
-
-        def slots() -> int:  # the free CPUs, and one shard waiting for each
-            return (1 + QUEUED_PER_CPU) * max(1, int(ray.cluster_resources().get("CPU", 1)))
+        makers = _MakerPool(ray, factory_class, recipe)
+        start, slots, lost = (lambda task: makers.start(task, folder, all_tasks, counter)), makers.slots, makers.lost
 
     pending, running, seen = list(tasks), {}, 0
-    withdrawn: set = set()  # queued shards cancelled by a stop
+    tries: collections.Counter = collections.Counter()
     per_node: collections.Counter = collections.Counter()
     try:
         while pending or running:
@@ -289,16 +288,22 @@ def _schedule(ray, factory_class: type, recipe: Recipe, folder: RunFolder, tasks
                 task = pending.pop(0)
                 running[start(task)] = task
             if not running:
+                if pending and not stopping():
+                    raise _lost(pending[0], retries, RuntimeError("no shard maker left"))
                 break
-            if stopping() and not withdrawn:
-                withdrawn = _withdraw_queued(ray, counter, running, folder)
             done, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
             seen = _progress(ray, counter, seen, tick)
             for ref in done:
                 task = running.pop(ref)
-                if ref in withdrawn and _cancelled(ray, ref):
+                if lost is not None and lost(ref):  # its maker died with it: another one makes it
+                    tries[task] += 1
                     with contextlib.suppress(Exception):
                         folder.drop_partials(task)
+                    if tries[task] > retries:
+                        raise _lost(task, retries, RuntimeError("shard maker lost"))
+                    log.warning("%s lost with its shard maker; making it again (try %d of %d)", task.name,
+                                tries[task] + 1, retries + 1)
+                    pending.insert(0, task)
                     continue
                 _, node = _result(ray, ref, task, retries)
                 per_node[node] += 1
@@ -308,40 +313,75 @@ def _schedule(ray, factory_class: type, recipe: Recipe, folder: RunFolder, tasks
         return summary | {"shards_per_node": dict(sorted(per_node.items()))}
     except BaseException:
         for ref, task in running.items():  # a stop after the grace period, or another shard's error
-            try:
-                ray.cancel(ref, force=True)
-            except Exception:  # an actor call: force is refused, a plain cancel is not
-                with contextlib.suppress(Exception):
-                    ray.cancel(ref)
+            with contextlib.suppress(Exception):
+                ray.cancel(ref)  # actor calls: a plain cancel (force is refused)
             with contextlib.suppress(Exception):
                 folder.drop_partials(task)
         raise
 
 
-def _withdraw_queued(ray, counter, running: dict, folder: RunFolder) -> set:
-    """A stop: cancel the submitted shards that have not started (no new shard starts; the ones
-    in flight finish). Returns the refs withdrawn (a non-empty set, so this runs once). A shard
-    that starts just as it is withdrawn is interrupted: its partial file is dropped, a rerun makes it."""
-    try:
-        started = ray.get(counter.started_names.remote(), timeout=10 * POLL_S)
-    except Exception:  # no answer: leave every shard to finish
-        return {None}
-    withdrawn = {ref for ref, task in running.items() if task.name not in started}
-    for ref in withdrawn:
-        with contextlib.suppress(Exception):
-            ray.cancel(ref)
-            folder.drop_partials(running[ref])
-    return withdrawn | {None}
+class _MakerPool:
+    """Shard makers, one per CPU of the cluster: :meth:`start` gives a shard to a free one.
 
+    A maker whose call failed because it died is dropped (:meth:`lost`); makers are added while
+    the cluster has a free CPU (checked at most every ``POLL_S``: nodes that join, a node that
+    came back), each used once it is ready."""
 
-def _cancelled(ray, ref) -> bool:
-    try:
-        ray.get(ref, timeout=0)
-    except ray.exceptions.TaskCancelledError:
-        return True
-    except Exception:
+    def __init__(self, ray, factory_class: type, recipe: Recipe):
+        self.ray = ray
+        self.actor_class = ray.remote(ShardMaker).options(num_cpus=1, max_restarts=0, max_task_retries=0)
+        self.args = (factory_class, recipe)
+        self.ready: list = []               # makers that are up
+        self.starting: dict = {}            # ready() ref -> maker still starting
+        self.busy: dict = {}                # call ref -> its maker
+        self.checked = time.monotonic()
+        for _ in range(max(1, int(ray.cluster_resources().get("CPU", 1)))):
+            self._add()
+
+    def _add(self) -> None:
+        maker = self.actor_class.remote(*self.args)
+        self.starting[maker.ready.remote()] = maker
+
+    def _refresh(self) -> None:
+        if self.starting:
+            up, _ = self.ray.wait(list(self.starting), num_returns=len(self.starting), timeout=0)
+            for ref in up:
+                maker = self.starting.pop(ref)
+                try:
+                    self.ray.get(ref)
+                    self.ready.append(maker)
+                except self.ray.exceptions.RayError:  # died while starting (its node was lost)
+                    pass
+        if not self.starting and time.monotonic() - self.checked > POLL_S:
+            self.checked = time.monotonic()
+            if self.ray.available_resources().get("CPU", 0) >= 1:
+                self._add()
+
+    def slots(self) -> int:
+        """How many shards may be in flight now: the makers that are up."""
+        self._refresh()
+        if not self.ready and self.starting:  # at the start: wait for the first maker
+            self.ray.wait(list(self.starting), num_returns=1)
+            self._refresh()
+        return len(self.ready)
+
+    def start(self, task: ShardTask, folder: RunFolder, all_tasks: list[ShardTask], counter):
+        maker = next(m for m in self.ready if m not in self.busy.values())
+        ref = maker.make.remote(folder, task, all_tasks, counter)
+        self.busy[ref] = maker
+        return ref
+
+    def lost(self, ref) -> bool:
+        """Whether ``ref`` (a finished call) failed because its maker died; such a maker is dropped."""
+        maker = self.busy.pop(ref)
+        try:
+            self.ray.get(ref, timeout=0)
+        except self.ray.exceptions.RayActorError:
+            self.ready.remove(maker)
+            return True
+        except Exception:
+            return False
         return False
-    return False
 
 
 def _counter(ray):

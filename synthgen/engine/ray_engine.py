@@ -95,26 +95,20 @@ def _errors_in_other_shards(folder: RunFolder, all_tasks: list[ShardTask], own: 
     return sum(len(info.get("errors", [])) for info in folder.read_sidecars(others).values())
 
 
-class _Ticks:
-    """``on_sample`` for a worker: counts samples and sends them to the driver's counter at most
-    every ``every_s`` seconds (a fire-and-forget message); :meth:`flush` sends the rest."""
+class _Counts:
+    """Samples this actor has made (progress only), read by the driver while a shard is being made
+    (the actors run two threads: ``make`` and this)."""
 
-    def __init__(self, counter, every_s: float = 0.5):
-        self.counter, self.every_s = counter, every_s
-        self.unsent, self.last = 0, time.monotonic()
+    made = 0
 
-    def __call__(self) -> None:
-        self.unsent += 1
-        if time.monotonic() - self.last >= self.every_s:
-            self.flush()
+    def _count(self) -> None:
+        self.made += 1
 
-    def flush(self) -> None:
-        if self.unsent:
-            self.counter.add.remote(self.unsent)
-        self.unsent, self.last = 0, time.monotonic()
+    def made_so_far(self) -> int:
+        return self.made
 
 
-class ShardMaker:
+class ShardMaker(_Counts):
     """A CPU actor: the factory built once; :meth:`make` writes one whole shard (CPU stages, the
     weight-free image, encoding, the commit)."""
 
@@ -124,13 +118,10 @@ class ShardMaker:
     def ready(self) -> bool:
         return True
 
-    def make(self, folder: RunFolder, task: ShardTask, all_tasks: list[ShardTask],
-             counter) -> tuple[dict[str, Any], str]:
+    def make(self, folder: RunFolder, task: ShardTask, all_tasks: list[ShardTask]) -> tuple[dict[str, Any], str]:
         """The shard's sidecar info and the node that made it."""
-        ticks = _Ticks(counter)
-        info = write_shards(self.factory, folder, [task], 0, ticks,
+        info = write_shards(self.factory, folder, [task], 0, self._count,
                             lambda: _errors_in_other_shards(folder, all_tasks, task))[0]
-        ticks.flush()
         return info, _node()
 
 
@@ -174,7 +165,7 @@ class _RemoteCpuStages:
             yield from samples
 
 
-class DeviceShards:
+class DeviceShards(_Counts):
     """A device actor: the factory's models loaded once; :meth:`make` writes one shard."""
 
     def __init__(self, factory_class: type, recipe: Recipe, prepare_task):
@@ -184,26 +175,10 @@ class DeviceShards:
         ahead = max(PREPARE_AHEAD, -(-2 * factory.batch_size // max(1, factory.cpu_chunk)))
         self.factory = _RemoteCpuStages(factory, factory_class, recipe, prepare_task, ahead)
 
-    def make(self, folder: RunFolder, task: ShardTask, all_tasks: list[ShardTask],
-             counter) -> tuple[dict[str, Any], str]:
-        ticks = _Ticks(counter)
-        info = write_shards(self.factory, folder, [task], 0, ticks,
+    def make(self, folder: RunFolder, task: ShardTask, all_tasks: list[ShardTask]) -> tuple[dict[str, Any], str]:
+        info = write_shards(self.factory, folder, [task], 0, self._count,
                             lambda: _errors_in_other_shards(folder, all_tasks, task))[0]
-        ticks.flush()
         return info, _node()
-
-
-class Counter:
-    """Samples made so far, across the cluster (progress only; a retried shard counts again)."""
-
-    def __init__(self):
-        self.samples = 0
-
-    def add(self, n: int) -> None:
-        self.samples += n
-
-    def total(self) -> int:
-        return self.samples
 
 
 # --- in the driver ------------------------------------------------------------------------------
@@ -266,20 +241,23 @@ def _connect(ray, address: str | None) -> None:
 def _schedule(ray, factory_class: type, recipe: Recipe, folder: RunFolder, tasks: list[ShardTask],
               all_tasks: list[ShardTask], tick: Callable[[], None], stopping: Callable[[], bool]) -> dict[str, Any]:
     retries = recipe.output.ray.max_retries
-    counter = _counter(ray)
     resources = ray.cluster_resources()
     summary: dict[str, Any] = {"nodes": len([n for n in ray.nodes() if n.get("Alive")]),
                                "cpus": resources.get("CPU", 0), "gpus": resources.get("GPU", 0)}
     log.info("Ray cluster: %d nodes, %g CPUs, %g GPUs", summary["nodes"], summary["cpus"], summary["gpus"])
     if factory_class.uses_device(recipe):
-        start, slots = _device_pool(ray, factory_class, recipe, folder, all_tasks, counter, retries)
+        start, slots, actors = _device_pool(ray, factory_class, recipe, folder, all_tasks, retries)
         summary["device_actors"] = slots()
         lost = None
     else:
         makers = _MakerPool(ray, factory_class, recipe)
-        start, slots, lost = (lambda task: makers.start(task, folder, all_tasks, counter)), makers.slots, makers.lost
+        start, slots, lost = (lambda task: makers.start(task, folder, all_tasks)), makers.slots, makers.lost
 
-    pending, running, seen = list(tasks), {}, 0
+        def actors() -> list:
+            return makers.ready
+    progress = _Progress(ray, actors, tick)
+
+    pending, running = list(tasks), {}
     tries: collections.Counter = collections.Counter()
     per_node: collections.Counter = collections.Counter()
     try:
@@ -292,7 +270,7 @@ def _schedule(ray, factory_class: type, recipe: Recipe, folder: RunFolder, tasks
                     raise _lost(pending[0], retries, RuntimeError("no shard maker left"))
                 break
             done, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
-            seen = _progress(ray, counter, seen, tick)
+            progress.poll()
             for ref in done:
                 task = running.pop(ref)
                 if lost is not None and lost(ref):  # its maker died with it: another one makes it
@@ -308,7 +286,7 @@ def _schedule(ray, factory_class: type, recipe: Recipe, folder: RunFolder, tasks
                 _, node = _result(ray, ref, task, retries)
                 per_node[node] += 1
                 log.debug("%s made on node %s", task.name, node)
-        _progress(ray, counter, seen, tick)
+        progress.poll(force=True)
         log.info("shards made per node: %s", ", ".join(f"{node}: {n}" for node, n in sorted(per_node.items())))
         return summary | {"shards_per_node": dict(sorted(per_node.items()))}
     except BaseException:
@@ -329,7 +307,8 @@ class _MakerPool:
 
     def __init__(self, ray, factory_class: type, recipe: Recipe):
         self.ray = ray
-        self.actor_class = ray.remote(ShardMaker).options(num_cpus=1, max_restarts=0, max_task_retries=0)
+        self.actor_class = ray.remote(ShardMaker).options(num_cpus=1, max_restarts=0, max_task_retries=0,
+                                                          max_concurrency=2)
         self.args = (factory_class, recipe)
         self.ready: list = []               # makers that are up
         self.starting: dict = {}            # ready() ref -> maker still starting
@@ -365,9 +344,9 @@ class _MakerPool:
             self._refresh()
         return len(self.ready)
 
-    def start(self, task: ShardTask, folder: RunFolder, all_tasks: list[ShardTask], counter):
+    def start(self, task: ShardTask, folder: RunFolder, all_tasks: list[ShardTask]):
         maker = next(m for m in self.ready if m not in self.busy.values())
-        ref = maker.make.remote(folder, task, all_tasks, counter)
+        ref = maker.make.remote(folder, task, all_tasks)
         self.busy[ref] = maker
         return ref
 
@@ -384,35 +363,27 @@ class _MakerPool:
         return False
 
 
-def _counter(ray):
-    """The progress counter, an actor on the head node: on a worker node its process would take
-    time from a core that makes shards; a head that takes no work (``--num-cpus 0``, as Ray advises
-    for a busy cluster) runs it for free."""
-    on_head = {"node:__internal_head__": 0.001}  # every Ray cluster has exactly one head
-    return ray.remote(num_cpus=0, resources=on_head)(Counter).remote()
-
-
 def _device_pool(ray, factory_class: type, recipe: Recipe, folder: RunFolder, all_tasks: list[ShardTask],
-                 counter, retries: int):
+                 retries: int):
     """Device actors (one per GPU, or one with ``num_gpus=0``) and the function giving each its next shard."""
     gpus = int(ray.cluster_resources().get("GPU", 0))
     count, per_actor = (gpus, 1) if gpus else (1, 0)
     prepare = ray.remote(prepare_chunk).options(num_cpus=1, max_retries=retries, retry_exceptions=False)
     actor_class = ray.remote(DeviceShards).options(num_gpus=per_actor, num_cpus=0, max_restarts=retries,
-                                                   max_task_retries=retries)
+                                                   max_task_retries=retries, max_concurrency=2)
     actors = [actor_class.remote(factory_class, recipe, prepare) for _ in range(count)]
     log.info("%d device actor(s), num_gpus=%d each", count, per_actor)
     busy: dict[int, Any] = {}  # actor number -> its call in flight
 
     def start(task: ShardTask):
         free = next(i for i in range(count) if i not in busy or _ready(ray, busy[i]))
-        busy[free] = actors[free].make.remote(folder, task, all_tasks, counter)
+        busy[free] = actors[free].make.remote(folder, task, all_tasks)
         return busy[free]
 
     def slots() -> int:
         return count
 
-    return start, slots
+    return start, slots, lambda: actors
 
 
 def _ready(ray, ref) -> bool:
@@ -420,15 +391,33 @@ def _ready(ray, ref) -> bool:
     return bool(done)
 
 
-def _progress(ray, counter, seen: int, tick: Callable[[], None]) -> int:
-    """Tick once per sample the cluster made since ``seen``; returns the new total."""
-    try:
-        total = ray.get(counter.total.remote(), timeout=POLL_S)
-    except Exception:  # progress only: never a reason to stop
-        return seen
-    for _ in range(max(0, total - seen)):
-        tick()
-    return max(seen, total)
+class _Progress:
+    """Ticks the driver's progress once per sample the actors made: asks each actor how many it
+    has made (at most every ``POLL_S``), keeping the highest count seen per actor, so a lost or
+    restarted actor never takes progress back."""
+
+    def __init__(self, ray, actors: Callable[[], list], tick: Callable[[], None]):
+        self.ray, self.actors, self.tick = ray, actors, tick
+        self.counts: dict = {}
+        self.seen, self.last = 0, 0.0
+
+    def poll(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self.last < POLL_S:
+            return
+        self.last = time.monotonic()
+        asked = {actor: actor.made_so_far.remote() for actor in self.actors()}
+        if not asked:
+            return
+        ready, _ = self.ray.wait(list(asked.values()), num_returns=len(asked), timeout=POLL_S)
+        ready = set(ready)
+        for actor, ref in asked.items():
+            if ref in ready:
+                with contextlib.suppress(Exception):  # progress only: never a reason to stop
+                    self.counts[actor] = max(self.counts.get(actor, 0), self.ray.get(ref))
+        total = sum(self.counts.values())
+        for _ in range(max(0, total - self.seen)):
+            self.tick()
+        self.seen = max(self.seen, total)
 
 
 def _result(ray, ref, task: ShardTask, retries: int) -> tuple[dict[str, Any], str]:

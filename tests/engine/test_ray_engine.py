@@ -107,6 +107,24 @@ def test_quickstart_on_two_nodes_is_byte_identical_to_the_local_engine(cluster, 
     assert status["done"] == status["total"] == 8
 
 
+def test_progress_ticks_once_per_sample_made(cluster, quickstart_reference, tmp_path):
+    """The driver's progress comes from the shard makers' own counts: one tick per sample, as
+    under the local engine; the run's summary counts the cluster; the bytes are the local engine's."""
+    from synthgen.engine.ray_engine import run_shards
+    from synthgen.engine.run_folder import RunFolder, plan_shards
+    from synthgen.run import factory_class
+
+    recipe = _quickstart()
+    folder, tasks = RunFolder(str(tmp_path / "ray")), plan_shards(8, 2)
+    folder.prepare(recipe, tasks)
+    ticks = []
+    made = run_shards(factory_class(recipe), recipe, folder, tasks, tasks, lambda: ticks.append(1), lambda: False,
+                      cluster.address)
+    assert len(ticks) == 8
+    assert sum(made["shards_per_node"].values()) == 4 and made["nodes"] == 2 and made["cpus"] == 2
+    assert _shard_bytes(tmp_path / "ray") == quickstart_reference
+
+
 def test_the_ray_engine_writes_to_s3_byte_identical_to_the_local_engine(cluster, s3_endpoint,
                                                                          quickstart_reference):
     """Output to s3:// (moto's server over HTTP) from both nodes: each Ray task stages its shard on

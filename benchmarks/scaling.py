@@ -180,7 +180,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="dotted.key=value recipe overrides")
     args = parser.parse_args()
     if args.samples is None:
-        args.samples = 320 if args.storage else 192
+        args.samples = 320 if args.storage else 384 if args.engine == "ray" else 192
     if args.storage:
         storage_table(args.recipe, args.samples, args.workers, args.repeats, args.overrides)
         return

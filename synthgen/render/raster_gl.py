@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 NEAR = 0.01  # metres; triangles with any vertex at z <= NEAR are culled
 NORMAL_EPS = 1e-3  # minimum |dot(n, ray)| for normals bent towards the camera
+FBO_MIN_SIDE = 64  # framebuffers are squares of a power-of-two side, at least this
 
 _VERTEX_SHADER = """
 #version 330
@@ -142,7 +143,7 @@ class GLRasterizer:
         self._ctx = None
         self._prog = None
         self._pid: int | None = None
-        self._fbos: dict[tuple[int, int], object] = {}
+        self._fbos: dict[int, tuple] = {}  # square side -> (FBO, cleared FBO)
         self._buffers: dict[str, object] = {}
         self._vao = None
 
@@ -170,16 +171,24 @@ class GLRasterizer:
         return ctx
 
     def _framebuffer(self, width: int, height: int):
-        """Cached (FBO, cleared FBO): RGB32F normal, R32F z, R32I id + 1, depth buffer; the
-        second holds only the id and depth buffers, the ones a frame must start cleared (the
-        others are read where an id was drawn: clearing float RGB is slow on llvmpipe)."""
-        fbos = self._fbos.get((width, height))
+        """(FBO, cleared FBO) whose viewport is ``width`` x ``height``: RGB32F normal, R32F z,
+        R32I id + 1, depth buffer; the second holds only the id and depth buffers, the ones a
+        frame must start cleared (the others are read where an id was drawn: clearing float RGB
+        is slow on llvmpipe). One pair per power-of-two side, drawn into its lower-left corner:
+        shadow maps come in a new size almost every sample, and a pair per size made the cache
+        (host memory under llvmpipe) grow by ~6 MB a sample."""
+        side = FBO_MIN_SIDE
+        while side < max(width, height):
+            side *= 2
+        fbos = self._fbos.get(side)
         if fbos is None:
-            ctx, size = self._ctx, (width, height)
+            ctx, size = self._ctx, (side, side)
             ids, depth = ctx.renderbuffer(size, 1, dtype="i4"), ctx.depth_renderbuffer(size)
             color = [ctx.renderbuffer(size, 3, dtype="f4"), ctx.renderbuffer(size, 1, dtype="f4"), ids]
             fbos = (ctx.framebuffer(color, depth), ctx.framebuffer([ids], depth))
-            self._fbos[(width, height)] = fbos
+            self._fbos[side] = fbos
+        for fbo in fbos:
+            fbo.viewport = (0, 0, width, height)
         return fbos
 
     def _buffer(self, name: str, data: np.ndarray):
@@ -224,7 +233,7 @@ class GLRasterizer:
 
         fbo, cleared = self._framebuffer(width, height)
         cleared.use()
-        cleared.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
+        cleared.clear(0.0, 0.0, 0.0, 0.0, depth=1.0, viewport=(0, 0, width, height))
         fbo.use()
         self._ctx.enable_only(moderngl.DEPTH_TEST | (moderngl.CULL_FACE if cull_back_faces else 0))
         self._ctx.depth_func = "<"

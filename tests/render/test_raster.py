@@ -471,6 +471,30 @@ def test_gl_reads_back_only_the_box_it_can_draw_in(anny_mesh, monkeypatch):
     assert boxes[0][2] - boxes[0][0] < 256 and boxes[2] == (0, 0, 512, 512)  # a body far away; a close-up
 
 
+@requires_gl
+def test_framebuffers_stay_few_whatever_the_frame_sizes():
+    """Shadow maps come in a new size almost every sample: GL keeps one framebuffer per
+    power-of-two side (it once kept one per size, ~6 MB of host memory a sample), and a frame
+    drawn in the corner of a bigger framebuffer equals the same frame in a fresh one of its size."""
+    quad = _quad(np.array([[-0.5, -0.4, 2], [0.6, -0.4, 2], [0.6, 0.5, 2.5], [-0.5, 0.5, 2.5]]))
+    used = raster_gl.GLRasterizer()
+    try:
+        for side in range(40, 1100, 23):
+            k = K * [[side / W, 1, side / W], [1, side / H / 2, side / H / 4], [1, 1, 1]]
+            used.rasterize(*quad, k, side, side // 2 + 7)
+        assert len(used._fbos) <= 6
+        fresh = raster_gl.GLRasterizer()
+        try:
+            a, b = used.rasterize(*quad, K, W, H), fresh.rasterize(*quad, K, W, H)
+        finally:
+            fresh.release()
+    finally:
+        used.release()
+    assert a["mask"].sum() > 1000
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+
+
 def test_open_meshes_stay_double_sided():
     """A plane seen from behind is drawn by the render stage (objects are often open shells)."""
     v, f = _quad(np.array([[-1, -1, 2], [1, -1, 2], [1, 1, 2], [-1, 1, 2]]), flip=True)

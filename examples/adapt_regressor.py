@@ -149,6 +149,7 @@ def one_seed(args, seed: int, shift: list[str]) -> dict:
     names = init["names"]
     weights = root / "r0.pt"
     weights.with_suffix(".names.json").write_text(json.dumps(names))
+    torch.manual_seed(seed)  # R0's initial weights: from the seed, not from what ran before in this process
     r0 = KeypointNet(len(names), 16)
     if weights.is_file():
         r0.load_state_dict(torch.load(weights))

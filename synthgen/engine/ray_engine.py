@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 1.0          # the driver refreshes progress and looks for finished shards this often
 PREPARE_AHEAD = 4     # chunks of CPU stages in flight per device actor, at least
+MAKER_WAIT_S = 120.0  # with no shard maker up, how long to wait for one before the run stops
 
 
 def _import_ray():
@@ -109,18 +110,19 @@ class _Counts:
 
 
 class ShardMaker(_Counts):
-    """A CPU actor: the factory built once; :meth:`make` writes one whole shard (CPU stages, the
-    weight-free image, encoding, the commit)."""
+    """A CPU actor: :meth:`make` writes one whole shard (CPU stages, the weight-free image,
+    encoding, the commit) with the factory built at its first shard (so that a recipe the factory
+    refuses stops the run with the factory's own error, as under the local engine)."""
 
     def __init__(self, factory_class: type, recipe: Recipe):
-        self.factory = _factory(factory_class, recipe)
+        self.factory_class, self.recipe = factory_class, recipe
 
     def ready(self) -> bool:
         return True
 
     def make(self, folder: RunFolder, task: ShardTask, all_tasks: list[ShardTask]) -> tuple[dict[str, Any], str]:
         """The shard's sidecar info and the node that made it."""
-        info = write_shards(self.factory, folder, [task], 0, self._count,
+        info = write_shards(_factory(self.factory_class, self.recipe), folder, [task], 0, self._count,
                             lambda: _errors_in_other_shards(folder, all_tasks, task))[0]
         return info, _node()
 
@@ -321,7 +323,7 @@ class _MakerPool:
         maker = self.actor_class.remote(*self.args)
         self.starting[maker.ready.remote()] = maker
 
-    def _refresh(self) -> None:
+    def _refresh(self, force: bool = False) -> None:
         if self.starting:
             up, _ = self.ray.wait(list(self.starting), num_returns=len(self.starting), timeout=0)
             for ref in up:
@@ -331,17 +333,25 @@ class _MakerPool:
                     self.ready.append(maker)
                 except self.ray.exceptions.RayError:  # died while starting (its node was lost)
                     pass
-        if not self.starting and time.monotonic() - self.checked > POLL_S:
+        if not self.starting and (force or time.monotonic() - self.checked > POLL_S):
             self.checked = time.monotonic()
             if self.ray.available_resources().get("CPU", 0) >= 1:
                 self._add()
 
     def slots(self) -> int:
-        """How many shards may be in flight now: the makers that are up."""
+        """How many shards may be in flight now: the makers that are up. With none (the start,
+        or every maker lost), waits for those starting, and up to ``MAKER_WAIT_S`` for a free CPU
+        to start one on."""
         self._refresh()
-        if not self.ready and self.starting:  # at the start: wait for the first maker
-            self.ray.wait(list(self.starting), num_returns=1)
-            self._refresh()
+        deadline = time.monotonic() + MAKER_WAIT_S
+        while not self.ready:
+            if self.starting:  # being placed or building its factory: as long as it takes
+                self.ray.wait(list(self.starting), num_returns=1, timeout=POLL_S)
+            elif time.monotonic() < deadline:
+                time.sleep(POLL_S / 4)
+            else:
+                break
+            self._refresh(force=True)
         return len(self.ready)
 
     def start(self, task: ShardTask, folder: RunFolder, all_tasks: list[ShardTask]):

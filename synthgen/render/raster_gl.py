@@ -191,6 +191,11 @@ class GLRasterizer:
             fbo.viewport = (0, 0, width, height)
         return fbos
 
+    @property
+    def framebuffer_count(self) -> int:
+        """How many framebuffer pairs this rasterizer keeps for reuse (one per power-of-two side)."""
+        return len(self._fbos)
+
     def _buffer(self, name: str, data: np.ndarray):
         """Upload ``data`` into a named buffer, growing it when too small."""
         buf = self._buffers.get(name)

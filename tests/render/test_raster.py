@@ -482,7 +482,7 @@ def test_framebuffers_stay_few_whatever_the_frame_sizes():
         for side in range(40, 1100, 23):
             k = K * [[side / W, 1, side / W], [1, side / H / 2, side / H / 4], [1, 1, 1]]
             used.rasterize(*quad, k, side, side // 2 + 7)
-        assert len(used._fbos) <= 6
+        assert used.framebuffer_count <= 6
         fresh = raster_gl.GLRasterizer()
         try:
             a, b = used.rasterize(*quad, K, W, H), fresh.rasterize(*quad, K, W, H)

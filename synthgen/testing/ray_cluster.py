@@ -46,7 +46,6 @@ class LocalCluster:
     each are pinned to core 0 and core 1 (taskset), so the slowed node cannot lend its core."""
 
     def __init__(self, node2_delay_s: float = 0.0, node2_cpu_s: float = 0.0, pin: bool = False):
-        self.pin = pin
         self.temp = tempfile.mkdtemp(prefix="sg-ray-", dir="/tmp")  # socket paths must stay short
         self._free = iter(_free_ports(24))  # every port this cluster names, distinct
         self.port = next(self._free)

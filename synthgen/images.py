@@ -25,6 +25,7 @@ from synthgen.recipe import Histogram, Recipe, draw_count, recipe_hash
 from synthgen.render import layers as layer_ops
 from synthgen.render import layers_from_raster, rasterize, rasterize_with_scene, render_layers
 from synthgen.render.culling import closed_outward
+from synthgen.render.raster_gl import pixel_box
 from synthgen.render.shadow import draw_sun, sun_visibility
 from synthgen.groups import combined_mesh, place_members
 from synthgen.scene import (GROUND_HALF_M, SCENE_PART_NAMES, SceneMesh, WorldParams, build_scene, ground_contact,
@@ -265,17 +266,14 @@ class ImageFactory:
             return False
         tri = layers["triangle_id"]
         height, width = tri.shape
-        camera_points = vertices_cam[vertices_cam[:, 2] > 0.01]
-        if not len(camera_points):
+        drawn = pixel_box(vertices_cam, K, width, height)  # the subjects' pixels lie inside it
+        if drawn is None:
             return False
-        projected = camera_points.astype(np.float64) @ np.asarray(K, dtype=np.float64).T
-        uv = projected[:, :2] / projected[:, 2:3]
-        x0, y0 = np.clip(np.floor(uv.min(axis=0)).astype(int), 0, [width, height])
-        x1, y1 = np.clip(np.ceil(uv.max(axis=0)).astype(int) + 1, 0, [width, height])
+        x0, y0, x1, y1 = drawn
         box = (slice(y0, y1), slice(x0, x1))
         scene_face = tri[box] - len(faces)
         occluder = (scene_face >= 0) & (scene.face_part[np.clip(scene_face, 0, len(scene.faces) - 1)] != ground)
-        return bool(np.any(occluder & (layers["depth"][box] < float(camera_points[:, 2].max()))))
+        return bool(np.any(occluder & (layers["depth"][box] < float(vertices_cam[:, 2].max()))))
 
     def _sunlight(self, sample: dict[str, Any], layers: dict[str, Any], vertices_cam: np.ndarray,
                   faces: np.ndarray, scene_cam: np.ndarray) -> None:

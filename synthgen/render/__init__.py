@@ -94,16 +94,18 @@ def rasterize_with_scene(vertices_cam: np.ndarray, faces: np.ndarray, scene_vert
     from synthgen.scene import clip_near  # the scene stage comes before this one
 
     vertices_cam = np.asarray(vertices_cam, dtype=np.float32)
+    cull = culling.can_cull_back_faces(vertices_cam, faces, NEAR)  # the caller's array: memoised per topology
     faces = np.asarray(faces, dtype=np.int64)
     sv, sf, source = clip_near(np.asarray(scene_vertices_cam, dtype=np.float64), np.asarray(scene_faces, np.int64))
+    used, sf = np.unique(sf, return_inverse=True)  # without the vertices left behind the camera,
+    sv, sf = sv[used], sf.reshape(-1, 3)  # every vertex lies past the near plane: no face to drop
     a, b, c = (sv[sf[:, i]] for i in range(3))
     away = np.einsum("ij,ij->i", np.cross(b - a, c - a), a) > 0  # the winding turned from the camera
     sf = np.where(away[:, None], sf[:, [0, 2, 1]], sf)
-    cull = culling.can_cull_back_faces(vertices_cam, faces, NEAR)
     raw = _rasterizer(backend)(np.concatenate([vertices_cam, sv.astype(np.float32)]),
                                np.concatenate([faces, sf + len(vertices_cam)]), K, width, height,
                                cull_back_faces=cull)
-    if len(sf):
+    if len(sf) and not np.array_equal(source, np.arange(len(scene_faces))):  # faces clipped or dropped
         lookup = np.concatenate([np.arange(len(faces)), len(faces) + source, [-1]]).astype(np.int32)
         raw["triangle_id"] = lookup[raw["triangle_id"]]  # -1 (background) stays -1
     return raw

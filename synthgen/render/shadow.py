@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from synthgen.points import bounds
 from synthgen.render import rasterize
 
 SUN_DISTANCE_M = 100.0
@@ -42,13 +43,12 @@ def _look_along(direction: np.ndarray) -> np.ndarray:
     return np.stack([right, np.cross(direction, right), direction])
 
 
-def _shadow_box(v: np.ndarray, sun: np.ndarray, up: np.ndarray, height: float, K: np.ndarray,
+def _shadow_box(lo: np.ndarray, hi: np.ndarray, sun: np.ndarray, up: np.ndarray, height: float, K: np.ndarray,
                 width: int, height_px: int) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1) image box that holds every pixel the casters' shadow can fall on: the
-    projection of their bounding box and of that box pushed away from the sun down to the ground
-    (``up``: world up in the camera frame, ``height``: the camera's height); the whole image when
-    part of that volume lies behind the camera."""
-    lo, hi = v.min(axis=0), v.max(axis=0)
+    projection of their bounding box (lo, hi), (3,) camera frame, and of that box pushed away from
+    the sun down to the ground (``up``: world up in the camera frame, ``height``: the camera's
+    height); the whole image when part of that volume lies behind the camera."""
     corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
     above = np.maximum(corners @ up + height, 0.0)  # height of each corner above the ground
     rise = max(float(sun @ up), 1e-3)  # the sun is above the horizon: rays away from it go down
@@ -82,17 +82,21 @@ def sun_visibility(vertices_cam: np.ndarray, faces: np.ndarray, depth: np.ndarra
     out = pixels.astype(np.uint8) * np.uint8(255)
     if not len(faces) or not pixels.any():
         return out
-    v = np.asarray(vertices_cam, dtype=np.float64)
+    v = np.asarray(vertices_cam, dtype=np.float32)
     sun = np.asarray(sun_cam, dtype=np.float64) / np.linalg.norm(sun_cam)
-    centre = (v.min(axis=0) + v.max(axis=0)) / 2
-    radius = float(np.linalg.norm(v.max(axis=0) - v.min(axis=0))) / 2 + 0.05
+    lo, hi = (b.astype(np.float64) for b in bounds(v))
+    centre = (lo + hi) / 2
+    radius = float(np.linalg.norm(hi - lo)) / 2 + 0.05
     distance = max(SUN_DISTANCE_M, 20.0 * radius)
     R = _look_along(-sun)  # the sun camera looks down the light rays
     eye = centre + distance * sun
-    v_sun = (v - eye) @ R.T
+    # float32 (the rasteriser's precision): millimetres at the sun camera's 100 m are 1e-5 relative
+    v_sun = v @ R.T.astype(np.float32) - (R @ eye).astype(np.float32)
     # the casters' extent across the light, (x, y) half sides in metres: a yard's spread-out
     # objects fill a rectangle, and a tall person seen from a high sun a short one
-    half = np.abs(v_sun[:, :2] - (R @ (centre - eye))[:2]).max(axis=0) + 0.05
+    sun_lo, sun_hi = bounds(v_sun[:, :2])
+    middle = (R @ (centre - eye))[:2]
+    half = np.maximum(np.abs(sun_lo - middle), np.abs(sun_hi - middle)) + 0.05
     height_px, width = depth.shape
     if size is None:  # one texel per TEXEL_M, no finer than the image's resolution
         largest = max(MAP_SIZE, min(MAX_MAP_SIZE, max(height_px, width)))
@@ -102,9 +106,9 @@ def sun_visibility(vertices_cam: np.ndarray, faces: np.ndarray, depth: np.ndarra
     near = distance - radius  # the casters' nearest depth from the sun: the widest projection
     fx, fy = (map_w / 2) * near / (1.05 * half[0]), (map_h / 2) * near / (1.05 * half[1])
     K_sun = np.array([[fx, 0.0, (map_w - 1) / 2], [0.0, fy, (map_h - 1) / 2], [0.0, 0.0, 1.0]])
-    shadow_depth = rasterize(v_sun.astype(np.float32), faces, K_sun, map_w, map_h, backend,
+    shadow_depth = rasterize(v_sun, faces, K_sun, map_w, map_h, backend,
                              depth_only=True, cull_back_faces=cull_back_faces)["depth"]
-    x0, y0, x1, y1 = _shadow_box(v, sun, np.asarray(up_cam, np.float64), camera_height, K, width, height_px)
+    x0, y0, x1, y1 = _shadow_box(lo, hi, sun, np.asarray(up_cam, np.float64), camera_height, K, width, height_px)
     if x1 <= x0 or y1 <= y0:
         return out
     # pixel (c, r) at depth z -> sun camera: z R K^-1 [c, r, 1] - R eye, then K_sun: one affine map;

@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from synthgen.points import bounds
+
 BATCH = 16  # fixed forward batch of every body model: padding keeps each sample's arithmetic independent of the split
 
 # Columns are SMPL's x (left), y (up), z (forward) axes written in the world frame.
@@ -161,7 +163,7 @@ def ground_offset(vertices: np.ndarray) -> np.ndarray:
 
     vertices: (V, 3) world frame.
     """
-    lo, hi = vertices.min(axis=0), vertices.max(axis=0)
+    lo, hi = bounds(vertices)
     return np.array([-(lo[0] + hi[0]) / 2, -(lo[1] + hi[1]) / 2, -lo[2]], dtype=np.float64)
 
 

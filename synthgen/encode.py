@@ -17,13 +17,14 @@ import numpy as np
 # Rendered layers are flat regions on black: the "up" filter with run-length deflate is much
 # faster than OpenCV's default adaptive filtering for about the same size; one-channel label maps
 # (mask, parts, ids) are faster and smaller without a filter, 16-bit depth with the default
-# deflate strategy; drawings (OpenPose skeletons: thin flat-colour limbs on black) are label maps
-# in RGB, without a filter. The timings: benchmarks/README.md.
+# deflate strategy and the "sub" filter (ground and walls: depth changes evenly along a row);
+# drawings (OpenPose skeletons: thin flat-colour limbs on black) are label maps in RGB, without
+# a filter. The timings: benchmarks/README.md.
 _PNG_RGB = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
             cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
 _PNG_LABELS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
                cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
-_PNG_16BIT = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+_PNG_16BIT = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]
 
 
 def _png_params(array: np.ndarray, drawing: bool) -> list[int]:

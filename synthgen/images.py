@@ -221,8 +221,9 @@ class ImageFactory:
                 np.where(subject, face_instance[np.clip(tri, 0, len(faces) - 1)], 0).astype(np.uint8)
             layers["scene_in"] = tuple(r.render.scene_in)  # what the ControlNet inputs show too
             if r.backend.kind == "shaded":  # scene materials per pixel; one sun, the people's shadows
-                layers["scene_instance"] = np.where(layers["scene"], scene.face_instance[
-                    np.clip(tri - len(faces), 0, len(scene.faces) - 1)], 0).astype(np.uint8)
+                per_face = np.zeros(len(faces) + len(scene.faces) + 1, np.uint8)  # subjects' and id -1: 0
+                per_face[len(faces):-1] = scene.face_instance
+                layers["scene_instance"] = np.take(per_face, tri)
                 self._sunlight(sample, layers, vertices_cam, faces, scene_cam)
         else:
             layers = render_layers(vertices_cam, faces, face_parts, camera.K, camera.width, camera.height,

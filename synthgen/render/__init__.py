@@ -129,9 +129,8 @@ def layers_from_raster(raw: dict, face_parts: np.ndarray, canny: tuple[int, int]
                        normal_convention: str = "opengl", **encoding) -> dict:
     """The layers of a raw raster (:func:`rasterize` or :func:`rasterize_with_scene`);
     face_parts (F,) uint8 part id per face of the raster's index space."""
-    tri, mask = raw["triangle_id"], raw["mask"]
-    parts = np.zeros(tri.shape, dtype=np.uint8)
-    parts[mask] = face_parts[tri[mask]]
+    tri = raw["triangle_id"]
+    parts = np.take(np.append(np.asarray(face_parts, dtype=np.uint8), np.uint8(0)), tri)  # id -1 reads the 0
     return derive_layers(raw["normal"], raw["depth"], parts, tri, canny, normal_convention, **encoding)
 
 

@@ -30,7 +30,9 @@ Same interface and conventions as :mod:`synthgen.render.raster_torch`:
 One render pass writes RGB32F (normal), R32F (camera z) and R32I
 (``gl_PrimitiveID + 1``, 0 = background) colour attachments plus a depth
 buffer; no MSAA.  Only the id and depth buffers are cleared per frame; the
-normal and z read back are zeroed where no id was drawn.
+normal and z read back are zeroed where no id was drawn.  A depth-only pass
+(a shadow map) runs a program that writes camera z alone into a cleared R32F
+attachment of its own (sharing the depth buffer).
 
 Processes: an EGL context must be created in the process that uses it.  If a
 process that owns a context forks, creating a new context in the child hangs
@@ -90,6 +92,28 @@ void main() {
 }
 """ % NORMAL_EPS
 
+# A shadow map needs only camera z: a program without normals or ids, drawn into one cleared R32F
+# attachment (z > 0 wherever something was drawn), sets triangles up in ~60 % of the time.
+_DEPTH_VERTEX_SHADER = """
+#version 330
+uniform mat4 proj;
+in vec3 in_pos;
+out float v_z;
+void main() {
+    v_z = in_pos.z;
+    gl_Position = proj * vec4(in_pos, 1.0);
+}
+"""
+
+_DEPTH_FRAGMENT_SHADER = """
+#version 330
+in float v_z;
+layout(location = 0) out float out_depth;
+void main() {
+    out_depth = v_z;
+}
+"""
+
 _PROBE = ("import moderngl; c = moderngl.create_standalone_context(backend='egl'); "
           "assert c.version_code >= 330; c.release()")
 
@@ -143,9 +167,9 @@ class GLRasterizer:
         self._ctx = None
         self._prog = None
         self._pid: int | None = None
-        self._fbos: dict[int, tuple] = {}  # square side -> (FBO, cleared FBO)
+        self._fbos: dict[int, tuple] = {}  # square side -> (FBO, cleared FBO, depth-only FBO)
         self._buffers: dict[str, object] = {}
-        self._vao = None
+        self._vao = self._depth_prog = self._depth_vao = None
 
     def _context(self):
         """The (lazily created) moderngl context of this process."""
@@ -164,6 +188,8 @@ class GLRasterizer:
         _owner_pid, self._pid = os.getpid(), os.getpid()
         self._prog = ctx.program(vertex_shader=_VERTEX_SHADER,
                                  fragment_shader=_FRAGMENT_SHADER)
+        self._depth_prog = ctx.program(vertex_shader=_DEPTH_VERTEX_SHADER,
+                                       fragment_shader=_DEPTH_FRAGMENT_SHADER)
         ctx.front_face = "cw"  # (u,v) clockwise == normal faces the camera
         ctx.cull_face = "back"  # used only when enabled (cull_back_faces)
         self._ctx = ctx
@@ -171,12 +197,13 @@ class GLRasterizer:
         return ctx
 
     def _framebuffer(self, width: int, height: int):
-        """(FBO, cleared FBO) whose viewport is ``width`` x ``height``: RGB32F normal, R32F z,
-        R32I id + 1, depth buffer; the second holds only the id and depth buffers, the ones a
-        frame must start cleared (the others are read where an id was drawn: clearing float RGB
-        is slow on llvmpipe). One pair per power-of-two side, drawn into its lower-left corner:
-        shadow maps come in a new size almost every sample, and a pair per size made the cache
-        (host memory under llvmpipe) grow by ~6 MB a sample."""
+        """(FBO, cleared FBO, depth-only FBO) whose viewport is ``width`` x ``height``: RGB32F
+        normal, R32F z, R32I id + 1, depth buffer; the second holds only the id and depth buffers,
+        the ones a frame must start cleared (the others are read where an id was drawn: clearing
+        float RGB is slow on llvmpipe); the third an R32F z of its own and the same depth buffer.
+        One triple per power-of-two side, drawn into its lower-left corner: shadow maps come in a
+        new size almost every sample, and a set per size made the cache (host memory under
+        llvmpipe) grow by ~6 MB a sample."""
         side = FBO_MIN_SIDE
         while side < max(width, height):
             side *= 2
@@ -185,7 +212,8 @@ class GLRasterizer:
             ctx, size = self._ctx, (side, side)
             ids, depth = ctx.renderbuffer(size, 1, dtype="i4"), ctx.depth_renderbuffer(size)
             color = [ctx.renderbuffer(size, 3, dtype="f4"), ctx.renderbuffer(size, 1, dtype="f4"), ids]
-            fbos = (ctx.framebuffer(color, depth), ctx.framebuffer([ids], depth))
+            fbos = (ctx.framebuffer(color, depth), ctx.framebuffer([ids], depth),
+                    ctx.framebuffer([ctx.renderbuffer(size, 1, dtype="f4")], depth))
             self._fbos[side] = fbos
         for fbo in fbos:
             fbo.viewport = (0, 0, width, height)
@@ -193,7 +221,7 @@ class GLRasterizer:
 
     @property
     def framebuffer_count(self) -> int:
-        """How many framebuffer pairs this rasterizer keeps for reuse (one per power-of-two side)."""
+        """How many framebuffer sets this rasterizer keeps for reuse (one per power-of-two side)."""
         return len(self._fbos)
 
     def _buffer(self, name: str, data: np.ndarray):
@@ -204,12 +232,19 @@ class GLRasterizer:
                 buf.release()
             buf = self._ctx.buffer(reserve=max(data.nbytes, 1) * 5 // 4)
             self._buffers[name] = buf
-            self._vao = None
+            self._vao = self._depth_vao = None
         buf.write(data)
         return buf
 
-    def _vertex_array(self, pos: np.ndarray, nrm: np.ndarray, idx: np.ndarray):
-        """Upload mesh data and return the (cached) vertex array object."""
+    def _vertex_array(self, pos: np.ndarray, nrm: np.ndarray | None, idx: np.ndarray):
+        """Upload mesh data and return the (cached) vertex array object: of the full program, or
+        of the depth-only one when ``nrm`` is None."""
+        if nrm is None:
+            pos_buf, idx_buf = self._buffer("pos", pos), self._buffer("idx", idx)
+            if self._depth_vao is None:
+                self._depth_vao = self._ctx.vertex_array(self._depth_prog, [(pos_buf, "3f", "in_pos")],
+                                                         index_buffer=idx_buf, index_element_size=4)
+            return self._depth_vao
         bufs = [self._buffer(n, d) for n, d in (("pos", pos), ("nrm", nrm), ("idx", idx))]
         if self._vao is None:
             self._vao = self._ctx.vertex_array(
@@ -236,7 +271,9 @@ class GLRasterizer:
         """Render kept faces idx (F',3) int32 into the cached FBO; return it."""
         import moderngl
 
-        fbo, cleared = self._framebuffer(width, height)
+        fbo, cleared, depth_fbo = self._framebuffer(width, height)
+        if depth_only:
+            fbo = cleared = depth_fbo
         cleared.use()
         cleared.clear(0.0, 0.0, 0.0, 0.0, depth=1.0, viewport=(0, 0, width, height))
         fbo.use()
@@ -244,10 +281,9 @@ class GLRasterizer:
         self._ctx.depth_func = "<"
         if len(idx):
             proj = projection_matrix(K, width, height)
-            self._prog["proj"].write(proj.T.astype("f4").tobytes())  # column-major
-            # depth only: zero normals (the shader then writes -ray, never read back)
-            normals = np.zeros_like(pos) if depth_only else vertex_normals(pos, faces)
-            vao = self._vertex_array(pos, normals, idx)
+            program = self._depth_prog if depth_only else self._prog
+            program["proj"].write(proj.T.astype("f4").tobytes())  # column-major
+            vao = self._vertex_array(pos, None if depth_only else vertex_normals(pos, faces), idx)
             vao.render(moderngl.TRIANGLES, vertices=3 * len(idx))
         return fbo
 
@@ -256,6 +292,7 @@ class GLRasterizer:
         if self._ctx is not None and self._pid == os.getpid():
             self._ctx.release()
         self._ctx, self._prog, self._pid, self._vao = None, None, None, None
+        self._depth_prog = self._depth_vao = None
         self._fbos, self._buffers = {}, {}
 
 
@@ -298,10 +335,17 @@ def _read_back(fbo, kept: np.ndarray | None, width: int, height: int,
     """Read the attachments into the output dict (see module docstring), only inside ``box``
     (:func:`pixel_box`): nothing is drawn outside it, and llvmpipe's read-back of float
     buffers is slow. depth_only: only ``depth`` and
-    ``mask`` (no normals, no triangle ids)."""
-    normal = None if depth_only else np.zeros((height, width, 3), np.float32)
+    ``mask`` (no normals, no triangle ids), from the depth-only framebuffer."""
     depth = np.zeros((height, width), np.float32)
-    tid = None if depth_only else np.full((height, width), -1, np.int32)
+    if depth_only:
+        if box is not None:
+            x0, y0, x1, y1 = box
+            box_depth = np.empty((y1 - y0, x1 - x0), np.float32)
+            fbo.read_into(box_depth, viewport=(x0, y0, x1 - x0, y1 - y0), components=1, attachment=0, dtype="f4")
+            depth[y0:y1, x0:x1] = box_depth
+        return dict(depth=depth, mask=depth > 0)  # z > NEAR wherever a face was drawn
+    normal = np.zeros((height, width, 3), np.float32)
+    tid = np.full((height, width), -1, np.int32)
     mask = np.zeros((height, width), bool)
     if box is not None:
         x0, y0, x1, y1 = box
@@ -313,15 +357,11 @@ def _read_back(fbo, kept: np.ndarray | None, width: int, height: int,
         fbo.read_into(box_depth, viewport=(x0, y0, w, h), components=1, attachment=1, dtype="f4")
         drawn = (raw != 0).view(np.uint8)  # normal and depth hold an older frame elsewhere
         np.multiply(box_depth, drawn, out=depth[window])
-        if normal is not None:
-            box_normal = np.empty((h, w, 3), np.float32)
-            fbo.read_into(box_normal, viewport=(x0, y0, w, h), components=3, attachment=0, dtype="f4")
-            cv2.copyTo(box_normal, drawn, normal[window])
-        if tid is not None:
-            tid[window] = raw - 1 if kept is None else np.concatenate([[-1], kept]).astype(np.int32)[raw]
+        box_normal = np.empty((h, w, 3), np.float32)
+        fbo.read_into(box_normal, viewport=(x0, y0, w, h), components=3, attachment=0, dtype="f4")
+        cv2.copyTo(box_normal, drawn, normal[window])
+        tid[window] = raw - 1 if kept is None else np.concatenate([[-1], kept]).astype(np.int32)[raw]
         mask[window] = drawn.view(bool)
-    if depth_only:
-        return dict(depth=depth, mask=mask)
     return dict(triangle_id=tid, depth=depth, normal=normal, mask=tid >= 0)
 
 

@@ -138,6 +138,14 @@ def blinn_phong(normals: np.ndarray, light: np.ndarray, albedo: np.ndarray, spec
     normals: (N, 3) float32 unit, camera frame; light: (3,) unit toward the light, camera frame;
     albedo: (N, 3) float32; specular: (N,) float32. Returns (N, 3) float32 in [0, ~1].
     """
+    shading, spec = blinn_phong_terms(normals, light, specular, ambient)
+    return albedo * _per_channel(shading) + _per_channel(spec)
+
+
+def blinn_phong_terms(normals: np.ndarray, light: np.ndarray, specular: np.ndarray,
+                      ambient: float) -> tuple[np.ndarray, np.ndarray]:
+    """The two terms of :func:`blinn_phong`, (N,) float32 each: the diffuse-plus-ambient factor
+    of the albedo and the specular light added to every channel."""
     light = np.asarray(light, dtype=np.float32)
     half = light + np.float32([0.0, 0.0, -1.0])  # the camera looks along +z
     half /= np.linalg.norm(half)
@@ -148,7 +156,7 @@ def blinn_phong(normals: np.ndarray, light: np.ndarray, albedo: np.ndarray, spec
         spec *= spec
     shading = np.float32(ambient) + np.float32(1.0 - ambient) * diffuse
     spec *= specular
-    return albedo * _per_channel(shading) + _per_channel(spec)
+    return shading, spec
 
 
 def _per_channel(values: np.ndarray) -> np.ndarray:
@@ -173,15 +181,21 @@ def shade(normal: np.ndarray, parts: np.ndarray, mask: np.ndarray, appearances: 
     if not (w and h):
         return out
     # every pixel of the subject's box, then copied through the mask: boolean gathers and
-    # scatters of (H, W, 3) images cost more than the arithmetic on the whole box
+    # scatters of (H, W, 3) images cost more than the arithmetic on the whole box; the colour is
+    # made per channel plane (a (N, 3) gather of part colours costs three (N,) ones twice over)
     box = (slice(y, y + h), slice(x, x + w))
-    p = parts[box].reshape(-1)
-    who = np.maximum(instance[box].reshape(-1).astype(np.intp) - 1, 0) if instance is not None else 0
-    albedo = np.stack([a["albedo"] for a in appearances]).astype(np.float32)[who, p]
-    specular = np.stack([a["specular"] for a in appearances]).astype(np.float32)[who, p]
+    albedo = np.stack([a["albedo"] for a in appearances]).astype(np.float32)  # (S, P, 3)
+    specular = np.stack([a["specular"] for a in appearances]).astype(np.float32).reshape(-1)
+    which = parts[box].reshape(-1).astype(np.intp)  # (subject, part) -> row of the (S * P) tables
+    if instance is not None:
+        which += np.maximum(instance[box].reshape(-1).astype(np.intp) - 1, 0) * albedo.shape[1]
+    planes = [np.take(albedo[..., channel].reshape(-1), which) for channel in range(3)]
     if texture is not None:
-        albedo *= _per_channel(texture[box].reshape(-1) + np.float32(1.0))
-    lit = blinn_phong(normal[box].reshape(-1, 3), light, albedo, specular, ambient).reshape(h, w, 3)
+        grain = texture[box].reshape(-1) + np.float32(1.0)
+        for plane in planes:
+            plane *= grain
+    shading, spec = blinn_phong_terms(normal[box].reshape(-1, 3), light, np.take(specular, which), ambient)
+    lit = cv2.merge([(plane * shading + spec).reshape(h, w) for plane in planes])
     out[box] = cv2.copyTo(lit, mask8[box], out[box])
     return out
 

@@ -27,7 +27,7 @@ import numpy as np
 
 
 __all__ = ["BODY_INSTANCE", "NEAR_CLIP", "SCENE_PART_NAMES", "SceneMesh", "WorldParams", "build_scene",
-           "clip_near", "ground_contact", "scene_ambient", "scene_record", "shadow_casters", "world_light"]
+           "clip_near", "clip_plane", "clip_to_view", "ground_contact", "scene_ambient", "scene_record", "shadow_casters", "world_light"]
 
 SCENE_PART_NAMES = ["ground", "wall", "ceiling", "furniture"]
 BODY_INSTANCE = 1
@@ -401,8 +401,15 @@ def clip_near(vertices: np.ndarray, faces: np.ndarray, near: float = NEAR_CLIP) 
     first, then the new cut points), (F', 3) faces and (F',) index of each output face's source
     face. A triangle with one vertex behind becomes two, with two behind one, with three none.
     """
-    z = vertices[faces, 2]  # (F, 3)
-    behind = z <= near
+    return clip_plane(vertices, faces, np.array([0.0, 0.0, 1.0]), near)
+
+
+def clip_plane(vertices: np.ndarray, faces: np.ndarray, normal: np.ndarray,
+               offset: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep the part of each triangle where ``normal . p > offset``; outputs as :func:`clip_near`
+    (whose plane is normal (0, 0, 1), offset ``near``). The winding of every piece is its source's."""
+    side = np.asarray(vertices, dtype=np.float64) @ np.asarray(normal, dtype=np.float64) - offset  # (V,)
+    behind = side[faces] <= 0.0  # (F, 3)
     count = behind.sum(axis=1)
     keep = faces[count == 0]
     out_faces, sources, new_verts = [keep], [np.flatnonzero(count == 0)], []
@@ -416,12 +423,9 @@ def clip_near(vertices: np.ndarray, faces: np.ndarray, near: float = NEAR_CLIP) 
         order = (odd[:, None] + np.arange(3)) % 3
         tri = np.take_along_axis(f, order, axis=1)  # rolled: odd vertex first, winding kept
         a, b, c = (vertices[tri[:, i]] for i in range(3))
-
-        def cut(p, q):
-            t = (near - p[:, 2]) / (q[:, 2] - p[:, 2])
-            return p + t[:, None] * (q - p)
-
-        ab, ac = cut(a, b), cut(a, c)
+        sa, sb, sc = (side[tri[:, i]] for i in range(3))
+        ab = a + (sa / (sa - sb))[:, None] * (b - a)  # where each edge from a crosses the plane
+        ac = a + (sa / (sa - sc))[:, None] * (c - a)
         m = len(sel)
         i_ab = base + np.arange(m)
         i_ac = base + m + np.arange(m)
@@ -435,3 +439,31 @@ def clip_near(vertices: np.ndarray, faces: np.ndarray, near: float = NEAR_CLIP) 
             sources.append(sel)
     verts = np.concatenate([vertices] + new_verts) if new_verts else vertices
     return verts, np.concatenate(out_faces).astype(np.int64), np.concatenate(sources)
+
+
+VIEW_MARGIN_PX = 8  # clip_to_view keeps this many pixels beyond each image side
+
+
+def clip_to_view(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray, width: int, height: int,
+                 near: float = NEAR_CLIP) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clip triangles to the camera's view: the near plane and the four image sides
+    (:data:`VIEW_MARGIN_PX` outside them), so no pixel of the image changes; outputs as
+    :func:`clip_near`, without the vertices no face uses.
+
+    vertices (V, 3) camera frame, faces (F, 3), K (3, 3) with last row (0, 0, 1). A ground plane
+    kilometres wide, or a wall a few centimetres from the lens, projects to triangles thousands
+    of pixels across, which Mesa's llvmpipe draws far more slowly than their on-screen part
+    (benchmarks/README.md)."""
+    k = np.asarray(K, dtype=np.float64)
+    margin = float(VIEW_MARGIN_PX)
+    # u = (K[0] . p) / z >= -margin  <=>  (K[0] + (0, 0, margin)) . p >= 0 for z > 0, and so on
+    sides = [k[0] + [0.0, 0.0, margin], [0.0, 0.0, width - 1 + margin] - k[0],
+             k[1] + [0.0, 0.0, margin], [0.0, 0.0, height - 1 + margin] - k[1]]
+    verts, out, source = clip_near(vertices, faces, near)
+    for normal in sides:
+        verts, out, step = clip_plane(verts, out, normal, 0.0)
+        source = source[step]
+    used, out = np.unique(out, return_inverse=True)
+    return verts[used], out.reshape(-1, 3), source
+
+

@@ -12,7 +12,8 @@ import webdataset as wds
 
 from synthgen.images import ImageFactory
 from synthgen.render import raster_gl
-from synthgen.scene import SCENE_PART_NAMES, SceneMesh, clip_near
+from synthgen.render import rasterize
+from synthgen.scene import SCENE_PART_NAMES, VIEW_MARGIN_PX, SceneMesh, clip_near, clip_to_view
 from tests.fixtures.recipes import small_recipe
 from tests.fixtures.shadows import shadow_footprint
 
@@ -322,3 +323,37 @@ def test_near_plane_clipping_keeps_the_visible_part():
     assert area == pytest.approx(2.0 * 0.98)
     assert tri[..., 2].min() >= 0.02 - 1e-12
     assert set(src) <= {0, 1}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_clipping_to_the_view_changes_no_pixel_and_keeps_every_vertex_near_the_image(backend):
+    """A kilometres-wide ground seen from 1.6 m, and a wall 5 cm from the lens, clipped to the near
+    plane and the image sides: every vertex left projects within VIEW_MARGIN_PX of the image, and
+    the raster (which face, at what depth) is the unclipped one's."""
+    width, height = 160, 128
+    K = np.array([[120.0, 0.0, 79.5], [0.0, 120.0, 63.5], [0.0, 0.0, 1.0]])
+    pitch = np.radians(20.0)  # looking 20 degrees down; the camera frame is OpenCV's (y down)
+    down, ahead = np.array([0.0, np.cos(pitch), np.sin(pitch)]), np.array([0.0, -np.sin(pitch), np.cos(pitch)])
+    half = 5000.0
+    ground = np.array([1.6 * down + x * np.array([1.0, 0.0, 0.0]) + y * ahead
+                       for x, y in ((-half, -half), (half, -half), (half, half), (-half, half))])
+    wall = np.array([[-3.0, -3.0, 0.05], [0.01, -3.0, 0.05], [0.01, 3.0, 0.05], [-3.0, 3.0, 0.05]])  # left
+    vertices = np.concatenate([ground, wall])
+    faces = np.array([[0, 1, 2], [0, 2, 3], [4, 5, 6], [4, 6, 7]])
+    kept, clipped, source = clip_to_view(vertices, faces, K, width, height)
+    projected = kept @ K.T
+    uv = projected[:, :2] / projected[:, 2:]
+    assert kept[:, 2].min() > 0.02 - 1e-9
+    assert uv.min() >= -VIEW_MARGIN_PX - 1e-6
+    assert (uv.max(axis=0) <= [width - 1 + VIEW_MARGIN_PX + 1e-6, height - 1 + VIEW_MARGIN_PX + 1e-6]).all()
+    assert set(source) & {0, 1} and set(source) & {2, 3} and set(source) <= {0, 1, 2, 3}  # ground, wall
+    near_only, near_faces, near_source = clip_near(vertices, faces)
+    whole = rasterize(near_only, near_faces, K, width, height, backend, cull_back_faces=False)
+    cut = rasterize(kept, clipped, K, width, height, backend, cull_back_faces=False)
+    drawn = whole["mask"]
+    assert np.array_equal(drawn, cut["mask"]) and drawn.sum() > 0.6 * drawn.size
+    horizon = 63.5 - 120.0 * np.tan(pitch)  # the rows above it see sky, but for the wall
+    assert not drawn[: int(horizon) - 1, 110:].any() and drawn[int(horizon) + 2:].all()
+    assert np.array_equal(near_source[whole["triangle_id"][drawn]], source[cut["triangle_id"][drawn]])
+    relative = np.abs(cut["depth"][drawn] - whole["depth"][drawn]) / whole["depth"][drawn]
+    assert relative.max() < 1e-3

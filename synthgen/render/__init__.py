@@ -84,21 +84,21 @@ def rasterize_with_scene(vertices_cam: np.ndarray, faces: np.ndarray, scene_vert
     """One raster of subjects and scene together (see :func:`rasterize`).
 
     vertices_cam (V, 3), faces (F, 3): the subjects (closed surfaces); scene_vertices_cam (S, 3),
-    scene_faces (G, 3): open scene geometry, camera frame. The scene is clipped at the near plane
-    (:func:`synthgen.scene.clip_near`) and every scene triangle is wound to face the camera, so it
-    shows from either side (double-sided) while the subjects' back faces are skipped when that is
-    safe for them alone (:func:`culling.can_cull_back_faces`), exactly as :func:`rasterize` would
+    scene_faces (G, 3): open scene geometry, camera frame. The scene is clipped to the view (the
+    near plane and the image sides, :func:`synthgen.scene.clip_to_view`) and every scene triangle
+    is wound to face the camera, so it shows from either side (double-sided) while the subjects'
+    back faces are skipped when that is safe for them alone (:func:`culling.can_cull_back_faces`), exactly as :func:`rasterize` would
     draw them (their vertex normals are unchanged: the scene shares no vertex with them).
     ``triangle_id`` indexes the concatenation: [0, F) subjects, F + g scene face g.
     """
-    from synthgen.scene import clip_near  # the scene stage comes before this one
+    from synthgen.scene import clip_to_view  # the scene stage comes before this one
 
     vertices_cam = np.asarray(vertices_cam, dtype=np.float32)
     cull = culling.can_cull_back_faces(vertices_cam, faces, NEAR)  # the caller's array: memoised per topology
     faces = np.asarray(faces, dtype=np.int64)
-    sv, sf, source = clip_near(np.asarray(scene_vertices_cam, dtype=np.float64), np.asarray(scene_faces, np.int64))
-    used, sf = np.unique(sf, return_inverse=True)  # without the vertices left behind the camera,
-    sv, sf = sv[used], sf.reshape(-1, 3)  # every vertex lies past the near plane: no face to drop
+    # every vertex left lies past the near plane: the rasteriser drops no face
+    sv, sf, source = clip_to_view(np.asarray(scene_vertices_cam, dtype=np.float64), np.asarray(scene_faces, np.int64),
+                                  K, width, height)
     a, b, c = (sv[sf[:, i]] for i in range(3))
     away = np.einsum("ij,ij->i", np.cross(b - a, c - a), a) > 0  # the winding turned from the camera
     sf = np.where(away[:, None], sf[:, [0, 2, 1]], sf)

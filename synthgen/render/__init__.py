@@ -87,8 +87,9 @@ def rasterize_with_scene(vertices_cam: np.ndarray, faces: np.ndarray, scene_vert
     scene_faces (G, 3): open scene geometry, camera frame. The scene is clipped to the view (the
     near plane and the image sides, :func:`synthgen.scene.clip_to_view`) and every scene triangle
     is wound to face the camera, so it shows from either side (double-sided) while the subjects'
-    back faces are skipped when that is safe for them alone (:func:`culling.can_cull_back_faces`), exactly as :func:`rasterize` would
-    draw them (their vertex normals are unchanged: the scene shares no vertex with them).
+    back faces are skipped when that is safe for them alone (:func:`culling.can_cull_back_faces`),
+    exactly as :func:`rasterize` would draw them (their vertex normals are unchanged: the scene
+    shares no vertex with them).
     ``triangle_id`` indexes the concatenation: [0, F) subjects, F + g scene face g.
     """
     from synthgen.scene import clip_to_view  # the scene stage comes before this one

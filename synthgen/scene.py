@@ -27,7 +27,8 @@ import numpy as np
 
 
 __all__ = ["BODY_INSTANCE", "NEAR_CLIP", "SCENE_PART_NAMES", "SceneMesh", "WorldParams", "build_scene",
-           "clip_near", "clip_plane", "clip_to_view", "ground_contact", "scene_ambient", "scene_record", "shadow_casters", "world_light"]
+           "clip_near", "clip_plane", "clip_to_view", "ground_contact", "scene_ambient", "scene_record",
+           "shadow_casters", "world_light"]
 
 SCENE_PART_NAMES = ["ground", "wall", "ceiling", "furniture"]
 BODY_INSTANCE = 1

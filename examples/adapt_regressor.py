@@ -8,9 +8,10 @@ Per seed:
    separated by spaces; default: children seen from high cameras): a pool whose person crops (images
    only, written as PNG files) go to the loop, and a disjoint held-out set whose labels are kept aside
    for scoring;
-3. spend ``--budget`` more samples two ways: uniform (the base recipe) and adapted (``synthgen.adapt``:
-   ``--rounds`` rounds of ``budget / rounds`` probe samples, each round's recipe weighted by R0's errors
-   and the target estimate, taught also on R0's training run as ``reference``; the probe samples are the
+3. spend ``--budget`` more samples (default: as many as ``--init``) two ways: uniform (the base recipe)
+   and adapted (``synthgen.adapt``: ``--rounds`` rounds of ``budget / rounds`` probe samples; round 0
+   weighted by the target estimate taught on R0's training run (the ``reference``), each later round by
+   R0's errors and the estimate taught on the reference and the probes so far; the probe samples are the
    adapted training data). ``--arms`` adds ablations that read what the loop never may: ``oracle`` (the
    loop given the target pool's true bin shares) and ``target`` (the budget drawn from the target recipe:
    the most any choice of samples could gain);
@@ -30,9 +31,12 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing
+import os
 import shlex
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -166,10 +170,11 @@ def one_seed(args, seed: int, shift: list[str]) -> dict:
               "target": lambda: load_crops(str(make(args, shift_dir / "target-extra", 100 * seed + 7, args.budget,
                                                     shift)), None)}
     config = AdaptConfig(rounds=args.rounds, probe=args.budget // args.rounds, seed=seed, mix=args.mix,
-                         floor=args.floor, bins=args.bins, estimator=args.estimator)
+                         floor=args.floor, bins=args.bins, estimator=args.estimator, start=args.start,
+                         unskilled=args.unskilled)
     reg = TorchKeypointRegressor(r0, names, SIZE, feature_layer="down16")
     manifests = {}
-    loop_tag = f"{args.rounds}x-mix{args.mix:g}-floor{args.floor:g}"  # one folder per loop setting
+    loop_tag = f"{args.rounds}x-mix{args.mix:g}-floor{args.floor:g}-{args.start}-{args.unskilled}"  # one folder per loop setting
     for arm in ("adapted", "oracle"):
         if arm not in args.arms:
             continue
@@ -199,7 +204,8 @@ def one_seed(args, seed: int, shift: list[str]) -> dict:
 
 
 def plot_weights(manifest: dict, path: Path) -> None:
-    """Per-bin weights of each adapted attribute, one line per round (round 0 = base) and the final."""
+    """Per-bin weights of each adapted attribute: the base (dashed), one line per round's probe recipe
+    (round 0: the estimate taught on R0's training run, or the base with ``--start base``) and the final."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -209,9 +215,10 @@ def plot_weights(manifest: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names), 2.6))
     for ax, name in zip(np.atleast_1d(axes), names):
         series = [r["probe_weights"][name] for r in manifest["rounds"]] + [manifest["final_weights"][name]]
+        b = manifest["bins"][name]
+        ax.plot(range(len(b["base"])), b["base"], "k--", lw=1, label="base")
         for r, w in enumerate(series):
             ax.plot(range(len(w)), w, "o-", ms=3, label=f"round {r}" if r < len(series) - 1 else "final")
-        b = manifest["bins"][name]
         ticks = b.get("names") or [f"{e:.3g}" for e in b["edges"][:-1]]
         ax.set_xticks(range(len(ticks)), ticks, rotation=70, fontsize=6)
         ax.set_title(name.split(".")[-1], fontsize=8)
@@ -230,19 +237,25 @@ def parse(argv):
     p.add_argument("--target-overrides", default=DEFAULT_SHIFT, help="the target shift: dotted overrides "
                    f"separated by spaces (default: children seen from high cameras, {DEFAULT_SHIFT!r})")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--init", type=int, default=320, help="uniform samples R0 is trained on")
-    p.add_argument("--budget", type=int, default=240, help="further samples, spent uniform or adapted")
-    p.add_argument("--test", type=int, default=160, help="target pool, held-out target and base samples each")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--init", type=int, default=640, help="uniform samples R0 is trained on (N)")
+    p.add_argument("--budget", type=int, help="further samples, spent uniform or adapted (default: --init)")
+    p.add_argument("--test", type=int, default=320, help="target pool, held-out target and base samples each")
+    p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--bins", type=int, default=8)
-    p.add_argument("--mix", type=float, default=0.2, help="weight of the base in each round's recipe (0.2: chosen "
-                   "on validation seeds 10, 11, not the reported seeds)")
-    p.add_argument("--floor", type=float, default=0.02)
+    p.add_argument("--mix", type=float, default=0.05, help="weight of the base in each round's recipe (0.05 and "
+                   "--floor 0.005: chosen on validation seeds 10, 11, not the reported seeds)")
+    p.add_argument("--floor", type=float, default=0.005, help="least probability of any bin")
     p.add_argument("--epochs", type=int, default=20, help="R0 training epochs")
     p.add_argument("--finetune-epochs", type=int, default=20)
     p.add_argument("--estimator", default="classify", choices=["classify", "importance"])
+    p.add_argument("--unskilled", default="base", choices=["base", "estimate"],
+                   help="attributes the images cannot tell apart: focus on the base x error, or on the estimate")
+    p.add_argument("--start", default="estimate", choices=["estimate", "base"],
+                   help="round 0's recipe: the target estimate taught on R0's training run, or the base")
     p.add_argument("--image", type=int, default=192, help="image side (pixels)")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="generation workers of each seed")
+    p.add_argument("--jobs", type=int, default=min(3, os.cpu_count() or 1),
+                   help="seeds run at once, one process each (default: the CPU count, at most 3)")
     p.add_argument("--finetune-lr", type=float, default=2e-3)
     p.add_argument("--arms", nargs="+", default=["uniform", "adapted"],
                    choices=["uniform", "adapted", "oracle", "target"],
@@ -253,19 +266,39 @@ def parse(argv):
     args.base_overrides = shlex.split(args.base_overrides)
     args.shift = shlex.split(args.target_overrides)
     args.arms = list(dict.fromkeys(["uniform", *args.arms]))
+    args.budget = args.init if args.budget is None else args.budget
     if args.budget < 8 * args.rounds:
         p.error(f"--budget {args.budget}: needs at least 8 probe samples a round ({8 * args.rounds})")
+    if args.jobs < 1:
+        p.error(f"--jobs {args.jobs}: use 1 or more")
+    if args.budget % args.rounds:
+        p.error(f"--budget {args.budget}: use a multiple of --rounds {args.rounds}, so that both arms get as many "
+                "samples")
     return args
+
+
+def quiet_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("synthgen").setLevel(logging.WARNING)
+
+
+def run_seeds(args) -> list[dict]:
+    """Every seed's result, in seed order; ``--jobs`` seeds at once, each in its own process (each seed's
+    figures depend on its seed alone, not on what else ran in the process)."""
+    if args.jobs == 1 or len(args.seeds) == 1:
+        return [one_seed(args, s, args.shift) for s in args.seeds]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(args.jobs, len(args.seeds)), mp_context=context, initializer=quiet_logging) as pool:
+        return list(pool.map(one_seed, [args] * len(args.seeds), args.seeds, [args.shift] * len(args.seeds)))
 
 
 def main(argv=None) -> int:
     args = parse(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("synthgen").setLevel(logging.WARNING)
+    quiet_logging()
     start = time.perf_counter()
     try:
         base_recipe(args, 0, 1, args.shift)  # a bad override fails here, before any work
-        runs = [one_seed(args, s, args.shift) for s in args.seeds]
+        runs = run_seeds(args)
     except UserError as exc:
         sys.stderr.write(f"adapt_regressor: error: {exc}\n")
         return 2

@@ -4,8 +4,10 @@
 Every synthgen sample is a pure function of (recipe, seed, index), so each round of this loop is
 exact and can be audited from its manifest. One :func:`adapt` call runs ``rounds`` rounds:
 
-1. **probe**: write ``probe`` samples of the round's recipe (round 0: the base recipe with each adapted
-   attribute as a histogram on fixed bins carrying the base distribution) into ``OUT/round-R/probe``;
+1. **probe**: write ``probe`` samples of the round's recipe into ``OUT/round-R/probe``. Each adapted
+   attribute becomes a histogram on fixed bins; round 0 carries the base distribution, or, with target
+   images and ``reference`` runs (``start="estimate"``), the target estimate (step 3) taught on the
+   reference runs alone, with a flat error: no probe budget is spent on the base;
 2. **error**: run the regressor on the probe samples' person crops (their labels are known) and
    measure per sample the miss rate ``1 - PCK@threshold`` (a keypoint misses when it lies further than
    ``threshold`` x the box side from its label), then per attribute bin (each sample's labels record
@@ -17,7 +19,8 @@ exact and can be audited from its manifest. One :func:`adapt` call runs ``rounds
    of every labelled synthetic sample seen (the pooled probes and any ``reference`` runs, e.g. the
    regressor's own training data) from its features; its mean predicted bin probabilities over the
    target images, adjusted by its cross-fitted confusion matrix where it has skill
-   (:func:`target_shares`), are the estimate. ``estimator="importance"``: a probe-vs-target logistic regression
+   (:func:`target_shares`), are the estimate; where it has none, the focus keeps the base
+   (``unskilled="base"``). ``estimator="importance"``: a probe-vs-target logistic regression
    gives each probe the covariate-shift weight ``w = p / (1 - p) * n_probe / n_target`` (cross-fitted),
    and the ``w``-weighted share of the probes in each bin is the estimate (errors and both estimates
    pool every round's probes: the regressor does not change during the loop);
@@ -234,6 +237,8 @@ class AdaptConfig:
     estimator: str = "classify"  # target estimate: "classify" (bin classifier, label shift) or "importance"
     l2: float = 300.0      # L2 strength of the "classify" estimator's softmax regressions
     min_skill: float = 0.15  # "classify": adjust the count (BBSE) where the bin classifier has this skill
+    start: str = "estimate"  # round 0: "estimate" (target-weighted from the reference runs, when given) or "base"
+    unskilled: str = "base"  # "classify", a bin classifier below min_skill: focus on "base" x error, or "estimate"
 
     def check(self, recipe: Recipe) -> None:
         """UserError (field, value, fix) for an unusable setting."""
@@ -248,6 +253,8 @@ class AdaptConfig:
                   ("threshold", 0.0 < self.threshold <= 1.0, "use a value in (0, 1]"),
                   ("shrink", self.shrink >= 0.0, "use a value >= 0"), ("pad", 1.0 <= self.pad <= 3.0, "use 1..3"),
                   ("estimator", self.estimator in ("classify", "importance"), "use classify or importance"),
+                  ("start", self.start in ("estimate", "base"), "use estimate or base"),
+                  ("unskilled", self.unskilled in ("base", "estimate"), "use base or estimate"),
                   ("l2", self.l2 > 0.0, "use a value > 0")]
         for name, ok, fix in checks:
             if not ok:
@@ -522,6 +529,8 @@ def adapt(recipe: Recipe, regressor: Regressor, out_dir: str | Path, config: Ada
             seen["labels"] += ref["labels"]
     seen["reference"] = len(seen["labels"])
     manifest["reference_samples"] = seen["reference"]
+    if seen["reference"] and config.start == "estimate":
+        weights, manifest["start"] = _start_weights(seen, bins, base, target_features, config)
     for r in range(config.rounds):
         probe_recipe = recipe_with_weights(recipe, bins, weights, round_seed(config.seed, r), config.probe)
         folder = out / f"round-{r}"
@@ -696,16 +705,39 @@ def _round(r: int, probe_recipe: Recipe, folder: Path, regressor: Regressor, con
         if iw is not None:  # E_probe[w 1{bin}] = P_target(bin); `shrink` samples' worth of base smooth it
             wsum = np.bincount(members, weights=iw, minlength=k)
             tgt = (wsum + config.shrink * base[name]) / (wsum.sum() + config.shrink)
-        elif target_features is not None and config.estimator == "classify":
+        used = tgt
+        if target_features is not None and config.estimator == "classify":
             tgt, how = _classify_shares(seen, name, bins[name], target_features, config.l2, config.min_skill)
-            record["attributes"][name] = how
+            used = _trusted(tgt, how, config)
+            record["attributes"][name] = how | {"target_used": used is not None}
         if name in given:
-            tgt = np.asarray(given[name], dtype=np.float64) / float(np.sum(given[name]))
-        new[name] = next_weights(base[name], error, tgt, config.mix, config.floor)
+            tgt = used = np.asarray(given[name], dtype=np.float64) / float(np.sum(given[name]))
+        new[name] = next_weights(base[name], error, used, config.mix, config.floor)
         record["attributes"][name] = record["attributes"].get(name, {}) | {
             "count": _round6(count), "error": _round6(error), "target": None if tgt is None else _round6(tgt),
             "next_weights": _round6(new[name])}
     return record, new
+
+
+def _start_weights(seen: dict, bins: dict, base: dict, target_features: np.ndarray, config: AdaptConfig
+                   ) -> tuple[dict, dict]:
+    """Round 0's weights before any probe: the target estimate taught on the reference runs alone, with
+    a flat error (the regressor's errors are known only once a probe has been scored). Also its record."""
+    weights, record = {}, {}
+    for name in config.attributes:
+        tgt, how = _classify_shares(seen, name, bins[name], target_features, config.l2, config.min_skill)
+        used = _trusted(tgt, how, config)
+        weights[name] = next_weights(base[name], np.ones(len(base[name])), used, config.mix, config.floor)
+        record[name] = how | {"target": _round6(tgt), "target_used": used is not None,
+                              "weights": _round6(weights[name])}
+    return weights, record
+
+
+def _trusted(estimate: np.ndarray, how: dict, config: AdaptConfig) -> np.ndarray | None:
+    """The estimate the focus uses: None (the base) where the bin classifier cannot tell the bins apart
+    (skill below ``min_skill``) and ``unskilled="base"``: its plain mean is then noise about the labelled
+    shares, and moving such an attribute off the base costs base accuracy for no target gain."""
+    return estimate if how["adjusted"] or config.unskilled == "estimate" else None
 
 
 def _classify_shares(seen: dict, name: str, bins: dict, target_features: np.ndarray, l2: float,

@@ -95,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
                      "label-shift) or importance (probe-vs-target covariate-shift weights)")
     ada.add_argument("--reference", nargs="+", default=[], help="labelled synthetic runs (e.g. the regressor's "
                      "training run) that also teach the classify estimate")
+    ada.add_argument("--unskilled", default="base", choices=["base", "estimate"],
+                     help="an attribute whose bins the images cannot tell apart (classify skill below 0.15): "
+                     "focus on the base x error (base) or on the estimate's plain mean anyway (estimate)")
+    ada.add_argument("--start", default="estimate", choices=["estimate", "base"],
+                     help="round 0's recipe: target-weighted by the estimate taught on --reference (estimate; "
+                     "needs --target and --reference, else the base) or the base distribution (base)")
     ada.add_argument("--workers", type=int, default=1)
 
     exp = sub.add_parser("export", help="write a run as COCO person keypoints or BEDLAM labels")
@@ -236,7 +242,8 @@ def _cmd_adapt(args) -> int:
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     config = AdaptConfig(attributes=list(args.attributes or ATTRIBUTES), bins=args.bins, rounds=args.rounds,
-                         probe=args.probe, mix=args.mix, floor=args.floor, seed=args.seed, estimator=args.estimator)
+                         probe=args.probe, mix=args.mix, floor=args.floor, seed=args.seed, estimator=args.estimator,
+                         start=args.start, unskilled=args.unskilled)
     config.check(recipe)  # before the regressor is loaded
     for run in args.reference:
         if not Path(run).is_dir():

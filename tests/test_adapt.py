@@ -206,7 +206,9 @@ def test_bad_loop_settings_are_one_line_errors():
     recipe = recipe_from_dict({})
     for config, words in ((AdaptConfig(floor=0.2), "--floor=0.2"), (AdaptConfig(attributes=["camera.roll"]), "camera.roll"),
                           (AdaptConfig(rounds=0), "--rounds=0"), (AdaptConfig(mix=2.0), "--mix=2.0"),
-                          (AdaptConfig(estimator="guess"), "--estimator=guess")):
+                          (AdaptConfig(estimator="guess"), "--estimator=guess"),
+                          (AdaptConfig(start="target"), "--start=target"),
+                          (AdaptConfig(unskilled="drop"), "--unskilled=drop")):
         with pytest.raises(UserError, match=words.replace(".", r"\.").replace("[", r"\[")):
             config.check(recipe)
 
@@ -238,20 +240,26 @@ def _target_tars(tmp_path):
 
 
 def test_the_loop_is_deterministic_and_never_reads_target_labels(tmp_path):
-    from synthgen.adapt import AdaptConfig, adapt, load_regressor
+    from synthgen.adapt import AdaptConfig, adapt, floored, load_regressor
     from synthgen.cli import main
+    from synthgen.run import generate
 
     factory = tmp_path / "tiny_regressor.py"
     factory.write_text(FACTORY.format(names=NAMES))
     labelled, bare = _target_tars(tmp_path)
     recipe = small_recipe(output={"shard_size": 4, "layers": []})
+    reference = tmp_path / "reference"  # labelled synthetic samples: teach the estimate before round 0
+    generate(small_recipe(seed=5, num_samples=8, output={"shard_size": 8, "layers": []}), reference, workers=1,
+             progress=False)
     config = AdaptConfig(rounds=2, probe=8, bins=4, seed=3)
-    first = adapt(recipe, load_regressor(f"{factory}:make"), tmp_path / "a", config, target=labelled)
+    first = adapt(recipe, load_regressor(f"{factory}:make"), tmp_path / "a", config, target=labelled,
+                  reference=[reference])
 
     recipe_file = tmp_path / "recipe.yaml"
     recipe_file.write_text(json.dumps(recipe.model_dump(mode="json")))
     code = main(["adapt", str(recipe_file), "--out", str(tmp_path / "b"), "--regressor", f"{factory}:make",
-                 "--target", str(bare), "--rounds", "2", "--probe", "8", "--bins", "4", "--seed", "3"])
+                 "--target", str(bare), "--rounds", "2", "--probe", "8", "--bins", "4", "--seed", "3",
+                 "--reference", str(reference)])
     assert code == 0
     for name in ("adapt.json", "recipe.yaml", "round-1/recipe.yaml", "round-1/probe/shards/shard-000001.tar"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
@@ -264,6 +272,16 @@ def test_the_loop_is_deterministic_and_never_reads_target_labels(tmp_path):
             assert abs(w.sum() - 1.0) < 1e-5 and w.min() >= config.floor - 1e-6, name
             assert abs(sum(attr["target"]) - 1.0) < 1e-5 and sum(attr["count"]) == 8 * (record["round"] + 1)
             assert isinstance(attr["adjusted"], bool) and attr["skill"] <= 1.0  # how the estimate was made
+            assert attr["target_used"] == attr["adjusted"]
+    # round 0 was drawn from the estimate taught on the reference run (flat error), floored and normalised
+    assert first["reference_samples"] == 8
+    assert first["rounds"][0]["probe_weights"] == {n: a["weights"] for n, a in first["start"].items()}
+    for name, attr in first["start"].items():
+        w, base = np.array(attr["weights"]), np.array(first["bins"][name]["base"])
+        # an estimate without skill is not used: no evidence that the target differs from the base there
+        assert attr["target_used"] == attr["adjusted"]
+        focus = np.array(attr["target"]) / sum(attr["target"]) if attr["target_used"] else base
+        assert np.allclose(w, floored(config.mix * base + (1 - config.mix) * focus, config.floor), atol=1e-5), name
     # the next round's probes were drawn from the weights the previous round wrote
     assert first["rounds"][1]["probe_weights"] == {n: a["next_weights"] for n, a in first["rounds"][0]["attributes"].items()}
 

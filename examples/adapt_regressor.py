@@ -237,12 +237,12 @@ def parse(argv):
     p.add_argument("--target-overrides", default=DEFAULT_SHIFT, help="the target shift: dotted overrides "
                    f"separated by spaces (default: children seen from high cameras, {DEFAULT_SHIFT!r})")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--init", type=int, default=640, help="uniform samples R0 is trained on (N)")
+    p.add_argument("--init", type=int, default=320, help="uniform samples R0 is trained on (N)")
     p.add_argument("--budget", type=int, help="further samples, spent uniform or adapted (default: --init)")
     p.add_argument("--test", type=int, default=320, help="target pool, held-out target and base samples each")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--bins", type=int, default=8)
-    p.add_argument("--mix", type=float, default=0.05, help="weight of the base in each round's recipe (0.05 and "
+    p.add_argument("--mix", type=float, default=0.3, help="weight of the base in each round's recipe (0.3 and "
                    "--floor 0.005: chosen on validation seeds 10, 11, not the reported seeds)")
     p.add_argument("--floor", type=float, default=0.005, help="least probability of any bin")
     p.add_argument("--epochs", type=int, default=20, help="R0 training epochs")

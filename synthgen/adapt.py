@@ -342,8 +342,10 @@ def floored(weights: np.ndarray, floor: float) -> np.ndarray:
 
 def next_weights(base: np.ndarray, error: np.ndarray, target: np.ndarray | None, mix: float,
                  floor: float) -> np.ndarray:
-    """(K,) next-round probabilities of an attribute's bins: base mixed with focus = target x error."""
-    focus = (base if target is None else target) * error
+    """(K,) next-round probabilities of an attribute's bins: base mixed with focus = target x error,
+    the focus kept within the base's support (a bin the base never draws, such as a gap between the
+    main and high elevation ranges, gets only the floor)."""
+    focus = (base if target is None else target) * error * (base > 0)  # within the base's support
     focus = focus / focus.sum() if focus.sum() > 0 else base
     return floored(mix * base + (1.0 - mix) * focus, floor)
 
@@ -628,7 +630,8 @@ def _bin_probabilities(x: np.ndarray, y: np.ndarray, k: int, query: np.ndarray, 
 
 
 def target_shares(labelled: np.ndarray, members: np.ndarray, k: int, target: np.ndarray, l2: float = 300.0,
-                  min_skill: float = 0.15, ridge: float = 0.01) -> tuple[np.ndarray, dict[str, float]]:
+                  min_skill: float = 0.15, ridge: float = 0.01, min_count: int = 5
+                  ) -> tuple[np.ndarray, dict[str, float]]:
     """(k,) estimated share of the target images in each bin of one attribute (a label-shift estimate),
     and how it was made.
 
@@ -640,10 +643,16 @@ def target_shares(labelled: np.ndarray, members: np.ndarray, k: int, target: np.
     (black-box shift estimation, Lipton et al. 2018): the distribution ``pi`` solving ``C^T pi = mu``
     (non-negative least squares, summing to 1, ``ridge`` toward the labelled shares); elsewhere ``mu`` itself
     (probabilistic classify-and-count: shrunk toward the labelled shares, but it cannot run away where the
-    classifier has no skill). Bins no labelled sample fell in get 0 (the floor restores them)."""
+    classifier has no skill). Bins fewer than ``min_count`` labelled samples fell in are left out of the
+    classifier and get 0 (the floor restores them)."""
     from scipy.optimize import nnls
 
-    present = np.unique(members)
+    counts = np.bincount(members, minlength=k)
+    present = np.flatnonzero(counts >= min_count)  # a bin seen a few times has no usable confusion row
+    if len(present) < 2:  # nothing to tell apart: the labelled shares, unused (no skill)
+        return counts / max(counts.sum(), 1), {"skill": 0.0, "adjusted": False}
+    keep = np.isin(members, present)
+    labelled, members = labelled[keep], members[keep]
     x = np.concatenate([labelled, target]).astype(np.float64)
     x = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-8)
     x, xt = x[:len(labelled)], x[len(labelled):]

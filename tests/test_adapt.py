@@ -134,6 +134,9 @@ def test_floored_weights_are_normalised_and_respect_the_floor():
     # more mass where target and error meet
     n = next_weights(np.full(4, 0.25), np.array([0.1, 0.1, 0.1, 0.9]), np.array([0.1, 0.1, 0.1, 0.7]), 0.5, 0.02)
     assert n.argmax() == 3 and n[3] > 0.5
+    # a bin the base never draws (a gap between ranges) gets only the floor, however the target looks there
+    n = next_weights(np.array([0.5, 0.0, 0.5]), np.ones(3), np.array([0.2, 0.6, 0.2]), 0.0, 0.01)
+    assert n[1] == pytest.approx(0.01) and n[0] == pytest.approx(n[2]) and abs(n.sum() - 1.0) < 1e-12
 
 
 def test_attribute_bins_carry_the_base_distribution():
@@ -185,6 +188,10 @@ def test_bin_classifier_estimates_how_the_target_spreads_over_bins():
     # features that carry nothing about the bins: no skill, and the estimate stays near the labelled shares
     noise, how = target_shares(rng.normal(0, 1, (600, 4)), members, 4, rng.normal(0, 1, (200, 4)), l2=1.0)
     assert not how["adjusted"] and np.abs(noise[:3] - np.bincount(members) / 600).max() < 0.05
+    # a bin only a few labelled samples fell in has no usable confusion row: left out, estimated 0
+    few = np.r_[members, [3, 3, 3]]
+    rare, how = target_shares(np.vstack([labelled, centres[[2, 2, 2]]]), few, 4, target, l2=1.0, min_count=5)
+    assert rare[3] == 0.0 and how["adjusted"] and abs(rare[2] - adjusted[2]) < 0.05
 
 
 def test_keypoint_geometry_sees_proportions_not_position_or_size():

@@ -532,7 +532,7 @@ def adapt(recipe: Recipe, regressor: Regressor, out_dir: str | Path, config: Ada
     seen["reference"] = len(seen["labels"])
     manifest["reference_samples"] = seen["reference"]
     if seen["reference"] and config.start == "estimate":
-        weights, manifest["start"] = _start_weights(seen, bins, base, target_features, config)
+        weights, manifest["start"] = _start_weights(seen, bins, base, target_features, config, target_bins or {})
     for r in range(config.rounds):
         probe_recipe = recipe_with_weights(recipe, bins, weights, round_seed(config.seed, r), config.probe)
         folder = out / f"round-{r}"
@@ -728,14 +728,17 @@ def _round(r: int, probe_recipe: Recipe, folder: Path, regressor: Regressor, con
     return record, new
 
 
-def _start_weights(seen: dict, bins: dict, base: dict, target_features: np.ndarray, config: AdaptConfig
-                   ) -> tuple[dict, dict]:
-    """Round 0's weights before any probe: the target estimate taught on the reference runs alone, with
-    a flat error (the regressor's errors are known only once a probe has been scored). Also its record."""
+def _start_weights(seen: dict, bins: dict, base: dict, target_features: np.ndarray, config: AdaptConfig,
+                   given: dict[str, Any]) -> tuple[dict, dict]:
+    """Round 0's weights before any probe: the target estimate taught on the reference runs alone (or the
+    ``given`` shares), with a flat error (the regressor's errors are known only once a probe has been
+    scored). Also its record."""
     weights, record = {}, {}
     for name in config.attributes:
         tgt, how = _classify_shares(seen, name, bins[name], target_features, config.l2, config.min_skill)
         used = _trusted(tgt, how, config)
+        if name in given:
+            tgt = used = np.asarray(given[name], dtype=np.float64) / float(np.sum(given[name]))
         weights[name] = next_weights(base[name], np.ones(len(base[name])), used, config.mix, config.floor)
         record[name] = how | {"target": _round6(tgt), "target_used": used is not None,
                               "weights": _round6(weights[name])}

@@ -174,7 +174,8 @@ def one_seed(args, seed: int, shift: list[str]) -> dict:
                          unskilled=args.unskilled)
     reg = TorchKeypointRegressor(r0, names, SIZE, feature_layer="down16")
     manifests = {}
-    loop_tag = f"{args.rounds}x-mix{args.mix:g}-floor{args.floor:g}-{args.start}-{args.unskilled}"  # one folder per loop setting
+    # one folder per loop setting
+    loop_tag = f"{args.rounds}x-mix{args.mix:g}-floor{args.floor:g}-{args.start}-{args.unskilled}"
     for arm in ("adapted", "oracle"):
         if arm not in args.arms:
             continue

@@ -720,7 +720,7 @@ def _round(r: int, probe_recipe: Recipe, folder: Path, regressor: Regressor, con
             used = _trusted(tgt, how, config)
             record["attributes"][name] = how | {"target_used": used is not None}
         if name in given:
-            tgt = used = np.asarray(given[name], dtype=np.float64) / float(np.sum(given[name]))
+            tgt = used = _given_shares(given, name)
         new[name] = next_weights(base[name], error, used, config.mix, config.floor)
         record["attributes"][name] = record["attributes"].get(name, {}) | {
             "count": _round6(count), "error": _round6(error), "target": None if tgt is None else _round6(tgt),
@@ -738,11 +738,16 @@ def _start_weights(seen: dict, bins: dict, base: dict, target_features: np.ndarr
         tgt, how = _classify_shares(seen, name, bins[name], target_features, config.l2, config.min_skill)
         used = _trusted(tgt, how, config)
         if name in given:
-            tgt = used = np.asarray(given[name], dtype=np.float64) / float(np.sum(given[name]))
+            tgt = used = _given_shares(given, name)
         weights[name] = next_weights(base[name], np.ones(len(base[name])), used, config.mix, config.floor)
         record[name] = how | {"target": _round6(tgt), "target_used": used is not None,
                               "weights": _round6(weights[name])}
     return weights, record
+
+
+def _given_shares(given: dict[str, Any], name: str) -> np.ndarray:
+    """The known target shares of attribute ``name`` (``adapt(target_bins=...)``), normalised."""
+    return np.asarray(given[name], dtype=np.float64) / float(np.sum(given[name]))
 
 
 def _trusted(estimate: np.ndarray, how: dict, config: AdaptConfig) -> np.ndarray | None:
